@@ -1,0 +1,1 @@
+pub use rstar2_sandbox as sandbox;
