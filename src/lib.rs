@@ -1,1 +1,16 @@
+//! rstar2: an all-Rust reproduction of rStar2-Agent (agentic reinforcement learning with a
+//! Python tool, trained with GRPO-RoC).
+//!
+//! This facade re-exports the workspace crates:
+//! - [`sandbox`]: the RustPython tool environment.
+//! - [`grpo`]: GRPO-RoC (reward, selection, advantages, policy loss).
+//!
+//! ```no_run
+//! use rstar2::sandbox::{Sandbox, SandboxConfig, ToolCall};
+//! let sandbox = Sandbox::new(SandboxConfig::in_process()).unwrap();
+//! assert_eq!(sandbox.run_blocking(ToolCall::new("print(2**10)")).stdout, "1024\n");
+//! ```
+#![deny(missing_docs)]
+
+pub use rstar2_grpo as grpo;
 pub use rstar2_sandbox as sandbox;

@@ -1,1 +1,3 @@
+//! Workspace integration tests, one binary. Run with `cargo xtask test`.
 
+mod sandbox;

@@ -1,1 +1,40 @@
-fn main(){}
+//! `cargo xtask`: the rstar2 command line. See `cargo xtask --help`.
+
+mod bench;
+mod sandbox_cmd;
+mod test_cmd;
+mod verify_cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "rstar2: agentic RL with a Python tool, in Rust", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The Python tool environment: run code, batches, or an HTTP service.
+    #[command(subcommand)]
+    Sandbox(sandbox_cmd::SandboxCommand),
+    /// Benchmarks that print one table each, with baselines measured in the same run.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Scores responses against ground-truth answers (the GRPO-RoC reward).
+    Verify(verify_cmd::VerifyArgs),
+    /// Prepares test inputs (pure-Python sympy and mpmath wheels) and runs the whole test suite.
+    Test(test_cmd::TestArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    // This binary doubles as the sandbox's worker process.
+    rstar2_sandbox::worker::dispatch_worker();
+    match Cli::parse().command {
+        Command::Sandbox(cmd) => sandbox_cmd::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
+        Command::Test(args) => test_cmd::run(args),
+        Command::Verify(args) => verify_cmd::run(args),
+    }
+}

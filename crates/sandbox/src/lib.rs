@@ -1,1 +1,42 @@
-//! stub
+//! A fast, capability-free Python tool environment for agentic RL rollouts, on RustPython.
+//!
+//! Each call runs Python source in a fresh `__main__` namespace on a warm interpreter and returns
+//! its status, captured stdout and stderr (with CPython-style tracebacks) and elapsed time; a
+//! trailing bare expression is echoed like IPython. Interpreters are built without RustPython's
+//! `host_env`: there is no file, socket, process, signal or ctypes code in the binary, so nothing
+//! on the host is reachable from Python. Limits: wall-clock timeout, output caps, memory
+//! (per worker process), recursion.
+//!
+//! The default isolation runs interpreters in worker processes of your own binary, so code stuck
+//! in native work (a catastrophic regex, `7 ** 10**8`) can be killed; call
+//! [`worker::dispatch_worker`] first thing in `main`. [`Isolation::InProcess`] trades that for
+//! lower latency.
+//!
+//! ```no_run
+//! use rstar2_sandbox::{Sandbox, SandboxConfig, Status, ToolCall, WorkerCommand};
+//!
+//! fn main() {
+//!     rstar2_sandbox::worker::dispatch_worker();
+//!     let sandbox = Sandbox::new(SandboxConfig::process(WorkerCommand::current_exe().unwrap())).unwrap();
+//!     let result = sandbox.run_blocking(ToolCall::new("x = 6 * 7\nx"));
+//!     assert_eq!((result.status, result.stdout.as_str()), (Status::Ok, "42\n"));
+//! }
+//! ```
+#![deny(missing_docs)]
+
+mod analysis;
+mod config;
+pub mod http;
+mod interp;
+mod outcome;
+mod pool;
+mod shims;
+mod watchdog;
+pub mod worker;
+
+pub use analysis::{Analysis, analyze};
+pub use config::{InterpreterConfig, Isolation, Limits, SandboxConfig, WorkerCommand};
+pub use interp::{InterpreterError, Runner};
+pub use outcome::{Status, ToolCall, ToolResult, truncate_middle};
+pub use pool::{Sandbox, SandboxError, Session};
+pub use watchdog::Watchdog;

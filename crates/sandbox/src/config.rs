@@ -1,0 +1,127 @@
+//! Limits and pool settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Per-call limits. Defaults follow the original rStar2 tool service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    /// Wall-clock budget of one call (default 4 s, as the original tool).
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+    /// Characters of stdout and of stderr returned per call, head + tail (default 1000).
+    pub max_output_chars: usize,
+    /// A call that prints more than this many characters to one stream is stopped with
+    /// `output_limit` (a print flood); default 1 MiB.
+    pub max_stream_chars: usize,
+    /// Address-space limit of a worker process in bytes (process isolation only; default 2 GiB).
+    /// In-process interpreters cannot be limited individually; allocations that fail raise
+    /// `MemoryError` there.
+    pub memory_bytes: u64,
+    /// Python recursion limit (default 1000, as CPython).
+    pub recursion_limit: u32,
+    /// Largest accepted source or stdin, in bytes (default 1 MiB); larger calls are `invalid_input`.
+    pub max_input_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(4),
+            max_output_chars: 1000,
+            max_stream_chars: 1 << 20,
+            memory_bytes: 2 << 30,
+            recursion_limit: 1000,
+            max_input_bytes: 1 << 20,
+        }
+    }
+}
+
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+/// Everything an interpreter needs to be built; sent to worker processes as JSON.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InterpreterConfig {
+    /// Limits of every call.
+    pub limits: Limits,
+    /// Folder of pure-Python packages (e.g. unpacked sympy and mpmath wheels), importable read-only.
+    pub pylib: Option<PathBuf>,
+    /// Modules imported when an interpreter is created, outside any call's time budget
+    /// (e.g. `["sympy"]`, whose first import takes about 2 s).
+    pub preload: Vec<String>,
+}
+
+/// Where interpreters live.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Isolation {
+    /// Each interpreter runs in a worker process of our own binary with an address-space limit;
+    /// a call stuck in native code past its deadline, a crash or a memory blow-up kills only that
+    /// process, which is respawned. The safe default.
+    Process(WorkerCommand),
+    /// Interpreters on threads of this process: lowest latency, but a call stuck in
+    /// non-interruptible native code (a catastrophic regex) can only be abandoned, its thread
+    /// burning CPU until the native call ends, and memory is shared with the host.
+    InProcess,
+}
+
+/// How to start a worker process: a program that calls [`crate::worker::serve_stdio`] when given
+/// the argument [`crate::worker::WORKER_ARG`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerCommand {
+    /// The program, usually a binary of this workspace.
+    pub program: PathBuf,
+    /// Arguments that come before [`crate::worker::WORKER_ARG`].
+    pub args: Vec<String>,
+}
+
+impl WorkerCommand {
+    /// The current executable, which must dispatch [`crate::worker::WORKER_ARG`] first thing in
+    /// `main` (as `cargo xtask` and `rstar2-sandbox-worker` do).
+    pub fn current_exe() -> std::io::Result<Self> {
+        Ok(WorkerCommand { program: std::env::current_exe()?, args: Vec::new() })
+    }
+
+    /// A given program.
+    pub fn program(program: impl Into<PathBuf>) -> Self {
+        WorkerCommand { program: program.into(), args: Vec::new() }
+    }
+}
+
+/// Settings of a [`crate::Sandbox`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxConfig {
+    /// Interpreters kept warm (default: one per core).
+    pub workers: usize,
+    /// Where they live.
+    pub isolation: Isolation,
+    /// How each one is built.
+    pub interpreter: InterpreterConfig,
+}
+
+impl SandboxConfig {
+    /// In-process interpreters, one per core.
+    pub fn in_process() -> Self {
+        SandboxConfig { workers: default_workers(), isolation: Isolation::InProcess, interpreter: Default::default() }
+    }
+
+    /// Worker processes started with `command`, one per core.
+    pub fn process(command: WorkerCommand) -> Self {
+        SandboxConfig { workers: default_workers(), isolation: Isolation::Process(command), interpreter: Default::default() }
+    }
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -1,0 +1,271 @@
+//! The pool: warm interpreters on their own threads (or in worker processes), a shared FIFO of
+//! calls, and sessions that keep one interpreter for a trajectory.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use tokio::sync::oneshot;
+
+use crate::config::{Isolation, SandboxConfig};
+use crate::interp::{InterpreterError, Runner};
+use crate::outcome::{Status, ToolCall, ToolResult};
+use crate::watchdog::Watchdog;
+use crate::worker::{ProcessWorker, SpawnError, kill_grace};
+
+type Reply = oneshot::Sender<ToolResult>;
+
+enum Job {
+    Call { call: ToolCall, reply: Reply },
+    Session { calls: mpsc::Receiver<(ToolCall, Reply)> },
+}
+
+/// Why a sandbox could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// An in-process interpreter could not be created.
+    #[error(transparent)]
+    Interpreter(#[from] InterpreterError),
+    /// A worker process could not be started.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// The configuration asks for no workers.
+    #[error("a sandbox needs at least one worker")]
+    NoWorkers,
+}
+
+struct Shared {
+    config: SandboxConfig,
+    jobs: crossbeam_channel::Receiver<Job>,
+    watchdog: Watchdog,
+}
+
+/// A pool of warm Python interpreters. Cheap to clone; all clones share the pool, which shuts
+/// down when the last clone is dropped.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), rstar2_sandbox::SandboxError> {
+/// use rstar2_sandbox::{Sandbox, SandboxConfig, ToolCall, WorkerCommand};
+/// let sandbox = Sandbox::new(SandboxConfig::process(WorkerCommand::current_exe().unwrap()))?;
+/// let result = sandbox.run(ToolCall::new("import math\nmath.comb(10, 3)")).await;
+/// assert_eq!(result.stdout, "120\n");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Sandbox {
+    jobs: crossbeam_channel::Sender<Job>,
+    workers: usize,
+}
+
+impl Sandbox {
+    /// Starts the pool. Every worker has its interpreter ready when this returns, so the first
+    /// calls do not pay for start-up (and a broken configuration fails here, not later).
+    pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        if config.workers == 0 {
+            return Err(SandboxError::NoWorkers);
+        }
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared { config, jobs: rx, watchdog: Watchdog::new() });
+        let (ready_tx, ready_rx) = mpsc::channel();
+        for _ in 0..shared.config.workers {
+            spawn_worker(shared.clone(), Some(ready_tx.clone()));
+        }
+        drop(ready_tx);
+        for ready in ready_rx {
+            ready?;
+        }
+        Ok(Sandbox { jobs: tx, workers: shared.config.workers })
+    }
+
+    /// Interpreters in the pool.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Calls and sessions waiting for a free interpreter.
+    pub fn queued(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Runs one independent call; it queues while every interpreter is busy.
+    pub async fn run(&self, call: ToolCall) -> ToolResult {
+        let (reply, result) = oneshot::channel();
+        self.submit(Job::Call { call, reply });
+        result.await.unwrap_or_else(|_| lost())
+    }
+
+    /// Runs one independent call from synchronous code.
+    pub fn run_blocking(&self, call: ToolCall) -> ToolResult {
+        let (reply, result) = oneshot::channel();
+        self.submit(Job::Call { call, reply });
+        result.blocking_recv().unwrap_or_else(|_| lost())
+    }
+
+    /// Submits all calls at once and returns their results in order.
+    pub async fn run_batch(&self, calls: Vec<ToolCall>) -> Vec<ToolResult> {
+        let pending: Vec<_> = calls
+            .into_iter()
+            .map(|call| {
+                let (reply, result) = oneshot::channel();
+                self.submit(Job::Call { call, reply });
+                result
+            })
+            .collect();
+        let mut results = Vec::with_capacity(pending.len());
+        for result in pending {
+            results.push(result.await.unwrap_or_else(|_| lost()));
+        }
+        results
+    }
+
+    /// Opens a session: its calls run one after another on one interpreter and share its state
+    /// (like Jupyter cells); the interpreter is replaced when the session is dropped. A session
+    /// holds a worker while it lives, so keep fewer open sessions than workers busy waiting.
+    pub fn session(&self) -> Session {
+        let (tx, calls) = mpsc::channel();
+        self.submit(Job::Session { calls });
+        Session { calls: tx }
+    }
+
+    fn submit(&self, job: Job) {
+        // The receiving side lives as long as any worker; a send can only fail during shutdown,
+        // and then the reply channel is dropped and the caller gets `lost()`.
+        let _ = self.jobs.send(job);
+    }
+}
+
+/// A trajectory's own interpreter; see [`Sandbox::session`].
+pub struct Session {
+    calls: mpsc::Sender<(ToolCall, Reply)>,
+}
+
+impl Session {
+    /// Runs a call that sees the globals, imports and definitions of this session's earlier calls.
+    pub async fn run(&self, call: ToolCall) -> ToolResult {
+        let (reply, result) = oneshot::channel();
+        if self.calls.send((call, reply)).is_err() {
+            return lost();
+        }
+        result.await.unwrap_or_else(|_| lost())
+    }
+}
+
+fn lost() -> ToolResult {
+    ToolResult::failure(Status::Crashed, "the sandbox worker went away before answering", 0)
+}
+
+type Ready = Option<mpsc::Sender<Result<(), SandboxError>>>;
+
+fn spawn_worker(shared: Arc<Shared>, ready: Ready) {
+    std::thread::Builder::new()
+        .name("rstar2-sandbox-worker".into())
+        .stack_size(16 << 20)
+        .spawn(move || match &shared.config.isolation {
+            Isolation::InProcess => in_process_worker(shared.clone(), ready),
+            Isolation::Process(command) => {
+                match ProcessWorker::spawn(command, &shared.config.interpreter) {
+                    Ok(worker) => {
+                        if let Some(ready) = ready {
+                            let _ = ready.send(Ok(()));
+                        }
+                        process_worker(&shared, worker);
+                    }
+                    Err(e) => {
+                        if let Some(ready) = ready {
+                            let _ = ready.send(Err(e.into()));
+                        }
+                    }
+                }
+            }
+        })
+        .expect("spawning a sandbox worker thread");
+}
+
+fn process_worker(shared: &Shared, mut worker: ProcessWorker) {
+    while let Ok(job) = shared.jobs.recv() {
+        match job {
+            Job::Call { call, reply } => {
+                let _ = reply.send(worker.run(&call, true));
+            }
+            Job::Session { calls } => {
+                for (call, reply) in calls {
+                    let _ = reply.send(worker.run(&call, false));
+                }
+                worker.reset();
+            }
+        }
+    }
+}
+
+/// An interpreter thread. A call that is stuck in native code past its deadline plus a grace
+/// period is answered with `timeout` by the watchdog, which starts a replacement thread; this
+/// thread then exits as soon as the native call returns.
+fn in_process_worker(shared: Arc<Shared>, ready: Ready) {
+    let config = &shared.config.interpreter;
+    let mut runner = match Runner::new(config) {
+        Ok(r) => {
+            if let Some(ready) = ready {
+                let _ = ready.send(Ok(()));
+            }
+            r
+        }
+        Err(e) => {
+            match ready {
+                Some(ready) => {
+                    let _ = ready.send(Err(e.into()));
+                }
+                None => eprintln!("rstar2-sandbox: {e}"),
+            }
+            return;
+        }
+    };
+    let abandoned = Arc::new(AtomicBool::new(false));
+    // Runs one call; returns whether the interpreter must be replaced.
+    let run = |runner: &Runner, call: &ToolCall, reply: Reply, in_session: bool| -> bool {
+        let reply = Arc::new(Mutex::new(Some(reply)));
+        let timeout = config.limits.timeout;
+        let on_stuck = {
+            let (reply, abandoned, shared) = (reply.clone(), abandoned.clone(), shared.clone());
+            Box::new(move || {
+                abandoned.store(true, Ordering::Release);
+                if let Some(reply) = reply.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    let secs = timeout.as_secs_f64();
+                    let msg = format!("TimeoutError: execution exceeded the time limit of {secs:.1} s (stuck in native code; interpreter abandoned)\n");
+                    let _ = reply.send(ToolResult::failure(Status::Timeout, msg, (timeout + kill_grace(timeout)).as_micros() as u64));
+                }
+                spawn_worker(shared, None);
+            })
+        };
+        let (result, replace) = runner.run_with(call, &shared.watchdog, in_session, Some((kill_grace(timeout), on_stuck)));
+        if let Some(reply) = reply.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = reply.send(result);
+        }
+        replace
+    };
+    while let Ok(job) = shared.jobs.recv() {
+        let replace = match job {
+            Job::Call { call, reply } => run(&runner, &call, reply, false),
+            Job::Session { calls } => {
+                for (call, reply) in calls {
+                    run(&runner, &call, reply, true);
+                    if abandoned.load(Ordering::Acquire) {
+                        break;
+                    }
+                }
+                true
+            }
+        };
+        if abandoned.load(Ordering::Acquire) {
+            return;
+        }
+        if replace {
+            match Runner::new(config) {
+                Ok(fresh) => runner = fresh,
+                Err(e) => {
+                    eprintln!("rstar2-sandbox: {e}");
+                    spawn_worker(shared.clone(), None);
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Process isolation: interpreters inside worker processes of our own binary.
+//!
+//! The parent writes one JSON request per line to the worker's stdin and reads one JSON reply
+//! per line from its stdout. The worker limits its own address space before it creates its
+//! interpreter; the parent kills it when a call overruns its deadline by a grace period (native
+//! code that no interrupt reaches), and respawns it after a kill, a crash or an exit.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{InterpreterConfig, WorkerCommand};
+use crate::interp::Runner;
+use crate::outcome::{Status, ToolCall, ToolResult};
+use crate::watchdog::Watchdog;
+
+/// The argument that turns a binary into a sandbox worker (see [`serve_stdio`]).
+pub const WORKER_ARG: &str = "__rstar2-sandbox-worker";
+
+/// Interpreter replacements after which a worker process exits to return leaked memory
+/// (RustPython leaks about 2 MiB per dropped interpreter).
+const MAX_RECYCLES: u32 = 200;
+
+/// How long past its deadline a call may run before its worker is killed.
+pub(crate) fn kill_grace(timeout: Duration) -> Duration {
+    Duration::from_millis(500).max(timeout / 4)
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Request {
+    /// Run a call; `independent` calls must not see state left by earlier ones.
+    Run { call: ToolCall, independent: bool },
+    /// Forget all state (end of a session).
+    Reset,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Reply {
+    result: Option<ToolResult>,
+    /// The worker is about to exit (to return leaked memory); start a new one.
+    exiting: bool,
+}
+
+/// If the process was started as a sandbox worker (`args[1] == WORKER_ARG`), serves requests on
+/// stdin/stdout until stdin closes and then exits the process; otherwise returns. Call it first
+/// thing in `main` of any binary used as a [`WorkerCommand`].
+pub fn dispatch_worker() {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() != Some(WORKER_ARG) {
+        return;
+    }
+    let config = args.next().and_then(|json| serde_json::from_str::<InterpreterConfig>(&json).ok());
+    let Some(config) = config else {
+        eprintln!("{WORKER_ARG}: expected an interpreter configuration in JSON as the next argument");
+        std::process::exit(2);
+    };
+    serve_stdio(&config);
+    std::process::exit(0);
+}
+
+/// The worker loop: limits memory, builds an interpreter, and answers requests until stdin closes.
+pub fn serve_stdio(config: &InterpreterConfig) {
+    limit_address_space(config.limits.memory_bytes);
+    let watchdog = Watchdog::new();
+    let mut runner = match Runner::new(config) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(3);
+        }
+    };
+    let mut recycles = 0u32;
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout().lock();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let (result, replace) = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Run { call, independent }) => {
+                let runner = runner.get_or_insert_with(|| Runner::new(config).expect("an interpreter was created before"));
+                let (result, taints) = runner.run_with(&call, &watchdog, !independent, None);
+                let crashed = result.status == Status::Crashed;
+                (Some(result), crashed || (independent && taints))
+            }
+            Ok(Request::Reset) => (None, true),
+            Err(e) => (Some(ToolResult::failure(Status::InvalidInput, format!("bad worker request: {e}"), 0)), false),
+        };
+        if replace {
+            recycles += 1;
+        }
+        let exiting = recycles > MAX_RECYCLES;
+        let reply = serde_json::to_string(&Reply { result, exiting }).expect("replies serialize");
+        if writeln!(stdout, "{reply}").and_then(|()| stdout.flush()).is_err() || exiting {
+            break;
+        }
+        if replace {
+            // Replaced after replying, so the caller never waits for interpreter start-up.
+            drop(runner.take());
+            runner = Some(Runner::new(config).expect("an interpreter was created before"));
+        }
+    }
+}
+
+fn limit_address_space(bytes: u64) {
+    let limit = libc::rlimit { rlim_cur: bytes as libc::rlim_t, rlim_max: bytes as libc::rlim_t };
+    // SAFETY: setrlimit only reads the struct we pass.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_AS, &limit);
+        let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+    }
+}
+
+/// Why a worker process could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("starting sandbox worker {program}: {source}")]
+pub struct SpawnError {
+    program: String,
+    #[source]
+    source: std::io::Error,
+}
+
+/// The parent's handle on one worker process.
+pub(crate) struct ProcessWorker {
+    command: WorkerCommand,
+    config: InterpreterConfig,
+    child: Child,
+    stdin: ChildStdin,
+    replies: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl ProcessWorker {
+    pub(crate) fn spawn(command: &WorkerCommand, config: &InterpreterConfig) -> Result<Self, SpawnError> {
+        let config_json = serde_json::to_string(config).expect("configs serialize");
+        let mut child = Command::new(&command.program)
+            .args(&command.args)
+            .arg(WORKER_ARG)
+            .arg(config_json)
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| SpawnError { program: command.program.display().to_string(), source })?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        let stderr_pipe = child.stderr.take().expect("piped");
+        let (tx, replies) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Keep the last few KiB of the worker's stderr: it says why a worker died.
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr_pipe).lines() {
+                let Ok(line) = line else { break };
+                let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
+                s.push_str(&line);
+                s.push('\n');
+                if s.len() > 8192 {
+                    let cut = s.len() - 4096;
+                    let cut = (cut..s.len()).find(|&i| s.is_char_boundary(i)).unwrap_or(s.len());
+                    s.drain(..cut);
+                }
+            }
+        });
+        Ok(ProcessWorker { command: command.clone(), config: config.clone(), child, stdin, replies, stderr })
+    }
+
+    /// Runs one call, killing and respawning the process when it overruns, dies or asks to exit.
+    pub(crate) fn run(&mut self, call: &ToolCall, independent: bool) -> ToolResult {
+        let start = Instant::now();
+        let request = Request::Run { call: call.clone(), independent };
+        let wait = self.config.limits.timeout + kill_grace(self.config.limits.timeout);
+        match self.exchange(&request, wait) {
+            Ok(Reply { result: Some(result), exiting }) => {
+                if exiting {
+                    self.respawn();
+                }
+                result
+            }
+            Ok(Reply { result: None, .. }) => {
+                self.respawn();
+                ToolResult::failure(Status::Crashed, "the worker sent no result", start.elapsed().as_micros() as u64)
+            }
+            Err(failure) => {
+                let elapsed_us = start.elapsed().as_micros() as u64;
+                let result = match failure {
+                    Failure::Overran => {
+                        let secs = self.config.limits.timeout.as_secs_f64();
+                        ToolResult::failure(Status::Timeout, format!("TimeoutError: execution exceeded the time limit of {secs:.1} s (stopped in native code; worker restarted)\n"), elapsed_us)
+                    }
+                    Failure::Died => {
+                        let log = self.stderr.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        if log.contains("memory allocation of") || log.contains("MemoryError") {
+                            ToolResult::failure(Status::MemoryLimit, "MemoryError: the worker ran out of its memory budget\n", elapsed_us)
+                        } else {
+                            let tail: String = log.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                            ToolResult::failure(Status::Crashed, format!("the worker process died: {tail}\n"), elapsed_us)
+                        }
+                    }
+                };
+                self.respawn();
+                result
+            }
+        }
+    }
+
+    /// Drops all interpreter state (end of a session).
+    pub(crate) fn reset(&mut self) {
+        let wait = Duration::from_secs(60);
+        if self.exchange(&Request::Reset, wait).is_err() {
+            self.respawn();
+        }
+    }
+
+    fn exchange(&mut self, request: &Request, wait: Duration) -> Result<Reply, Failure> {
+        let line = serde_json::to_string(request).expect("requests serialize");
+        if writeln!(self.stdin, "{line}").and_then(|()| self.stdin.flush()).is_err() {
+            return Err(Failure::Died);
+        }
+        match self.replies.recv_timeout(wait) {
+            Ok(line) => serde_json::from_str(&line).map_err(|_| Failure::Died),
+            Err(RecvTimeoutError::Timeout) => Err(Failure::Overran),
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = self.child.wait();
+                Err(Failure::Died)
+            }
+        }
+    }
+
+    fn respawn(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Retried until it works: a pool with a dead worker would lose every call routed to it.
+        loop {
+            match ProcessWorker::spawn(&self.command, &self.config) {
+                Ok(fresh) => {
+                    *self = fresh;
+                    return;
+                }
+                Err(e) => {
+                    eprintln!("rstar2-sandbox: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ProcessWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+enum Failure {
+    Overran,
+    Died,
+}

@@ -1,0 +1,247 @@
+//! `cargo xtask bench ...`: one table per benchmark, baselines measured in the same run.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rstar2_sandbox::{InterpreterConfig, Runner, Sandbox, SandboxConfig, Status, ToolCall, Watchdog, WorkerCommand};
+
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// Tool latency and throughput: warm calls (in-process and worker processes), a fresh
+    /// interpreter, CPython subprocess and persistent-worker baselines, calls/s on all cores,
+    /// and 45,000 calls submitted at once.
+    Sandbox {
+        /// Warm calls timed per row.
+        #[arg(long, default_value_t = 2000)]
+        calls: usize,
+        /// Size of the all-at-once batch (the original system's per-step peak).
+        #[arg(long, default_value_t = 45_000)]
+        burst: usize,
+    },
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Sandbox { calls, burst } => bench_sandbox(calls, burst),
+    }
+}
+
+/// A snippet typical of math tool calls: exact fractions, binomials, a loop.
+pub const TYPICAL: &str = "from fractions import Fraction\nimport math\ns = sum(Fraction(1, k * (k + 1)) for k in range(1, 60))\nprint(s, math.comb(40, 20) % 1000003)\nprint(sum(i * i for i in range(300)))\n";
+pub const TINY: &str = "print(1+1)";
+
+/// A persistent CPython process serving JSON lines: exec with stdout captured. It reports its own
+/// exec time, which is the in-process CPython lower bound.
+const CPYTHON_WORKER: &str = r#"
+import sys, io, json, time, contextlib
+for line in sys.stdin:
+    code = json.loads(line)
+    buf = io.StringIO()
+    t = time.perf_counter()
+    with contextlib.redirect_stdout(buf):
+        exec(compile(code, "<snippet>", "exec"), {"__name__": "__main__"})
+    us = (time.perf_counter() - t) * 1e6
+    sys.stdout.write(json.dumps({"stdout": buf.getvalue(), "exec_us": us}) + "\n")
+    sys.stdout.flush()
+"#;
+
+struct Stats {
+    p50: f64,
+    p99: f64,
+}
+
+fn stats(mut us: Vec<f64>) -> Stats {
+    us.sort_by(f64::total_cmp);
+    let at = |q: f64| us[((us.len() - 1) as f64 * q).round() as usize];
+    Stats { p50: at(0.5), p99: at(0.99) }
+}
+
+fn time_calls(n: usize, mut f: impl FnMut()) -> Stats {
+    for _ in 0..n.min(50) {
+        f();
+    }
+    let mut us = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f();
+        us.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    stats(us)
+}
+
+fn expect_ok(sandbox: &Sandbox, code: &str) -> anyhow::Result<()> {
+    let r = sandbox.run_blocking(ToolCall::new(code));
+    anyhow::ensure!(r.status == Status::Ok, "benchmark snippet failed: {r:?}");
+    Ok(())
+}
+
+fn sandbox_with(workers: usize, in_process: bool) -> anyhow::Result<Sandbox> {
+    let mut config = if in_process { SandboxConfig::in_process() } else { SandboxConfig::process(WorkerCommand::current_exe()?) };
+    config.workers = workers;
+    Ok(Sandbox::new(config)?)
+}
+
+/// Resident memory of this process and all its descendants, in bytes.
+fn tree_rss() -> u64 {
+    let me = std::process::id();
+    let mut parents = std::collections::HashMap::new();
+    let mut rss = std::collections::HashMap::new();
+    let page = 4096u64;
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            if let (Some(ppid), Some(pages)) = (fields.get(1).and_then(|s| s.parse::<u32>().ok()), fields.get(21).and_then(|s| s.parse::<u64>().ok())) {
+                parents.insert(pid, ppid);
+                rss.insert(pid, pages * page);
+            }
+        }
+    }
+    rss.iter()
+        .filter(|(pid, _)| {
+            let mut p = **pid;
+            for _ in 0..16 {
+                if p == me {
+                    return true;
+                }
+                match parents.get(&p) {
+                    Some(&pp) if pp != 0 => p = pp,
+                    _ => return false,
+                }
+            }
+            false
+        })
+        .map(|(_, bytes)| *bytes)
+        .sum()
+}
+
+fn bench_sandbox(calls: usize, burst: usize) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!("measuring on {cores} cores ({calls} warm calls per row)...");
+    let mut rows: Vec<(String, Stats)> = Vec::new();
+
+    let in_process = sandbox_with(1, true)?;
+    let process = sandbox_with(1, false)?;
+    for (label, code) in [("print(1+1)", TINY), ("typical math snippet", TYPICAL)] {
+        expect_ok(&in_process, code)?;
+        expect_ok(&process, code)?;
+        let s = time_calls(calls, || drop(in_process.run_blocking(ToolCall::new(code))));
+        rows.push((format!("warm, in-process: {label}"), s));
+        let s = time_calls(calls, || drop(process.run_blocking(ToolCall::new(code))));
+        rows.push((format!("warm, worker process: {label}"), s));
+    }
+    drop((in_process, process));
+
+    let watchdog = Watchdog::new();
+    let config = InterpreterConfig::default();
+    let s = time_calls(30, || {
+        let runner = Runner::new(&config).expect("interpreter");
+        drop(runner.run(&ToolCall::new(TINY), &watchdog));
+    });
+    rows.push(("fresh interpreter per call: print(1+1)".into(), s));
+
+    let subprocess_n = 50.min(calls);
+    let s = time_calls(subprocess_n, || {
+        let out = Command::new("python3").args(["-c", TINY]).output().expect("python3 runs");
+        assert!(out.status.success());
+    });
+    rows.push(("CPython `python3 -c` subprocess: print(1+1)".into(), s));
+
+    let mut child = Command::new("python3")
+        .args(["-c", CPYTHON_WORKER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting python3")?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let mut cpython = |code: &str| -> f64 {
+        writeln!(stdin, "{}", serde_json::to_string(code).expect("str")).expect("write");
+        stdin.flush().expect("flush");
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        v["exec_us"].as_f64().expect("exec_us")
+    };
+    let mut exec_us = Vec::new();
+    for (label, code) in [("print(1+1)", TINY), ("typical math snippet", TYPICAL)] {
+        exec_us.clear();
+        let s = time_calls(calls, || exec_us.push(cpython(code)));
+        rows.push((format!("CPython persistent worker (pipe): {label}"), s));
+        rows.push((format!("CPython in-process exec (lower bound): {label}"), stats(exec_us.clone())));
+    }
+    drop(stdin);
+    let _ = child.wait();
+
+    println!("\nTool call latency (median of {calls} calls unless noted; microseconds)\n");
+    println!("{:<62} {:>10} {:>10}", "", "p50 us", "p99 us");
+    for (label, s) in &rows {
+        println!("{label:<62} {:>10.1} {:>10.1}", s.p50, s.p99);
+    }
+    let p50 = |label: &str| rows.iter().find(|(l, _)| l == label).map(|(_, s)| s.p50).unwrap_or(f64::NAN);
+    println!("\nRatios (p50):");
+    for mode in ["in-process", "worker process"] {
+        println!(
+            "  {mode}: `python3 -c` subprocess / warm print(1+1) = {:.0}x   typical snippet vs in-process CPython = {:.2}x   vs persistent CPython worker = {:.2}x",
+            p50("CPython `python3 -c` subprocess: print(1+1)") / p50(&format!("warm, {mode}: print(1+1)")),
+            p50(&format!("warm, {mode}: typical math snippet")) / p50("CPython in-process exec (lower bound): typical math snippet"),
+            p50(&format!("warm, {mode}: typical math snippet")) / p50("CPython persistent worker (pipe): typical math snippet"),
+        );
+    }
+
+    println!("\nThroughput on all {cores} cores ({cores} workers):");
+    for in_process in [true, false] {
+        let sandbox = sandbox_with(cores, in_process)?;
+        let runtime = tokio::runtime::Runtime::new()?;
+        for (label, code, n) in [("print(1+1)", TINY, 20_000), ("typical math snippet", TYPICAL, 5_000)] {
+            let t = Instant::now();
+            let results = runtime.block_on(sandbox.run_batch(vec![ToolCall::new(code); n]));
+            let secs = t.elapsed().as_secs_f64();
+            anyhow::ensure!(results.iter().all(|r| r.status == Status::Ok), "a throughput call failed");
+            let mode = if in_process { "in-process" } else { "worker processes" };
+            println!("  {mode:<17} {label:<22} {:>9.0} calls/s", n as f64 / secs);
+        }
+    }
+
+    println!("\n{burst} calls submitted at once (worker processes, {cores} workers; mixed snippets):");
+    let sandbox = sandbox_with(cores, false)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let calls: Vec<ToolCall> = (0..burst)
+        .map(|i| match i % 3 {
+            0 => ToolCall::new(TYPICAL),
+            1 => ToolCall::new(format!("print({i} ** 3 % 97)")),
+            _ => ToolCall::with_stdin("n = int(input())\nprint(n * 2)", i.to_string()),
+        })
+        .collect();
+    let peak = Arc::new(AtomicU64::new(tree_rss()));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(tree_rss(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let t = Instant::now();
+    let results = runtime.block_on(sandbox.run_batch(calls));
+    let wall = t.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    sampler.join().expect("sampler");
+    let ok = results.iter().filter(|r| r.status == Status::Ok).count();
+    let correct = results.iter().enumerate().filter(|(i, r)| match i % 3 {
+        0 => r.stdout.starts_with("59/60 "),
+        1 => r.stdout == format!("{}\n", (i * i * i) % 97),
+        _ => r.stdout == format!("{}\n", i * 2),
+    }).count();
+    println!("  completed {} of {burst} ({ok} ok, {correct} with the right output), wall {wall:.2} s, {:.0} calls/s, peak RSS of the process tree {:.0} MiB",
+        results.len(), burst as f64 / wall, peak.load(Ordering::Relaxed) as f64 / (1 << 20) as f64);
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! `cargo xtask sandbox exec | batch | serve`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufWriter, Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use rstar2_sandbox::{Sandbox, SandboxConfig, Status, ToolCall, ToolResult, WorkerCommand};
+use serde_json::Value;
+
+#[derive(clap::Subcommand)]
+pub enum SandboxCommand {
+    /// Runs the Python code read from standard input; prints one JSON object
+    /// {"status", "stdout", "stderr", "elapsed_us"}.
+    Exec {
+        /// Text served to the code's standard input.
+        #[arg(long)]
+        stdin: Option<String>,
+        #[command(flatten)]
+        opts: PoolOptions,
+    },
+    /// Runs every line {"id", "code", "stdin"?} of a JSONL file concurrently and writes one result
+    /// line (the exec object plus "id") per input line, in input order.
+    Batch {
+        /// Input JSONL file.
+        #[arg(long)]
+        input: PathBuf,
+        /// Output JSONL file.
+        #[arg(long)]
+        output: PathBuf,
+        #[command(flatten)]
+        opts: PoolOptions,
+    },
+    /// Serves the code-judge HTTP API (POST /run, /run/batch, /run/long-batch; GET /ping,
+    /// /status), so Python RL stacks can use this sandbox unchanged.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8088")]
+        addr: SocketAddr,
+        #[command(flatten)]
+        opts: PoolOptions,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+pub struct PoolOptions {
+    /// Wall-clock limit of one call in milliseconds.
+    #[arg(long, default_value_t = 4000)]
+    pub timeout_ms: u64,
+    /// Interpreters kept warm (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Characters of stdout and stderr returned per call (head + tail).
+    #[arg(long, default_value_t = 1000)]
+    pub max_output_chars: usize,
+    /// Run interpreters in this process instead of worker processes: faster, but code stuck in
+    /// native work can only be abandoned, not killed, and there is no memory limit.
+    #[arg(long)]
+    pub in_process: bool,
+    /// Folder of pure-Python packages (unpacked sympy, mpmath) importable read-only.
+    #[arg(long)]
+    pub pylib: Option<PathBuf>,
+    /// Modules imported when each interpreter starts (comma-separated, e.g. sympy).
+    #[arg(long, value_delimiter = ',')]
+    pub preload: Vec<String>,
+}
+
+impl PoolOptions {
+    pub fn build(&self) -> anyhow::Result<Sandbox> {
+        let mut config = if self.in_process {
+            SandboxConfig::in_process()
+        } else {
+            SandboxConfig::process(WorkerCommand::current_exe().context("locating this executable")?)
+        };
+        if let Some(workers) = self.workers {
+            config.workers = workers;
+        }
+        config.interpreter.limits.timeout = Duration::from_millis(self.timeout_ms);
+        config.interpreter.limits.max_output_chars = self.max_output_chars;
+        config.interpreter.pylib = self.pylib.clone();
+        config.interpreter.preload = self.preload.clone();
+        Sandbox::new(config).context("starting the sandbox")
+    }
+}
+
+pub fn run(cmd: SandboxCommand) -> anyhow::Result<()> {
+    match cmd {
+        SandboxCommand::Exec { stdin, mut opts } => {
+            let mut code = String::new();
+            std::io::stdin().read_to_string(&mut code).context("reading code from standard input")?;
+            opts.workers = Some(1);
+            let sandbox = opts.build()?;
+            let result = sandbox.run_blocking(ToolCall { code, stdin });
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
+        SandboxCommand::Batch { input, output, opts } => batch(&input, &output, &opts),
+        SandboxCommand::Serve { addr, opts } => serve(addr, &opts),
+    }
+}
+
+/// One parsed input line of `sandbox batch`: the call, or why the line is unusable.
+fn parse_batch_line(line: &str) -> (Value, Result<ToolCall, String>) {
+    let value: Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => return (Value::Null, Err(format!("invalid JSON: {e}"))),
+    };
+    let id = value.get("id").cloned().unwrap_or(Value::Null);
+    let Some(code) = value.get("code").and_then(Value::as_str) else {
+        return (id, Err("missing string field \"code\"".into()));
+    };
+    let stdin = match value.get("stdin") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return (id, Err("field \"stdin\" must be a string".into())),
+    };
+    (id, Ok(ToolCall { code: code.to_owned(), stdin }))
+}
+
+fn with_id(id: Value, result: &ToolResult) -> Value {
+    let mut obj = serde_json::to_value(result).expect("results serialize");
+    obj.as_object_mut().expect("a result is an object").insert("id".into(), id);
+    obj
+}
+
+fn batch(input: &PathBuf, output: &PathBuf, opts: &PoolOptions) -> anyhow::Result<()> {
+    let file = std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
+    let mut lines = Vec::new();
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        lines.push(line.with_context(|| format!("reading line {} of {}", n + 1, input.display()))?);
+    }
+    let sandbox = opts.build()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let out_file = std::fs::File::create(output).with_context(|| format!("creating {}", output.display()))?;
+    let mut out = BufWriter::new(out_file);
+    let bar = ProgressBar::new(lines.len() as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} calls  {per_sec}  eta {eta}").expect("valid template"));
+    let start = Instant::now();
+    let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+    runtime.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for (index, line) in lines.iter().enumerate() {
+            let (id, call) = parse_batch_line(line);
+            let tx = tx.clone();
+            let sandbox = sandbox.clone();
+            tokio::spawn(async move {
+                let result = match call {
+                    Ok(call) => sandbox.run(call).await,
+                    Err(why) => ToolResult { status: Status::InvalidInput, stdout: String::new(), stderr: why, elapsed_us: 0 },
+                };
+                let _ = tx.send((index, id, result));
+            });
+        }
+        drop(tx);
+        // Results are written in input order as soon as every earlier line is done.
+        let mut pending = BTreeMap::new();
+        let mut next = 0;
+        while let Some((index, id, result)) = rx.recv().await {
+            *counts.entry(result.status.as_str()).or_default() += 1;
+            pending.insert(index, (id, result));
+            bar.inc(1);
+            while let Some((id, result)) = pending.remove(&next) {
+                writeln!(out, "{}", with_id(id, &result))?;
+                next += 1;
+            }
+        }
+        anyhow::ensure!(next == lines.len(), "only {next} of {} results were produced", lines.len());
+        anyhow::Ok(())
+    })?;
+    out.flush()?;
+    bar.finish_and_clear();
+    let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    eprintln!("{} calls in {:.2} s: {}", lines.len(), start.elapsed().as_secs_f64(), summary.join(", "));
+    Ok(())
+}
+
+fn serve(addr: SocketAddr, opts: &PoolOptions) -> anyhow::Result<()> {
+    let sandbox = opts.build()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        eprintln!("rstar2 sandbox serving the code-judge API on http://{addr} (POST /run, /run/batch, /run/long-batch)");
+        axum::serve(listener, rstar2_sandbox::http::router(sandbox)).await.context("serving HTTP")
+    })
+}

@@ -1,0 +1,67 @@
+//! `cargo xtask test`: fetch what the tests need, then `cargo test` over the workspace.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// Pure-Python packages the sandbox tests import from a read-only folder.
+const WHEELS: &[&str] = &["sympy==1.14.0", "mpmath==1.3.0"];
+
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Extra arguments passed to `cargo test` (after `--`, e.g. a test name filter).
+    #[arg(last = true)]
+    pub cargo_args: Vec<String>,
+}
+
+/// The folder where the unpacked sympy and mpmath live: `target/pylib`.
+pub fn pylib_dir() -> PathBuf {
+    workspace_root().join("target").join("pylib")
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// Downloads the wheels with pip (once) and unpacks them into `target/pylib`.
+pub fn ensure_pylib() -> anyhow::Result<PathBuf> {
+    let dir = pylib_dir();
+    if dir.join("sympy").join("__init__.py").is_file() && dir.join("mpmath").join("__init__.py").is_file() {
+        return Ok(dir);
+    }
+    let wheels = workspace_root().join("target").join("pylib-wheels");
+    std::fs::create_dir_all(&wheels)?;
+    eprintln!("fetching {} with pip into {}", WHEELS.join(", "), wheels.display());
+    let status = Command::new("python3")
+        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d"])
+        .arg(&wheels)
+        .args(WHEELS)
+        .status()
+        .context("running python3 -m pip (Python 3 with pip is needed to fetch sympy for the tests)")?;
+    if !status.success() {
+        bail!("pip download of {} failed", WHEELS.join(", "));
+    }
+    let unpack = "import sys, zipfile, glob\nfor w in glob.glob(sys.argv[1] + '/*.whl'):\n    zipfile.ZipFile(w).extractall(sys.argv[2])\n";
+    let status = Command::new("python3").args(["-c", unpack]).arg(&wheels).arg(&dir).status()?;
+    if !status.success() {
+        bail!("unpacking the wheels into {} failed", dir.display());
+    }
+    Ok(dir)
+}
+
+pub fn run(args: TestArgs) -> anyhow::Result<()> {
+    let pylib = ensure_pylib()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args(["test", "--release", "--ignore-rust-version", "--workspace"])
+        .args(&args.cargo_args)
+        .env("RSTAR2_TEST_PYLIB", &pylib)
+        .status()
+        .context("running cargo test")?;
+    if !status.success() {
+        bail!("tests failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! The command-line formats other tools rely on, run as a user would.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+fn xtask(args: &[&str], stdin: &str) -> (String, String, bool) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("xtask runs");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap(), out.status.success())
+}
+
+#[test]
+fn sandbox_exec_prints_one_json_object() {
+    let (out, err, ok) = xtask(&["sandbox", "exec"], "import math\nprint(math.comb(10, 3))\n");
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["status", "stdout", "stderr", "elapsed_us"]);
+    assert_eq!((v["status"].as_str(), v["stdout"].as_str(), v["stderr"].as_str()), (Some("ok"), Some("120\n"), Some("")));
+    assert!(v["elapsed_us"].as_u64().unwrap() > 0);
+
+    let (out, _, _) = xtask(&["sandbox", "exec", "--stdin", "20 22", "--timeout-ms", "500"], "a, b = map(int, input().split())\nprint(a + b)");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["stdout"], "42\n");
+    let (out, _, _) = xtask(&["sandbox", "exec", "--timeout-ms", "300"], "while True:\n    pass");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["status"], "timeout");
+}
+
+#[test]
+fn sandbox_batch_answers_every_line_in_order() {
+    let dir = std::env::temp_dir().join(format!("rstar2-batch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("in.jsonl");
+    let output = dir.join("out.jsonl");
+    std::fs::write(
+        &input,
+        [
+            r#"{"id": "a", "code": "print(6 * 7)"}"#,
+            r#"{"id": 2, "code": "print(input()[::-1])", "stdin": "abc"}"#,
+            r#"this is not json"#,
+            r#"{"id": "no-code"}"#,
+            r#"{"id": "err", "code": "1/0"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let (_, err, ok) = xtask(&["sandbox", "batch", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--workers", "2"], "");
+    assert!(ok, "{err}");
+    let lines: Vec<Value> = std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 5);
+    assert_eq!((&lines[0]["id"], &lines[0]["stdout"], &lines[0]["status"]), (&Value::from("a"), &Value::from("42\n"), &Value::from("ok")));
+    assert_eq!((&lines[1]["id"], &lines[1]["stdout"]), (&Value::from(2), &Value::from("cba\n")));
+    assert_eq!((&lines[2]["id"], &lines[2]["status"]), (&Value::Null, &Value::from("invalid_input")));
+    assert_eq!((&lines[3]["id"], &lines[3]["status"]), (&Value::from("no-code"), &Value::from("invalid_input")));
+    assert_eq!(lines[4]["status"], "error");
+    assert!(lines[4]["stderr"].as_str().unwrap().ends_with("ZeroDivisionError: division by zero\n"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn verify_prints_reward_and_extracted() {
+    let dir = std::env::temp_dir().join(format!("rstar2-verify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("in.jsonl");
+    std::fs::write(
+        &input,
+        [
+            r#"{"id": 1, "response": "<answer>\\boxed{\\frac{1}{2}}</answer>", "answer": "0.5"}"#,
+            r#"{"id": 2, "response": "<answer>\\boxed{\\pm 2021}</answer>", "answer": "2021"}"#,
+            r#"{"id": 3, "response": "no answer here", "answer": 7}"#,
+            r#"{"id": 4, "response": "missing answer field"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let (out, err, ok) = xtask(&["verify", "--input", input.to_str().unwrap()], "");
+    assert!(ok, "{err}");
+    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[0], serde_json::json!({"id": 1, "reward": 1, "extracted": "\\frac{1}{2}"}));
+    assert_eq!(lines[1], serde_json::json!({"id": 2, "reward": 0, "extracted": "\\pm 2021"}));
+    assert_eq!(lines[2], serde_json::json!({"id": 3, "reward": 0, "extracted": null}));
+    assert_eq!((&lines[3]["id"], &lines[3]["reward"]), (&Value::from(4), &Value::from(0)));
+    assert!(lines[3]["error"].is_string());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
