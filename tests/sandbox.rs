@@ -182,7 +182,7 @@ fn hostile_code_never_hangs_or_crashes_the_host() {
         ("x = [0] * 10**10", &[Status::MemoryLimit]),
         ("x = []\nwhile True:\n    x.append(bytearray(10**8))", &[Status::MemoryLimit]),
         ("def f(n):\n    return f(n + 1)\nf(0)", &[Status::Error]),
-        ("import sys\nsys.setrecursionlimit(10**6)\ndef f(n):\n    return f(n + 1)\nf(0)", &[Status::Error, Status::Crashed]),
+        ("import sys\nsys.setrecursionlimit(10**6)\ndef f(n):\n    return f(n + 1)\nf(0)", &[Status::Error, Status::Timeout]),
         ("def f():\n    pass\nf.__code__ = f.__code__.replace(co_code=bytes([255, 0] * 8))\nf()", &[Status::Crashed, Status::Error]),
         ("import threading\nt = threading.Thread(target=lambda: None)\nt.start()", &[Status::Error]),
         ("eval('(' * 100000 + ')' * 100000)", &[Status::Error]),
@@ -282,8 +282,10 @@ fn in_process_pool_runs_and_times_out() {
     assert_eq!(r.status, Status::Timeout);
     assert!(t.elapsed() < Duration::from_secs(2));
     // Stuck in native code: the caller is answered after the grace period; a new thread serves.
+    // (2^26 backtracking steps: a few seconds, so the abandoned thread ends while the other
+    // tests of this process run; it may hold interpreter-wide locks until then.)
     let t = Instant::now();
-    let r = sb.run_blocking(ToolCall::new("import re\nre.match(r'(a+)+$', 'a' * 34 + 'b')"));
+    let r = sb.run_blocking(ToolCall::new("import re\nre.match(r'(a+)+$', 'a' * 26 + 'b')"));
     assert_eq!(r.status, Status::Timeout);
     assert!(t.elapsed() < Duration::from_secs(3));
     assert_eq!(sb.run_blocking(ToolCall::new("print('ok')")).stdout, "ok\n");

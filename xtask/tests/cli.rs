@@ -23,8 +23,9 @@ fn sandbox_exec_prints_one_json_object() {
     let (out, err, ok) = xtask(&["sandbox", "exec"], "import math\nprint(math.comb(10, 3))\n");
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(out.trim()).unwrap();
-    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(keys, ["status", "stdout", "stderr", "elapsed_us"]);
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["elapsed_us", "status", "stderr", "stdout"]);
     assert_eq!((v["status"].as_str(), v["stdout"].as_str(), v["stderr"].as_str()), (Some("ok"), Some("120\n"), Some("")));
     assert!(v["elapsed_us"].as_u64().unwrap() > 0);
 

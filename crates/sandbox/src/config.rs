@@ -72,7 +72,10 @@ pub enum Isolation {
     Process(WorkerCommand),
     /// Interpreters on threads of this process: lowest latency, but a call stuck in
     /// non-interruptible native code (a catastrophic regex) can only be abandoned, its thread
-    /// burning CPU until the native call ends, and memory is shared with the host.
+    /// burning CPU (and possibly holding interpreter-wide locks, which delays creating new
+    /// interpreters) until the native call ends; memory is shared with the host; and a VM panic
+    /// from crafted bytecode, although caught, may have corrupted the host's heap. Use it for
+    /// trusted or benchmark workloads.
     InProcess,
 }
 

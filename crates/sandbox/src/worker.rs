@@ -79,12 +79,13 @@ pub fn serve_stdio(config: &InterpreterConfig) {
     let mut stdout = std::io::stdout().lock();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
+        let mut crashed = false;
         let (result, replace) = match serde_json::from_str::<Request>(&line) {
             Ok(Request::Run { call, independent }) => {
                 let runner = runner.get_or_insert_with(|| Runner::new(config).expect("an interpreter was created before"));
                 let (result, taints) = runner.run_with(&call, &watchdog, !independent, None);
-                let crashed = result.status == Status::Crashed;
-                (Some(result), crashed || (independent && taints))
+                crashed = result.status == Status::Crashed;
+                (Some(result), independent && taints)
             }
             Ok(Request::Reset) => (None, true),
             Err(e) => (Some(ToolResult::failure(Status::InvalidInput, format!("bad worker request: {e}"), 0)), false),
@@ -92,7 +93,8 @@ pub fn serve_stdio(config: &InterpreterConfig) {
         if replace {
             recycles += 1;
         }
-        let exiting = recycles > MAX_RECYCLES;
+        // A VM panic (crafted bytecode) can leave the heap corrupted: never reuse this process.
+        let exiting = crashed || recycles > MAX_RECYCLES;
         let reply = serde_json::to_string(&Reply { result, exiting }).expect("replies serialize");
         if writeln!(stdout, "{reply}").and_then(|()| stdout.flush()).is_err() || exiting {
             break;
