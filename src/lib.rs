@@ -4,6 +4,7 @@
 //! This facade re-exports the workspace crates:
 //! - [`sandbox`]: the RustPython tool environment.
 //! - [`grpo`]: GRPO-RoC (reward, selection, advantages, policy loss).
+//! - [`model`]: the transformer (HF checkpoints, forward, backward, AdamW, KV cache).
 //!
 //! ```no_run
 //! use rstar2::sandbox::{Sandbox, SandboxConfig, ToolCall};
@@ -13,4 +14,5 @@
 #![deny(missing_docs)]
 
 pub use rstar2_grpo as grpo;
+pub use rstar2_model as model;
 pub use rstar2_sandbox as sandbox;

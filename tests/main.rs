@@ -1,3 +1,4 @@
 //! Workspace integration tests, one binary. Run with `cargo xtask test`.
 
+mod model;
 mod sandbox;

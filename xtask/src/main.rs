@@ -1,6 +1,7 @@
 //! `cargo xtask`: the rstar2 command line. See `cargo xtask --help`.
 
 mod bench;
+mod forward_cmd;
 mod sandbox_cmd;
 mod test_cmd;
 mod verify_cmd;
@@ -22,6 +23,8 @@ enum Command {
     /// Benchmarks that print one table each, with baselines measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Runs one token sequence through a model and writes its logits [T, vocab] as safetensors.
+    Forward(forward_cmd::ForwardArgs),
     /// Scores responses against ground-truth answers (the GRPO-RoC reward).
     Verify(verify_cmd::VerifyArgs),
     /// Prepares test inputs (pure-Python sympy and mpmath wheels) and runs the whole test suite.
@@ -36,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Test(args) => test_cmd::run(args),
         Command::Verify(args) => verify_cmd::run(args),
+        Command::Forward(args) => forward_cmd::run(args),
     }
 }

@@ -1,0 +1,202 @@
+//! Inference with a KV cache: prefill, incremental decoding and appending tokens (a tool
+//! response) to a sequence's cache without recomputing its prefix, for a batch of sequences of
+//! different lengths. The cache's capacity in tokens is fixed up front, so a scheduler can
+//! reserve against it.
+
+use std::collections::HashMap;
+
+use crate::model::Model;
+use crate::ops::attention::attention_decode;
+use crate::ops::embedding::embedding_forward;
+use crate::ops::matmul::linear_forward;
+use crate::ops::rmsnorm::rmsnorm_forward;
+use crate::ops::rope::rope_forward;
+use crate::ops::swiglu::swiglu_forward;
+
+/// Identifies a sequence in a [`KvCache`].
+pub type SeqId = u64;
+
+/// Why tokens could not be appended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    /// The cache has no room for the tokens.
+    #[error("KV cache full: {needed} more tokens needed, {free} of {capacity} free")]
+    Full {
+        /// Tokens asked for.
+        needed: usize,
+        /// Tokens free.
+        free: usize,
+        /// Total capacity.
+        capacity: usize,
+    },
+    /// The sequence would pass the model's longest position.
+    #[error("sequence {seq} would reach position {position}, beyond the model's {max}")]
+    TooLong {
+        /// The sequence.
+        seq: SeqId,
+        /// The position it would reach.
+        position: usize,
+        /// The maximum.
+        max: usize,
+    },
+}
+
+struct SeqCache {
+    /// Per layer: keys and values, rows of `kv_heads * head_dim`, after RoPE.
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+}
+
+/// Keys and values of many sequences, with a capacity in tokens.
+pub struct KvCache {
+    capacity: usize,
+    used: usize,
+    seqs: HashMap<SeqId, SeqCache>,
+}
+
+impl KvCache {
+    /// An empty cache holding at most `capacity` tokens over all sequences.
+    pub fn new(capacity: usize) -> Self {
+        KvCache { capacity, used: 0, seqs: HashMap::new() }
+    }
+
+    /// The capacity in tokens.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Tokens held.
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    /// Tokens cached for `seq` (0 if unknown).
+    pub fn len(&self, seq: SeqId) -> usize {
+        self.seqs.get(&seq).map_or(0, |s| s.len)
+    }
+
+    /// Whether no sequence is cached.
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    /// Frees a sequence's tokens.
+    pub fn release(&mut self, seq: SeqId) {
+        if let Some(s) = self.seqs.remove(&seq) {
+            self.used -= s.len;
+        }
+    }
+
+    /// Bytes one cached token takes (f32 keys and values of every layer).
+    pub fn bytes_per_token(model: &Model) -> usize {
+        2 * model.config.num_hidden_layers * model.config.kv_heads() * model.config.head_dim() * 4
+    }
+}
+
+impl Model {
+    /// Appends `chunks[b]` to sequence `seqs[b]`'s cache (creating it if new) and returns, for
+    /// each chunk, the logits [V] after its last token. One forward over all new tokens of all
+    /// sequences; each attends to its own sequence's cached prefix. Chunks must be non-empty.
+    pub fn extend(&self, cache: &mut KvCache, seqs: &[SeqId], chunks: &[&[u32]]) -> Result<Vec<Vec<f32>>, KvError> {
+        assert_eq!(seqs.len(), chunks.len(), "extend: {} sequences, {} chunks", seqs.len(), chunks.len());
+        assert!(chunks.iter().all(|c| !c.is_empty()), "extend: empty chunk");
+        let needed: usize = chunks.iter().map(|c| c.len()).sum();
+        if cache.used + needed > cache.capacity {
+            return Err(KvError::Full { needed, free: cache.capacity - cache.used, capacity: cache.capacity });
+        }
+        for (&s, c) in seqs.iter().zip(chunks) {
+            let position = cache.len(s) + c.len();
+            if position > self.rope.max_pos() {
+                return Err(KvError::TooLong { seq: s, position, max: self.rope.max_pos() });
+            }
+        }
+        let c = &self.config;
+        let heads = self.heads();
+        let (d, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let (qd, kd) = (heads.q * heads.dim, heads.kv * heads.dim);
+        let eps = c.rms_norm_eps as f32;
+        let n = needed;
+        let tokens: Vec<u32> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        // Row r belongs to chunk owner[r] and sits at absolute position positions[r].
+        let mut owner = Vec::with_capacity(n);
+        let mut positions = Vec::with_capacity(n);
+        for (b, (&s, ch)) in seqs.iter().zip(chunks).enumerate() {
+            let past = cache.len(s);
+            for i in 0..ch.len() {
+                owner.push(b);
+                positions.push(past + i);
+            }
+        }
+        let layers = self.config.num_hidden_layers;
+        for &s in seqs {
+            cache.seqs.entry(s).or_insert_with(|| SeqCache { k: vec![Vec::new(); layers], v: vec![Vec::new(); layers], len: 0 });
+        }
+        let mut x = vec![0.0; n * d];
+        embedding_forward(&mut x, &tokens, &self.params.data[self.wte], d);
+        let (mut h, mut rstd) = (vec![0.0; n * d], vec![0.0; n]);
+        let (mut q, mut k, mut vv) = (vec![0.0; n * qd], vec![0.0; n * kd], vec![0.0; n * kd]);
+        let mut att = vec![0.0; n * qd];
+        let mut o = vec![0.0; n * d];
+        let (mut gate, mut up, mut act) = (vec![0.0; n * f], vec![0.0; n * f], vec![0.0; n * f]);
+        let w = |i: usize| self.params.data[i].as_slice();
+        let wo = |i: Option<usize>| i.map(|i| self.params.data[i].as_slice());
+        for (l, li) in self.layers.iter().enumerate() {
+            rmsnorm_forward(&mut h, &mut rstd, &x, w(li.ln1), d, eps);
+            linear_forward(&mut q, &h, w(li.q), wo(li.qb), n, d, qd);
+            linear_forward(&mut k, &h, w(li.k), wo(li.kb), n, d, kd);
+            linear_forward(&mut vv, &h, w(li.v), wo(li.vb), n, d, kd);
+            if let (Some(qn), Some(kn)) = (li.qn, li.kn) {
+                let (qr, kr) = (q.clone(), k.clone());
+                let (mut rq, mut rk) = (vec![0.0; n * heads.q], vec![0.0; n * heads.kv]);
+                rmsnorm_forward(&mut q, &mut rq, &qr, w(qn), heads.dim, eps);
+                rmsnorm_forward(&mut k, &mut rk, &kr, w(kn), heads.dim, eps);
+            }
+            rope_forward(&mut q, &positions, &self.rope, heads.q);
+            rope_forward(&mut k, &positions, &self.rope, heads.kv);
+            for r in 0..n {
+                let sc = cache.seqs.get_mut(&seqs[owner[r]]).expect("inserted above");
+                sc.k[l].extend_from_slice(&k[r * kd..(r + 1) * kd]);
+                sc.v[l].extend_from_slice(&vv[r * kd..(r + 1) * kd]);
+            }
+            {
+                let views: Vec<(&[f32], &[f32], usize)> = (0..n)
+                    .map(|r| {
+                        let sc = &cache.seqs[&seqs[owner[r]]];
+                        (sc.k[l].as_slice(), sc.v[l].as_slice(), positions[r] + 1)
+                    })
+                    .collect();
+                attention_decode(&mut att, &q, &views, heads);
+            }
+            linear_forward(&mut o, &att, w(li.o), wo(li.ob), n, qd, d);
+            for (xi, oi) in x.iter_mut().zip(&o) {
+                *xi += oi;
+            }
+            rmsnorm_forward(&mut h, &mut rstd, &x, w(li.ln2), d, eps);
+            linear_forward(&mut gate, &h, w(li.gate), None, n, d, f);
+            linear_forward(&mut up, &h, w(li.up), None, n, d, f);
+            swiglu_forward(&mut act, &gate, &up);
+            linear_forward(&mut o, &act, w(li.down), None, n, f, d);
+            for (xi, oi) in x.iter_mut().zip(&o) {
+                *xi += oi;
+            }
+        }
+        for (&s, ch) in seqs.iter().zip(chunks) {
+            cache.seqs.get_mut(&s).expect("inserted above").len += ch.len();
+        }
+        cache.used += n;
+        // Final norm and logits only for each chunk's last row.
+        let mut last_rows = Vec::with_capacity(seqs.len() * d);
+        let mut end = 0;
+        for ch in chunks {
+            end += ch.len();
+            last_rows.extend_from_slice(&x[(end - 1) * d..end * d]);
+        }
+        let b = seqs.len();
+        let (mut hf, mut rf) = (vec![0.0; b * d], vec![0.0; b]);
+        rmsnorm_forward(&mut hf, &mut rf, &last_rows, w(self.norm), d, eps);
+        let mut logits = vec![0.0; b * v];
+        linear_forward(&mut logits, &hf, w(self.lm_head), None, b, d, v);
+        Ok(logits.chunks_exact(v).map(<[f32]>::to_vec).collect())
+    }
+}

@@ -1,0 +1,168 @@
+//! The transformer against Hugging Face transformers (fixtures written by
+//! `scripts/gen_fixtures.py`): logits, loss, every parameter gradient, and AdamW steps; and the
+//! KV-cache path against the training forward.
+
+use std::path::PathBuf;
+
+use rstar2::model::ops::logprob::cross_entropy;
+use rstar2::model::{AdamW, AdamWConfig, Batch, Config, KvCache, Model, Params};
+use safetensors::SafeTensors;
+
+fn fixture_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+struct Expected {
+    tensors: std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>,
+    seqs: Vec<Vec<u32>>,
+    lr: f32,
+    steps: usize,
+}
+
+fn expected(name: &str) -> Expected {
+    let dir = fixture_dir(name);
+    let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, (v.shape().to_vec(), v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())))
+        .collect();
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let seqs = meta["seqs"].as_array().unwrap().iter().map(|s| s.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()).collect();
+    Expected { tensors, seqs, lr: meta["lr"].as_f64().unwrap() as f32, steps: meta["steps"].as_u64().unwrap() as usize }
+}
+
+fn load(name: &str) -> Model {
+    let dir = fixture_dir(name);
+    let config = Config::from_file(&dir.join("config.json")).unwrap();
+    let params = Params::load(&dir, &config).unwrap();
+    Model::new(config, params)
+}
+
+/// max |a - b| / max(1, max |b|)
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn loss_and_grads(model: &Model, seqs: &[Vec<u32>]) -> (f32, Params, Vec<f32>) {
+    let batch = Batch::new(seqs);
+    let mut fwd = model.forward(&batch);
+    let (targets, mask) = batch.next_token_targets();
+    let lp = fwd.logprobs(&targets, model.config.vocab_size);
+    let (loss, dlp) = cross_entropy(&lp, &mask);
+    let mut grads = Params::zeros(&model.config);
+    model.backward(&fwd, &dlp, &mut grads);
+    (loss, grads, fwd.logits.clone())
+}
+
+fn golden(name: &str) {
+    let mut model = load(name);
+    let exp = expected(name);
+    let v = model.config.vocab_size;
+    let (loss, grads, logits) = loss_and_grads(&model, &exp.seqs);
+    let mut row = 0;
+    for (i, s) in exp.seqs.iter().enumerate() {
+        let want = &exp.tensors[&format!("logits.{i}")].1;
+        let got = &logits[row * v..(row + s.len()) * v];
+        assert!(rel_err(got, want) < 1e-5, "{name}: logits of sequence {i} differ by {}", rel_err(got, want));
+        row += s.len();
+    }
+    let want_loss = exp.tensors["loss"].1[0];
+    assert!((loss - want_loss).abs() < 1e-5, "{name}: loss {loss} vs {want_loss}");
+    for (i, (pname, _)) in grads.specs.iter().enumerate() {
+        let want = &exp.tensors[&format!("grad.{pname}")].1;
+        let err = rel_err(&grads.data[i], want);
+        assert!(err < 1e-4, "{name}: gradient of {pname} differs by {err}");
+    }
+    // AdamW steps: losses before each step and after the last.
+    let want_losses = &exp.tensors["adamw_losses"].1;
+    let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.01, ..Default::default() }, &model.params);
+    for (step, want) in want_losses.iter().enumerate() {
+        let (loss, grads, _) = loss_and_grads(&model, &exp.seqs);
+        assert!((loss - want).abs() < 2e-4 * want.abs().max(1.0), "{name}: loss before AdamW step {step}: {loss} vs {want}");
+        if step < exp.steps {
+            opt.update(&mut model.params, &grads, exp.lr);
+        }
+    }
+}
+
+#[test]
+fn golden_qwen2_tied_embeddings_with_qkv_bias() {
+    golden("qwen2-tied");
+}
+
+#[test]
+fn golden_qwen3_qk_norm_untied() {
+    golden("qwen3-untied");
+}
+
+#[test]
+fn golden_llama_untied() {
+    golden("llama-untied");
+}
+
+/// Prefill, decode and appending a chunk give the same last-token logits as the training
+/// forward over the whole sequence, for a batch of sequences of different lengths.
+#[test]
+fn kv_cache_matches_full_forward() {
+    let model = load("qwen3-untied");
+    let v = model.config.vocab_size;
+    let full: Vec<Vec<u32>> = vec![vec![5, 17, 3, 90, 44, 12, 7, 61], vec![33, 8, 71, 20, 95, 1]];
+    let mut cache = KvCache::new(64);
+    // Prefill different lengths, then decode one token each, then append a 2-token chunk to one.
+    let l0 = model.extend(&mut cache, &[0, 1], &[&full[0][..4], &full[1][..3]]).unwrap();
+    let l1 = model.extend(&mut cache, &[0, 1], &[&full[0][4..5], &full[1][3..4]]).unwrap();
+    let l2 = model.extend(&mut cache, &[0], &[&full[0][5..7]]).unwrap();
+    assert_eq!((cache.len(0), cache.len(1), cache.used()), (7, 4, 11));
+    let check = |seq: &[u32], got: &[f32]| {
+        let fwd = model.forward(&Batch::new(&[seq.to_vec()]));
+        let want = &fwd.logits[(seq.len() - 1) * v..seq.len() * v];
+        assert!(rel_err(got, want) < 1e-5, "prefix {seq:?}: {}", rel_err(got, want));
+    };
+    check(&full[0][..4], &l0[0]);
+    check(&full[1][..3], &l0[1]);
+    check(&full[0][..5], &l1[0]);
+    check(&full[1][..4], &l1[1]);
+    check(&full[0][..7], &l2[0]);
+    // Capacity is enforced and released.
+    assert!(model.extend(&mut cache, &[2], &[&[1u32; 60]]).is_err());
+    cache.release(0);
+    assert_eq!(cache.used(), 4);
+    assert!(model.extend(&mut cache, &[2], &[&[1u32; 60]]).is_ok());
+}
+
+#[test]
+fn weights_round_trip_and_bad_files_give_clear_errors() {
+    let dir = fixture_dir("llama-untied");
+    let config = Config::from_file(&dir.join("config.json")).unwrap();
+    let params = Params::load(&dir, &config).unwrap();
+    let tmp = std::env::temp_dir().join(format!("rstar2-weights-{}", std::process::id()));
+    params.save(&tmp).unwrap();
+    assert_eq!(Params::load(&tmp, &config).unwrap(), params);
+    // Truncated file.
+    let bytes = std::fs::read(tmp.join("model.safetensors")).unwrap();
+    std::fs::write(tmp.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let err = Params::load(&tmp, &config).unwrap_err().to_string();
+    assert!(err.contains("model.safetensors") && err.contains("truncated"), "{err}");
+    // A config whose shapes disagree with the file.
+    let mut wrong = config.clone();
+    wrong.intermediate_size += 1;
+    let err = Params::load(&dir, &wrong).unwrap_err().to_string();
+    assert!(err.contains("model.safetensors") && err.contains("tensor model.layers.0.mlp.down_proj.weight has shape [32, 48], config needs [32, 49]"), "{err}");
+    // Unsupported rope scaling.
+    std::fs::write(tmp.join("config.json"), r#"{"model_type": "llama", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}"#).unwrap();
+    let err = Config::from_file(&tmp.join("config.json")).unwrap_err().to_string();
+    assert!(err.contains("yarn"), "{err}");
+    // A missing tensor: the tied Qwen2 file has no lm_head, which an untied config needs.
+    let qwen = fixture_dir("qwen2-tied");
+    let mut untied = Config::from_file(&qwen.join("config.json")).unwrap();
+    untied.tie_word_embeddings = false;
+    let err = Params::load(&qwen, &untied).unwrap_err().to_string();
+    assert!(err.contains("missing tensor lm_head.weight"), "{err}");
+    std::fs::write(tmp.join("config.json"), "{ not json").unwrap();
+    assert!(Config::from_file(&tmp.join("config.json")).unwrap_err().to_string().contains("config.json"));
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
