@@ -33,10 +33,10 @@ def loss_of(model):
 
 def main():
     torch.manual_seed(0)
-    for name, (cfg_cls, model_cls, extra) in MODELS.items():
+    for seed, (name, (cfg_cls, model_cls, extra)) in enumerate(MODELS.items()):
         cfg = cfg_cls(**COMMON, **extra)
         cfg._attn_implementation = "eager"
-        torch.manual_seed(hash(name) % 1000)
+        torch.manual_seed(1000 + seed)
         model = model_cls(cfg).float()
         with torch.no_grad():
             for n, p in model.named_parameters():
@@ -49,6 +49,8 @@ def main():
         d = os.path.join(OUT, name)
         os.makedirs(d, exist_ok=True)
         model.save_pretrained(d, safe_serialization=True)
+        if os.path.exists(os.path.join(d, "generation_config.json")):
+            os.remove(os.path.join(d, "generation_config.json"))
         tensors = {}
         for i, s in enumerate(SEQS):
             tensors[f"logits.{i}"] = model(input_ids=torch.tensor([s])).logits[0].detach().contiguous()

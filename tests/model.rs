@@ -166,3 +166,14 @@ fn weights_round_trip_and_bad_files_give_clear_errors() {
     assert!(Config::from_file(&tmp.join("config.json")).unwrap_err().to_string().contains("config.json"));
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+/// The presets' parameter counts equal the published sizes of those models.
+#[test]
+fn preset_configs_have_the_published_parameter_counts() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
+    for (preset, want) in [("smollm2-135m", 134_515_008usize), ("qwen2.5-0.5b", 494_032_768), ("qwen3-0.6b", 596_049_920), ("tiny", 854_144)] {
+        let config = Config::from_file(&root.join(preset).join("config.json")).unwrap();
+        let count: usize = config.parameter_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        assert_eq!(count, want, "{preset}");
+    }
+}

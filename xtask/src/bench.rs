@@ -22,11 +22,24 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 45_000)]
         burst: usize,
     },
+    /// The CPU model: matmul GFLOP/s against the machine's fp32 peak, training tokens/s
+    /// (forward + backward + AdamW) and batched decode tokens/s on the tiny preset and on a
+    /// SmolLM2-135M-shaped model with random weights, beside PyTorch CPU on the same shapes.
+    Model {
+        /// The machine's fp32 peak in GFLOP/s (the default is the figure measured for the
+        /// 2-core Zen 4 machines this project is developed on, see DESIGN.md).
+        #[arg(long, default_value_t = 230.0)]
+        peak_gflops: f64,
+        /// Python with torch and transformers for the PyTorch baseline.
+        #[arg(long, default_value = "python3")]
+        python: String,
+    },
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Sandbox { calls, burst } => bench_sandbox(calls, burst),
+        BenchCommand::Model { peak_gflops, python } => crate::bench_model::run(peak_gflops, &python),
     }
 }
 

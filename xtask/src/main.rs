@@ -1,6 +1,7 @@
 //! `cargo xtask`: the rstar2 command line. See `cargo xtask --help`.
 
 mod bench;
+mod bench_model;
 mod forward_cmd;
 mod sandbox_cmd;
 mod test_cmd;
@@ -25,6 +26,13 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Runs one token sequence through a model and writes its logits [T, vocab] as safetensors.
     Forward(forward_cmd::ForwardArgs),
+    /// Regenerates the golden model fixtures in tests/fixtures with HF transformers (needs a
+    /// Python with torch and transformers; not run in CI, the fixtures are committed).
+    GenFixtures {
+        /// Python with torch and transformers.
+        #[arg(long, default_value = "python3")]
+        python: String,
+    },
     /// Scores responses against ground-truth answers (the GRPO-RoC reward).
     Verify(verify_cmd::VerifyArgs),
     /// Prepares test inputs (pure-Python sympy and mpmath wheels) and runs the whole test suite.
@@ -40,5 +48,15 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test_cmd::run(args),
         Command::Verify(args) => verify_cmd::run(args),
         Command::Forward(args) => forward_cmd::run(args),
+        Command::GenFixtures { python } => {
+            let root = test_cmd::workspace_root();
+            let status = std::process::Command::new(&python)
+                .arg(root.join("scripts/gen_fixtures.py"))
+                .arg(root.join("tests/fixtures"))
+                .status()
+                .map_err(|e| anyhow::anyhow!("running {python}: {e}"))?;
+            anyhow::ensure!(status.success(), "scripts/gen_fixtures.py failed (does {python} have torch and transformers?)");
+            Ok(())
+        }
     }
 }

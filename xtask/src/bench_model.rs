@@ -1,0 +1,140 @@
+//! `cargo xtask bench model`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use rstar2_model::ops::logprob::cross_entropy;
+use rstar2_model::ops::matmul::matmul_nt;
+use rstar2_model::{AdamW, AdamWConfig, Batch, Config, KvCache, Model, Params};
+
+use crate::test_cmd::workspace_root;
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Median seconds of `reps` runs after one warm-up.
+fn median_secs(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+struct Shapes {
+    preset: &'static str,
+    train_batch: usize,
+    train_len: usize,
+    decode_batch: usize,
+    prompt_len: usize,
+    decode_steps: usize,
+}
+
+fn train_tokens_per_s(model: &mut Model, s: &Shapes) -> f64 {
+    let v = model.config.vocab_size as u32;
+    let seqs: Vec<Vec<u32>> = (0..s.train_batch).map(|b| (0..s.train_len).map(|i| ((b * 7919 + i * 104_729) as u32) % v).collect()).collect();
+    let batch = Batch::new(&seqs);
+    let (targets, mask) = batch.next_token_targets();
+    let mut opt = AdamW::new(AdamWConfig::default(), &model.params);
+    let mut grads = Params::zeros(&model.config);
+    let secs = median_secs(3, || {
+        grads.fill_zero();
+        let mut fwd = model.forward(&batch);
+        let lp = fwd.logprobs(&targets, model.config.vocab_size);
+        let (_, dlp) = cross_entropy(&lp, &mask);
+        model.backward(&fwd, &dlp, &mut grads);
+        opt.update(&mut model.params, &grads, 1e-4);
+    });
+    (s.train_batch * s.train_len) as f64 / secs
+}
+
+fn decode_tokens_per_s(model: &Model, s: &Shapes) -> f64 {
+    let v = model.config.vocab_size as u32;
+    let seqs: Vec<u64> = (0..s.decode_batch as u64).collect();
+    let run = || {
+        let mut cache = KvCache::new(s.decode_batch * (s.prompt_len + s.decode_steps));
+        let prompts: Vec<Vec<u32>> = (0..s.decode_batch).map(|b| (0..s.prompt_len).map(|i| ((b * 31 + i * 17) as u32) % v).collect()).collect();
+        let chunks: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+        let mut logits = model.extend(&mut cache, &seqs, &chunks).expect("cache sized for the run");
+        let start = Instant::now();
+        for _ in 0..s.decode_steps {
+            let next: Vec<[u32; 1]> = logits.iter().map(|l| [argmax(l)]).collect();
+            let chunks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
+            logits = model.extend(&mut cache, &seqs, &chunks).expect("cache sized for the run");
+        }
+        start.elapsed().as_secs_f64()
+    };
+    run();
+    (s.decode_batch * s.decode_steps) as f64 / run()
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32)
+}
+
+fn torch_baseline(python: &str, config: &Path, s: &Shapes, threads: usize) -> Option<(f64, f64)> {
+    let script = workspace_root().join("scripts/bench_torch.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(config)
+        .args([s.train_batch, s.train_len, s.decode_batch, s.prompt_len, s.decode_steps, threads].map(|x| x.to_string()))
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!("PyTorch baseline skipped: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("python failed"));
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(out.stdout.split(|&b| b == b'\n').find(|l| l.starts_with(b"{"))?).ok()?;
+    Some((v["train_tokens_per_s"].as_f64()?, v["decode_tokens_per_s"].as_f64()?))
+}
+
+pub fn run(peak_gflops: f64, python: &str) -> anyhow::Result<()> {
+    let threads = rayon::current_num_threads();
+    println!("CPU backend, {threads} threads; fp32 peak taken as {peak_gflops:.0} GFLOP/s\n");
+    println!("{:<34} {:>12} {:>10}", "matmul [m x k] @ [k x n]", "GFLOP/s", "% peak");
+    for (m, k, n) in [(2048, 2048, 2048), (1024, 1024, 1024), (512, 576, 1536), (512, 1536, 576), (8, 576, 1536), (8, 576, 49152)] {
+        let (a, b) = (vec![0.5f32; m * k], vec![0.25f32; n * k]);
+        let mut c = vec![0.0f32; m * n];
+        let reps = if m * n * k > 1 << 28 { 3 } else { 20 };
+        let secs = median_secs(reps, || matmul_nt(&mut c, &a, &b, m, n, k, false));
+        let gflops = 2.0 * (m * n * k) as f64 / secs / 1e9;
+        println!("{:<34} {gflops:>12.1} {:>9.0}%", format!("[{m} x {k}] @ [{k} x {n}]"), 100.0 * gflops / peak_gflops);
+    }
+    let torch_ok = Command::new(python).args(["-c", "import torch, transformers"]).output().is_ok_and(|o| o.status.success());
+    if !torch_ok {
+        println!("\n(PyTorch baseline skipped: `{python} -c 'import torch, transformers'` failed; pass --python)");
+    }
+    println!("\n{:<48} {:>12} {:>12} {:>8} {:>12}", "model", "rstar2 tok/s", "torch tok/s", "ratio", "peak RSS MiB");
+    for s in [
+        Shapes { preset: "tiny", train_batch: 4, train_len: 256, decode_batch: 8, prompt_len: 32, decode_steps: 64 },
+        Shapes { preset: "smollm2-135m", train_batch: 2, train_len: 128, decode_batch: 8, prompt_len: 32, decode_steps: 16 },
+    ] {
+        let config_path = workspace_root().join("models").join(s.preset).join("config.json");
+        let config = Config::from_file(&config_path)?;
+        let mut model = Model::new(config.clone(), Params::random(&config, 0));
+        let train = train_tokens_per_s(&mut model, &s);
+        let rss_train = peak_rss_mib();
+        let decode = decode_tokens_per_s(&model, &s);
+        let rss_decode = peak_rss_mib();
+        let torch = if torch_ok { torch_baseline(python, &config_path, &s, threads) } else { None };
+        let fmt = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.1}"));
+        let ratio = |ours: f64, theirs: Option<f64>| theirs.map_or("-".to_string(), |t| format!("{:.2}x", ours / t));
+        let label = format!("{} train ({}x{}, fwd+bwd+AdamW)", s.preset, s.train_batch, s.train_len);
+        println!("{label:<48} {train:>12.1} {:>12} {:>8} {rss_train:>12.0}", fmt(torch.map(|t| t.0)), ratio(train, torch.map(|t| t.0)));
+        let label = format!("{} decode (batch {}, KV cache)", s.preset, s.decode_batch);
+        println!("{label:<48} {decode:>12.1} {:>12} {:>8} {rss_decode:>12.0}", fmt(torch.map(|t| t.1)), ratio(decode, torch.map(|t| t.1)));
+    }
+    Ok(())
+}
