@@ -75,5 +75,31 @@ def main():
             json.dump({"seqs": SEQS, "lr": LR, "steps": STEPS, "weight_decay": 0.01}, f)
         print(name, "loss", loss.item(), "adamw", losses)
 
+TOKENIZER_TEXTS = [
+    "def f(n):\n    return n * (n + 1) // 2\nprint(f(10**6))",
+    "The answer is \\boxed{1,234,567} and 3.14159 or -42.",
+    "<|im_start|>user\nWhat is 12 * 7?<|im_end|>\n<|im_start|>assistant\n<reason>",
+    "Unicode: café, naïve, 数学, ∑_{k=1}^{n} k², emoji 🙂",
+    "<tool_call>\n{\"name\": \"python\", \"arguments\": {\"code\": \"print(1)\"}}\n</tool_call>",
+]
+
+def tokenizer_fixture():
+    """A byte-level BPE trained here with HF tokenizers, and its encodings of a few texts."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = TOKENIZER_TEXTS * 3 + ["print(sum(i * i for i in range(100)))", "import math\nmath.comb(40, 20)"] * 5
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|im_start|>", "<|im_end|>", "<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    d = os.path.join(OUT, "tokenizer")
+    os.makedirs(d, exist_ok=True)
+    tok.save(os.path.join(d, "tokenizer.json"))
+    expected = [{"text": t, "ids": tok.encode(t).ids, "decoded": tok.decode(tok.encode(t).ids, skip_special_tokens=False)} for t in TOKENIZER_TEXTS]
+    with open(os.path.join(d, "expected.json"), "w") as f:
+        json.dump(expected, f, ensure_ascii=False, indent=1)
+
 if __name__ == "__main__":
     main()
+    tokenizer_fixture()

@@ -177,3 +177,21 @@ fn preset_configs_have_the_published_parameter_counts() {
         assert_eq!(count, want, "{preset}");
     }
 }
+
+/// Encodings of code, digits, unicode and chat markers equal HF tokenizers' with the same file.
+#[test]
+fn tokenizer_matches_hf_tokenizers() {
+    let dir = fixture_dir("tokenizer");
+    let tok = rstar2::model::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    for case in expected.as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let ids = tok.encode(text);
+        assert_eq!(ids, want, "{text:?}");
+        assert_eq!(tok.decode(&ids), case["decoded"].as_str().unwrap());
+    }
+    assert_eq!(tok.token_id("<|im_end|>"), Some(1));
+    let err = rstar2::model::Tokenizer::from_file(&dir.join("missing.json")).err().unwrap().to_string();
+    assert!(err.contains("missing.json"), "{err}");
+}

@@ -17,6 +17,7 @@ pub mod kv;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod tokenizer;
 pub mod weights;
 
 use std::path::Path;
@@ -25,6 +26,7 @@ pub use config::{Config, Family};
 pub use kv::{KvCache, KvError, SeqId};
 pub use model::{Batch, Forward, Model};
 pub use optim::{AdamW, AdamWConfig, LrSchedule, clip_grad_norm};
+pub use tokenizer::Tokenizer;
 pub use weights::Params;
 
 /// Errors of this crate, each naming the file or tensor at fault.
@@ -42,6 +44,14 @@ pub enum ModelError {
     /// `config.json` is malformed or describes an unsupported model.
     #[error("{path}: {message}")]
     Config {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// `tokenizer.json` is missing or malformed.
+    #[error("{path}: {message}")]
+    Tokenizer {
         /// The file.
         path: String,
         /// What is wrong.
