@@ -9,58 +9,46 @@ fn parallelism() -> Parallelism {
     }
 }
 
-/// `c[m,n] = beta * c + a[m,k] @ b` where `b` is given as `[n,k]` row-major (i.e. `a @ b^T`).
-/// `accumulate` keeps the old `c` (beta = 1), else overwrites.
+/// `c[m,n] (+)= A @ B` where element (i, p) of A is `a[i * a_rs + p * a_cs]` and element
+/// (p, j) of B is `b[p * b_rs + j * b_cs]`: transposes are just strides. `c` is row-major.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_nt(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, accumulate: bool) {
-    debug_assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= n * k);
-    // SAFETY: shapes and strides describe the slices checked above; gemm reads `a`, `b` and
-    // writes `c` within them.
+fn gemm_strided(c: &mut [f32], a: &[f32], a_rs: usize, a_cs: usize, b: &[f32], b_rs: usize, b_cs: usize, m: usize, n: usize, k: usize, accumulate: bool) {
+    assert!(c.len() >= m * n, "matmul: output has {} elements, needs {m}x{n}", c.len());
+    if m == 0 || n == 0 || k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs, "matmul: lhs too small for {m}x{k}");
+    assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs, "matmul: rhs too small for {k}x{n}");
+    // SAFETY: the asserts above keep every strided access inside the slices.
     unsafe {
         gemm(
             m, n, k,
             c.as_mut_ptr(), 1, n as isize,
             accumulate,
-            a.as_ptr(), 1, k as isize,
-            b.as_ptr(), k as isize, 1,
+            a.as_ptr(), a_cs as isize, a_rs as isize,
+            b.as_ptr(), b_cs as isize, b_rs as isize,
             1.0, 1.0, false, false, false,
             parallelism(),
         );
     }
+}
+
+/// `c[m,n] (+)= a[m,k] @ b^T` with `b` given as `[n,k]` row-major.
+pub fn matmul_nt(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, accumulate: bool) {
+    gemm_strided(c, a, k, 1, b, 1, k, m, n, k, accumulate);
 }
 
 /// `c[m,n] (+)= a[m,k] @ b[k,n]`, all row-major.
 pub fn matmul_nn(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, accumulate: bool) {
-    debug_assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
-    // SAFETY: as above.
-    unsafe {
-        gemm(
-            m, n, k,
-            c.as_mut_ptr(), 1, n as isize,
-            accumulate,
-            a.as_ptr(), 1, k as isize,
-            b.as_ptr(), 1, n as isize,
-            1.0, 1.0, false, false, false,
-            parallelism(),
-        );
-    }
+    gemm_strided(c, a, k, 1, b, n, 1, m, n, k, accumulate);
 }
 
 /// `c[m,n] (+)= a^T @ b` where `a` is `[k,m]` and `b` is `[k,n]`, row-major.
 pub fn matmul_tn(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, accumulate: bool) {
-    debug_assert!(c.len() >= m * n && a.len() >= k * m && b.len() >= k * n);
-    // SAFETY: as above.
-    unsafe {
-        gemm(
-            m, n, k,
-            c.as_mut_ptr(), 1, n as isize,
-            accumulate,
-            a.as_ptr(), m as isize, 1,
-            b.as_ptr(), 1, n as isize,
-            1.0, 1.0, false, false, false,
-            parallelism(),
-        );
-    }
+    gemm_strided(c, a, 1, m, b, n, 1, m, n, k, accumulate);
 }
 
 /// out[N,O] = x[N,I] @ w[O,I]^T + b[O]
