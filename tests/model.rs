@@ -195,3 +195,33 @@ fn tokenizer_matches_hf_tokenizers() {
     let err = rstar2::model::Tokenizer::from_file(&dir.join("missing.json")).err().unwrap().to_string();
     assert!(err.contains("missing.json"), "{err}");
 }
+
+/// Gradient accumulation: backward of two micro-batches into one buffer equals the sum of their
+/// separate gradients, and clipping scales to the requested global norm.
+#[test]
+fn gradients_accumulate_and_clip() {
+    let model = load("llama-untied");
+    let grads_of = |seqs: &[Vec<u32>], into: &mut Params| {
+        let batch = Batch::new(seqs);
+        let mut fwd = model.forward(&batch);
+        let (targets, mask) = batch.next_token_targets();
+        let lp = fwd.logprobs(&targets, model.config.vocab_size);
+        let (_, dlp) = cross_entropy(&lp, &mask);
+        model.backward(&fwd, &dlp, into);
+    };
+    let (a, b) = (vec![vec![5u32, 17, 3, 90]], vec![vec![33u32, 8, 71]]);
+    let mut both = Params::zeros(&model.config);
+    grads_of(&a, &mut both);
+    grads_of(&b, &mut both);
+    let (mut ga, mut gb) = (Params::zeros(&model.config), Params::zeros(&model.config));
+    grads_of(&a, &mut ga);
+    grads_of(&b, &mut gb);
+    for i in 0..both.data.len() {
+        let sum: Vec<f32> = ga.data[i].iter().zip(&gb.data[i]).map(|(x, y)| x + y).collect();
+        assert!(rel_err(&both.data[i], &sum) < 1e-6, "{}", both.specs[i].0);
+    }
+    let norm = rstar2::model::clip_grad_norm(&mut both, 0.5);
+    assert!(norm > 0.5, "the test needs a norm above the cap, got {norm}");
+    let after: f64 = both.data.iter().flatten().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+    assert!((after - 0.5).abs() < 1e-4, "{after}");
+}
