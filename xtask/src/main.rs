@@ -10,7 +10,7 @@ mod verify_cmd;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "rstar2: agentic RL with a Python tool, in Rust", version)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "rstar2: agentic RL with a Python tool, in Rust", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
