@@ -7,6 +7,8 @@
 
 use rayon::prelude::*;
 
+use super::matmul::gemm_strided;
+
 /// Head layout.
 #[derive(Debug, Clone, Copy)]
 pub struct Heads {
@@ -27,8 +29,18 @@ impl Heads {
     }
 }
 
+/// Dot product with eight independent partial sums, so it vectorizes (a single running f32 sum
+/// is one long dependency chain the compiler may not reorder).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// One query head against keys/values rows `keys[j]`, `values[j]` (each `[kv, dim]` row-major
@@ -101,47 +113,67 @@ pub fn attention_backward(
         .into_par_iter()
         .map(|ih| dot(&dout[ih * d..(ih + 1) * d], &out[ih * d..(ih + 1) * d]))
         .collect();
-    let prob = |i: usize, h: usize, j: usize| -> f32 {
-        let kvh = h / g;
-        let s = scale * dot(&q[i * qrow + h * d..i * qrow + h * d + d], &k[j * kvrow + kvh * d..j * kvrow + kvh * d + d]);
-        (s - lse[i * heads.q + h]).exp()
-    };
-    // dq: rows i in parallel.
-    dq.par_chunks_exact_mut(qrow).enumerate().for_each(|(i, dq_row)| {
-        dq_row.fill(0.0);
-        for h in 0..heads.q {
+    // One pass per (sequence, query head): probabilities are recomputed once from the saved
+    // log-sum-exp, and each item accumulates its own dq, dk, dv rows; results are scattered after.
+    let mut segments = Vec::new();
+    let mut i = 0;
+    while i < n_tok {
+        let start = seg_start[i];
+        let mut end = i;
+        while end < n_tok && seg_start[end] == start {
+            end += 1;
+        }
+        segments.push((start, end - start));
+        i = end;
+    }
+    let items: Vec<(usize, usize, usize)> = segments.iter().flat_map(|&(s, len)| (0..heads.q).map(move |h| (s, len, h))).collect();
+    let partials: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = items
+        .par_iter()
+        .map(|&(s, len, h)| {
+            // Per (sequence, head) with gemm: S = Q K^T, P = exp(scale S - lse) (causal),
+            // dP = dO V^T, dS = P (dP - D), dQ = scale dS K, dK = scale dS^T Q, dV = P^T dO.
             let kvh = h / g;
-            let do_ih = &dout[i * qrow + h * d..i * qrow + h * d + d];
-            for j in seg_start[i]..=i {
-                let p = prob(i, h, j);
-                let ds = p * (dot(do_ih, &v[j * kvrow + kvh * d..j * kvrow + kvh * d + d]) - delta[i * heads.q + h]);
-                for (x, kk) in dq_row[h * d..(h + 1) * d].iter_mut().zip(&k[j * kvrow + kvh * d..j * kvrow + kvh * d + d]) {
-                    *x += scale * ds * kk;
+            let (qo, ko) = (s * qrow + h * d, s * kvrow + kvh * d);
+            let mut p = vec![0.0f32; len * len];
+            let mut dp = vec![0.0f32; len * len];
+            gemm_strided(&mut p, &q[qo..], qrow, 1, &k[ko..], 1, kvrow, len, len, d, false);
+            gemm_strided(&mut dp, &dout[qo..], qrow, 1, &v[ko..], 1, kvrow, len, len, d, false);
+            for i in 0..len {
+                let row = s + i;
+                let (di, lse_i) = (delta[row * heads.q + h], lse[row * heads.q + h]);
+                for j in 0..len {
+                    let idx = i * len + j;
+                    if j <= i {
+                        let pij = (scale * p[idx] - lse_i).exp();
+                        p[idx] = pij;
+                        dp[idx] = scale * pij * (dp[idx] - di);
+                    } else {
+                        p[idx] = 0.0;
+                        dp[idx] = 0.0;
+                    }
                 }
             }
-        }
-    });
-    // dk, dv: rows j in parallel, over the queries i >= j of the same sequence.
-    dk.par_chunks_exact_mut(kvrow).zip(dv.par_chunks_exact_mut(kvrow)).enumerate().for_each(|(j, (dk_row, dv_row))| {
-        dk_row.fill(0.0);
-        dv_row.fill(0.0);
-        let start = seg_start[j];
-        let mut i = j;
-        while i < n_tok && seg_start[i] == start {
-            for h in 0..heads.q {
-                let kvh = h / g;
-                let p = prob(i, h, j);
-                let do_ih = &dout[i * qrow + h * d..i * qrow + h * d + d];
-                let ds = p * (dot(do_ih, &v[j * kvrow + kvh * d..j * kvrow + kvh * d + d]) - delta[i * heads.q + h]);
-                let qh = &q[i * qrow + h * d..i * qrow + h * d + d];
-                for t in 0..d {
-                    dk_row[kvh * d + t] += scale * ds * qh[t];
-                    dv_row[kvh * d + t] += p * do_ih[t];
-                }
+            // dp now holds scale * dS.
+            let (mut dq_l, mut dk_l, mut dv_l) = (vec![0.0f32; len * d], vec![0.0f32; len * d], vec![0.0f32; len * d]);
+            gemm_strided(&mut dq_l, &dp, len, 1, &k[ko..], kvrow, 1, len, d, len, false);
+            gemm_strided(&mut dk_l, &dp, 1, len, &q[qo..], qrow, 1, len, d, len, false);
+            gemm_strided(&mut dv_l, &p, 1, len, &dout[qo..], qrow, 1, len, d, len, false);
+            (dq_l, dk_l, dv_l)
+        })
+        .collect();
+    dk.fill(0.0);
+    dv.fill(0.0);
+    for (&(s, len, h), (dq_l, dk_l, dv_l)) in items.iter().zip(&partials) {
+        let kvh = h / g;
+        for i in 0..len {
+            let row = s + i;
+            dq[row * qrow + h * d..row * qrow + (h + 1) * d].copy_from_slice(&dq_l[i * d..(i + 1) * d]);
+            for t in 0..d {
+                dk[row * kvrow + kvh * d + t] += dk_l[i * d + t];
+                dv[row * kvrow + kvh * d + t] += dv_l[i * d + t];
             }
-            i += 1;
         }
-    });
+    }
 }
 
 /// Decoding: for each sequence b, query row q[b] (`Hq*dim`) attends to its cached keys and

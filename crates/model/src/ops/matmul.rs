@@ -12,7 +12,7 @@ fn parallelism() -> Parallelism {
 /// `c[m,n] (+)= A @ B` where element (i, p) of A is `a[i * a_rs + p * a_cs]` and element
 /// (p, j) of B is `b[p * b_rs + j * b_cs]`: transposes are just strides. `c` is row-major.
 #[allow(clippy::too_many_arguments)]
-fn gemm_strided(c: &mut [f32], a: &[f32], a_rs: usize, a_cs: usize, b: &[f32], b_rs: usize, b_cs: usize, m: usize, n: usize, k: usize, accumulate: bool) {
+pub(crate) fn gemm_strided(c: &mut [f32], a: &[f32], a_rs: usize, a_cs: usize, b: &[f32], b_rs: usize, b_cs: usize, m: usize, n: usize, k: usize, accumulate: bool) {
     assert!(c.len() >= m * n, "matmul: output has {} elements, needs {m}x{n}", c.len());
     if m == 0 || n == 0 || k == 0 {
         if !accumulate {
