@@ -70,24 +70,63 @@ fn attend(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], n: usize, kvh: usize
     max + sum.ln()
 }
 
+/// The (first row, length) of each packed sequence.
+fn segments(seg_start: &[usize]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < seg_start.len() {
+        let start = seg_start[i];
+        let mut end = i;
+        while end < seg_start.len() && seg_start[end] == start {
+            end += 1;
+        }
+        out.push((start, end - start));
+        i = end;
+    }
+    out
+}
+
 /// out[N, Hq*dim], lse[N, Hq] from q[N, Hq*dim], k[N, Hkv*dim], v[N, Hkv*dim]; `seg_start[i]`
-/// is the first row of token i's sequence.
+/// is the first row of token i's sequence. Per (sequence, head) with gemm: S = Q K^T, causal
+/// softmax, O = P V.
 pub fn attention_forward(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32], v: &[f32], seg_start: &[usize], heads: Heads) {
-    let qrow = heads.q * heads.dim;
-    out.par_chunks_exact_mut(qrow)
-        .zip(lse.par_chunks_exact_mut(heads.q))
-        .enumerate()
-        .for_each_init(Vec::new, |scores, (i, (out_row, lse_row))| {
-            let start = seg_start[i];
-            let n = i + 1 - start;
-            let row = heads.kv * heads.dim;
-            let (ks, vs) = (&k[start * row..(i + 1) * row], &v[start * row..(i + 1) * row]);
-            for h in 0..heads.q {
-                let qh = &q[i * qrow + h * heads.dim..i * qrow + (h + 1) * heads.dim];
-                let oh = &mut out_row[h * heads.dim..(h + 1) * heads.dim];
-                lse_row[h] = attend(oh, qh, ks, vs, n, h / heads.group(), heads, scores);
+    let (d, qrow, kvrow, g) = (heads.dim, heads.q * heads.dim, heads.kv * heads.dim, heads.group());
+    let scale = heads.scale();
+    let items: Vec<(usize, usize, usize)> = segments(seg_start).into_iter().flat_map(|(s, len)| (0..heads.q).map(move |h| (s, len, h))).collect();
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = items
+        .par_iter()
+        .map(|&(s, len, h)| {
+            let kvh = h / g;
+            let (qo, ko) = (s * qrow + h * d, s * kvrow + kvh * d);
+            let mut p = vec![0.0f32; len * len];
+            gemm_strided(&mut p, &q[qo..], qrow, 1, &k[ko..], 1, kvrow, len, len, d, false);
+            let mut lse_l = vec![0.0f32; len];
+            for i in 0..len {
+                let row = &mut p[i * len..(i + 1) * len];
+                let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(scale * x));
+                let mut sum = 0.0f32;
+                for x in row[..=i].iter_mut() {
+                    *x = (scale * *x - max).exp();
+                    sum += *x;
+                }
+                for x in row[..=i].iter_mut() {
+                    *x /= sum;
+                }
+                row[i + 1..].fill(0.0);
+                lse_l[i] = max + sum.ln();
             }
-        });
+            let mut o = vec![0.0f32; len * d];
+            gemm_strided(&mut o, &p, len, 1, &v[ko..], kvrow, 1, len, d, len, false);
+            (o, lse_l)
+        })
+        .collect();
+    for (&(s, len, h), (o, lse_l)) in items.iter().zip(&partials) {
+        for i in 0..len {
+            let row = s + i;
+            out[row * qrow + h * d..row * qrow + (h + 1) * d].copy_from_slice(&o[i * d..(i + 1) * d]);
+            lse[row * heads.q + h] = lse_l[i];
+        }
+    }
 }
 
 /// dq, dk, dv (overwrite) from dout and the forward's inputs, output and lse.
@@ -115,17 +154,7 @@ pub fn attention_backward(
         .collect();
     // One pass per (sequence, query head): probabilities are recomputed once from the saved
     // log-sum-exp, and each item accumulates its own dq, dk, dv rows; results are scattered after.
-    let mut segments = Vec::new();
-    let mut i = 0;
-    while i < n_tok {
-        let start = seg_start[i];
-        let mut end = i;
-        while end < n_tok && seg_start[end] == start {
-            end += 1;
-        }
-        segments.push((start, end - start));
-        i = end;
-    }
+    let segments = segments(seg_start);
     let items: Vec<(usize, usize, usize)> = segments.iter().flat_map(|&(s, len)| (0..heads.q).map(move |h| (s, len, h))).collect();
     let partials: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = items
         .par_iter()
