@@ -225,3 +225,35 @@ fn gradients_accumulate_and_clip() {
     let after: f64 = both.data.iter().flatten().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
     assert!((after - 0.5).abs() < 1e-4, "{after}");
 }
+
+/// A checkpoint split into shards with `model.safetensors.index.json` loads like the single file.
+#[test]
+fn sharded_checkpoints_load() {
+    let dir = fixture_dir("qwen2-tied");
+    let config = Config::from_file(&dir.join("config.json")).unwrap();
+    let single = Params::load(&dir, &config).unwrap();
+    let tmp = std::env::temp_dir().join(format!("rstar2-shards-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut weight_map = serde_json::Map::new();
+    let half = single.specs.len() / 2;
+    for (shard, range) in [(1, 0..half), (2, half..single.specs.len())] {
+        let file = format!("model-0000{shard}-of-00002.safetensors");
+        let bytes: Vec<Vec<u8>> = range.clone().map(|i| single.data[i].iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = range
+            .clone()
+            .zip(&bytes)
+            .map(|(i, b)| (single.specs[i].0.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, single.specs[i].1.clone(), b).unwrap()))
+            .collect();
+        for i in range {
+            weight_map.insert(single.specs[i].0.clone(), serde_json::Value::from(file.clone()));
+        }
+        std::fs::write(tmp.join(&file), safetensors::serialize(views, None).unwrap()).unwrap();
+    }
+    std::fs::write(tmp.join("model.safetensors.index.json"), serde_json::json!({"metadata": {}, "weight_map": weight_map}).to_string()).unwrap();
+    assert_eq!(Params::load(&tmp, &config).unwrap(), single);
+    // A shard that goes missing is named in the error.
+    std::fs::remove_file(tmp.join("model-00002-of-00002.safetensors")).unwrap();
+    let err = Params::load(&tmp, &config).unwrap_err().to_string();
+    assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
