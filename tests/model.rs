@@ -142,6 +142,11 @@ fn weights_round_trip_and_bad_files_give_clear_errors() {
     let tmp = std::env::temp_dir().join(format!("rstar2-weights-{}", std::process::id()));
     params.save(&tmp).unwrap();
     assert_eq!(Params::load(&tmp, &config).unwrap(), params);
+    // What we write back must load in transformers, which reads `"head_dim": null` as None and
+    // fails: absent optional fields are omitted (checked by hand with transformers 5.24).
+    let qwen2 = Config::from_file(&fixture_dir("qwen2-tied").join("config.json")).unwrap();
+    let written = serde_json::to_value(&qwen2).unwrap();
+    assert!(written.get("head_dim").is_none() && written["num_key_value_heads"] == 2, "{written}");
     // Truncated file.
     let bytes = std::fs::read(tmp.join("model.safetensors")).unwrap();
     std::fs::write(tmp.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();

@@ -64,10 +64,10 @@ pub struct Config {
     /// Query heads.
     pub num_attention_heads: usize,
     /// Key/value heads (GQA); defaults to the query heads.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_key_value_heads: Option<usize>,
     /// Per-head width; defaults to hidden_size / heads.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_dim: Option<usize>,
     /// RMSNorm epsilon.
     #[serde(default = "default_eps")]
