@@ -3,7 +3,6 @@
 //! weights. `cargo xtask bench model` prints the same work beside PyTorch as one table.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use rstar2::model::ops::logprob::cross_entropy;
 use rstar2::model::ops::matmul::matmul_nt;
 use rstar2::model::{AdamW, AdamWConfig, Batch, Config, KvCache, Model, Params};
 
@@ -26,17 +25,13 @@ fn model(c: &mut Criterion) {
     let v = net.config.vocab_size as u32;
     let seqs: Vec<Vec<u32>> = (0..4).map(|s| (0..256).map(|i| ((s * 7919 + i * 104_729) as u32) % v).collect()).collect();
     let batch = Batch::new(&seqs);
-    let (targets, mask) = batch.next_token_targets();
     let mut opt = AdamW::new(AdamWConfig::default(), &net.params);
     let mut grads = Params::zeros(&net.config);
     group.throughput(Throughput::Elements(batch.len() as u64));
     group.bench_function("tiny_train_step_tokens", |bch| {
         bch.iter(|| {
             grads.fill_zero();
-            let mut fwd = net.forward(&batch);
-            let lp = fwd.logprobs(&targets, net.config.vocab_size);
-            let (_, dlp) = cross_entropy(&lp, &mask);
-            net.backward(&fwd, &dlp, &mut grads);
+            net.next_token_loss_backward(&batch, &mut grads);
             opt.update(&mut net.params, &grads, 1e-4);
         })
     });

@@ -207,12 +207,7 @@ fn tokenizer_matches_hf_tokenizers() {
 fn gradients_accumulate_and_clip() {
     let model = load("llama-untied");
     let grads_of = |seqs: &[Vec<u32>], into: &mut Params| {
-        let batch = Batch::new(seqs);
-        let mut fwd = model.forward(&batch);
-        let (targets, mask) = batch.next_token_targets();
-        let lp = fwd.logprobs(&targets, model.config.vocab_size);
-        let (_, dlp) = cross_entropy(&lp, &mask);
-        model.backward(&fwd, &dlp, into);
+        model.next_token_loss_backward(&Batch::new(seqs), into);
     };
     let (a, b) = (vec![vec![5u32, 17, 3, 90]], vec![vec![33u32, 8, 71]]);
     let mut both = Params::zeros(&model.config);

@@ -4,7 +4,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use rstar2_model::ops::logprob::cross_entropy;
 use rstar2_model::ops::matmul::matmul_nt;
 use rstar2_model::{AdamW, AdamWConfig, Batch, Config, KvCache, Model, Params};
 
@@ -46,15 +45,11 @@ fn train_tokens_per_s(model: &mut Model, s: &Shapes) -> f64 {
     let v = model.config.vocab_size as u32;
     let seqs: Vec<Vec<u32>> = (0..s.train_batch).map(|b| (0..s.train_len).map(|i| ((b * 7919 + i * 104_729) as u32) % v).collect()).collect();
     let batch = Batch::new(&seqs);
-    let (targets, mask) = batch.next_token_targets();
     let mut opt = AdamW::new(AdamWConfig::default(), &model.params);
     let mut grads = Params::zeros(&model.config);
     let secs = median_secs(3, || {
         grads.fill_zero();
-        let mut fwd = model.forward(&batch);
-        let lp = fwd.logprobs(&targets, model.config.vocab_size);
-        let (_, dlp) = cross_entropy(&lp, &mask);
-        model.backward(&fwd, &dlp, &mut grads);
+        model.next_token_loss_backward(&batch, &mut grads);
         opt.update(&mut model.params, &grads, 1e-4);
     });
     (s.train_batch * s.train_len) as f64 / secs

@@ -341,6 +341,19 @@ impl Model {
     }
 }
 
+impl Model {
+    /// Next-token cross-entropy over every sequence of `batch` (token mean over the batch):
+    /// forward, loss, and backward accumulated into `grads`. Returns the loss.
+    pub fn next_token_loss_backward(&self, batch: &Batch, grads: &mut Params) -> f32 {
+        let mut fwd = self.forward(batch);
+        let (targets, mask) = batch.next_token_targets();
+        let lp = fwd.logprobs(&targets, self.config.vocab_size);
+        let (loss, dlogprob) = crate::ops::logprob::cross_entropy(&lp, &mask);
+        self.backward(&fwd, &dlogprob, grads);
+        loss
+    }
+}
+
 fn add_into(a: &mut [f32], b: &[f32]) {
     for (x, y) in a.iter_mut().zip(b) {
         *x += y;
