@@ -122,3 +122,45 @@ pub fn linear_backward(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-thread split (rows for tall outputs, columns for skinny ones) against a plain
+    /// triple loop, for all three layouts, overwriting and accumulating.
+    #[test]
+    fn threaded_splits_match_a_naive_product() {
+        let fill = |n: usize, s: f32| -> Vec<f32> { (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * s).collect() };
+        // m*n*k above the threading threshold: 70x50x300 splits rows, 8x200x300 splits columns.
+        for (m, n, k) in [(70usize, 50usize, 300usize), (8, 200, 300), (3, 5, 7)] {
+            let a = fill(m * k, 0.01);
+            let b = fill(k * n, 0.02);
+            let reference = |at: &dyn Fn(usize, usize) -> f32, bt: &dyn Fn(usize, usize) -> f32| -> Vec<f32> {
+                let mut c = vec![0.0f32; m * n];
+                for i in 0..m {
+                    for j in 0..n {
+                        c[i * n + j] = (0..k).map(|p| at(i, p) * bt(p, j)).sum();
+                    }
+                }
+                c
+            };
+            let close = |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(a, b)| (a - b).abs() <= 1e-3 * (1.0 + b.abs()));
+            // a [m,k] @ b given as [n,k]
+            let want = reference(&|i, p| a[i * k + p], &|p, j| b[j * k + p]);
+            let mut c = vec![1.0f32; m * n];
+            matmul_nt(&mut c, &a, &b, m, n, k, false);
+            assert!(close(&c, &want), "nt {m}x{n}x{k}");
+            matmul_nt(&mut c, &a, &b, m, n, k, true);
+            assert!(close(&c, &want.iter().map(|x| 2.0 * x).collect::<Vec<_>>()), "nt accumulate {m}x{n}x{k}");
+            // a [m,k] @ b [k,n]
+            let want = reference(&|i, p| a[i * k + p], &|p, j| b[p * n + j]);
+            matmul_nn(&mut c, &a, &b, m, n, k, false);
+            assert!(close(&c, &want), "nn {m}x{n}x{k}");
+            // a given as [k,m], transposed, @ b [k,n]
+            let want = reference(&|i, p| a[p * m + i], &|p, j| b[p * n + j]);
+            matmul_tn(&mut c, &a, &b, m, n, k, false);
+            assert!(close(&c, &want), "tn {m}x{n}x{k}");
+        }
+    }
+}
