@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rustpython::InterpreterBuilderExt;
-use rustpython_vm::builtins::PyStrRef;
+use rustpython_vm::builtins::{PyStrRef, PyTuple};
 use rustpython_vm::compiler::Mode;
 use rustpython_vm::scope::Scope;
 use rustpython_vm::signal::{UserSignal, UserSignalSender, user_signal_channel};
@@ -236,16 +236,18 @@ impl Runner {
             }
         };
         let exc_obj: PyObjectRef = exc.map_or_else(|| vm.ctx.none(), |e| e.into());
-        let kind = self.finish.call((streams.clone(), value, exc_obj), vm);
+        let finished = self.finish.call((streams.clone(), value, exc_obj), vm);
         guard.active.store(false, Ordering::Release);
+        if let Some(done) = finished.as_ref().ok().and_then(|t| t.downcast_ref::<PyTuple>())
+            && let [kind, stdout, stderr] = done.as_slice()
+        {
+            return Ok((str_of(vm, kind.clone()), str_of(vm, stdout.clone()), str_of(vm, stderr.clone())));
+        }
+        // `finish` itself was interrupted (a re-armed timeout): read what the streams hold.
         let flooded = (0..2usize).any(|i| {
             streams.get_item(&i, vm).and_then(|s| s.get_attr("over", vm)).is_ok_and(|over| over.is_true(vm).unwrap_or(false))
         });
-        let kind = match kind {
-            _ if flooded => "output_limit".to_owned(),
-            Ok(kind) => str_of(vm, kind),
-            Err(_) => "error".to_owned(),
-        };
+        let kind = if flooded { "output_limit" } else { "error" }.to_owned();
         let read = |index: usize| -> PyResult<String> {
             let stream = streams.get_item(&index, vm)?;
             Ok(str_of(vm, vm.call_method(&stream, "getvalue", ())?))

@@ -58,8 +58,9 @@ def begin(stdin, limit):
 _format_exception = None
 
 def finish(streams, value, exc):
-    """Echo a trailing expression, format an exception; returns the kind of ending:
-    "ok", "error", "output_limit" or "memory_limit". The caller reads the streams."""
+    """Echo a trailing expression, format an exception; returns (kind, stdout, stderr) with kind
+    "ok", "error", "output_limit" or "memory_limit". (If this is interrupted, the caller reads
+    the streams itself.)"""
     global _format_exception
     out, err = streams
     kind = "ok"
@@ -105,7 +106,7 @@ def finish(streams, value, exc):
         kind = "output_limit"
     sys.stdout = sys.stderr = _null
     sys.stdin = io.StringIO("")
-    return kind
+    return (kind, out.getvalue(), err.getvalue())
 
 # time.sleep blocks in native code and cannot be interrupted: sleep in short slices instead.
 import time as _time
