@@ -33,10 +33,16 @@ fn expected(name: &str) -> Expected {
     Expected { tensors, seqs, lr: meta["lr"].as_f64().unwrap() as f32, steps: meta["steps"].as_u64().unwrap() as usize }
 }
 
-fn load(name: &str) -> Model {
+/// A fixture's folder, config and parameters.
+fn load_parts(name: &str) -> (PathBuf, Config, Params) {
     let dir = fixture_dir(name);
     let config = Config::from_file(&dir.join("config.json")).unwrap();
     let params = Params::load(&dir, &config).unwrap();
+    (dir, config, params)
+}
+
+fn load(name: &str) -> Model {
+    let (_, config, params) = load_parts(name);
     Model::new(config, params)
 }
 
@@ -136,9 +142,7 @@ fn kv_cache_matches_full_forward() {
 
 #[test]
 fn weights_round_trip_and_bad_files_give_clear_errors() {
-    let dir = fixture_dir("llama-untied");
-    let config = Config::from_file(&dir.join("config.json")).unwrap();
-    let params = Params::load(&dir, &config).unwrap();
+    let (dir, config, params) = load_parts("llama-untied");
     let tmp = std::env::temp_dir().join(format!("rstar2-weights-{}", std::process::id()));
     params.save(&tmp).unwrap();
     assert_eq!(Params::load(&tmp, &config).unwrap(), params);
@@ -229,9 +233,7 @@ fn gradients_accumulate_and_clip() {
 /// A checkpoint split into shards with `model.safetensors.index.json` loads like the single file.
 #[test]
 fn sharded_checkpoints_load() {
-    let dir = fixture_dir("qwen2-tied");
-    let config = Config::from_file(&dir.join("config.json")).unwrap();
-    let single = Params::load(&dir, &config).unwrap();
+    let (_, config, single) = load_parts("qwen2-tied");
     let tmp = std::env::temp_dir().join(format!("rstar2-shards-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     let mut weight_map = serde_json::Map::new();
