@@ -5,6 +5,8 @@ mod bench_model;
 mod forward_cmd;
 mod sandbox_cmd;
 mod test_cmd;
+mod tokenizer_cmd;
+mod train;
 mod verify_cmd;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +37,11 @@ enum Command {
     },
     /// Scores responses against ground-truth answers (the GRPO-RoC reward).
     Verify(verify_cmd::VerifyArgs),
+    /// The rStar2-Agent recipe: tool-format SFT, then multi-stage GRPO-RoC, with evaluation,
+    /// checkpoints and a report in runs/<name>/. With no arguments: the tiny default on the CPU.
+    Train(train::TrainArgs),
+    /// Trains the tiny preset's byte-level BPE tokenizer on synthetic task traces.
+    TrainTokenizer(tokenizer_cmd::TokenizerArgs),
     /// Prepares test inputs (pure-Python sympy and mpmath wheels) and runs the whole test suite.
     Test(test_cmd::TestArgs),
 }
@@ -48,6 +55,8 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test_cmd::run(args),
         Command::Verify(args) => verify_cmd::run(args),
         Command::Forward(args) => forward_cmd::run(args),
+        Command::TrainTokenizer(args) => tokenizer_cmd::run(args),
+        Command::Train(args) => train::run(args),
         Command::GenFixtures { python } => {
             let root = test_cmd::workspace_root();
             let status = std::process::Command::new(&python)

@@ -1,0 +1,113 @@
+//! Engines: what decodes. An engine owns a KV cache with a capacity in tokens and appends
+//! chunks of tokens to sequences, returning the logits after each chunk's last token.
+
+use std::collections::HashMap;
+
+use rstar2_model::Model;
+use rstar2_model::kv::{KvCache, SeqId};
+
+use crate::RolloutError;
+
+/// Something that can extend cached sequences and return next-token logits: a model on a
+/// backend, or a scripted stand-in in tests.
+pub trait Engine: Send {
+    /// A name for logs and metrics.
+    fn name(&self) -> String;
+    /// KV capacity in tokens.
+    fn capacity(&self) -> usize;
+    /// Longest sequence (prompt + response) the engine can hold.
+    fn max_sequence(&self) -> usize;
+    /// Appends `chunks[i]` to sequence `seqs[i]` and returns the logits after each chunk.
+    fn extend(&mut self, seqs: &[SeqId], chunks: &[&[u32]]) -> Result<Vec<Vec<f32>>, RolloutError>;
+    /// Frees a finished sequence.
+    fn release(&mut self, seq: SeqId);
+}
+
+/// The CPU backend of `rstar2-model` with its KV cache.
+pub struct CpuEngine<'m> {
+    model: &'m Model,
+    cache: KvCache,
+}
+
+impl<'m> CpuEngine<'m> {
+    /// An engine over `model` holding at most `capacity` cached tokens.
+    pub fn new(model: &'m Model, capacity: usize) -> Self {
+        CpuEngine { model, cache: KvCache::new(capacity) }
+    }
+}
+
+impl Engine for CpuEngine<'_> {
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+    fn capacity(&self) -> usize {
+        self.cache.capacity()
+    }
+    fn max_sequence(&self) -> usize {
+        self.model.config.max_position_embeddings.min(1 << 16)
+    }
+    fn extend(&mut self, seqs: &[SeqId], chunks: &[&[u32]]) -> Result<Vec<Vec<f32>>, RolloutError> {
+        Ok(self.model.extend(&mut self.cache, seqs, chunks)?)
+    }
+    fn release(&mut self, seq: SeqId) {
+        self.cache.release(seq);
+    }
+}
+
+/// A stand-in model that emits given token sequences: sequence `s` produces `scripts[s]`
+/// token by token (logits one-hot at the scripted token), then `fallback` forever. It counts
+/// cached tokens against its capacity exactly like a real cache, and remembers the peak.
+pub struct ScriptedEngine {
+    scripts: HashMap<SeqId, Vec<u32>>,
+    emitted: HashMap<SeqId, usize>,
+    cached: HashMap<SeqId, usize>,
+    fallback: u32,
+    vocab: usize,
+    capacity: usize,
+    /// Highest number of cached tokens seen.
+    pub peak_used: usize,
+    /// Every chunk received, in order, per sequence (to check what was fed back).
+    pub fed: HashMap<SeqId, Vec<u32>>,
+}
+
+impl ScriptedEngine {
+    /// An engine whose sequence `s` emits `scripts[&s]`.
+    pub fn new(scripts: HashMap<SeqId, Vec<u32>>, fallback: u32, vocab: usize, capacity: usize) -> Self {
+        ScriptedEngine { scripts, emitted: HashMap::new(), cached: HashMap::new(), fallback, vocab, capacity, peak_used: 0, fed: HashMap::new() }
+    }
+}
+
+impl Engine for ScriptedEngine {
+    fn name(&self) -> String {
+        "scripted".into()
+    }
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+    fn max_sequence(&self) -> usize {
+        usize::MAX
+    }
+    fn extend(&mut self, seqs: &[SeqId], chunks: &[&[u32]]) -> Result<Vec<Vec<f32>>, RolloutError> {
+        let needed: usize = chunks.iter().map(|c| c.len()).sum();
+        let used: usize = self.cached.values().sum();
+        if used + needed > self.capacity {
+            return Err(RolloutError::Kv(rstar2_model::kv::KvError::Full { needed, free: self.capacity - used, capacity: self.capacity }));
+        }
+        self.peak_used = self.peak_used.max(used + needed);
+        let mut out = Vec::with_capacity(seqs.len());
+        for (&s, c) in seqs.iter().zip(chunks) {
+            *self.cached.entry(s).or_default() += c.len();
+            self.fed.entry(s).or_default().extend_from_slice(c);
+            let i = self.emitted.entry(s).or_default();
+            let token = self.scripts.get(&s).and_then(|t| t.get(*i)).copied().unwrap_or(self.fallback);
+            *i += 1;
+            let mut logits = vec![-30.0; self.vocab];
+            logits[token as usize] = 30.0;
+            out.push(logits);
+        }
+        Ok(out)
+    }
+    fn release(&mut self, seq: SeqId) {
+        self.cached.remove(&seq);
+    }
+}

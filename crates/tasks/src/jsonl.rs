@@ -1,0 +1,105 @@
+//! Real data sets as JSONL: one problem per line. The question is the first of `prompt`,
+//! `problem`, `question` (a string, or a chat list whose last user message is taken, as in
+//! DAPO-Math-17k); the answer the first of `answer`, `solution`, `reward_model.ground_truth`.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::{Task, TaskError};
+
+/// A line that was not loaded, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// Problems of a JSONL file, and the lines skipped (no question, no answer). A file that cannot
+/// be read, is not UTF-8, or has a line that is not a JSON object is an error naming the line.
+pub fn load_jsonl(path: &Path) -> Result<(Vec<Task>, Vec<Skipped>), TaskError> {
+    let text = std::fs::read_to_string(path).map_err(|e| TaskError::Io { path: path.display().to_string(), source: e })?;
+    let mut tasks = Vec::new();
+    let mut skipped = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let number = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row: Value = serde_json::from_str(line).map_err(|e| TaskError::Malformed { path: path.display().to_string(), line: number, message: e.to_string() })?;
+        if !row.is_object() {
+            return Err(TaskError::Malformed { path: path.display().to_string(), line: number, message: "not a JSON object".into() });
+        }
+        let Some(question) = question_of(&row) else {
+            skipped.push(Skipped { line: number, reason: "no question (fields prompt, problem, question)".into() });
+            continue;
+        };
+        let Some(answer) = answer_of(&row) else {
+            skipped.push(Skipped { line: number, reason: "no answer (fields answer, solution, reward_model.ground_truth)".into() });
+            continue;
+        };
+        let id = row.get("id").map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).unwrap_or_else(|| format!("line-{number}"));
+        let kind = row.get("data_source").or_else(|| row.get("type")).and_then(Value::as_str).unwrap_or("data").to_string();
+        tasks.push(Task { id, kind, level: 0, question, answer, code: None });
+    }
+    Ok((tasks, skipped))
+}
+
+fn question_of(row: &Value) -> Option<String> {
+    for field in ["prompt", "problem", "question"] {
+        match row.get(field) {
+            Some(Value::String(s)) if !s.trim().is_empty() => return Some(s.clone()),
+            Some(Value::Array(messages)) => {
+                let last_user = messages.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user"))?;
+                return last_user.get("content").and_then(Value::as_str).map(str::to_string);
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+fn answer_of(row: &Value) -> Option<String> {
+    let candidates = [row.get("answer"), row.get("solution"), row.get("reward_model").and_then(|r| r.get("ground_truth"))];
+    candidates.into_iter().flatten().find_map(|v| match v {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_common_layouts_and_reports_bad_rows() {
+        let dir = std::env::temp_dir().join(format!("rstar2-jsonl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d.jsonl");
+        std::fs::write(
+            &path,
+            concat!(
+                r#"{"prompt": "What is 1+1?", "solution": "2"}"#, "\n",
+                r#"{"problem": "P2", "answer": 34, "id": "x"}"#, "\n",
+                "\n",
+                r#"{"question": "no answer here"}"#, "\n",
+                r#"{"prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "DAPO q"}], "reward_model": {"ground_truth": "17", "style": "rule"}, "data_source": "math_dapo"}"#, "\n",
+                r#"{"answer": "5"}"#, "\n",
+            ),
+        )
+        .unwrap();
+        let (tasks, skipped) = load_jsonl(&path).unwrap();
+        assert_eq!(tasks.len(), 3);
+        assert_eq!((tasks[0].question.as_str(), tasks[0].answer.as_str(), tasks[0].id.as_str()), ("What is 1+1?", "2", "line-1"));
+        assert_eq!((tasks[1].answer.as_str(), tasks[1].id.as_str()), ("34", "x"));
+        assert_eq!((tasks[2].question.as_str(), tasks[2].answer.as_str(), tasks[2].kind.as_str()), ("DAPO q", "17", "math_dapo"));
+        assert_eq!(skipped.iter().map(|s| s.line).collect::<Vec<_>>(), vec![4, 6]);
+        std::fs::write(&path, "{\"prompt\": \"a\", \"answer\": \"1\"}\n{not json\n").unwrap();
+        let err = load_jsonl(&path).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,78 @@
+//! Data for rstar2: synthetic tool-requiring math problems with disjoint train and test splits,
+//! a JSONL loader for real data sets, non-reasoning SFT traces in the exact chat format (with
+//! real sandbox output), and the BPE tokenizer training of the tiny preset.
+//!
+//! ```
+//! use rstar2_tasks::synth::{generate, Split, SynthConfig};
+//! let tasks = generate(&SynthConfig::default(), Split::Test, 24, 7).unwrap();
+//! assert_eq!(tasks.len(), 24);
+//! assert!(tasks.iter().all(|t| t.answer.parse::<u64>().is_ok()));
+//! ```
+#![deny(missing_docs)]
+
+pub mod bpe;
+pub mod jsonl;
+pub mod sft;
+pub mod synth;
+
+use serde::{Deserialize, Serialize};
+
+/// One problem with its ground truth.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// Stable id.
+    pub id: String,
+    /// Problem type (`product`, `modpow`, ... or the data set's `data_source`).
+    pub kind: String,
+    /// Difficulty 1..=3 (0 for loaded data).
+    pub level: u8,
+    /// The question.
+    pub question: String,
+    /// The ground-truth answer.
+    pub answer: String,
+    /// A correct Python solution, for synthetic problems.
+    pub code: Option<String>,
+}
+
+impl Task {
+    /// The rollout request for this problem.
+    pub fn request(&self) -> rstar2_rollout::Request {
+        rstar2_rollout::Request { id: self.id.clone(), question: self.question.clone(), answer: Some(self.answer.clone()) }
+    }
+}
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A line of a data set is not a JSON object.
+    #[error("{path}: line {line}: {message}")]
+    Malformed {
+        /// The file.
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// Tokenizer training failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A synthetic task's solution did not produce its answer in the sandbox.
+    #[error("task {id}: the sandbox printed {got:?}, expected {expected:?}")]
+    WrongSolution {
+        /// The task.
+        id: String,
+        /// What the sandbox printed.
+        got: String,
+        /// The answer.
+        expected: String,
+    },
+}

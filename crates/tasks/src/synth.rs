@@ -1,0 +1,266 @@
+//! Procedurally generated integer-answer problems that a small model cannot solve in its head
+//! but can with a line or two of Python. Answers are computed here in Rust, independently of
+//! the Python solution each task carries (a test runs every kind's code in the sandbox and
+//! compares).
+
+use num_bigint::BigUint;
+use rand::Rng;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::Task;
+
+/// The problem kinds.
+pub const KINDS: [&str; 12] = [
+    "product", "modpow", "digit_sum", "prime_count", "divisor_count", "divisor_sum", "gcd", "lcm", "binomial", "fib_mod", "series", "word",
+];
+
+/// Which split a question belongs to (decided by a hash of its text, so the splits are
+/// disjoint whatever seeds generate them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    /// Four fifths of all questions.
+    Train,
+    /// The held-out fifth.
+    Test,
+}
+
+/// FNV-1a, stable across platforms and versions.
+fn fnv1a(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The split of a question.
+pub fn split_of(question: &str) -> Split {
+    if fnv1a(question) % 5 == 0 { Split::Test } else { Split::Train }
+}
+
+/// Settings of the generator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SynthConfig {
+    /// Kinds to draw from (all of [`KINDS`] by default).
+    pub kinds: Vec<String>,
+    /// Difficulty levels 1..=3 to draw from (bigger numbers at higher levels).
+    pub levels: Vec<u8>,
+}
+
+impl Default for SynthConfig {
+    fn default() -> Self {
+        SynthConfig { kinds: KINDS.iter().map(|k| k.to_string()).collect(), levels: vec![1, 2, 3] }
+    }
+}
+
+/// Errors in the generator's settings.
+#[derive(Debug, thiserror::Error)]
+pub enum SynthError {
+    /// A kind that does not exist.
+    #[error("unknown problem kind {0:?}; the kinds are {KINDS:?}")]
+    UnknownKind(String),
+    /// A level outside 1..=3.
+    #[error("difficulty level {0} is outside 1..=3")]
+    BadLevel(u8),
+    /// Nothing to draw from.
+    #[error("no kinds or no levels selected")]
+    Empty,
+}
+
+/// `count` distinct problems of `split`, reproducible from `seed`.
+pub fn generate(config: &SynthConfig, split: Split, count: usize, seed: u64) -> Result<Vec<Task>, SynthError> {
+    for k in &config.kinds {
+        if !KINDS.contains(&k.as_str()) {
+            return Err(SynthError::UnknownKind(k.clone()));
+        }
+    }
+    if let Some(&l) = config.levels.iter().find(|&&l| !(1..=3).contains(&l)) {
+        return Err(SynthError::BadLevel(l));
+    }
+    if config.kinds.is_empty() || config.levels.is_empty() {
+        return Err(SynthError::Empty);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ if split == Split::Test { 0x7e57 } else { 0x7a1e });
+    let mut seen = std::collections::HashSet::new();
+    let mut tasks = Vec::with_capacity(count);
+    let mut attempts = 0usize;
+    while tasks.len() < count {
+        attempts += 1;
+        assert!(attempts < count * 1000 + 10_000, "generator cannot find {count} distinct {split:?} problems");
+        // Round-robin over kinds keeps the mix even in small sets.
+        let kind = &config.kinds[tasks.len() % config.kinds.len()];
+        let level = config.levels[rng.random_range(0..config.levels.len())];
+        let (question, answer, code) = make(kind, level, &mut rng);
+        if split_of(&question) != split || !seen.insert(question.clone()) {
+            continue;
+        }
+        let id = format!("{}-{:?}-{}", kind, split, tasks.len()).to_lowercase();
+        tasks.push(Task { id, kind: kind.clone(), level, question, answer, code: Some(code) });
+    }
+    Ok(tasks)
+}
+
+fn pick<'a>(rng: &mut impl Rng, options: &[&'a str]) -> &'a str {
+    options[rng.random_range(0..options.len())]
+}
+
+fn fill(template: &str, values: &[(&str, String)]) -> String {
+    let mut s = template.to_string();
+    for (k, v) in values {
+        s = s.replace(&format!("{{{k}}}"), v);
+    }
+    s
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+fn divisors(n: u64) -> Vec<u64> {
+    (1..=n).filter(|d| n % d == 0).collect()
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+fn binomial(n: u64, k: u64) -> BigUint {
+    let mut r = BigUint::from(1u32);
+    for i in 0..k {
+        r = r * BigUint::from(n - i) / BigUint::from(i + 1);
+    }
+    r
+}
+
+/// (question, answer, Python solution) of one problem.
+fn make(kind: &str, level: u8, rng: &mut impl Rng) -> (String, String, String) {
+    let l = u32::from(level);
+    match kind {
+        "product" => {
+            let (lo, hi) = (10u64.pow(l + 1), 10u64.pow(l + 2));
+            let (a, b) = (rng.random_range(lo..hi), rng.random_range(lo..hi));
+            let q = pick(rng, &["What is {a} times {b}?", "Compute {a} * {b}.", "Multiply {a} by {b}. What is the product?"]);
+            (fill(q, &[("a", a.to_string()), ("b", b.to_string())]), (a * b).to_string(), format!("print({a}*{b})"))
+        }
+        "modpow" => {
+            let a = rng.random_range(2u64..100);
+            let b = rng.random_range(10u64..10u64.pow(l + 1));
+            let m = rng.random_range(10u64..10u64.pow(l + 1));
+            let q = pick(rng, &["What is {a}^{b} mod {m}?", "Find the remainder when {a}^{b} is divided by {m}."]);
+            let r = BigUint::from(a).modpow(&BigUint::from(b), &BigUint::from(m));
+            (fill(q, &[("a", a.to_string()), ("b", b.to_string()), ("m", m.to_string())]), r.to_string(), format!("print(pow({a},{b},{m}))"))
+        }
+        "digit_sum" => {
+            let a = rng.random_range(2u64..30);
+            let b = rng.random_range(5u64..(10 + 15 * u64::from(l)));
+            let q = pick(rng, &["What is the sum of the digits of {a}^{b}?", "Find the digit sum of {a}^{b}."]);
+            let s: u32 = BigUint::from(a).pow(b as u32).to_string().bytes().map(|c| u32::from(c - b'0')).sum();
+            (fill(q, &[("a", a.to_string()), ("b", b.to_string())]), s.to_string(), format!("print(sum(int(c) for c in str({a}**{b})))"))
+        }
+        "prime_count" => {
+            let n = rng.random_range(30u64..(300 * u64::from(l * l)));
+            let q = pick(rng, &["How many primes are less than {n}?", "Count the prime numbers below {n}."]);
+            let c = (2..n).filter(|&k| is_prime(k)).count();
+            (fill(q, &[("n", n.to_string())]), c.to_string(), format!("print(sum(1 for k in range(2,{n}) if all(k%d for d in range(2,int(k**0.5)+1))))"))
+        }
+        "divisor_count" => {
+            let n = rng.random_range(100u64..(1000 * u64::from(l * l * 4)));
+            let q = pick(rng, &["How many positive divisors does {n} have?", "Count the divisors of {n}."]);
+            (fill(q, &[("n", n.to_string())]), divisors(n).len().to_string(), format!("print(sum(1 for d in range(1,{n}+1) if {n}%d==0))"))
+        }
+        "divisor_sum" => {
+            let n = rng.random_range(100u64..(1000 * u64::from(l * l * 4)));
+            let q = pick(rng, &["What is the sum of all positive divisors of {n}?", "Find the sum of the divisors of {n}."]);
+            (fill(q, &[("n", n.to_string())]), divisors(n).iter().sum::<u64>().to_string(), format!("print(sum(d for d in range(1,{n}+1) if {n}%d==0))"))
+        }
+        "gcd" | "lcm" => {
+            let common = rng.random_range(2u64..(20 * u64::from(l)));
+            let (a, b) = (common * rng.random_range(2u64..10u64.pow(l + 1)), common * rng.random_range(2u64..10u64.pow(l + 1)));
+            if kind == "gcd" {
+                let q = pick(rng, &["What is the greatest common divisor of {a} and {b}?", "Find gcd({a}, {b})."]);
+                (fill(q, &[("a", a.to_string()), ("b", b.to_string())]), gcd(a, b).to_string(), format!("import math\nprint(math.gcd({a},{b}))"))
+            } else {
+                let q = pick(rng, &["What is the least common multiple of {a} and {b}?", "Find lcm({a}, {b})."]);
+                (fill(q, &[("a", a.to_string()), ("b", b.to_string())]), (a / gcd(a, b) * b).to_string(), format!("import math\nprint(math.lcm({a},{b}))"))
+            }
+        }
+        "binomial" => {
+            let n = rng.random_range(10u64..(20 * u64::from(l) + 10));
+            let k = rng.random_range(2u64..n.min(12));
+            let q = pick(rng, &["How many ways are there to choose {k} items from {n}?", "What is the binomial coefficient C({n}, {k})?"]);
+            (fill(q, &[("n", n.to_string()), ("k", k.to_string())]), binomial(n, k).to_string(), format!("import math\nprint(math.comb({n},{k}))"))
+        }
+        "fib_mod" => {
+            let n = rng.random_range(20u64..10u64.pow(l + 1));
+            let m = rng.random_range(10u64..10u64.pow(l + 1));
+            let q = pick(rng, &["What is the {n}-th Fibonacci number modulo {m}?", "Find F({n}) mod {m}, where F(0)=0 and F(1)=1."]);
+            let (mut a, mut b) = (0u64, 1u64);
+            for _ in 0..n {
+                (a, b) = (b, (a + b) % m);
+            }
+            (fill(q, &[("n", n.to_string()), ("m", m.to_string())]), (a % m).to_string(), format!("a,b=0,1\nfor _ in range({n}):\n    a,b=b,(a+b)%{m}\nprint(a%{m})"))
+        }
+        "series" => {
+            let n = rng.random_range(10u64..(100 * u64::from(l)));
+            let power = rng.random_range(2u32..4);
+            let name = if power == 2 { "squares" } else { "cubes" };
+            let q = pick(rng, &["What is the sum of the {p} of the integers from 1 to {n}?", "Compute the sum of the {p} of 1, 2, ..., {n}."]);
+            let s: u64 = (1..=n).map(|i| i.pow(power)).sum();
+            (fill(q, &[("p", name.to_string()), ("n", n.to_string())]), s.to_string(), format!("print(sum(i**{power} for i in range(1,{n}+1)))"))
+        }
+        "word" => {
+            let a = rng.random_range(10u64..10u64.pow(l + 1));
+            let b = rng.random_range(10u64..10u64.pow(l + 1));
+            let c = rng.random_range(1..a * b);
+            let q = pick(
+                rng,
+                &[
+                    "A warehouse has {a} boxes with {b} items in each box. After {c} items are shipped, how many items remain?",
+                    "A school orders {a} packs of {b} pencils and hands out {c} pencils. How many pencils are left?",
+                ],
+            );
+            (fill(q, &[("a", a.to_string()), ("b", b.to_string()), ("c", c.to_string())]), (a * b - c).to_string(), format!("print({a}*{b}-{c})"))
+        }
+        other => unreachable!("kind {other} checked by generate"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_are_disjoint_and_reproducible() {
+        let c = SynthConfig::default();
+        let train = generate(&c, Split::Train, 600, 1).unwrap();
+        let test = generate(&c, Split::Test, 150, 1).unwrap();
+        let train_q: std::collections::HashSet<_> = train.iter().map(|t| &t.question).collect();
+        assert!(test.iter().all(|t| !train_q.contains(&t.question)));
+        assert_eq!(train, generate(&c, Split::Train, 600, 1).unwrap());
+        assert_ne!(train, generate(&c, Split::Train, 600, 2).unwrap());
+        for kind in KINDS {
+            assert!(test.iter().filter(|t| t.kind == kind).count() >= 10, "{kind}");
+        }
+    }
+
+    #[test]
+    fn hand_checked_answers() {
+        assert_eq!(binomial(10, 3).to_string(), "120");
+        assert_eq!(divisors(28), vec![1, 2, 4, 7, 14, 28]);
+        assert_eq!((2..30).filter(|&k| is_prime(k)).count(), 10);
+        assert_eq!(gcd(84, 36), 12);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let bad = SynthConfig { kinds: vec!["calculus".into()], ..Default::default() };
+        assert!(generate(&bad, Split::Train, 1, 0).unwrap_err().to_string().contains("calculus"));
+        let bad = SynthConfig { levels: vec![7], ..Default::default() };
+        assert!(generate(&bad, Split::Train, 1, 0).unwrap_err().to_string().contains("level 7"));
+    }
+}
