@@ -4,7 +4,9 @@
 //! This facade re-exports the workspace crates:
 //! - [`sandbox`]: the RustPython tool environment.
 //! - [`grpo`]: GRPO-RoC (reward, selection, advantages, policy loss).
-//! - [`model`]: the transformer (HF checkpoints, forward, backward, AdamW, KV cache).
+//! - [`model`]: the transformer (HF checkpoints, forward, backward, AdamW, KV cache, GGUF import).
+//! - [`rollout`]: multi-turn tool-integrated generation and its scheduler.
+//! - [`tasks`]: synthetic problems, JSONL data sets, SFT traces.
 //!
 //! ```no_run
 //! use rstar2::sandbox::{Sandbox, SandboxConfig, ToolCall};
@@ -15,4 +17,6 @@
 
 pub use rstar2_grpo as grpo;
 pub use rstar2_model as model;
+pub use rstar2_rollout as rollout;
 pub use rstar2_sandbox as sandbox;
+pub use rstar2_tasks as tasks;

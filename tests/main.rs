@@ -1,4 +1,5 @@
 //! Workspace integration tests, one binary. Run with `cargo xtask test`.
 
+mod gguf;
 mod model;
 mod sandbox;

@@ -34,12 +34,16 @@ pub enum BenchCommand {
         #[arg(long, default_value = "python3")]
         python: String,
     },
+    /// Rollouts with tool calls: the asynchronous scheduler against synchronous per-turn tool
+    /// execution on the same work (episodes/s, tokens/s, ratio).
+    Rollout(crate::bench_rollout::RolloutBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Sandbox { calls, burst } => bench_sandbox(calls, burst),
         BenchCommand::Model { peak_gflops, python } => crate::bench_model::run(peak_gflops, &python),
+        BenchCommand::Rollout(args) => crate::bench_rollout::run(args),
     }
 }
 

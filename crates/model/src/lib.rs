@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod gguf;
 pub mod kv;
 pub mod model;
 pub mod ops;

@@ -20,9 +20,47 @@ pub struct Skipped {
 /// Problems of a JSONL file, and the lines skipped (no question, no answer). A file that cannot
 /// be read, is not UTF-8, or has a line that is not a JSON object is an error naming the line.
 pub fn load_jsonl(path: &Path) -> Result<(Vec<Task>, Vec<Skipped>), TaskError> {
-    let text = std::fs::read_to_string(path).map_err(|e| TaskError::Io { path: path.display().to_string(), source: e })?;
     let mut tasks = Vec::new();
     let mut skipped = Vec::new();
+    for row in read_rows(path)? {
+        let Some(question) = row.question else {
+            skipped.push(Skipped { line: row.line, reason: "no question (fields prompt, problem, question)".into() });
+            continue;
+        };
+        let Some(answer) = row.answer else {
+            skipped.push(Skipped { line: row.line, reason: "no answer (fields answer, solution, reward_model.ground_truth)".into() });
+            continue;
+        };
+        tasks.push(Task { id: row.id, kind: row.kind, level: 0, question, answer, code: None });
+    }
+    Ok((tasks, skipped))
+}
+
+/// Rollout requests of a JSONL file: rows need a question; the answer is optional (episodes of
+/// rows with one carry a reward). Returns the requests and the lines without a question.
+pub fn load_requests(path: &Path) -> Result<(Vec<rstar2_rollout::Request>, Vec<Skipped>), TaskError> {
+    let mut requests = Vec::new();
+    let mut skipped = Vec::new();
+    for row in read_rows(path)? {
+        match row.question {
+            Some(question) => requests.push(rstar2_rollout::Request { id: row.id, question, answer: row.answer }),
+            None => skipped.push(Skipped { line: row.line, reason: "no question (fields prompt, problem, question)".into() }),
+        }
+    }
+    Ok((requests, skipped))
+}
+
+struct Row {
+    line: usize,
+    id: String,
+    kind: String,
+    question: Option<String>,
+    answer: Option<String>,
+}
+
+fn read_rows(path: &Path) -> Result<Vec<Row>, TaskError> {
+    let text = std::fs::read_to_string(path).map_err(|e| TaskError::Io { path: path.display().to_string(), source: e })?;
+    let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let number = i + 1;
         if line.trim().is_empty() {
@@ -32,19 +70,11 @@ pub fn load_jsonl(path: &Path) -> Result<(Vec<Task>, Vec<Skipped>), TaskError> {
         if !row.is_object() {
             return Err(TaskError::Malformed { path: path.display().to_string(), line: number, message: "not a JSON object".into() });
         }
-        let Some(question) = question_of(&row) else {
-            skipped.push(Skipped { line: number, reason: "no question (fields prompt, problem, question)".into() });
-            continue;
-        };
-        let Some(answer) = answer_of(&row) else {
-            skipped.push(Skipped { line: number, reason: "no answer (fields answer, solution, reward_model.ground_truth)".into() });
-            continue;
-        };
         let id = row.get("id").map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).unwrap_or_else(|| format!("line-{number}"));
         let kind = row.get("data_source").or_else(|| row.get("type")).and_then(Value::as_str).unwrap_or("data").to_string();
-        tasks.push(Task { id, kind, level: 0, question, answer, code: None });
+        rows.push(Row { line: number, id, kind, question: question_of(&row), answer: answer_of(&row) });
     }
-    Ok((tasks, skipped))
+    Ok(rows)
 }
 
 fn question_of(row: &Value) -> Option<String> {

@@ -67,6 +67,14 @@ pub enum SynthError {
     /// A level outside 1..=3.
     #[error("difficulty level {0} is outside 1..=3")]
     BadLevel(u8),
+    /// Fewer distinct problems exist than asked for.
+    #[error("only {found} distinct problems exist for these kinds and levels, {wanted} were asked for")]
+    Exhausted {
+        /// Asked for.
+        wanted: usize,
+        /// Found.
+        found: usize,
+    },
     /// Nothing to draw from.
     #[error("no kinds or no levels selected")]
     Empty,
@@ -88,17 +96,31 @@ pub fn generate(config: &SynthConfig, split: Split, count: usize, seed: u64) -> 
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ if split == Split::Test { 0x7e57 } else { 0x7a1e });
     let mut seen = std::collections::HashSet::new();
     let mut tasks = Vec::with_capacity(count);
-    let mut attempts = 0usize;
+    // Kinds whose small levels hold few distinct problems run dry; they leave the rotation
+    // after many misses in a row and the others fill the set.
+    let mut live: Vec<&String> = config.kinds.iter().collect();
+    let mut misses = vec![0usize; live.len()];
+    let mut turn = 0usize;
     while tasks.len() < count {
-        attempts += 1;
-        assert!(attempts < count * 1000 + 10_000, "generator cannot find {count} distinct {split:?} problems");
-        // Round-robin over kinds keeps the mix even in small sets.
-        let kind = &config.kinds[tasks.len() % config.kinds.len()];
+        if live.is_empty() {
+            return Err(SynthError::Exhausted { wanted: count, found: tasks.len() });
+        }
+        // Kinds come in rotation; a draw that lands in the other split or repeats a question
+        // also moves the rotation on, so counts per kind are even only on average.
+        let slot = turn % live.len();
+        turn += 1;
+        let kind = live[slot];
         let level = config.levels[rng.random_range(0..config.levels.len())];
         let (question, answer, code) = make(kind, level, &mut rng);
         if split_of(&question) != split || !seen.insert(question.clone()) {
+            misses[slot] += 1;
+            if misses[slot] > 2000 {
+                live.remove(slot);
+                misses.remove(slot);
+            }
             continue;
         }
+        misses[slot] = 0;
         let id = format!("{}-{:?}-{}", kind, split, tasks.len()).to_lowercase();
         tasks.push(Task { id, kind: kind.clone(), level, question, answer, code: Some(code) });
     }
@@ -243,8 +265,9 @@ mod tests {
         assert!(test.iter().all(|t| !train_q.contains(&t.question)));
         assert_eq!(train, generate(&c, Split::Train, 600, 1).unwrap());
         assert_ne!(train, generate(&c, Split::Train, 600, 2).unwrap());
+        // 150 problems over 12 kinds: every kind present in a reasonable share.
         for kind in KINDS {
-            assert!(test.iter().filter(|t| t.kind == kind).count() >= 10, "{kind}");
+            assert!(test.iter().filter(|t| t.kind == kind).count() >= 5, "{kind}");
         }
     }
 

@@ -56,6 +56,8 @@ pub struct DataConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SftConfig {
+    /// Difficulty levels SFT traces are drawn from (RL and evaluation use data.levels).
+    pub levels: Vec<u8>,
     pub examples: usize,
     pub epochs: usize,
     pub batch_size: usize,
@@ -115,6 +117,14 @@ pub struct EvalConfig {
     pub temperature: f32,
     pub max_response_tokens: usize,
     pub max_turns: u32,
+}
+
+/// Whether the config file (if any) has the top-level table `name`.
+pub fn sets_table(file: Option<&Path>, name: &str) -> anyhow::Result<bool> {
+    let Some(path) = file else { return Ok(false) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+    let value: toml::Value = toml::from_str(&text).with_context(|| format!("config {} is not valid TOML", path.display()))?;
+    Ok(value.get(name).is_some())
 }
 
 /// Overlays `over` on `base`: tables merge key by key, everything else is replaced.

@@ -30,6 +30,23 @@ pub struct EvalResult {
     pub tool_use_rate: f64,
     pub response_tokens: f64,
     pub seconds: f64,
+    /// Each problem's mean reward over its k samples, in problem order (for paired comparisons
+    /// between evaluations of the same problems).
+    #[serde(default)]
+    pub per_problem: Vec<f64>,
+}
+
+/// Mean and standard error of `b - a` over problems evaluated by both (paired), which is much
+/// less noisy than comparing the two means.
+pub fn paired_difference(a: &EvalResult, b: &EvalResult) -> Option<(f64, f64)> {
+    if a.per_problem.len() != b.per_problem.len() || a.per_problem.is_empty() {
+        return None;
+    }
+    let d: Vec<f64> = a.per_problem.iter().zip(&b.per_problem).map(|(x, y)| y - x).collect();
+    let n = d.len() as f64;
+    let mean = d.iter().sum::<f64>() / n;
+    let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    Some((mean, (var / n).sqrt()))
 }
 
 /// Failed calls over calls in the episodes (0 when there are none).
@@ -97,5 +114,6 @@ pub fn summarize(episodes: &[Episode], tasks: &[Task], k: usize, seconds: f64) -
         tool_use_rate: episodes.iter().filter(|e| !e.tool_calls.is_empty()).count() as f64 / n,
         response_tokens: episodes.iter().map(|e| e.loss_mask.len() as f64).sum::<f64>() / n,
         seconds,
+        per_problem,
     }
 }

@@ -39,6 +39,9 @@ pub struct TrainArgs {
     /// (configs/tiny.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// A config shipped in configs/ by name (smollm2-135m); same as --config configs/NAME.toml.
+    #[arg(long, conflicts_with = "config")]
+    pub preset: Option<String>,
     /// An HF model folder (config.json, tokenizer.json, safetensors) to start from instead of
     /// the tiny preset trained from scratch.
     #[arg(long)]
@@ -60,7 +63,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Continue a killed run from its last checkpoint.
-    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "model", "data", "device", "algo", "name", "seed"])]
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "preset", "model", "data", "device", "algo", "name", "seed"])]
     pub resume: Option<PathBuf>,
     /// Where run folders are created.
     #[arg(long, default_value = "runs")]
@@ -145,7 +148,7 @@ fn load_tasks(config: &TrainConfig) -> anyhow::Result<(Vec<Task>, Vec<Task>)> {
     Ok((from(&d.train, Split::Train, d.train_problems, config.seed)?, from(&d.test, Split::Test, d.test_problems, config.seed)?))
 }
 
-fn sandbox() -> anyhow::Result<Sandbox> {
+pub fn sandbox() -> anyhow::Result<Sandbox> {
     let mut c = SandboxConfig::process(WorkerCommand::current_exe()?);
     c.workers = c.workers.max(2);
     Ok(Sandbox::new(c)?)
@@ -153,10 +156,29 @@ fn sandbox() -> anyhow::Result<Sandbox> {
 
 impl Run {
     fn start(args: &TrainArgs) -> anyhow::Result<Run> {
-        let mut config = TrainConfig::load(args.config.as_deref())?;
+        let preset = match &args.preset {
+            Some(name) => {
+                let path = crate::test_cmd::workspace_root().join("configs").join(format!("{name}.toml"));
+                if !path.exists() {
+                    bail!("no preset {name:?}: {} does not exist", path.display());
+                }
+                Some(path)
+            }
+            None => None,
+        };
+        let config_file = preset.as_deref().or(args.config.as_deref());
+        let mut config = TrainConfig::load(config_file)?;
         if let Some(m) = &args.model {
             config.model = m.clone();
             config.init = Init::Pretrained;
+            // A real model keeps its own chat format (chat.json when trained here, else the
+            // original rStar2 one) unless the config file sets [chat].
+            if !config::sets_table(config_file, "chat")? {
+                config.chat = match std::fs::read_to_string(m.join("chat.json")) {
+                    Ok(text) => serde_json::from_str(&text).with_context(|| format!("{}/chat.json", m.display()))?,
+                    Err(_) => rstar2_rollout::ChatFormat::rstar2(),
+                };
+            }
             if args.name.is_none() {
                 config.name = m.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned());
             }
@@ -185,7 +207,10 @@ impl Run {
         let tokenizer = Tokenizer::from_file(&tokenizer_path).with_context(|| format!("model folder {}", model_dir.display()))?;
         let params = match config.init {
             Init::Random => Params::random(&model_config, config.seed),
-            Init::Pretrained => Params::load(&model_dir, &model_config)?,
+            Init::Pretrained => Params::load(&model_dir, &model_config).with_context(|| {
+                let name = model_dir.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
+                format!("loading the weights of {} (for a known model: cargo xtask fetch-model {name})", model_dir.display())
+            })?,
         };
         let (train, test) = load_tasks(&config)?;
         let dir = fresh_dir(&args.runs_dir, &config.name)?;
@@ -325,7 +350,7 @@ impl Run {
         if c.epochs == 0 || c.examples == 0 {
             return Ok(());
         }
-        let tasks: Vec<Task> = self.train.iter().filter(|t| t.code.is_some()).take(c.examples).cloned().collect();
+        let tasks: Vec<Task> = self.train.iter().filter(|t| t.code.is_some() && c.levels.contains(&t.level)).take(c.examples).cloned().collect();
         if tasks.is_empty() {
             println!("SFT skipped: the training data has no synthetic problems with solutions");
             return Ok(());
@@ -566,6 +591,7 @@ impl Run {
     fn save_model(&self, dir: &Path) -> anyhow::Result<()> {
         self.model.params.save(dir)?;
         rstar2_model::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&self.model.config)?.as_bytes())?;
+        rstar2_model::write_atomic(&dir.join("chat.json"), serde_json::to_string_pretty(&self.config.chat)?.as_bytes())?;
         std::fs::copy(&self.tokenizer_path, dir.join("tokenizer.json")).with_context(|| format!("copying {}", self.tokenizer_path.display()))?;
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::config::{StageConfig, TrainConfig};
-use super::eval::EvalResult;
+use super::eval::{EvalResult, paired_difference};
 use super::plot::{Series, line_chart, smooth};
 
 /// One line of metrics.jsonl for an RL step.
@@ -171,6 +171,11 @@ pub fn write(dir: &Path, config: &TrainConfig, evals: &BTreeMap<String, EvalResu
     for s in stages {
         md += &row(&format!("after RL stage {}", s.stage), Some(&s.eval));
     }
+    if let (Some(sft), Some(rl)) = (evals.get("after_sft"), after_rl) {
+        if let Some((d, se)) = paired_difference(sft, rl) {
+            md += &format!("\nRL minus SFT on the same problems (paired): {d:+.3} ± {se:.3} pass@1.\n");
+        }
+    }
     md += "\n## RL stages\n\n| stage | steps | max tokens | max turns | reward (first quarter → last quarter) | tool-error ratio in correct rollouts (first → last) | mean length | minutes |\n|---|---|---|---|---|---|---|---|\n";
     for s in stages {
         md += &format!(
@@ -188,8 +193,12 @@ pub fn write(dir: &Path, config: &TrainConfig, evals: &BTreeMap<String, EvalResu
     md += "\n## Plots\n\n![reward](reward.png)\n![tool errors](tool_errors.png)\n![length](response_length.png)\n\nPer-step figures: `metrics.jsonl`; every number above: `summary.json`; the final model: `model/`.\n";
     rstar2_model::write_atomic(&dir.join("report.md"), md.as_bytes())?;
     let f = |k: &str| evals.get(k).map_or(f64::NAN, |e| e.pass_at_1);
+    let paired = match (evals.get("after_sft"), after_rl) {
+        (Some(a), Some(b)) => paired_difference(a, b).map_or(String::new(), |(d, se)| format!(" (paired RL - SFT {d:+.3} ± {se:.3})")),
+        _ => String::new(),
+    };
     Ok(format!(
-        "done in {:.1} min: held-out pass@1 {:.3} before SFT -> {:.3} after SFT -> {:.3} after RL; tool-error ratio in correct episodes {:.3} -> {:.3}; report {}",
+        "done in {:.1} min: held-out pass@1 {:.3} before SFT -> {:.3} after SFT -> {:.3} after RL{paired}; tool-error ratio in correct episodes {:.3} -> {:.3}; report {}",
         wall_seconds / 60.0,
         f("before_sft"),
         f("after_sft"),

@@ -1,0 +1,180 @@
+//! `cargo xtask generate` and `cargo xtask eval`: rollouts of a model folder on a data set.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use rstar2_model::{Config, Model, Params, Tokenizer};
+use rstar2_rollout::engine::CpuEngine;
+use rstar2_rollout::{ChatFormat, Episode, RolloutConfig, SamplingConfig, ToolDispatch, generate};
+
+use crate::train::config::EvalConfig;
+use crate::train::{eval, progress};
+
+/// Arguments of `generate`.
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// HF model folder (config.json, tokenizer.json, safetensors; chat.json if trained here).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSONL problems (question in prompt/problem/question; answer optional).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Episodes per problem.
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+    /// Where to write one episode per line.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// auto, cpu, gpu or gpu:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Response budget in tokens, tool output included.
+    #[arg(long, default_value_t = 8192)]
+    pub max_tokens: usize,
+    /// Assistant turns at most.
+    #[arg(long, default_value_t = 10)]
+    pub max_turns: u32,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Arguments of `eval`.
+#[derive(Args)]
+pub struct EvalArgs {
+    /// HF model folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSONL problems with answers, or `synthetic` for the built-in held-out split.
+    #[arg(long)]
+    pub data: String,
+    /// k: pass@1 is averaged over k samples per problem.
+    #[arg(long, default_value_t = 4)]
+    pub samples: usize,
+    /// Difficulty levels of the synthetic problems.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    pub levels: Vec<u8>,
+    /// Problems at most (synthetic: how many to generate).
+    #[arg(long, default_value_t = 96)]
+    pub problems: usize,
+    /// auto, cpu, gpu or gpu:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Response budget in tokens, tool output included.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Assistant turns at most.
+    #[arg(long, default_value_t = 6)]
+    pub max_turns: u32,
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 0.6)]
+    pub temperature: f32,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub struct Loaded {
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    pub chat: ChatFormat,
+}
+
+/// A model folder with its tokenizer and chat format (chat.json when the folder was written by
+/// `train`, else the original rStar2 format).
+pub fn load_model(dir: &Path, device: &str) -> anyhow::Result<Loaded> {
+    if !matches!(device, "auto" | "cpu") {
+        bail!("device {device}: the wgpu backend is not part of this build yet; use --device cpu or auto");
+    }
+    let config = Config::from_file(&dir.join("config.json")).with_context(|| format!("model folder {}", dir.display()))?;
+    let params = Params::load(dir, &config)?;
+    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let chat = match std::fs::read_to_string(dir.join("chat.json")) {
+        Ok(text) => serde_json::from_str(&text).with_context(|| format!("{}/chat.json", dir.display()))?,
+        Err(_) => ChatFormat::rstar2(),
+    };
+    Ok(Loaded { model: Model::new(config, params), tokenizer, chat })
+}
+
+pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
+    let loaded = load_model(&args.model, &args.device)?;
+    let (requests, skipped) = rstar2_tasks::jsonl::load_requests(&args.data)?;
+    for s in &skipped {
+        eprintln!("{}: line {} skipped: {}", args.data.display(), s.line, s.reason);
+    }
+    if requests.is_empty() {
+        bail!("{}: no problems to generate for", args.data.display());
+    }
+    let config = RolloutConfig {
+        chat: loaded.chat.clone(),
+        sampling: SamplingConfig { temperature: args.temperature, top_p: 1.0, top_k: 0 },
+        samples: args.samples,
+        max_response_tokens: args.max_tokens,
+        max_turns: args.max_turns,
+        seed: args.seed,
+        dispatch: ToolDispatch::Async,
+        answer_scope: Default::default(),
+    };
+    let sandbox = crate::train::sandbox()?;
+    let bar = progress::bar((requests.len() * args.samples) as u64, "episodes");
+    let out_file = std::sync::Mutex::new(Vec::<Episode>::new());
+    let on_episode = |e: &Episode, tokens: usize| {
+        bar.inc(1);
+        bar.set_message(format!("{:.0} tok/s", tokens as f64 / bar.elapsed().as_secs_f64().max(1e-3)));
+        out_file.lock().unwrap().push(e.clone());
+    };
+    let capacity = eval::kv_capacity(&requests, &loaded.tokenizer, &loaded.chat, args.max_tokens, args.samples);
+    let mut engine = CpuEngine::new(&loaded.model, capacity);
+    let out = generate(vec![&mut engine], &loaded.tokenizer, &sandbox, &requests, &config, Some(&on_episode))?;
+    bar.finish_and_clear();
+    let mut text = Vec::new();
+    for e in &out.episodes {
+        serde_json::to_writer(&mut text, e)?;
+        text.push(b'\n');
+    }
+    rstar2_model::write_atomic(&args.out, &text).with_context(|| format!("writing {}", args.out.display()))?;
+    let m = &out.metrics;
+    println!(
+        "{} episodes -> {}: {:.0} tokens/s, {} tool calls ({:.1}/s, waited {:.1}s in all), finish {:?}{}",
+        m.episodes,
+        args.out.display(),
+        m.tokens_per_second,
+        m.tool_calls,
+        m.tool_calls_per_second,
+        m.tool_wait_seconds,
+        m.finish_reasons,
+        match out.episodes.iter().filter_map(|e| e.reward).collect::<Vec<_>>() {
+            r if r.is_empty() => String::new(),
+            r => format!(", mean reward {:.3}", r.iter().sum::<f32>() / r.len() as f32),
+        }
+    );
+    let _ = std::io::stdout().flush();
+    Ok(())
+}
+
+pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
+    let loaded = load_model(&args.model, &args.device)?;
+    let tasks = if args.data == "synthetic" {
+        rstar2_tasks::synth::generate(&rstar2_tasks::synth::SynthConfig { levels: args.levels.clone(), ..Default::default() }, rstar2_tasks::synth::Split::Test, args.problems, 1)?
+    } else {
+        let (tasks, skipped) = rstar2_tasks::jsonl::load_jsonl(Path::new(&args.data))?;
+        for s in &skipped {
+            eprintln!("{}: line {} skipped: {}", args.data, s.line, s.reason);
+        }
+        tasks.into_iter().take(args.problems).collect()
+    };
+    if tasks.is_empty() {
+        bail!("{}: no problems with answers to evaluate", args.data);
+    }
+    let sandbox = crate::train::sandbox()?;
+    let config = EvalConfig { samples: args.samples, temperature: args.temperature, max_response_tokens: args.max_tokens, max_turns: args.max_turns };
+    let r = eval::evaluate(&loaded.model, &loaded.tokenizer, &sandbox, &loaded.chat, &tasks, &config, args.seed, "")?;
+    println!("{}", serde_json::to_string(&r)?);
+    eprintln!("pass@1 {:.3} ± {:.3} (k={}, {} problems), tool calls/episode {:.2}, tool-error ratio {:.2}", r.pass_at_1, r.stderr, r.k, r.problems, r.tool_calls_per_episode, r.tool_error_ratio);
+    Ok(())
+}

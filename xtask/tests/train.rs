@@ -1,0 +1,140 @@
+//! `cargo xtask train` as a user runs it: a short run end to end, resume after a stop giving the
+//! same metrics as an uninterrupted run, and clear errors for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+const SHORT: &str = r#"
+[data]
+train_problems = 200
+test_problems = 6
+[sft]
+examples = 48
+epochs = 1
+batch_size = 8
+[rl]
+group_size = 2
+oversample = 2
+prompts_per_step = 2
+checkpoint_every = 1
+dispatch = "lockstep"
+[[rl.stages]]
+steps = 2
+max_response_tokens = 96
+max_turns = 3
+[[rl.stages]]
+steps = 2
+max_response_tokens = 128
+max_turns = 3
+filter_solved = { problems = 4, samples = 2 }
+[eval]
+samples = 2
+max_response_tokens = 96
+max_turns = 3
+"#;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rstar2-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn xtask(args: &[&str]) -> (String, String, bool) {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).output().expect("xtask runs");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned(), out.status.success())
+}
+
+fn rl_lines(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["phase"] == "rl" || v["phase"] == "eval")
+        .collect()
+}
+
+/// The fields that depend only on the computation (not on timing).
+fn deterministic(v: &Value) -> Value {
+    if v["phase"] == "eval" {
+        let mut e = v["eval"].clone();
+        e.as_object_mut().unwrap().remove("seconds");
+        return serde_json::json!({"label": v["label"], "eval": e});
+    }
+    let keys = ["rl_step", "reward_mean", "kept_rollouts", "kept_groups", "loss", "grad_norm", "response_length", "positive_tool_error_ratio", "lr", "finish_reasons"];
+    Value::Object(keys.iter().map(|k| (k.to_string(), v[*k].clone())).collect())
+}
+
+#[test]
+fn short_run_then_resume_matches_an_uninterrupted_run() {
+    let dir = scratch("run");
+    let config = dir.join("short.toml");
+    std::fs::write(&config, SHORT).unwrap();
+    let runs = dir.join("runs");
+    let (runs_s, config_s) = (runs.to_str().unwrap(), config.to_str().unwrap());
+
+    let (out, err, ok) = xtask(&["train", "--config", config_s, "--runs-dir", runs_s, "--name", "whole"]);
+    assert!(ok, "{out}\n{err}");
+    let whole = runs.join("whole");
+    assert!(out.contains("held-out pass@1"), "{out}");
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(whole.join("summary.json")).unwrap()).unwrap();
+    for key in ["before_sft", "after_sft", "after_rl"] {
+        let p = summary["eval"][key]["pass_at_1"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&p), "{key}: {p}");
+        assert_eq!(summary["eval"][key]["k"], 2);
+    }
+    assert!(summary["wall_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(summary["stages"].as_array().unwrap().len(), 2);
+    for png in ["reward.png", "tool_errors.png", "response_length.png"] {
+        let bytes = std::fs::read(whole.join(png)).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png}");
+    }
+    assert!(std::fs::read_to_string(whole.join("report.md")).unwrap().contains("| after SFT |"));
+    let lines = rl_lines(&whole);
+    assert_eq!(lines.iter().filter(|v| v["phase"] == "rl").count(), 4);
+    // The final model folder is a loadable HF folder: evaluate it with `cargo xtask eval`.
+    let model = whole.join("model");
+    let (eval_out, err, ok) = xtask(&["eval", "--model", model.to_str().unwrap(), "--data", "synthetic", "--problems", "3", "--samples", "1", "--max-tokens", "64"]);
+    assert!(ok, "{err}");
+    let e: Value = serde_json::from_str(eval_out.trim()).unwrap();
+    assert_eq!(e["problems"], 3);
+
+    // Stop after 3 RL steps (inside stage 2), leave a stray metrics line as a kill would, resume.
+    let (out, err, ok) = xtask(&["train", "--config", config_s, "--runs-dir", runs_s, "--name", "split", "--stop-after-rl-steps", "3"]);
+    assert!(ok, "{out}\n{err}");
+    let split = runs.join("split");
+    assert!(!split.join("summary.json").exists());
+    let mut metrics = std::fs::read_to_string(split.join("metrics.jsonl")).unwrap();
+    metrics.push_str("{\"phase\":\"rl\",\"rl_step\":99}\n");
+    std::fs::write(split.join("metrics.jsonl"), metrics).unwrap();
+    let (out, err, ok) = xtask(&["train", "--resume", split.to_str().unwrap()]);
+    assert!(ok, "{out}\n{err}");
+    let a: Vec<Value> = lines.iter().map(deterministic).collect();
+    let b: Vec<Value> = rl_lines(&split).iter().map(deterministic).collect();
+    assert_eq!(a, b, "resumed run differs from the uninterrupted one");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let dir = scratch("bad");
+    let runs = dir.join("runs");
+    let runs_s = runs.to_str().unwrap();
+    let config = dir.join("bad.toml");
+    std::fs::write(&config, "[rl]\nlearning_rate = 1e-6\n").unwrap();
+    let (_, err, ok) = xtask(&["train", "--config", config.to_str().unwrap(), "--runs-dir", runs_s]);
+    assert!(!ok && err.contains("learning_rate"), "{err}");
+    let (_, err, ok) = xtask(&["train", "--model", dir.join("nope").to_str().unwrap(), "--runs-dir", runs_s]);
+    assert!(!ok && err.contains("nope") && err.contains("config.json"), "{err}");
+    let data = dir.join("d.jsonl");
+    std::fs::write(&data, "{\"prompt\": \"What is 1+1?\", \"answer\": \"2\"}\n{\"prompt\": broken\n").unwrap();
+    let (_, err, ok) = xtask(&["train", "--data", data.to_str().unwrap(), "--runs-dir", runs_s]);
+    assert!(!ok && err.contains("line 2"), "{err}");
+    let (_, err, ok) = xtask(&["train", "--resume", dir.to_str().unwrap()]);
+    assert!(!ok && err.contains("not a run folder"), "{err}");
+    let (_, err, ok) = xtask(&["train", "--device", "tpu", "--runs-dir", runs_s]);
+    assert!(!ok && err.contains("tpu"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
