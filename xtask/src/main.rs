@@ -43,6 +43,9 @@ enum Command {
     /// The rStar2-Agent recipe: tool-format SFT, then multi-stage GRPO-RoC, with evaluation,
     /// checkpoints and a report in runs/<name>/. With no arguments: the tiny default on the CPU.
     Train(train::TrainArgs),
+    /// Compares training runs like the paper's Figure 4: tool-error ratio in correct rollouts
+    /// over RL steps (PNG) and their held-out figures.
+    Compare(train::compare::CompareArgs),
     /// Multi-turn tool-integrated rollouts of a model on a JSONL data set, one episode per line.
     Generate(generate_cmd::GenerateArgs),
     /// pass@1 (averaged over k samples), tool use and tool errors of a model on a data set.
@@ -70,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         Command::Forward(args) => forward_cmd::run(args),
         Command::TrainTokenizer(args) => tokenizer_cmd::run(args),
         Command::Train(args) => train::run(args),
+        Command::Compare(args) => train::compare::run(args),
         Command::ImportGguf(args) => gguf_cmd::import(args),
         Command::FetchModel(args) => gguf_cmd::fetch(args),
         Command::Generate(args) => generate_cmd::run_generate(args),

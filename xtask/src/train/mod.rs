@@ -2,6 +2,7 @@
 //! evaluation before SFT, after SFT and after each RL stage; checkpoints, resume, metrics,
 //! plots and a report in `runs/<name>/`.
 
+pub mod compare;
 pub mod config;
 pub mod eval;
 mod plot;
