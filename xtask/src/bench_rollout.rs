@@ -5,7 +5,8 @@
 //!
 //! The work: the tiny model's real forward computes every step (so decoding costs what it
 //! costs), while the tokens emitted follow scripts, so both modes generate exactly the same
-//! episodes: 1 to 3 turns with tool calls of uneven cost (RustPython loops of 1 to 60 ms).
+//! episodes: 1 to 3 turns with tool calls of uneven cost (RustPython loops of 2 000 to
+//! 120 000 iterations, a few ms to about 0.1 s).
 
 use std::collections::HashMap;
 
@@ -61,8 +62,8 @@ fn scripts(tok: &Tokenizer, n: usize) -> HashMap<SeqId, Vec<u32>> {
             let turns = 1 + (t % 3);
             let mut text = String::new();
             for k in 0..turns {
-                // Uneven tool latency: 2e4 to 1.2e6 loop iterations.
-                let n = 20_000 * (1 + (t * 7 + k * 13) % 60);
+                // Uneven tool latency: 2e3 to 1.2e5 loop iterations.
+                let n = 2_000 * (1 + (t * 7 + k * 13) % 60);
                 let code = format!("s = 0\nfor i in range({n}):\n    s += i % 7\nprint(s)");
                 text += &format!(" Step {k}.\n<tool_call>\n{{\"name\": \"python_code_with_standard_io\", \"arguments\": {{\"code\": {}, \"input\": \"\"}}}}\n</tool_call><|im_end|>", serde_json::to_string(&code).unwrap());
             }
@@ -82,10 +83,11 @@ pub fn run(args: RolloutBenchArgs) -> anyhow::Result<()> {
     let end = tok.token_id("<|im_end|>").expect("tiny tokenizer has <|im_end|>");
     let requests: Vec<Request> = (0..args.trajectories).map(|i| Request { id: format!("b{i}"), question: format!("Bench problem {i}."), answer: None }).collect();
     let mut rc = RolloutConfig { max_response_tokens: 400, max_turns: 8, ..Default::default() };
-    rc.chat.show_execution_time = false;
+    // The tiny default's format (no system prompt): prefill would otherwise dominate.
+    rc.chat = crate::train::config::TrainConfig::load(None)?.chat;
     let prompt = tok.encode(&rc.chat.prompt("Bench problem 10.")).len();
     let capacity = args.concurrent * (prompt + rc.max_response_tokens);
-    println!("rollout benchmark: {} trajectories (1-3 tool calls each, 1-60 ms per call), tiny model decoding, KV room for {} at once, sandbox {} workers", args.trajectories, args.concurrent, sandbox.workers());
+    println!("rollout benchmark: {} trajectories (1-3 tool calls each, loops of 2e3-1.2e5 iterations), tiny model decoding, KV room for {} at once, sandbox {} workers", args.trajectories, args.concurrent, sandbox.workers());
     println!("{:<10} {:>12} {:>12} {:>12} {:>14} {:>10}", "mode", "episodes/s", "tokens/s", "tool calls/s", "tool wait (s)", "wall (s)");
     let mut medians = Vec::new();
     for dispatch in [ToolDispatch::Async, ToolDispatch::Lockstep] {
