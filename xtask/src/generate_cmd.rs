@@ -88,9 +88,7 @@ pub struct Loaded {
 /// A model folder with its tokenizer and chat format (chat.json when the folder was written by
 /// `train`, else the original rStar2 format).
 pub fn load_model(dir: &Path, device: &str) -> anyhow::Result<Loaded> {
-    if !matches!(device, "auto" | "cpu") {
-        bail!("device {device}: the wgpu backend is not part of this build yet; use --device cpu or auto");
-    }
+    crate::train::check_device(device)?;
     let config = Config::from_file(&dir.join("config.json")).with_context(|| format!("model folder {}", dir.display()))?;
     let params = Params::load(dir, &config)?;
     let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
@@ -122,11 +120,9 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     };
     let sandbox = crate::train::sandbox()?;
     let bar = progress::bar((requests.len() * args.samples) as u64, "episodes");
-    let out_file = std::sync::Mutex::new(Vec::<Episode>::new());
-    let on_episode = |e: &Episode, tokens: usize| {
+    let on_episode = |_: &Episode, tokens: usize| {
         bar.inc(1);
         bar.set_message(format!("{:.0} tok/s", tokens as f64 / bar.elapsed().as_secs_f64().max(1e-3)));
-        out_file.lock().unwrap().push(e.clone());
     };
     let capacity = eval::kv_capacity(&requests, &loaded.tokenizer, &loaded.chat, args.max_tokens, args.samples);
     let mut engine = CpuEngine::new(&loaded.model, capacity);

@@ -301,10 +301,9 @@ pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Vec<f32> {
     out
 }
 
-/// Undoes llama.cpp's `permute` of Q/K projection rows (its converter reorders each head's rows
-/// from HF's rotate-half layout to interleaved pairs): rows `[heads, 2, half, cols]` back to
-/// `[heads, half, 2, cols]` order... expressed on the ggml side, where the stored tensor is
-/// `reshape(heads, 2, half) -> swap(1, 2)` of the HF one; the inverse swaps back.
+/// Undoes llama.cpp's `permute` of Q/K projection rows. Its converter stores, per head, HF's
+/// rotate-half row order (`[2, half]`: first halves, then second halves) as interleaved pairs
+/// (`[half, 2]`): HF row `j * half + i` of a head sits at row `i * 2 + j`. This moves them back.
 pub fn unpermute_rows(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
     let per_head = rows / heads;
     let half = per_head / 2;
@@ -442,12 +441,12 @@ pub fn tokenizer_json(file: &GgufFile) -> Result<String, ModelError> {
         _ => vec![1; tokens.len()],
     };
     let pre = file.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("gpt2");
-    // llama.cpp's pre-tokenizers: "smollm" (and "llama3"-like ones) split digits one by one
-    // before the GPT-2 regex; "gpt2" does not.
-    let digits = matches!(pre, "smollm" | "llama-bpe" | "llama3" | "qwen2");
+    // llama.cpp's "smollm" pre-tokenizer splits digits one by one before the GPT-2 regex;
+    // "gpt2" does not.
     if !matches!(pre, "smollm" | "gpt2" | "default") {
         return Err(err(format!("pre-tokenizer {pre:?} is not supported (smollm, gpt2)")));
     }
+    let digits = pre == "smollm";
     let vocab: serde_json::Map<String, serde_json::Value> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i.into())).collect();
     let added: Vec<serde_json::Value> = tokens
         .iter()

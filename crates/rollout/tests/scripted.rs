@@ -139,7 +139,7 @@ fn engines_of_unequal_capacity_lose_nothing_and_never_overflow() {
     let c = RolloutConfig { samples: 6, max_response_tokens: 150, ..config() };
     let requests: Vec<Request> = (0..5).map(|i| Request { id: format!("q{i}"), question: format!("What is {i} times 7?"), answer: Some((i * 7).to_string()) }).collect();
     let reserve = tok.encode(&c.chat.prompt("What is 0 times 7?")).len() + c.max_response_tokens;
-    let scripts = |_: usize| -> HashMap<u64, Vec<u32>> {
+    let scripts = || -> HashMap<u64, Vec<u32>> {
         (0..30u64)
             .map(|t| {
                 let i = t / 6;
@@ -149,11 +149,9 @@ fn engines_of_unequal_capacity_lose_nothing_and_never_overflow() {
             .collect()
     };
     let capacities = [reserve, 2 * reserve + 5, 3 * reserve + 1];
-    let mut engines: Vec<ScriptedEngine> = capacities.iter().enumerate().map(|(i, &cap)| ScriptedEngine::new(scripts(i), end, tok.vocab_size(), cap)).collect();
     for dispatch in [ToolDispatch::Async, ToolDispatch::Lockstep] {
-        for e in &mut engines {
-            *e = ScriptedEngine::new(scripts(0), end, tok.vocab_size(), e.capacity());
-        }
+        // Every trajectory's script on every engine: where it runs is the scheduler's choice.
+        let mut engines: Vec<ScriptedEngine> = capacities.iter().map(|&cap| ScriptedEngine::new(scripts(), end, tok.vocab_size(), cap)).collect();
         let c = RolloutConfig { dispatch, ..c.clone() };
         let out = generate(engines.iter_mut().map(|e| e as &mut dyn Engine).collect(), &tok, &sandbox(), &requests, &c, None).unwrap();
         assert_eq!(out.episodes.len(), 30);

@@ -622,10 +622,11 @@ impl Run {
     }
 }
 
-fn check_device(device: &str) -> anyhow::Result<()> {
+/// The devices this build can run on: `auto` and `cpu` (both the CPU backend).
+pub fn check_device(device: &str) -> anyhow::Result<()> {
     match device {
         "cpu" | "auto" => Ok(()),
-        other => bail!("device {other}: the wgpu backend is not part of this build yet; training runs on the CPU backend (--device cpu or auto)"),
+        other => bail!("device {other}: the wgpu backend is not part of this build yet; use the CPU backend (--device cpu or auto)"),
     }
 }
 
