@@ -25,7 +25,7 @@ use std::path::Path;
 
 pub use config::{Config, Family};
 pub use kv::{KvCache, KvError, SeqId};
-pub use model::{Batch, Forward, Model};
+pub use model::{Batch, Forward, LayerIdx, Model};
 pub use optim::{AdamW, AdamWConfig, LrSchedule, clip_grad_norm};
 pub use tokenizer::Tokenizer;
 pub use weights::Params;

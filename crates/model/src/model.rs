@@ -13,7 +13,8 @@ use crate::weights::Params;
 
 /// Indices of one layer's tensors in [`Params`].
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct LayerIdx {
+#[allow(missing_docs)]
+pub struct LayerIdx {
     pub ln1: usize,
     pub q: usize,
     pub k: usize,
@@ -38,10 +39,14 @@ pub struct Model {
     /// Its parameters (f32 master weights).
     pub params: Params,
     pub(crate) rope: RopeTable,
-    pub(crate) layers: Vec<LayerIdx>,
-    pub(crate) wte: usize,
-    pub(crate) norm: usize,
-    pub(crate) lm_head: usize,
+    /// Each layer's tensor indices in `params` (shared with the GPU backend).
+    pub layers: Vec<LayerIdx>,
+    /// Index of the token embedding.
+    pub wte: usize,
+    /// Index of the final norm.
+    pub norm: usize,
+    /// Index of the output projection (the embedding when tied).
+    pub lm_head: usize,
 }
 
 /// Packed sequences: `tokens` of all sequences back to back, `offsets` their boundaries
@@ -189,8 +194,14 @@ impl Model {
         Model { config, params, rope, layers, wte, norm, lm_head }
     }
 
-    pub(crate) fn heads(&self) -> Heads {
+    /// Its attention heads.
+    pub fn heads(&self) -> Heads {
         Heads { q: self.config.num_attention_heads, kv: self.config.kv_heads(), dim: self.config.head_dim() }
+    }
+
+    /// Its RoPE tables.
+    pub fn rope(&self) -> &RopeTable {
+        &self.rope
     }
 
     fn w(&self, i: usize) -> &[f32] {

@@ -29,6 +29,11 @@ impl RopeTable {
         RopeTable { half, cos, sin }
     }
 
+    /// The cosine and sine tables, [max_pos, half] each (uploaded as they are by the GPU backend).
+    pub fn tables(&self) -> (&[f32], &[f32]) {
+        (&self.cos, &self.sin)
+    }
+
     /// Positions the table covers.
     pub fn max_pos(&self) -> usize {
         self.cos.len() / self.half.max(1)

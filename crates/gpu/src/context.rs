@@ -1,0 +1,333 @@
+//! The device: adapter choice, the adapter's own limits, a pipeline cache keyed by kernel and
+//! override constants, a buffer pool, and one command encoder that ops record into until
+//! something has to be read back.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use crate::GpuError;
+use crate::kernels::Kernel;
+use crate::tensor::Tensor;
+
+/// One adapter as `cargo xtask devices` lists it.
+#[derive(Debug, Clone)]
+pub struct AdapterSummary {
+    /// Index for `--device gpu:N`.
+    pub index: usize,
+    /// Adapter name, e.g. "NVIDIA H100" or "llvmpipe (LLVM 15.0.6, 256 bits)".
+    pub name: String,
+    /// Vulkan, Metal, Dx12 or Gl.
+    pub backend: String,
+    /// DiscreteGpu, IntegratedGpu, VirtualGpu, Cpu or Other.
+    pub device_type: String,
+    /// Driver and its version.
+    pub driver: String,
+    /// Whether `auto` may choose it (a real GPU, not a software rasterizer).
+    pub is_real_gpu: bool,
+    /// Whether it has `SHADER_F16`.
+    pub shader_f16: bool,
+    /// Largest storage binding in bytes.
+    pub max_storage_binding: u64,
+}
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+/// Every adapter wgpu finds, Vulkan before GL for the same hardware, in a stable order.
+fn adapters() -> Vec<wgpu::Adapter> {
+    let mut all = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
+    let rank = |b: wgpu::Backend| match b {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        _ => 1,
+    };
+    all.sort_by_key(|a| {
+        let i = a.get_info();
+        (rank(i.backend), i.device_type == wgpu::DeviceType::Cpu, i.name.clone())
+    });
+    all
+}
+
+fn is_real_gpu(info: &wgpu::AdapterInfo) -> bool {
+    matches!(info.device_type, wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu | wgpu::DeviceType::VirtualGpu)
+}
+
+/// Lists the adapters wgpu can see.
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    adapters()
+        .iter()
+        .enumerate()
+        .map(|(index, a)| {
+            let info = a.get_info();
+            AdapterSummary {
+                index,
+                name: info.name.clone(),
+                backend: format!("{:?}", info.backend),
+                device_type: format!("{:?}", info.device_type),
+                driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+                is_real_gpu: is_real_gpu(&info),
+                shader_f16: a.features().contains(wgpu::Features::SHADER_F16),
+                max_storage_binding: a.limits().max_storage_buffer_binding_size,
+            }
+        })
+        .collect()
+}
+
+/// Which adapter to open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdapterChoice {
+    /// The first real GPU; none means no GPU (the caller falls back to the CPU backend).
+    Auto,
+    /// The first adapter of any kind, software ones included (how tests find lavapipe).
+    Any,
+    /// Adapter N of [`list_adapters`].
+    Index(usize),
+}
+
+#[derive(Hash, PartialEq, Eq, Clone)]
+struct PipelineKey {
+    kernel: &'static str,
+    constants: Vec<(&'static str, u64)>,
+}
+
+/// An open device with its queue, caches and the encoder being recorded.
+pub struct Gpu {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    /// What was opened.
+    pub info: wgpu::AdapterInfo,
+    /// The limits requested (the adapter's own).
+    pub limits: wgpu::Limits,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    pub(crate) pool: Arc<Mutex<HashMap<u64, Vec<wgpu::Buffer>>>>,
+    encoder: Mutex<Option<wgpu::CommandEncoder>>,
+    dispatches: Mutex<u64>,
+}
+
+impl Gpu {
+    /// Opens an adapter. `Ok(None)` only for [`AdapterChoice::Auto`] when there is no real GPU.
+    pub fn open(choice: AdapterChoice) -> Result<Option<Gpu>, GpuError> {
+        let all = adapters();
+        let adapter = match choice {
+            AdapterChoice::Auto => match all.into_iter().find(|a| is_real_gpu(&a.get_info())) {
+                Some(a) => a,
+                None => return Ok(None),
+            },
+            AdapterChoice::Any => all.into_iter().next().ok_or(GpuError::NoAdapter)?,
+            AdapterChoice::Index(i) => {
+                let n = all.len();
+                all.into_iter().nth(i).ok_or(GpuError::NoSuchAdapter { index: i, count: n })?
+            }
+        };
+        Self::from_adapter(adapter).map(Some)
+    }
+
+    fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu, GpuError> {
+        let info = adapter.get_info();
+        // wgpu's defaults cap buffers at 256 MiB and workgroups at 256 invocations; real models
+        // need what the adapter offers.
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("rstar2"),
+            required_features: adapter.features() & wgpu::Features::SHADER_F16,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| GpuError::Device { adapter: info.name.clone(), message: e.to_string() })?;
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            pipelines: Mutex::new(HashMap::new()),
+            pool: Arc::new(Mutex::new(HashMap::new())),
+            encoder: Mutex::new(None),
+            dispatches: Mutex::new(0),
+        })
+    }
+
+    /// "name (backend, type)".
+    pub fn describe(&self) -> String {
+        format!("{} ({:?}, {:?})", self.info.name, self.info.backend, self.info.device_type)
+    }
+
+    /// Dispatches recorded since the device was opened.
+    pub fn dispatch_count(&self) -> u64 {
+        *self.dispatches.lock().expect("dispatch counter")
+    }
+
+    fn pipeline(&self, kernel: &Kernel, constants: &[(&'static str, f64)]) -> Arc<wgpu::ComputePipeline> {
+        let key = PipelineKey { kernel: kernel.name, constants: constants.iter().map(|&(n, v)| (n, v.to_bits())).collect() };
+        let mut cache = self.pipelines.lock().expect("pipeline cache");
+        if let Some(p) = cache.get(&key) {
+            return p.clone();
+        }
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(kernel.name),
+            source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+        });
+        let pipeline = Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(kernel.name),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: wgpu::PipelineCompilationOptions { constants, zero_initialize_workgroup_memory: false },
+            cache: None,
+        }));
+        cache.insert(key, pipeline.clone());
+        pipeline
+    }
+
+    fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
+        let mut slot = self.encoder.lock().expect("encoder");
+        let enc = slot.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("rstar2 ops") }));
+        f(enc)
+    }
+
+    /// Records one dispatch of `kernel` with storage bindings in binding order (0, 1, ...), then
+    /// the uniform `params` (as u32 words; f32 through `to_bits`) at the next binding.
+    pub(crate) fn dispatch(&self, kernel: &Kernel, constants: &[(&'static str, f64)], storage: &[&Tensor], params: &[u32], groups: [u32; 3]) {
+        if groups.contains(&0) {
+            return;
+        }
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        assert!(groups.iter().all(|&g| g <= max), "{}: {groups:?} workgroups exceed the adapter's {max} per dimension", kernel.name);
+        let pipeline = self.pipeline(kernel, constants);
+        let mut words = params.to_vec();
+        words.resize(params.len().div_ceil(4).max(1) * 4, 0);
+        let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(kernel.name),
+            contents: bytemuck::cast_slice(&words),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries: Vec<wgpu::BindGroupEntry> =
+            storage.iter().enumerate().map(|(i, t)| wgpu::BindGroupEntry { binding: i as u32, resource: t.buffer().as_entire_binding() }).collect();
+        entries.push(wgpu::BindGroupEntry { binding: storage.len() as u32, resource: uniform.as_entire_binding() });
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.name),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        self.with_encoder(|enc| {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.name), timestamp_writes: None });
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        });
+        *self.dispatches.lock().expect("dispatch counter") += 1;
+    }
+
+    /// Zeroes a tensor (recorded in order with the dispatches).
+    pub fn zero(&self, t: &Tensor) {
+        self.with_encoder(|enc| enc.clear_buffer(t.buffer(), 0, None));
+    }
+
+    /// Copies `len` elements of `src` from `src_offset` to `dst` at `dst_offset` (recorded in
+    /// order with the dispatches).
+    pub fn copy_range(&self, src: &Tensor, src_offset: usize, dst: &Tensor, dst_offset: usize, len: usize) {
+        assert!(src_offset + len <= src.len() && dst_offset + len <= dst.len(), "copy: {len} elements {src_offset}->{dst_offset} between {} and {}", src.len(), dst.len());
+        self.with_encoder(|enc| enc.copy_buffer_to_buffer(src.buffer(), (src_offset * 4) as u64, dst.buffer(), (dst_offset * 4) as u64, Some((len * 4) as u64)));
+    }
+
+    /// Submits what has been recorded.
+    pub fn flush(&self) {
+        if let Some(enc) = self.encoder.lock().expect("encoder").take() {
+            self.queue.submit([enc.finish()]);
+        }
+    }
+
+    /// Waits for all submitted work.
+    pub fn sync(&self) {
+        self.flush();
+        self.device.poll(wgpu::PollType::wait_indefinitely()).expect("device lost while waiting");
+    }
+
+    /// A new tensor holding `data` (a fresh buffer: never a pooled one that queued work may
+    /// still read).
+    pub fn upload(&self, data: &[f32]) -> Tensor {
+        self.upload_bytes(bytemuck::cast_slice(data), data.len())
+    }
+
+    /// A new tensor of u32 (token ids, positions, offsets).
+    pub fn upload_u32(&self, data: &[u32]) -> Tensor {
+        self.upload_bytes(bytemuck::cast_slice(data), data.len())
+    }
+
+    fn upload_bytes(&self, bytes: &[u8], len: usize) -> Tensor {
+        let padded;
+        let contents = if bytes.is_empty() {
+            padded = [0u8; 4];
+            &padded[..]
+        } else {
+            bytes
+        };
+        let buffer = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        });
+        Tensor::new(buffer, len, self.pool.clone())
+    }
+
+    /// A tensor of `len` f32 (or u32) whose contents are unspecified: every op writes its whole
+    /// output. Buffers come from the pool.
+    pub fn alloc(&self, len: usize) -> Tensor {
+        let bytes = (len.max(1) * 4) as u64;
+        assert!(
+            bytes <= self.limits.max_storage_buffer_binding_size,
+            "a tensor of {len} elements ({bytes} bytes) exceeds the adapter's {} byte storage binding",
+            self.limits.max_storage_buffer_binding_size
+        );
+        let reused = self.pool.lock().expect("buffer pool").get_mut(&bytes).and_then(Vec::pop);
+        let buffer = reused.unwrap_or_else(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: bytes,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        });
+        Tensor::new(buffer, len, self.pool.clone())
+    }
+
+    /// A zeroed tensor.
+    pub fn zeros(&self, len: usize) -> Tensor {
+        let t = self.alloc(len);
+        self.zero(&t);
+        t
+    }
+
+    /// Reads a tensor back (submits and waits).
+    pub fn read(&self, t: &Tensor) -> Vec<f32> {
+        bytemuck::cast_slice(&self.read_bytes(t)).to_vec()
+    }
+
+    /// Reads a tensor of u32 back.
+    pub fn read_u32(&self, t: &Tensor) -> Vec<u32> {
+        bytemuck::cast_slice(&self.read_bytes(t)).to_vec()
+    }
+
+    fn read_bytes(&self, t: &Tensor) -> Vec<u8> {
+        let size = (t.len() * 4) as u64;
+        if size == 0 {
+            return Vec::new();
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.with_encoder(|enc| enc.copy_buffer_to_buffer(t.buffer(), 0, &staging, 0, Some(size)));
+        self.flush();
+        staging.map_async(wgpu::MapMode::Read, .., |r| r.expect("mapping a readback buffer failed"));
+        self.device.poll(wgpu::PollType::wait_indefinitely()).expect("device lost while reading back");
+        let bytes = staging.get_mapped_range(..).expect("mapped range").to_vec();
+        staging.unmap();
+        bytes
+    }
+}

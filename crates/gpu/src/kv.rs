@@ -1,0 +1,177 @@
+//! Cached inference on the device: prefill, decoding and appended tool responses for a batch of
+//! sequences of different lengths, keys and values in a paged cache (blocks of 16 positions from
+//! a free list, one block table per sequence), so no sequence's cache is ever copied or moved.
+
+use std::collections::HashMap;
+
+use rstar2_model::{KvError, SeqId};
+
+use crate::model::GpuModel;
+use crate::ops;
+use crate::tensor::Tensor;
+
+const BLOCK: usize = 16;
+
+struct SeqBlocks {
+    blocks: Vec<u32>,
+    len: usize,
+}
+
+/// A KV cache with a fixed capacity in tokens, like `rstar2_model::KvCache`, on the device.
+pub struct GpuKvCache {
+    capacity: usize,
+    used: usize,
+    free: Vec<u32>,
+    seqs: HashMap<SeqId, SeqBlocks>,
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+}
+
+impl GpuKvCache {
+    /// Room for `capacity` tokens over all sequences. Blocks are 16 positions; one partly used
+    /// block per sequence is allowed for on top (up to 256 sequences at once).
+    pub fn new(model: &GpuModel, capacity: usize) -> Self {
+        let blocks = capacity.div_ceil(BLOCK) + 256;
+        let width = model.heads.kv * model.heads.dim;
+        let layers = model.config.num_hidden_layers;
+        let k = (0..layers).map(|_| model.gpu.alloc(blocks * BLOCK * width)).collect();
+        let v = (0..layers).map(|_| model.gpu.alloc(blocks * BLOCK * width)).collect();
+        GpuKvCache { capacity, used: 0, free: (0..blocks as u32).rev().collect(), seqs: HashMap::new(), k, v }
+    }
+
+    /// Capacity in tokens.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Tokens held.
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    /// Tokens cached for `seq` (0 if unknown).
+    pub fn len(&self, seq: SeqId) -> usize {
+        self.seqs.get(&seq).map_or(0, |s| s.len)
+    }
+
+    /// Whether no sequence is cached.
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    /// Frees a sequence's blocks.
+    pub fn release(&mut self, seq: SeqId) {
+        if let Some(s) = self.seqs.remove(&seq) {
+            self.used -= s.len;
+            self.free.extend(s.blocks);
+        }
+    }
+}
+
+impl GpuModel {
+    /// Appends `chunks[b]` to sequence `seqs[b]`'s cache (creating it if new) and returns the
+    /// logits of each chunk's last token; same contract as `rstar2_model::Model::extend`.
+    pub fn extend(&self, cache: &mut GpuKvCache, seqs: &[SeqId], chunks: &[&[u32]]) -> Result<Vec<Vec<f32>>, KvError> {
+        let logits = self.extend_on_device(cache, seqs, chunks)?;
+        let v = self.config.vocab_size;
+        Ok(self.gpu.read(&logits).chunks_exact(v).map(<[f32]>::to_vec).collect())
+    }
+
+    /// [`GpuModel::extend`] without the read-back: logits [chunks, V] stay on the device.
+    pub fn extend_on_device(&self, cache: &mut GpuKvCache, seqs: &[SeqId], chunks: &[&[u32]]) -> Result<Tensor, KvError> {
+        assert_eq!(seqs.len(), chunks.len(), "extend: {} sequences, {} chunks", seqs.len(), chunks.len());
+        assert!(chunks.iter().all(|c| !c.is_empty()), "extend: empty chunk");
+        let needed: usize = chunks.iter().map(|c| c.len()).sum();
+        if cache.used + needed > cache.capacity {
+            return Err(KvError::Full { needed, free: cache.capacity - cache.used, capacity: cache.capacity });
+        }
+        for (&s, c) in seqs.iter().zip(chunks) {
+            let position = cache.len(s) + c.len();
+            if position > self.max_pos {
+                return Err(KvError::TooLong { seq: s, position, max: self.max_pos });
+            }
+        }
+        // Blocks for the new positions, then per row: its slot, its position, how many cached
+        // positions it sees, and where its sequence's block table starts.
+        let (mut slots, mut positions, mut lens, mut table_off) = (Vec::with_capacity(needed), Vec::with_capacity(needed), Vec::with_capacity(needed), Vec::with_capacity(needed));
+        let mut table: Vec<u32> = Vec::new();
+        for (&s, ch) in seqs.iter().zip(chunks) {
+            let entry = cache.seqs.entry(s).or_insert_with(|| SeqBlocks { blocks: Vec::new(), len: 0 });
+            let new_len = entry.len + ch.len();
+            while entry.blocks.len() * BLOCK < new_len {
+                let b = cache.free.pop().expect("block pool sized for the token capacity");
+                entry.blocks.push(b);
+            }
+            let off = table.len() as u32;
+            table.extend_from_slice(&entry.blocks);
+            for p in entry.len..new_len {
+                slots.push(entry.blocks[p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32);
+                positions.push(p as u32);
+                lens.push(p as u32 + 1);
+                table_off.push(off);
+            }
+            entry.len = new_len;
+        }
+        cache.used += needed;
+
+        let gpu = &*self.gpu;
+        let c = &self.config;
+        let heads = self.heads;
+        let (n, d, f, v) = (needed, c.hidden_size, c.intermediate_size, c.vocab_size);
+        let (qd, kd) = (heads.q * heads.dim, heads.kv * heads.dim);
+        let eps = c.rms_norm_eps as f32;
+        let tokens: Vec<u32> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let ids = gpu.upload_u32(&tokens);
+        let (slots, positions, lens, table_off, table) = (gpu.upload_u32(&slots), gpu.upload_u32(&positions), gpu.upload_u32(&lens), gpu.upload_u32(&table_off), gpu.upload_u32(&table));
+        let w = |i: usize| &self.params[i];
+        let wo = |i: Option<usize>| i.map(|i| &self.params[i]);
+        let x = gpu.alloc(n * d);
+        ops::embedding_forward(gpu, &x, &ids, w(self.wte), n, d);
+        let (h, rstd) = (gpu.alloc(n * d), gpu.alloc(n));
+        let (q, k, vv) = (gpu.alloc(n * qd), gpu.alloc(n * kd), gpu.alloc(n * kd));
+        let (att, o, x2) = (gpu.alloc(n * qd), gpu.alloc(n * d), gpu.alloc(n * d));
+        let (gate, up, act) = (gpu.alloc(n * f), gpu.alloc(n * f), gpu.alloc(n * f));
+        for (l, li) in self.layers.iter().enumerate() {
+            ops::rmsnorm_forward(gpu, &h, &rstd, &x, w(li.ln1), n, d, eps);
+            ops::linear_forward(gpu, &q, &h, w(li.q), wo(li.qb), n, d, qd);
+            ops::linear_forward(gpu, &k, &h, w(li.k), wo(li.kb), n, d, kd);
+            ops::linear_forward(gpu, &vv, &h, w(li.v), wo(li.vb), n, d, kd);
+            let normed;
+            let (q, k) = match (li.qn, li.kn) {
+                (Some(qn), Some(kn)) => {
+                    let (qo, ko, rq, rk) = (gpu.alloc(n * qd), gpu.alloc(n * kd), gpu.alloc(n * heads.q), gpu.alloc(n * heads.kv));
+                    ops::rmsnorm_forward(gpu, &qo, &rq, &q, w(qn), n * heads.q, heads.dim, eps);
+                    ops::rmsnorm_forward(gpu, &ko, &rk, &k, w(kn), n * heads.kv, heads.dim, eps);
+                    normed = (qo, ko);
+                    (&normed.0, &normed.1)
+                }
+                _ => (&q, &k),
+            };
+            ops::rope_forward(gpu, q, &positions, &self.rope, n, heads.q);
+            ops::rope_forward(gpu, k, &positions, &self.rope, n, heads.kv);
+            ops::kv_write(gpu, &cache.k[l], &cache.v[l], k, &vv, &slots, n, kd);
+            ops::attention_decode(gpu, &att, q, &cache.k[l], &cache.v[l], &table, &table_off, &lens, n, heads);
+            ops::linear_forward(gpu, &o, &att, w(li.o), wo(li.ob), n, qd, d);
+            ops::residual_forward(gpu, &x2, &x, &o, n * d);
+            ops::rmsnorm_forward(gpu, &h, &rstd, &x2, w(li.ln2), n, d, eps);
+            ops::linear_forward(gpu, &gate, &h, w(li.gate), None, n, d, f);
+            ops::linear_forward(gpu, &up, &h, w(li.up), None, n, d, f);
+            ops::swiglu_forward(gpu, &act, &gate, &up, n * f);
+            ops::linear_forward(gpu, &o, &act, w(li.down), None, n, f, d);
+            ops::residual_forward(gpu, &x, &x2, &o, n * d);
+        }
+        // Final norm and logits only for each chunk's last row.
+        let b = seqs.len();
+        let last = gpu.alloc(b * d);
+        let mut end = 0;
+        for (i, ch) in chunks.iter().enumerate() {
+            end += ch.len();
+            gpu.copy_range(&x, (end - 1) * d, &last, i * d, d);
+        }
+        let (hf, rf) = (gpu.alloc(b * d), gpu.alloc(b));
+        ops::rmsnorm_forward(gpu, &hf, &rf, &last, w(self.norm), b, d, eps);
+        let logits = gpu.alloc(b * v);
+        ops::linear_forward(gpu, &logits, &hf, w(self.lm_head), None, b, d, v);
+        Ok(logits)
+    }
+}

@@ -1,0 +1,52 @@
+//! The GPU backend of rstar2: hand-written WGSL compute kernels (one file each in `shaders/`)
+//! dispatched through wgpu, so the model trains and decodes on any Vulkan, Metal, DX12 or GL
+//! adapter. The CPU ops of `rstar2_model::ops` are the reference every kernel is tested against.
+//!
+//! ```no_run
+//! use rstar2_gpu::{AdapterChoice, Gpu, GpuModel};
+//! use rstar2_model::{Batch, Config, Model, Params};
+//! let dir = std::path::Path::new("models/tiny");
+//! let config = Config::from_file(&dir.join("config.json")).unwrap();
+//! let model = Model::new(config.clone(), Params::random(&config, 0));
+//! let gpu = std::sync::Arc::new(Gpu::open(AdapterChoice::Any).unwrap().expect("an adapter"));
+//! let gpu_model = GpuModel::new(gpu, &model);
+//! let logits = gpu_model.logits(&Batch::new(&[vec![5, 17, 300]]));
+//! assert_eq!(logits.len(), 3 * config.vocab_size);
+//! ```
+#![deny(missing_docs)]
+
+pub mod context;
+pub mod kernels;
+pub mod kv;
+pub mod model;
+pub mod ops;
+pub mod tensor;
+
+pub use context::{AdapterChoice, AdapterSummary, Gpu, list_adapters};
+pub use kv::GpuKvCache;
+pub use model::{GpuAdamW, GpuForward, GpuModel};
+pub use tensor::Tensor;
+
+/// Errors opening a device.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    /// wgpu found no adapter at all.
+    #[error("no GPU adapter found (wgpu saw none; on Linux without a GPU install Mesa's lavapipe: apt-get install mesa-vulkan-drivers)")]
+    NoAdapter,
+    /// `gpu:N` out of range.
+    #[error("no adapter gpu:{index}: {count} found (list them with `cargo xtask devices`)")]
+    NoSuchAdapter {
+        /// Asked for.
+        index: usize,
+        /// Found.
+        count: usize,
+    },
+    /// The adapter refused to open a device.
+    #[error("opening {adapter}: {message}")]
+    Device {
+        /// Adapter name.
+        adapter: String,
+        /// wgpu's reason.
+        message: String,
+    },
+}

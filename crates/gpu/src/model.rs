@@ -1,0 +1,311 @@
+//! The transformer on the device: the same layer walk as `rstar2_model::Model` (forward over
+//! packed sequences, backward to every parameter, AdamW, global-norm clipping), every op a WGSL
+//! kernel. Within a step nothing comes back to the host until the log-probs (forward), the loss
+//! or the gradient norm are asked for.
+
+use std::sync::Arc;
+
+use rstar2_model::ops::attention::Heads;
+use rstar2_model::{AdamWConfig, Batch, Config, LayerIdx, Model, Params};
+
+use crate::context::Gpu;
+use crate::ops::{self, Rope};
+use crate::tensor::Tensor;
+
+/// A model whose parameters live on one device.
+pub struct GpuModel {
+    /// The device.
+    pub gpu: Arc<Gpu>,
+    /// Its config.
+    pub config: Config,
+    /// Parameters in the order of [`Params`].
+    pub params: Vec<Tensor>,
+    pub(crate) names: Vec<String>,
+    pub(crate) heads: Heads,
+    pub(crate) rope: Rope,
+    pub(crate) max_pos: usize,
+    pub(crate) layers: Vec<LayerIdx>,
+    pub(crate) wte: usize,
+    pub(crate) norm: usize,
+    pub(crate) lm_head: usize,
+}
+
+/// What one layer's forward saves for backward.
+struct LayerActs {
+    x_in: Tensor,
+    h1: Tensor,
+    rstd1: Tensor,
+    qk_raw: Option<(Tensor, Tensor, Tensor, Tensor)>,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    att: Tensor,
+    lse: Tensor,
+    x_mid: Tensor,
+    h2: Tensor,
+    rstd2: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    act: Tensor,
+}
+
+/// Activations of a training forward on the device.
+pub struct GpuForward {
+    n: usize,
+    tokens: Vec<u32>,
+    positions: Tensor,
+    starts: Tensor,
+    ends: Tensor,
+    layers: Vec<LayerActs>,
+    x_final: Tensor,
+    hf: Tensor,
+    rstdf: Tensor,
+    /// Logits [N, V] on the device.
+    pub logits: Tensor,
+    lse: Option<Tensor>,
+    targets: Option<Tensor>,
+}
+
+/// Gradients on the device, in the order of [`Params`].
+pub type GpuGrads = Vec<Tensor>;
+
+impl GpuModel {
+    /// Uploads a CPU model.
+    pub fn new(gpu: Arc<Gpu>, model: &Model) -> Self {
+        let params = model.params.data.iter().map(|p| gpu.upload(p)).collect();
+        let rope = Rope::new(&gpu, model.rope());
+        GpuModel {
+            config: model.config.clone(),
+            params,
+            names: model.params.specs.iter().map(|(n, _)| n.clone()).collect(),
+            heads: model.heads(),
+            rope,
+            max_pos: model.rope().max_pos(),
+            layers: model.layers.clone(),
+            wte: model.wte,
+            norm: model.norm,
+            lm_head: model.lm_head,
+            gpu,
+        }
+    }
+
+    /// Replaces the parameters with `params` (same config).
+    pub fn upload_params(&mut self, params: &Params) {
+        assert!(params.specs.iter().map(|(n, _)| n).eq(self.names.iter()), "upload_params: a different parameter set");
+        self.params = params.data.iter().map(|p| self.gpu.upload(p)).collect();
+    }
+
+    /// Reads the parameters back.
+    pub fn download_params(&self) -> Params {
+        let mut p = Params::zeros(&self.config);
+        for (dst, src) in p.data.iter_mut().zip(&self.params) {
+            *dst = self.gpu.read(src);
+        }
+        p
+    }
+
+    /// Zeroed gradients.
+    pub fn zero_grads(&self) -> GpuGrads {
+        self.params.iter().map(|p| self.gpu.zeros(p.len())).collect()
+    }
+
+    /// Reads gradients back as [`Params`].
+    pub fn download_grads(&self, grads: &GpuGrads) -> Params {
+        let mut p = Params::zeros(&self.config);
+        for (dst, src) in p.data.iter_mut().zip(grads) {
+            *dst = self.gpu.read(src);
+        }
+        p
+    }
+
+    fn w(&self, i: usize) -> &Tensor {
+        &self.params[i]
+    }
+
+    fn wo(&self, i: Option<usize>) -> Option<&Tensor> {
+        i.map(|i| &self.params[i])
+    }
+
+    /// Training forward over a packed batch; logits [N, V] stay on the device.
+    pub fn forward(&self, batch: &Batch) -> GpuForward {
+        let gpu = &*self.gpu;
+        let c = &self.config;
+        let (n, d, f, v) = (batch.len(), c.hidden_size, c.intermediate_size, c.vocab_size);
+        let heads = self.heads;
+        let (qd, kd) = (heads.q * heads.dim, heads.kv * heads.dim);
+        let eps = c.rms_norm_eps as f32;
+        let (mut starts, mut ends, mut positions) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        for w in batch.offsets.windows(2) {
+            for i in w[0]..w[1] {
+                starts.push(w[0] as u32);
+                ends.push(w[1] as u32);
+                positions.push((i - w[0]) as u32);
+            }
+        }
+        assert!(positions.iter().all(|&p| (p as usize) < self.max_pos), "sequence longer than the RoPE table ({})", self.max_pos);
+        let ids = gpu.upload_u32(&batch.tokens);
+        let (positions, starts, ends) = (gpu.upload_u32(&positions), gpu.upload_u32(&starts), gpu.upload_u32(&ends));
+        let mut x = gpu.alloc(n * d);
+        ops::embedding_forward(gpu, &x, &ids, self.w(self.wte), n, d);
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for li in &self.layers {
+            let (h1, rstd1) = (gpu.alloc(n * d), gpu.alloc(n));
+            ops::rmsnorm_forward(gpu, &h1, &rstd1, &x, self.w(li.ln1), n, d, eps);
+            let (q, k, vv) = (gpu.alloc(n * qd), gpu.alloc(n * kd), gpu.alloc(n * kd));
+            ops::linear_forward(gpu, &q, &h1, self.w(li.q), self.wo(li.qb), n, d, qd);
+            ops::linear_forward(gpu, &k, &h1, self.w(li.k), self.wo(li.kb), n, d, kd);
+            ops::linear_forward(gpu, &vv, &h1, self.w(li.v), self.wo(li.vb), n, d, kd);
+            let (q, k, qk_raw) = match (li.qn, li.kn) {
+                (Some(qn), Some(kn)) => {
+                    let (qo, ko, rq, rk) = (gpu.alloc(n * qd), gpu.alloc(n * kd), gpu.alloc(n * heads.q), gpu.alloc(n * heads.kv));
+                    ops::rmsnorm_forward(gpu, &qo, &rq, &q, self.w(qn), n * heads.q, heads.dim, eps);
+                    ops::rmsnorm_forward(gpu, &ko, &rk, &k, self.w(kn), n * heads.kv, heads.dim, eps);
+                    (qo, ko, Some((q, k, rq, rk)))
+                }
+                _ => (q, k, None),
+            };
+            ops::rope_forward(gpu, &q, &positions, &self.rope, n, heads.q);
+            ops::rope_forward(gpu, &k, &positions, &self.rope, n, heads.kv);
+            let (att, lse) = (gpu.alloc(n * qd), gpu.alloc(n * heads.q));
+            ops::attention_forward(gpu, &att, &lse, &q, &k, &vv, &starts, n, heads);
+            let o = gpu.alloc(n * d);
+            ops::linear_forward(gpu, &o, &att, self.w(li.o), self.wo(li.ob), n, qd, d);
+            let x_mid = gpu.alloc(n * d);
+            ops::residual_forward(gpu, &x_mid, &x, &o, n * d);
+            let (h2, rstd2) = (gpu.alloc(n * d), gpu.alloc(n));
+            ops::rmsnorm_forward(gpu, &h2, &rstd2, &x_mid, self.w(li.ln2), n, d, eps);
+            let (gate, up, act) = (gpu.alloc(n * f), gpu.alloc(n * f), gpu.alloc(n * f));
+            ops::linear_forward(gpu, &gate, &h2, self.w(li.gate), None, n, d, f);
+            ops::linear_forward(gpu, &up, &h2, self.w(li.up), None, n, d, f);
+            ops::swiglu_forward(gpu, &act, &gate, &up, n * f);
+            ops::linear_forward(gpu, &o, &act, self.w(li.down), None, n, f, d);
+            let x_out = gpu.alloc(n * d);
+            ops::residual_forward(gpu, &x_out, &x_mid, &o, n * d);
+            let x_in = std::mem::replace(&mut x, x_out);
+            layers.push(LayerActs { x_in, h1, rstd1, qk_raw, q, k, v: vv, att, lse, x_mid, h2, rstd2, gate, up, act });
+        }
+        let (hf, rstdf) = (gpu.alloc(n * d), gpu.alloc(n));
+        ops::rmsnorm_forward(gpu, &hf, &rstdf, &x, self.w(self.norm), n, d, eps);
+        let logits = gpu.alloc(n * v);
+        ops::linear_forward(gpu, &logits, &hf, self.w(self.lm_head), None, n, d, v);
+        GpuForward { n, tokens: batch.tokens.clone(), positions, starts, ends, layers, x_final: x, hf, rstdf, logits, lse: None, targets: None }
+    }
+
+    /// Logits [N, V] of a batch, read back.
+    pub fn logits(&self, batch: &Batch) -> Vec<f32> {
+        let fwd = self.forward(batch);
+        self.gpu.read(&fwd.logits)
+    }
+
+    /// Log-prob of `targets[n]` for every row; the one read-back of a training forward.
+    pub fn logprobs(&self, fwd: &mut GpuForward, targets: &[u32]) -> Vec<f32> {
+        assert_eq!(targets.len(), fwd.n, "logprobs: {} targets for {} rows", targets.len(), fwd.n);
+        let gpu = &*self.gpu;
+        let (lp, lse, t) = (gpu.alloc(fwd.n), gpu.alloc(fwd.n), gpu.upload_u32(targets));
+        ops::logprob_forward(gpu, &lp, &lse, &fwd.logits, &t, fwd.n, self.config.vocab_size);
+        fwd.lse = Some(lse);
+        fwd.targets = Some(t);
+        gpu.read(&lp)
+    }
+
+    /// Backward from d(loss)/d(logprob) per row; accumulates into `grads`.
+    pub fn backward(&self, fwd: &GpuForward, dlogprob: &[f32], grads: &GpuGrads) {
+        let gpu = &*self.gpu;
+        let c = &self.config;
+        let (n, d, f, v) = (fwd.n, c.hidden_size, c.intermediate_size, c.vocab_size);
+        assert_eq!(dlogprob.len(), n, "backward: dlogprob has {} rows, forward had {n}", dlogprob.len());
+        let (Some(lse), Some(targets)) = (&fwd.lse, &fwd.targets) else { panic!("backward: call logprobs first") };
+        let heads = self.heads;
+        let (qd, kd) = (heads.q * heads.dim, heads.kv * heads.dim);
+        let g = |i: usize| &grads[i];
+        let go = |i: Option<usize>| i.map(|i| &grads[i]);
+        let dlp = gpu.upload(dlogprob);
+        let dlogits = gpu.alloc(n * v);
+        ops::logprob_backward(gpu, &dlogits, &dlp, &fwd.logits, lse, targets, n, v);
+        let dhf = gpu.alloc(n * d);
+        ops::linear_backward(gpu, Some(&dhf), g(self.lm_head), None, &dlogits, &fwd.hf, self.w(self.lm_head), n, d, v);
+        drop(dlogits);
+        let dx = gpu.alloc(n * d);
+        ops::rmsnorm_backward(gpu, &dx, g(self.norm), &dhf, &fwd.x_final, self.w(self.norm), &fwd.rstdf, n, d);
+        let (tmp_d, dh) = (gpu.alloc(n * d), gpu.alloc(n * d));
+        for (li, a) in self.layers.iter().zip(&fwd.layers).rev() {
+            // MLP: x_out = x_mid + down(swiglu(gate(h2), up(h2))).
+            let dact = gpu.alloc(n * f);
+            ops::linear_backward(gpu, Some(&dact), g(li.down), None, &dx, &a.act, self.w(li.down), n, f, d);
+            let (dgate, dup) = (gpu.alloc(n * f), gpu.alloc(n * f));
+            ops::swiglu_backward(gpu, &dgate, &dup, &dact, &a.gate, &a.up, n * f);
+            ops::linear_backward(gpu, Some(&dh), g(li.gate), None, &dgate, &a.h2, self.w(li.gate), n, d, f);
+            ops::linear_backward(gpu, Some(&tmp_d), g(li.up), None, &dup, &a.h2, self.w(li.up), n, d, f);
+            ops::residual_backward(gpu, &dh, &tmp_d, n * d);
+            ops::rmsnorm_backward(gpu, &tmp_d, g(li.ln2), &dh, &a.x_mid, self.w(li.ln2), &a.rstd2, n, d);
+            ops::residual_backward(gpu, &dx, &tmp_d, n * d); // dx is now d(x_mid)
+            // Attention: x_mid = x_in + o(att).
+            let datt = gpu.alloc(n * qd);
+            ops::linear_backward(gpu, Some(&datt), g(li.o), go(li.ob), &dx, &a.att, self.w(li.o), n, qd, d);
+            let (dq, dk, dv) = (gpu.alloc(n * qd), gpu.alloc(n * kd), gpu.alloc(n * kd));
+            ops::attention_backward(gpu, &dq, &dk, &dv, &datt, &a.q, &a.k, &a.v, &a.att, &a.lse, &fwd.starts, &fwd.ends, n, heads);
+            ops::rope_backward(gpu, &dq, &fwd.positions, &self.rope, n, heads.q);
+            ops::rope_backward(gpu, &dk, &fwd.positions, &self.rope, n, heads.kv);
+            let (dq, dk) = match (li.qn, li.kn, &a.qk_raw) {
+                (Some(qn), Some(kn), Some((q_raw, k_raw, rq, rk))) => {
+                    let (dq_raw, dk_raw) = (gpu.alloc(n * qd), gpu.alloc(n * kd));
+                    ops::rmsnorm_backward(gpu, &dq_raw, g(qn), &dq, q_raw, self.w(qn), rq, n * heads.q, heads.dim);
+                    ops::rmsnorm_backward(gpu, &dk_raw, g(kn), &dk, k_raw, self.w(kn), rk, n * heads.kv, heads.dim);
+                    (dq_raw, dk_raw)
+                }
+                _ => (dq, dk),
+            };
+            ops::linear_backward(gpu, Some(&dh), g(li.q), go(li.qb), &dq, &a.h1, self.w(li.q), n, d, qd);
+            ops::linear_backward(gpu, Some(&tmp_d), g(li.k), go(li.kb), &dk, &a.h1, self.w(li.k), n, d, kd);
+            ops::residual_backward(gpu, &dh, &tmp_d, n * d);
+            ops::linear_backward(gpu, Some(&tmp_d), g(li.v), go(li.vb), &dv, &a.h1, self.w(li.v), n, d, kd);
+            ops::residual_backward(gpu, &dh, &tmp_d, n * d);
+            ops::rmsnorm_backward(gpu, &tmp_d, g(li.ln1), &dh, &a.x_in, self.w(li.ln1), &a.rstd1, n, d);
+            ops::residual_backward(gpu, &dx, &tmp_d, n * d); // dx is now d(x_in)
+        }
+        ops::embedding_backward(gpu, g(self.wte), &dx, &fwd.tokens, d);
+    }
+
+    /// Next-token cross-entropy over every sequence (token mean): forward, loss, backward into
+    /// `grads`. Returns the loss.
+    pub fn next_token_loss_backward(&self, batch: &Batch, grads: &GpuGrads) -> f32 {
+        let mut fwd = self.forward(batch);
+        let (targets, mask) = batch.next_token_targets();
+        let lp = self.logprobs(&mut fwd, &targets);
+        let (loss, dlogprob) = rstar2_model::ops::logprob::cross_entropy(&lp, &mask);
+        self.backward(&fwd, &dlogprob, grads);
+        loss
+    }
+
+    /// Global-norm clipping of `grads` on the device; returns the norm before clipping.
+    pub fn clip_grad_norm(&self, grads: &GpuGrads, max_norm: f32) -> f32 {
+        let refs: Vec<&Tensor> = grads.iter().collect();
+        let result = ops::clip_grad_norm(&self.gpu, &refs, Some(max_norm));
+        self.gpu.read(&result)[0]
+    }
+}
+
+/// AdamW with its moments on the device.
+pub struct GpuAdamW {
+    /// Hyper-parameters.
+    pub config: AdamWConfig,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    /// Updates taken.
+    pub step: u64,
+}
+
+impl GpuAdamW {
+    /// Zero moments for `model`'s parameters.
+    pub fn new(config: AdamWConfig, model: &GpuModel) -> Self {
+        GpuAdamW { config, m: model.zero_grads(), v: model.zero_grads(), step: 0 }
+    }
+
+    /// One update of every parameter.
+    pub fn update(&mut self, model: &mut GpuModel, grads: &GpuGrads, lr: f32) {
+        self.step += 1;
+        for (((p, m), v), g) in model.params.iter().zip(&self.m).zip(&self.v).zip(grads) {
+            ops::adamw(&model.gpu, p, m, v, g, &self.config, lr, self.step);
+        }
+    }
+}

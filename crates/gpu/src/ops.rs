@@ -1,0 +1,286 @@
+//! The model's operations on the device, one WGSL kernel (or two) each, in the argument order
+//! of the CPU ops in `rstar2_model::ops` (outputs, saved activations, inputs, dims). Parameter
+//! gradients accumulate; activation gradients overwrite. Each call only records work.
+
+use rstar2_model::ops::attention::Heads;
+
+use crate::context::Gpu;
+use crate::kernels;
+use crate::tensor::Tensor;
+
+/// Workgroups for `items` invocations at `per_group` each, folded into y past the per-dimension
+/// limit (kernels index `gid.x + gid.y * num_workgroups.x * per_group`).
+fn grid(gpu: &Gpu, items: usize, per_group: usize) -> [u32; 3] {
+    let groups = items.div_ceil(per_group) as u64;
+    let max = u64::from(gpu.limits.max_compute_workgroups_per_dimension);
+    let x = groups.min(max);
+    let y = if x == 0 { 0 } else { groups.div_ceil(x) };
+    [x as u32, y as u32, 1]
+}
+
+fn u(x: usize) -> u32 {
+    u32::try_from(x).expect("dimension fits in u32")
+}
+
+fn f(x: f32) -> u32 {
+    x.to_bits()
+}
+
+fn check(op: &str, name: &str, t: &Tensor, need: usize) {
+    assert!(t.len() >= need, "{op}: {name} has {} elements, needs {need}", t.len());
+}
+
+/// How `matmul` reads its operands: A[i, p] = a[a_off + i a_rs + p a_cs],
+/// B[p, j] = b[b_off + p b_rs + j b_cs], C[i, j] = c[c_off + i ldc + j].
+#[derive(Debug, Clone, Copy)]
+#[allow(missing_docs)]
+pub struct Strides {
+    pub a_rs: usize,
+    pub a_cs: usize,
+    pub b_rs: usize,
+    pub b_cs: usize,
+    pub a_off: usize,
+    pub b_off: usize,
+    pub c_off: usize,
+    pub ldc: usize,
+}
+
+/// C[m, n] (+)= A[m, k] · B[k, n] through strides.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(gpu: &Gpu, c: &Tensor, a: &Tensor, b: &Tensor, s: Strides, m: usize, n: usize, k: usize, accumulate: bool) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        assert!(accumulate || (s.c_off == 0 && s.ldc == n && c.len() == m * n), "matmul: k = 0 into a strided view");
+        if !accumulate {
+            gpu.zero(c);
+        }
+        return;
+    }
+    check("matmul", "C", c, s.c_off + (m - 1) * s.ldc + n);
+    check("matmul", "A", a, s.a_off + (m - 1) * s.a_rs + (k - 1) * s.a_cs + 1);
+    check("matmul", "B", b, s.b_off + (k - 1) * s.b_rs + (n - 1) * s.b_cs + 1);
+    let params = [u(m), u(n), u(k), u32::from(accumulate), u(s.a_rs), u(s.a_cs), u(s.b_rs), u(s.b_cs), u(s.a_off), u(s.b_off), u(s.c_off), u(s.ldc)];
+    gpu.dispatch(&kernels::MATMUL, &[], &[c, a, b], &params, [u(n.div_ceil(64)), u(m.div_ceil(64)), 1]);
+}
+
+/// C[m, n] = A[m, k] · B[n, k]ᵀ (both row-major), or += with `accumulate`.
+pub fn matmul_nt(gpu: &Gpu, c: &Tensor, a: &Tensor, b: &Tensor, m: usize, n: usize, k: usize, accumulate: bool) {
+    // Decoding: few rows, a weight read once per column.
+    if m <= 8 && !accumulate && k > 0 {
+        check("matvec", "C", c, m * n);
+        check("matvec", "A", a, m * k);
+        check("matvec", "W", b, n * k);
+        gpu.dispatch(&kernels::MATVEC, &[], &[c, a, b], &[u(m), u(n), u(k)], grid(gpu, n, 1));
+        return;
+    }
+    let s = Strides { a_rs: k, a_cs: 1, b_rs: 1, b_cs: k, a_off: 0, b_off: 0, c_off: 0, ldc: n };
+    matmul(gpu, c, a, b, s, m, n, k, accumulate);
+}
+
+/// out[n, o] = x[n, i] · w[o, i]ᵀ + b[o].
+#[allow(clippy::too_many_arguments)]
+pub fn linear_forward(gpu: &Gpu, out: &Tensor, x: &Tensor, w: &Tensor, b: Option<&Tensor>, n: usize, i: usize, o: usize) {
+    matmul_nt(gpu, out, x, w, n, o, i, false);
+    if let Some(b) = b {
+        check("bias_forward", "bias", b, o);
+        gpu.dispatch(&kernels::BIAS_FORWARD, &[], &[out, b], &[u(n), u(o)], grid(gpu, n * o, 64));
+    }
+}
+
+/// dx[n, i] = dout · w (overwrite); dw[o, i] += doutᵀ · x; db[o] += Σ_rows dout.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward(gpu: &Gpu, dx: Option<&Tensor>, dw: &Tensor, db: Option<&Tensor>, dout: &Tensor, x: &Tensor, w: &Tensor, n: usize, i: usize, o: usize) {
+    if let Some(dx) = dx {
+        let s = Strides { a_rs: o, a_cs: 1, b_rs: i, b_cs: 1, a_off: 0, b_off: 0, c_off: 0, ldc: i };
+        matmul(gpu, dx, dout, w, s, n, i, o, false);
+    }
+    let s = Strides { a_rs: 1, a_cs: o, b_rs: i, b_cs: 1, a_off: 0, b_off: 0, c_off: 0, ldc: i };
+    matmul(gpu, dw, dout, x, s, o, i, n, true);
+    if let Some(db) = db {
+        gpu.dispatch(&kernels::BIAS_BACKWARD, &[], &[db, dout], &[u(n), u(o)], grid(gpu, o, 64));
+    }
+}
+
+/// out[rows, d] = wte[ids[r]].
+pub fn embedding_forward(gpu: &Gpu, out: &Tensor, ids: &Tensor, wte: &Tensor, rows: usize, d: usize) {
+    check("embedding_forward", "out", out, rows * d);
+    gpu.dispatch(&kernels::EMBEDDING_FORWARD, &[], &[out, ids, wte], &[u(rows), u(d)], grid(gpu, rows * d, 64));
+}
+
+/// dwte[ids[r]] += dout[r]. Token ids come from the host, which groups the rows by token.
+pub fn embedding_backward(gpu: &Gpu, dwte: &Tensor, dout: &Tensor, ids: &[u32], d: usize) {
+    let mut order: Vec<u32> = (0..u(ids.len())).collect();
+    order.sort_by_key(|&r| ids[r as usize]);
+    let mut tokens = Vec::new();
+    let mut first = Vec::new();
+    for (q, &r) in order.iter().enumerate() {
+        let t = ids[r as usize];
+        if tokens.last() != Some(&t) {
+            tokens.push(t);
+            first.push(u(q));
+        }
+    }
+    first.push(u(order.len()));
+    let (tokens_t, first_t, order_t) = (gpu.upload_u32(&tokens), gpu.upload_u32(&first), gpu.upload_u32(&order));
+    gpu.dispatch(&kernels::EMBEDDING_BACKWARD, &[], &[dwte, dout, &tokens_t, &first_t, &order_t], &[u(tokens.len()), u(d)], grid(gpu, tokens.len() * d, 64));
+}
+
+/// out[rows, d] = x / rms(x) * w, saving rstd[rows].
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_forward(gpu: &Gpu, out: &Tensor, rstd: &Tensor, x: &Tensor, w: &Tensor, rows: usize, d: usize, eps: f32) {
+    check("rmsnorm_forward", "x", x, rows * d);
+    check("rmsnorm_forward", "rstd", rstd, rows);
+    gpu.dispatch(&kernels::RMSNORM_FORWARD, &[], &[out, rstd, x, w], &[u(rows), u(d), f(eps)], grid(gpu, rows, 1));
+}
+
+/// dx (overwrite) and dw (accumulate) of RMSNorm.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_backward(gpu: &Gpu, dx: &Tensor, dw: &Tensor, dout: &Tensor, x: &Tensor, w: &Tensor, rstd: &Tensor, rows: usize, d: usize) {
+    check("rmsnorm_backward", "dx", dx, rows * d);
+    gpu.dispatch(&kernels::RMSNORM_BACKWARD, &[], &[dx, dout, x, w, rstd], &[u(rows), u(d)], grid(gpu, rows, 1));
+    gpu.dispatch(&kernels::RMSNORM_BACKWARD_WEIGHT, &[], &[dw, dout, x, rstd], &[u(rows), u(d)], grid(gpu, d, 1));
+}
+
+/// RoPE tables on the device.
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    half: usize,
+}
+
+impl Rope {
+    /// Uploads a CPU table.
+    pub fn new(gpu: &Gpu, table: &rstar2_model::ops::rope::RopeTable) -> Self {
+        let (cos, sin) = table.tables();
+        Rope { cos: gpu.upload(cos), sin: gpu.upload(sin), half: table.half }
+    }
+}
+
+fn rope(gpu: &Gpu, x: &Tensor, positions: &Tensor, rope: &Rope, rows: usize, heads: usize, sign: f64) {
+    check("rope", "x", x, rows * heads * 2 * rope.half);
+    gpu.dispatch(&kernels::ROPE, &[("SIGN", sign)], &[x, positions, &rope.cos, &rope.sin], &[u(rows), u(heads), u(rope.half)], grid(gpu, rows * heads * rope.half, 64));
+}
+
+/// Rotates x [rows, heads, head_dim] in place by position.
+pub fn rope_forward(gpu: &Gpu, x: &Tensor, positions: &Tensor, table: &Rope, rows: usize, heads: usize) {
+    rope(gpu, x, positions, table, rows, heads, 1.0);
+}
+
+/// Rotates the gradient back.
+pub fn rope_backward(gpu: &Gpu, dx: &Tensor, positions: &Tensor, table: &Rope, rows: usize, heads: usize) {
+    rope(gpu, dx, positions, table, rows, heads, -1.0);
+}
+
+/// out = silu(gate) * up over n elements.
+pub fn swiglu_forward(gpu: &Gpu, out: &Tensor, gate: &Tensor, up: &Tensor, n: usize) {
+    gpu.dispatch(&kernels::SWIGLU_FORWARD, &[], &[out, gate, up], &[u(n)], grid(gpu, n, 64));
+}
+
+/// dgate, dup (overwrite).
+pub fn swiglu_backward(gpu: &Gpu, dgate: &Tensor, dup: &Tensor, dout: &Tensor, gate: &Tensor, up: &Tensor, n: usize) {
+    gpu.dispatch(&kernels::SWIGLU_BACKWARD, &[], &[dgate, dup, dout, gate, up], &[u(n)], grid(gpu, n, 64));
+}
+
+/// out = a + b.
+pub fn residual_forward(gpu: &Gpu, out: &Tensor, a: &Tensor, b: &Tensor, n: usize) {
+    gpu.dispatch(&kernels::RESIDUAL_FORWARD, &[], &[out, a, b], &[u(n)], grid(gpu, n, 64));
+}
+
+/// da += dout.
+pub fn residual_backward(gpu: &Gpu, da: &Tensor, dout: &Tensor, n: usize) {
+    gpu.dispatch(&kernels::RESIDUAL_BACKWARD, &[], &[da, dout], &[u(n)], grid(gpu, n, 64));
+}
+
+fn attention_params(rows: usize, heads: Heads) -> [u32; 5] {
+    assert!(heads.dim <= 256, "attention kernels hold a head of at most 256 values, this model has {}", heads.dim);
+    [u(rows), u(heads.q), u(heads.kv), u(heads.dim), f(1.0 / (heads.dim as f32).sqrt())]
+}
+
+/// Causal attention over packed sequences: out [rows, q*dim], lse [rows, q] saved; start[r] is
+/// the first row of r's sequence.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward(gpu: &Gpu, out: &Tensor, lse: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, start: &Tensor, rows: usize, heads: Heads) {
+    check("attention_forward", "lse", lse, rows * heads.q);
+    gpu.dispatch(&kernels::ATTENTION_FORWARD, &[], &[out, lse, q, k, v, start], &attention_params(rows, heads), grid(gpu, rows * heads.q, 64));
+}
+
+/// dq, dk, dv (overwrite); end[r] is one past the last row of r's sequence.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    gpu: &Gpu,
+    dq: &Tensor,
+    dk: &Tensor,
+    dv: &Tensor,
+    dout: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    start: &Tensor,
+    end: &Tensor,
+    rows: usize,
+    heads: Heads,
+) {
+    let delta = gpu.alloc(rows * heads.q);
+    let p = attention_params(rows, heads);
+    gpu.dispatch(&kernels::ATTENTION_BACKWARD_DQ, &[], &[dq, &delta, dout, q, k, v, out, lse, start], &p, grid(gpu, rows * heads.q, 64));
+    gpu.dispatch(&kernels::ATTENTION_BACKWARD_DKDV, &[], &[dk, dv, dout, q, k, v, &delta, lse, end], &p, grid(gpu, rows * heads.kv, 64));
+}
+
+/// Attention of rows against the paged cache (see `attention_decode.wgsl`).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode(gpu: &Gpu, out: &Tensor, q: &Tensor, cache_k: &Tensor, cache_v: &Tensor, table: &Tensor, table_off: &Tensor, len: &Tensor, rows: usize, heads: Heads) {
+    gpu.dispatch(&kernels::ATTENTION_DECODE, &[], &[out, q, cache_k, cache_v, table, table_off, len], &attention_params(rows, heads), grid(gpu, rows * heads.q, 64));
+}
+
+/// cache[slot[r]] = x[r] for keys and values, rows of `width`.
+#[allow(clippy::too_many_arguments)]
+pub fn kv_write(gpu: &Gpu, cache_k: &Tensor, cache_v: &Tensor, k: &Tensor, v: &Tensor, slots: &Tensor, rows: usize, width: usize) {
+    gpu.dispatch(&kernels::KV_WRITE, &[], &[cache_k, cache_v, k, v, slots], &[u(rows), u(width)], grid(gpu, rows * width, 64));
+}
+
+/// logprob[r] = log softmax(logits[r])[target[r]], saving lse[r].
+pub fn logprob_forward(gpu: &Gpu, logprob: &Tensor, lse: &Tensor, logits: &Tensor, targets: &Tensor, rows: usize, v: usize) {
+    check("logprob_forward", "logits", logits, rows * v);
+    gpu.dispatch(&kernels::LOGPROB_FORWARD, &[], &[logprob, lse, logits, targets], &[u(rows), u(v)], grid(gpu, rows, 1));
+}
+
+/// dlogits (overwrite) from d(loss)/d(logprob).
+#[allow(clippy::too_many_arguments)]
+pub fn logprob_backward(gpu: &Gpu, dlogits: &Tensor, dlogprob: &Tensor, logits: &Tensor, lse: &Tensor, targets: &Tensor, rows: usize, v: usize) {
+    gpu.dispatch(&kernels::LOGPROB_BACKWARD, &[], &[dlogits, dlogprob, logits, lse, targets], &[u(rows), u(v)], grid(gpu, rows * v, 64));
+}
+
+/// One AdamW update of one tensor (`step` counts from 1).
+#[allow(clippy::too_many_arguments)]
+pub fn adamw(gpu: &Gpu, param: &Tensor, m: &Tensor, v: &Tensor, grad: &Tensor, config: &rstar2_model::AdamWConfig, lr: f32, step: u64) {
+    let n = param.len();
+    let bc1 = 1.0 - config.beta1.powi(step as i32);
+    let bc2_sqrt = (1.0 - config.beta2.powi(step as i32)).sqrt();
+    let p = [u(n), f(lr), f(config.beta1), f(config.beta2), f(config.eps), f(config.weight_decay), f(bc1), f(bc2_sqrt)];
+    gpu.dispatch(&kernels::ADAMW, &[], &[param, m, v, grad], &p, grid(gpu, n, 64));
+}
+
+/// Global L2 norm of all `grads`, and scaling by min(1, max_norm / (norm + 1e-6)) when
+/// `max_norm` is given; all on the device. Returns [norm, coef] (read it only when needed).
+pub fn clip_grad_norm(gpu: &Gpu, grads: &[&Tensor], max_norm: Option<f32>) -> Tensor {
+    let chunks: Vec<usize> = grads.iter().map(|g| g.len().div_ceil(4096)).collect();
+    let total: usize = chunks.iter().sum();
+    let partial = gpu.alloc(total.max(1));
+    let mut offset = 0;
+    for (g, &c) in grads.iter().zip(&chunks) {
+        gpu.dispatch(&kernels::GRAD_NORM_PARTIAL, &[], &[&partial, g], &[u(g.len()), u(offset)], [u(c), 1, 1]);
+        offset += c;
+    }
+    let result = gpu.alloc(2);
+    gpu.dispatch(&kernels::GRAD_NORM_FINISH, &[], &[&result, &partial], &[u(total), f(max_norm.unwrap_or(f32::MAX))], [1, 1, 1]);
+    if max_norm.is_some() {
+        for g in grads {
+            gpu.dispatch(&kernels::GRAD_SCALE, &[], &[g, &result], &[u(g.len())], grid(gpu, g.len(), 64));
+        }
+    }
+    result
+}

@@ -1,0 +1,279 @@
+//! Every kernel against its CPU op (`rstar2_model::ops`) on seeded data, on whatever adapter
+//! wgpu finds (lavapipe in CI). No adapter is a failure: set RSTAR2_ALLOW_NO_GPU=1 to run the
+//! rest of the suite on a machine that cannot run WGSL at all.
+
+use std::sync::{Arc, OnceLock};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rstar2_gpu::{AdapterChoice, Gpu, ops};
+use rstar2_model::ops as cpu;
+use rstar2_model::ops::attention::Heads;
+
+fn gpu() -> Option<Arc<Gpu>> {
+    static GPU: OnceLock<Option<Arc<Gpu>>> = OnceLock::new();
+    GPU.get_or_init(|| match Gpu::open(AdapterChoice::Any) {
+        Ok(Some(g)) => {
+            eprintln!("GPU kernel tests on {}", g.describe());
+            Some(Arc::new(g))
+        }
+        Ok(None) => unreachable!("AdapterChoice::Any never answers None"),
+        Err(e) if std::env::var_os("RSTAR2_ALLOW_NO_GPU").is_some() => {
+            eprintln!("!!! GPU kernel tests NOT RUN: {e} (RSTAR2_ALLOW_NO_GPU is set)");
+            None
+        }
+        Err(e) => panic!("{e}; set RSTAR2_ALLOW_NO_GPU=1 to run without the GPU tests"),
+    })
+    .clone()
+}
+
+fn rand_vec(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+#[track_caller]
+fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0.0f32, 0usize);
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        let err = (a - b).abs() / (1.0 + b.abs());
+        assert!(err.is_finite(), "{what}[{i}]: {a} vs {b}");
+        if err > worst.0 {
+            worst = (err, i);
+        }
+    }
+    assert!(worst.0 <= tol, "{what}: element {} is {} on the GPU, {} on the CPU (relative error {:.2e} > {tol:.0e})", worst.1, got[worst.1], want[worst.1], worst.0);
+}
+
+#[test]
+fn matmul_all_layouts_and_decode_path() {
+    let Some(g) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for (m, n, k) in [(70, 50, 37), (3, 5, 7), (5, 130, 70), (64, 64, 64), (129, 65, 17)] {
+        let (a, b) = (rand_vec(&mut rng, m * k, 1.0), rand_vec(&mut rng, n * k, 1.0));
+        let init = rand_vec(&mut rng, m * n, 1.0);
+        let (ta, tb) = (g.upload(&a), g.upload(&b));
+        for accumulate in [false, true] {
+            let tc = g.upload(&init);
+            ops::matmul_nt(&g, &tc, &ta, &tb, m, n, k, accumulate);
+            let mut want = init.clone();
+            cpu::matmul::matmul_nt(&mut want, &a, &b, m, n, k, accumulate);
+            assert_close(&g.read(&tc), &want, 1e-5, &format!("matmul_nt {m}x{n}x{k} accumulate={accumulate}"));
+        }
+    }
+}
+
+#[test]
+fn linear_forward_backward_with_bias() {
+    let Some(g) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let (n, i, o) = (19, 24, 33);
+    let (x, w, b, dout) = (rand_vec(&mut rng, n * i, 1.0), rand_vec(&mut rng, o * i, 1.0), rand_vec(&mut rng, o, 1.0), rand_vec(&mut rng, n * o, 1.0));
+    let (dw0, db0) = (rand_vec(&mut rng, o * i, 1.0), rand_vec(&mut rng, o, 1.0));
+    let (tx, tw, tb, tdout) = (g.upload(&x), g.upload(&w), g.upload(&b), g.upload(&dout));
+    let out = g.alloc(n * o);
+    ops::linear_forward(&g, &out, &tx, &tw, Some(&tb), n, i, o);
+    let mut want = vec![0.0; n * o];
+    cpu::matmul::linear_forward(&mut want, &x, &w, Some(&b), n, i, o);
+    assert_close(&g.read(&out), &want, 1e-5, "linear_forward");
+
+    let (tdx, tdw, tdb) = (g.alloc(n * i), g.upload(&dw0), g.upload(&db0));
+    ops::linear_backward(&g, Some(&tdx), &tdw, Some(&tdb), &tdout, &tx, &tw, n, i, o);
+    let (mut dx, mut dw, mut db) = (vec![0.0; n * i], dw0.clone(), db0.clone());
+    cpu::matmul::linear_backward(Some(&mut dx), &mut dw, Some(&mut db), &dout, &x, &w, n, i, o);
+    assert_close(&g.read(&tdx), &dx, 1e-5, "linear dx");
+    assert_close(&g.read(&tdw), &dw, 1e-5, "linear dw (accumulated)");
+    assert_close(&g.read(&tdb), &db, 1e-5, "linear db (accumulated)");
+}
+
+#[test]
+fn embedding_forward_backward_with_repeated_tokens() {
+    let Some(g) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let (vocab, d) = (11, 6);
+    let ids: Vec<u32> = vec![3, 7, 3, 0, 10, 3, 7];
+    let wte = rand_vec(&mut rng, vocab * d, 1.0);
+    let out = g.alloc(ids.len() * d);
+    ops::embedding_forward(&g, &out, &g.upload_u32(&ids), &g.upload(&wte), ids.len(), d);
+    let mut want = vec![0.0; ids.len() * d];
+    cpu::embedding::embedding_forward(&mut want, &ids, &wte, d);
+    assert_eq!(g.read(&out), want, "embedding_forward copies rows exactly");
+
+    let dout = rand_vec(&mut rng, ids.len() * d, 1.0);
+    let dwte0 = rand_vec(&mut rng, vocab * d, 1.0);
+    let tdwte = g.upload(&dwte0);
+    ops::embedding_backward(&g, &tdwte, &g.upload(&dout), &ids, d);
+    let mut want = dwte0.clone();
+    cpu::embedding::embedding_backward(&mut want, &dout, &ids, d);
+    assert_close(&g.read(&tdwte), &want, 1e-6, "embedding_backward");
+}
+
+#[test]
+fn rmsnorm_forward_backward() {
+    let Some(g) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    // d = 100 exercises the 64-wide stride with a ragged tail; 130 rows more than one pass.
+    for (rows, d) in [(13, 100), (130, 8)] {
+        let (x, w, dout) = (rand_vec(&mut rng, rows * d, 2.0), rand_vec(&mut rng, d, 1.0), rand_vec(&mut rng, rows * d, 1.0));
+        let dw0 = rand_vec(&mut rng, d, 1.0);
+        let (tx, tw) = (g.upload(&x), g.upload(&w));
+        let (out, rstd) = (g.alloc(rows * d), g.alloc(rows));
+        ops::rmsnorm_forward(&g, &out, &rstd, &tx, &tw, rows, d, 1e-6);
+        let (mut want, mut want_rstd) = (vec![0.0; rows * d], vec![0.0; rows]);
+        cpu::rmsnorm::rmsnorm_forward(&mut want, &mut want_rstd, &x, &w, d, 1e-6);
+        assert_close(&g.read(&out), &want, 1e-5, "rmsnorm out");
+        assert_close(&g.read(&rstd), &want_rstd, 1e-5, "rmsnorm rstd");
+        let (tdx, tdw) = (g.alloc(rows * d), g.upload(&dw0));
+        ops::rmsnorm_backward(&g, &tdx, &tdw, &g.upload(&dout), &tx, &tw, &rstd, rows, d);
+        let (mut dx, mut dw) = (vec![0.0; rows * d], dw0.clone());
+        cpu::rmsnorm::rmsnorm_backward(&mut dx, &mut dw, &dout, &x, &w, &want_rstd, d);
+        assert_close(&g.read(&tdx), &dx, 1e-5, "rmsnorm dx");
+        assert_close(&g.read(&tdw), &dw, 1e-5, "rmsnorm dw");
+    }
+}
+
+#[test]
+fn rope_forward_and_back() {
+    let Some(g) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (rows, heads, hd) = (9, 3, 16);
+    let table = cpu::rope::RopeTable::new(hd, 10000.0, 64);
+    let rope = ops::Rope::new(&g, &table);
+    let positions: Vec<usize> = vec![0, 1, 2, 3, 0, 1, 40, 41, 63];
+    let pos_t = g.upload_u32(&positions.iter().map(|&p| p as u32).collect::<Vec<_>>());
+    let x = rand_vec(&mut rng, rows * heads * hd, 1.0);
+    let t = g.upload(&x);
+    ops::rope_forward(&g, &t, &pos_t, &rope, rows, heads);
+    let mut want = x.clone();
+    cpu::rope::rope_forward(&mut want, &positions, &table, heads);
+    assert_close(&g.read(&t), &want, 1e-5, "rope forward");
+    ops::rope_backward(&g, &t, &pos_t, &rope, rows, heads);
+    cpu::rope::rope_backward(&mut want, &positions, &table, heads);
+    assert_close(&g.read(&t), &want, 1e-5, "rope backward");
+    assert_close(&want, &x, 1e-5, "rope backward inverts forward");
+}
+
+#[test]
+fn swiglu_and_residual() {
+    let Some(g) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let n = 1000;
+    let (gate, up, dout) = (rand_vec(&mut rng, n, 4.0), rand_vec(&mut rng, n, 2.0), rand_vec(&mut rng, n, 1.0));
+    let (tg, tu, td) = (g.upload(&gate), g.upload(&up), g.upload(&dout));
+    let out = g.alloc(n);
+    ops::swiglu_forward(&g, &out, &tg, &tu, n);
+    let mut want = vec![0.0; n];
+    cpu::swiglu::swiglu_forward(&mut want, &gate, &up);
+    assert_close(&g.read(&out), &want, 1e-5, "swiglu forward");
+    let (dg, du) = (g.alloc(n), g.alloc(n));
+    ops::swiglu_backward(&g, &dg, &du, &td, &tg, &tu, n);
+    let (mut wdg, mut wdu) = (vec![0.0; n], vec![0.0; n]);
+    cpu::swiglu::swiglu_backward(&mut wdg, &mut wdu, &dout, &gate, &up);
+    assert_close(&g.read(&dg), &wdg, 1e-5, "swiglu dgate");
+    assert_close(&g.read(&du), &wdu, 1e-5, "swiglu dup");
+
+    ops::residual_forward(&g, &out, &tg, &tu, n);
+    let mut want = vec![0.0; n];
+    cpu::residual_forward(&mut want, &gate, &up);
+    assert_eq!(g.read(&out), want, "residual forward");
+    ops::residual_backward(&g, &tg, &td, n);
+    let (mut da, mut db) = (gate.clone(), up.clone());
+    cpu::residual_backward(&mut da, &mut db, &dout);
+    assert_eq!(g.read(&tg), da, "residual backward");
+}
+
+#[test]
+fn attention_packed_causal_gqa_forward_backward() {
+    let Some(g) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let heads = Heads { q: 4, kv: 2, dim: 8 };
+    let lens = [5usize, 3, 7];
+    let rows: usize = lens.iter().sum();
+    let (mut starts, mut ends) = (Vec::new(), Vec::new());
+    let mut s = 0;
+    for &l in &lens {
+        starts.extend(std::iter::repeat_n(s, l));
+        ends.extend(std::iter::repeat_n(s + l, l));
+        s += l;
+    }
+    let (qd, kd) = (heads.q * heads.dim, heads.kv * heads.dim);
+    let (q, k, v, dout) = (rand_vec(&mut rng, rows * qd, 1.0), rand_vec(&mut rng, rows * kd, 1.0), rand_vec(&mut rng, rows * kd, 1.0), rand_vec(&mut rng, rows * qd, 1.0));
+    let (tq, tk, tv) = (g.upload(&q), g.upload(&k), g.upload(&v));
+    let to_u32 = |x: &[usize]| x.iter().map(|&s| s as u32).collect::<Vec<u32>>();
+    let (tstart, tend) = (g.upload_u32(&to_u32(&starts)), g.upload_u32(&to_u32(&ends)));
+    let (out, lse) = (g.alloc(rows * qd), g.alloc(rows * heads.q));
+    ops::attention_forward(&g, &out, &lse, &tq, &tk, &tv, &tstart, rows, heads);
+    let (mut wout, mut wlse) = (vec![0.0; rows * qd], vec![0.0; rows * heads.q]);
+    cpu::attention::attention_forward(&mut wout, &mut wlse, &q, &k, &v, &starts, heads);
+    assert_close(&g.read(&out), &wout, 1e-5, "attention out");
+    assert_close(&g.read(&lse), &wlse, 1e-5, "attention lse");
+
+    let (dq, dk, dv) = (g.alloc(rows * qd), g.alloc(rows * kd), g.alloc(rows * kd));
+    ops::attention_backward(&g, &dq, &dk, &dv, &g.upload(&dout), &tq, &tk, &tv, &out, &lse, &tstart, &tend, rows, heads);
+    let (mut wdq, mut wdk, mut wdv) = (vec![0.0; rows * qd], vec![0.0; rows * kd], vec![0.0; rows * kd]);
+    cpu::attention::attention_backward(&mut wdq, &mut wdk, &mut wdv, &dout, &q, &k, &v, &wout, &wlse, &starts, heads);
+    assert_close(&g.read(&dq), &wdq, 1e-4, "attention dq");
+    assert_close(&g.read(&dk), &wdk, 1e-4, "attention dk");
+    assert_close(&g.read(&dv), &wdv, 1e-4, "attention dv");
+}
+
+#[test]
+fn logprob_forward_backward() {
+    let Some(g) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let (rows, v) = (7, 1000);
+    let logits = rand_vec(&mut rng, rows * v, 8.0);
+    let targets: Vec<u32> = (0..rows).map(|_| rng.random_range(0..v as u32)).collect();
+    let dlogprob = rand_vec(&mut rng, rows, 1.0);
+    let (tl, tt) = (g.upload(&logits), g.upload_u32(&targets));
+    let (lp, lse) = (g.alloc(rows), g.alloc(rows));
+    ops::logprob_forward(&g, &lp, &lse, &tl, &tt, rows, v);
+    let (mut wlp, mut wlse) = (vec![0.0; rows], vec![0.0; rows]);
+    cpu::logprob::logprob_forward(&mut wlp, &mut wlse, &logits, &targets, v);
+    assert_close(&g.read(&lp), &wlp, 1e-5, "logprob");
+    assert_close(&g.read(&lse), &wlse, 1e-5, "lse");
+    let dl = g.alloc(rows * v);
+    ops::logprob_backward(&g, &dl, &g.upload(&dlogprob), &tl, &lse, &tt, rows, v);
+    let mut wdl = vec![0.0; rows * v];
+    cpu::logprob::logprob_backward(&mut wdl, &dlogprob, &logits, &wlse, &targets, v);
+    assert_close(&g.read(&dl), &wdl, 1e-5, "dlogits");
+}
+
+#[test]
+fn adamw_steps_and_global_norm_clipping() {
+    let Some(g) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    // Two tensors, one longer than a norm workgroup's 4096 elements.
+    let sizes = [5000usize, 37];
+    let params: Vec<Vec<f32>> = sizes.iter().map(|&n| rand_vec(&mut rng, n, 1.0)).collect();
+    let config = rstar2_model::AdamWConfig::default();
+    let tp: Vec<_> = params.iter().map(|p| g.upload(p)).collect();
+    let tm: Vec<_> = sizes.iter().map(|&n| g.zeros(n)).collect();
+    let tv: Vec<_> = sizes.iter().map(|&n| g.zeros(n)).collect();
+    let (mut p, mut m, mut v) = (params.clone(), vec![vec![0.0f32; 5000], vec![0.0; 37]], vec![vec![0.0f32; 5000], vec![0.0; 37]]);
+    for step in 1..=4u64 {
+        let grads: Vec<Vec<f32>> = sizes.iter().map(|&n| rand_vec(&mut rng, n, 0.1)).collect();
+        let tg: Vec<_> = grads.iter().map(|x| g.upload(x)).collect();
+        let refs: Vec<_> = tg.iter().collect();
+        let result = ops::clip_grad_norm(&g, &refs, Some(1.0));
+        let norm = grads.iter().flatten().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt() as f32;
+        let coef = (1.0 / (norm + 1e-6)).min(1.0);
+        assert_close(&g.read(&result), &[norm, coef], 1e-5, "global norm and coefficient");
+        let lr = 1e-2;
+        for i in 0..2 {
+            ops::adamw(&g, &tp[i], &tm[i], &tv[i], &tg[i], &config, lr, step);
+            let bc1 = 1.0 - config.beta1.powi(step as i32);
+            let bc2_sqrt = (1.0 - config.beta2.powi(step as i32)).sqrt();
+            for j in 0..sizes[i] {
+                let gj = grads[i][j] * coef;
+                p[i][j] *= 1.0 - lr * config.weight_decay;
+                m[i][j] = config.beta1 * m[i][j] + (1.0 - config.beta1) * gj;
+                v[i][j] = config.beta2 * v[i][j] + (1.0 - config.beta2) * gj * gj;
+                p[i][j] -= lr / bc1 * m[i][j] / (v[i][j].sqrt() / bc2_sqrt + config.eps);
+            }
+        }
+        for i in 0..2 {
+            assert_close(&g.read(&tp[i]), &p[i], 1e-5, &format!("AdamW step {step} tensor {i}"));
+        }
+    }
+}

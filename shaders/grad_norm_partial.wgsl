@@ -1,0 +1,26 @@
+// Global-norm clipping, step 1: partial[offset + g] = Σ x² over workgroup g's 4096 elements.
+struct Params { n: u32, offset: u32 }
+
+@group(0) @binding(0) var<storage, read_write> partial_out: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<uniform> p: Params;
+
+var<workgroup> partial: array<f32, 256>;
+
+@compute @workgroup_size(256, 1, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = lid.x;
+    let base = wg.x * 4096u;
+    var acc = 0.0;
+    for (var e = 0u; e < 16u; e++) {
+        let i = base + e * 256u + t;
+        if (i < p.n) { acc = fma(x[i], x[i], acc); }
+    }
+    partial[t] = acc;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s >>= 1u) {
+        if (t < s) { partial[t] += partial[t + s]; }
+        workgroupBarrier();
+    }
+    if (t == 0u) { partial_out[p.offset + wg.x] = partial[0]; }
+}

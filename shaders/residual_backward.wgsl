@@ -1,0 +1,13 @@
+// da += dout: the residual branch's gradient joins the stream's (the other input's gradient is
+// dout itself, used in place).
+struct Params { n: u32 }
+
+@group(0) @binding(0) var<storage, read_write> da: array<f32>;
+@group(0) @binding(1) var<storage, read> dout: array<f32>;
+@group(0) @binding(2) var<uniform> p: Params;
+
+@compute @workgroup_size(64, 1, 1)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 64u;
+    if (i < p.n) { da[i] += dout[i]; }
+}
