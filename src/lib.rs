@@ -5,6 +5,7 @@
 //! - [`sandbox`]: the RustPython tool environment.
 //! - [`grpo`]: GRPO-RoC (reward, selection, advantages, policy loss).
 //! - [`model`]: the transformer (HF checkpoints, forward, backward, AdamW, KV cache, GGUF import).
+//! - [`gpu`]: the same model as WGSL kernels through wgpu.
 //! - [`rollout`]: multi-turn tool-integrated generation and its scheduler.
 //! - [`tasks`]: synthetic problems, JSONL data sets, SFT traces.
 //!
@@ -15,6 +16,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub use rstar2_gpu as gpu;
 pub use rstar2_grpo as grpo;
 pub use rstar2_model as model;
 pub use rstar2_rollout as rollout;

@@ -8,18 +8,18 @@ use rstar2::model::ops::logprob::cross_entropy;
 use rstar2::model::{AdamW, AdamWConfig, Batch, Config, KvCache, Model, Params};
 use safetensors::SafeTensors;
 
-fn fixture_dir(name: &str) -> PathBuf {
+pub(crate) fn fixture_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
-struct Expected {
-    tensors: std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>,
-    seqs: Vec<Vec<u32>>,
-    lr: f32,
-    steps: usize,
+pub(crate) struct Expected {
+    pub tensors: std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>,
+    pub seqs: Vec<Vec<u32>>,
+    pub lr: f32,
+    pub steps: usize,
 }
 
-fn expected(name: &str) -> Expected {
+pub(crate) fn expected(name: &str) -> Expected {
     let dir = fixture_dir(name);
     let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
@@ -34,20 +34,20 @@ fn expected(name: &str) -> Expected {
 }
 
 /// A fixture's folder, config and parameters.
-fn load_parts(name: &str) -> (PathBuf, Config, Params) {
+pub(crate) fn load_parts(name: &str) -> (PathBuf, Config, Params) {
     let dir = fixture_dir(name);
     let config = Config::from_file(&dir.join("config.json")).unwrap();
     let params = Params::load(&dir, &config).unwrap();
     (dir, config, params)
 }
 
-fn load(name: &str) -> Model {
+pub(crate) fn load(name: &str) -> Model {
     let (_, config, params) = load_parts(name);
     Model::new(config, params)
 }
 
 /// max |a - b| / max(1, max |b|)
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(1.0f32, |m, x| m.max(x.abs()));
     a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale

@@ -32,6 +32,27 @@ pub struct AdapterSummary {
     pub max_storage_binding: u64,
 }
 
+/// The one device every GPU test in a process shares (tests run on threads; a second device
+/// would only compete for the same adapter). No adapter is a test failure, as CI requires: set
+/// `RSTAR2_ALLOW_NO_GPU=1` to get `None` instead and run the rest of a suite on a machine that
+/// cannot run WGSL at all (it says so loudly).
+pub fn test_gpu() -> Option<Arc<Gpu>> {
+    static GPU: std::sync::OnceLock<Option<Arc<Gpu>>> = std::sync::OnceLock::new();
+    GPU.get_or_init(|| match Gpu::open(AdapterChoice::Any) {
+        Ok(Some(g)) => {
+            eprintln!("GPU tests on {}", g.describe());
+            Some(Arc::new(g))
+        }
+        Ok(None) => None,
+        Err(e) if std::env::var_os("RSTAR2_ALLOW_NO_GPU").is_some() => {
+            eprintln!("!!! GPU tests NOT RUN: {e} (RSTAR2_ALLOW_NO_GPU is set)");
+            None
+        }
+        Err(e) => panic!("{e}; set RSTAR2_ALLOW_NO_GPU=1 to run the other tests without them"),
+    })
+    .clone()
+}
+
 fn instance() -> wgpu::Instance {
     wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
 }

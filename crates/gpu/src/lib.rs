@@ -22,7 +22,7 @@ pub mod model;
 pub mod ops;
 pub mod tensor;
 
-pub use context::{AdapterChoice, AdapterSummary, Gpu, list_adapters};
+pub use context::{AdapterChoice, AdapterSummary, Gpu, list_adapters, test_gpu};
 pub use kv::GpuKvCache;
 pub use model::{GpuAdamW, GpuForward, GpuModel};
 pub use tensor::Tensor;

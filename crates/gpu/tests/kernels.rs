@@ -1,30 +1,16 @@
 //! Every kernel against its CPU op (`rstar2_model::ops`) on seeded data, on whatever adapter
-//! wgpu finds (lavapipe in CI). No adapter is a failure: set RSTAR2_ALLOW_NO_GPU=1 to run the
-//! rest of the suite on a machine that cannot run WGSL at all.
+//! wgpu finds (lavapipe in CI). No adapter is a failure (see `rstar2_gpu::test_gpu`).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rstar2_gpu::{AdapterChoice, Gpu, ops};
+use rstar2_gpu::{Gpu, ops};
 use rstar2_model::ops as cpu;
 use rstar2_model::ops::attention::Heads;
 
 fn gpu() -> Option<Arc<Gpu>> {
-    static GPU: OnceLock<Option<Arc<Gpu>>> = OnceLock::new();
-    GPU.get_or_init(|| match Gpu::open(AdapterChoice::Any) {
-        Ok(Some(g)) => {
-            eprintln!("GPU kernel tests on {}", g.describe());
-            Some(Arc::new(g))
-        }
-        Ok(None) => unreachable!("AdapterChoice::Any never answers None"),
-        Err(e) if std::env::var_os("RSTAR2_ALLOW_NO_GPU").is_some() => {
-            eprintln!("!!! GPU kernel tests NOT RUN: {e} (RSTAR2_ALLOW_NO_GPU is set)");
-            None
-        }
-        Err(e) => panic!("{e}; set RSTAR2_ALLOW_NO_GPU=1 to run without the GPU tests"),
-    })
-    .clone()
+    rstar2_gpu::test_gpu()
 }
 
 fn rand_vec(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {

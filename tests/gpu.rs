@@ -1,0 +1,112 @@
+//! The whole model on the WGSL backend against Hugging Face transformers' fixtures and the CPU
+//! backend: logits, loss, every gradient, AdamW steps with clipping, and KV-cache decoding. Runs
+//! on whatever adapter wgpu finds (lavapipe in CI); see `rstar2_gpu::test_gpu`.
+
+use rstar2::gpu::{GpuAdamW, GpuKvCache, GpuModel, test_gpu};
+use rstar2::model::{AdamW, AdamWConfig, Batch, KvCache, clip_grad_norm};
+
+use crate::model::{expected, load, rel_err};
+
+fn golden_on_gpu(name: &str) {
+    let Some(gpu) = test_gpu() else { return };
+    let cpu = load(name);
+    let exp = expected(name);
+    let v = cpu.config.vocab_size;
+    let mut model = GpuModel::new(gpu, &cpu);
+    let batch = Batch::new(&exp.seqs);
+    let logits = model.logits(&batch);
+    let mut row = 0;
+    for (i, s) in exp.seqs.iter().enumerate() {
+        let want = &exp.tensors[&format!("logits.{i}")].1;
+        let err = rel_err(&logits[row * v..(row + s.len()) * v], want);
+        assert!(err < 1e-5, "{name}: GPU logits of sequence {i} differ from transformers' by {err}");
+        row += s.len();
+    }
+    let grads = model.zero_grads();
+    let loss = model.next_token_loss_backward(&batch, &grads);
+    let want_loss = exp.tensors["loss"].1[0];
+    assert!((loss - want_loss).abs() < 1e-5, "{name}: GPU loss {loss} vs {want_loss}");
+    let grads_cpu = model.download_grads(&grads);
+    for (i, (pname, _)) in grads_cpu.specs.iter().enumerate() {
+        let err = rel_err(&grads_cpu.data[i], &exp.tensors[&format!("grad.{pname}")].1);
+        assert!(err < 1e-4, "{name}: GPU gradient of {pname} differs from transformers' by {err}");
+    }
+    // Global-norm clipping on the device (max norm 0.5, so it bites) against the CPU's.
+    let mut clipped = model.download_grads(&grads);
+    let cpu_norm = clip_grad_norm(&mut clipped, 0.5);
+    let norm = model.clip_grad_norm(&grads, 0.5);
+    assert!(cpu_norm > 0.5 && (norm - cpu_norm).abs() < 1e-4 * cpu_norm, "{name}: gradient norm {norm} vs CPU {cpu_norm}");
+    let got = model.download_grads(&grads);
+    for (i, (pname, _)) in got.specs.iter().enumerate() {
+        let err = rel_err(&got.data[i], &clipped.data[i]);
+        assert!(err < 1e-5, "{name}: clipped gradient of {pname} differs from the CPU's by {err}");
+    }
+    // AdamW steps on the device: losses against transformers, parameters against the CPU
+    // backend's AdamW.
+    let config = AdamWConfig { weight_decay: 0.01, ..Default::default() };
+    let mut opt = GpuAdamW::new(config, &model);
+    let mut cpu_params = cpu.params.clone();
+    let mut cpu_opt = AdamW::new(config, &cpu_params);
+    for (step, want) in exp.tensors["adamw_losses"].1.iter().enumerate() {
+        let grads = model.zero_grads();
+        let loss = model.next_token_loss_backward(&batch, &grads);
+        assert!((loss - want).abs() < 2e-4 * want.abs().max(1.0), "{name}: GPU loss before AdamW step {step}: {loss} vs {want}");
+        if step < exp.steps {
+            let g = model.download_grads(&grads);
+            opt.update(&mut model, &grads, exp.lr);
+            cpu_opt.update(&mut cpu_params, &g, exp.lr);
+        }
+    }
+    let got = model.download_params();
+    for (i, (pname, _)) in got.specs.iter().enumerate() {
+        let err = rel_err(&got.data[i], &cpu_params.data[i]);
+        assert!(err < 1e-5, "{name}: {pname} after {} GPU AdamW steps differs from the CPU backend by {err}", exp.steps);
+    }
+}
+
+#[test]
+fn gpu_golden_qwen2_tied_embeddings_with_qkv_bias() {
+    golden_on_gpu("qwen2-tied");
+}
+
+#[test]
+fn gpu_golden_qwen3_qk_norm_untied() {
+    golden_on_gpu("qwen3-untied");
+}
+
+#[test]
+fn gpu_golden_llama_untied() {
+    golden_on_gpu("llama-untied");
+}
+
+/// Paged-cache decoding on the device gives the CPU cache's logits: prefill of different
+/// lengths, one decode step each, a chunk appended to one sequence (a tool response), blocks
+/// crossed, capacity enforced and released.
+#[test]
+fn gpu_kv_cache_matches_cpu() {
+    let Some(gpu) = test_gpu() else { return };
+    let cpu = load("qwen3-untied");
+    let model = GpuModel::new(gpu, &cpu);
+    let full: Vec<Vec<u32>> = vec![(0..40).map(|i| (i * 7 + 3) % 90).collect(), vec![33, 8, 71, 20, 95, 1]];
+    let (mut gc, mut cc) = (GpuKvCache::new(&model, 64), KvCache::new(64));
+    let steps: [(&[u64], Vec<&[u32]>); 3] = [
+        (&[0, 1], vec![&full[0][..20], &full[1][..3]]),
+        (&[0, 1], vec![&full[0][20..21], &full[1][3..4]]),
+        (&[0], vec![&full[0][21..36]]),
+    ];
+    for (seqs, chunks) in &steps {
+        let got = model.extend(&mut gc, seqs, chunks).unwrap();
+        let want = cpu.extend(&mut cc, seqs, chunks).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!(rel_err(g, w) < 1e-5, "GPU cache logits differ by {}", rel_err(g, w));
+        }
+    }
+    assert_eq!((gc.len(0), gc.len(1), gc.used()), (36, 4, 40));
+    assert!(model.extend(&mut gc, &[2], &[&[1u32; 30]]).is_err(), "over capacity");
+    gc.release(0);
+    assert_eq!(gc.used(), 4);
+    let got = model.extend(&mut gc, &[2], &[&[1u32; 30]]).unwrap();
+    let want = cpu.forward(&Batch::new(&[vec![1u32; 30]]));
+    let v = cpu.config.vocab_size;
+    assert!(rel_err(&got[0], &want.logits[29 * v..]) < 1e-5, "reused blocks hold stale keys");
+}
