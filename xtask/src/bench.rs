@@ -37,6 +37,10 @@ pub enum BenchCommand {
     /// Rollouts with tool calls: the asynchronous scheduler against synchronous per-turn tool
     /// execution on the same work (episodes/s, tokens/s, ratio).
     Rollout(crate::bench_rollout::RolloutBenchArgs),
+    /// The WGSL kernels on one adapter beside the CPU backend on the same shapes: matmul
+    /// (prefill and decode shapes) in GFLOP/s, memory-bound kernels in GB/s, attention, a whole
+    /// training step and batched decoding in tokens/s.
+    Kernels(crate::bench_kernels::KernelBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -44,6 +48,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Sandbox { calls, burst } => bench_sandbox(calls, burst),
         BenchCommand::Model { peak_gflops, python } => crate::bench_model::run(peak_gflops, &python),
         BenchCommand::Rollout(args) => crate::bench_rollout::run(args),
+        BenchCommand::Kernels(args) => crate::bench_kernels::run(args),
     }
 }
 

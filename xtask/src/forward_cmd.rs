@@ -1,9 +1,10 @@
 //! `cargo xtask forward --model DIR --tokens 5,17,300 --out FILE.safetensors [--device cpu]`:
-//! runs one sequence and writes tensor `logits`, shape [T, vocab], f32.
+//! runs one sequence and writes tensor `logits`, shape [T, vocab], f32, on either backend.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use rstar2_gpu::{Device, GpuModel};
 use rstar2_model::{Batch, Config, Model, Params};
 
 #[derive(clap::Args)]
@@ -17,7 +18,7 @@ pub struct ForwardArgs {
     /// Output safetensors file with tensor `logits` [T, vocab] f32.
     #[arg(long)]
     pub out: PathBuf,
-    /// Backend; only `cpu` exists so far.
+    /// cpu, gpu, gpu:N (see `cargo xtask devices`) or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -29,16 +30,18 @@ pub fn load_model(dir: &std::path::Path) -> anyhow::Result<Model> {
 }
 
 pub fn run(args: ForwardArgs) -> anyhow::Result<()> {
-    if args.device != "cpu" {
-        bail!("--device {:?}: only the cpu backend exists so far", args.device);
-    }
+    let device = crate::train::open_device(&args.device)?;
     let model = load_model(&args.model)?;
     let v = model.config.vocab_size;
     if let Some(bad) = args.tokens.iter().find(|&&t| t as usize >= v) {
         bail!("token id {bad} is outside the vocabulary (size {v})");
     }
-    let fwd = model.forward(&Batch::new(&[args.tokens.clone()]));
-    let bytes: Vec<u8> = fwd.logits.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let batch = Batch::new(&[args.tokens.clone()]);
+    let logits = match &device {
+        Device::Cpu => model.forward(&batch).logits,
+        Device::Gpu(gpu) => GpuModel::new(gpu.clone(), &model).logits(&batch),
+    };
+    let bytes: Vec<u8> = logits.iter().flat_map(|x| x.to_le_bytes()).collect();
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![args.tokens.len(), v], &bytes)?;
     let data = safetensors::serialize([("logits", view)], None)?;
     rstar2_model::write_atomic(&args.out, &data).with_context(|| format!("writing {}", args.out.display()))?;

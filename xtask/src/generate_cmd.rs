@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Args;
 use rstar2_model::{Config, Model, Params, Tokenizer};
-use rstar2_rollout::engine::CpuEngine;
+use rstar2_gpu::Policy;
+use rstar2_rollout::engine::policy_engine;
 use rstar2_rollout::{ChatFormat, Episode, RolloutConfig, SamplingConfig, ToolDispatch, generate};
 
 use crate::train::config::EvalConfig;
@@ -80,7 +81,7 @@ pub struct EvalArgs {
 }
 
 pub struct Loaded {
-    pub model: Model,
+    pub policy: Policy,
     pub tokenizer: Tokenizer,
     pub chat: ChatFormat,
 }
@@ -88,7 +89,7 @@ pub struct Loaded {
 /// A model folder with its tokenizer and chat format (chat.json when the folder was written by
 /// `train`, else the original rStar2 format).
 pub fn load_model(dir: &Path, device: &str) -> anyhow::Result<Loaded> {
-    crate::train::check_device(device)?;
+    let device = crate::train::open_device(device)?;
     let config = Config::from_file(&dir.join("config.json")).with_context(|| format!("model folder {}", dir.display()))?;
     let params = Params::load(dir, &config)?;
     let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
@@ -96,7 +97,7 @@ pub fn load_model(dir: &Path, device: &str) -> anyhow::Result<Loaded> {
         Ok(text) => serde_json::from_str(&text).with_context(|| format!("{}/chat.json", dir.display()))?,
         Err(_) => ChatFormat::rstar2(),
     };
-    Ok(Loaded { model: Model::new(config, params), tokenizer, chat })
+    Ok(Loaded { policy: Policy::new(&device, Model::new(config, params), None), tokenizer, chat })
 }
 
 pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
@@ -125,8 +126,8 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         bar.set_message(format!("{:.0} tok/s", tokens as f64 / bar.elapsed().as_secs_f64().max(1e-3)));
     };
     let capacity = eval::kv_capacity(&requests, &loaded.tokenizer, &loaded.chat, args.max_tokens, args.samples);
-    let mut engine = CpuEngine::new(&loaded.model, capacity);
-    let out = generate(vec![&mut engine], &loaded.tokenizer, &sandbox, &requests, &config, Some(&on_episode))?;
+    let mut engine = policy_engine(&loaded.policy, capacity);
+    let out = generate(vec![engine.as_mut()], &loaded.tokenizer, &sandbox, &requests, &config, Some(&on_episode))?;
     bar.finish_and_clear();
     let mut text = Vec::new();
     for e in &out.episodes {
@@ -169,7 +170,7 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     let sandbox = crate::train::sandbox()?;
     let config = EvalConfig { samples: args.samples, temperature: args.temperature, max_response_tokens: args.max_tokens, max_turns: args.max_turns };
-    let r = eval::evaluate(&loaded.model, &loaded.tokenizer, &sandbox, &loaded.chat, &tasks, &config, args.seed, "")?;
+    let r = eval::evaluate(&loaded.policy, &loaded.tokenizer, &sandbox, &loaded.chat, &tasks, &config, args.seed, "")?;
     println!("{}", serde_json::to_string(&r)?);
     eprintln!("pass@1 {:.3} ± {:.3} (k={}, {} problems), tool calls/episode {:.2}, tool-error ratio {:.2}", r.pass_at_1, r.stderr, r.k, r.problems, r.tool_calls_per_episode, r.tool_error_ratio);
     Ok(())

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_model;
+mod bench_kernels;
 mod bench_rollout;
 mod forward_cmd;
 mod generate_cmd;
@@ -58,6 +59,9 @@ enum Command {
     FetchModel(gguf_cmd::FetchArgs),
     /// Trains the tiny preset's byte-level BPE tokenizer on synthetic task traces.
     TrainTokenizer(tokenizer_cmd::TokenizerArgs),
+    /// Lists the devices `--device` can name: the CPU and every wgpu adapter (gpu:N), and which
+    /// one `auto` picks.
+    Devices,
     /// Prepares test inputs (pure-Python sympy and mpmath wheels) and runs the whole test suite.
     Test(test_cmd::TestArgs),
 }
@@ -69,6 +73,17 @@ fn main() -> anyhow::Result<()> {
         Command::Sandbox(cmd) => sandbox_cmd::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Test(args) => test_cmd::run(args),
+        Command::Devices => {
+            let adapters = rstar2_gpu::list_adapters();
+            println!("{:<8} {:<44} {:<8} {:<14} {:<5} {:>12}  driver", "device", "name", "backend", "type", "f16", "max binding");
+            println!("{:<8} {:<44} {:<8} {:<14} {:<5} {:>12}  -", "cpu", format!("CPU backend ({} threads)", rayon::current_num_threads()), "-", "Cpu", "-", "-");
+            for a in &adapters {
+                println!("{:<8} {:<44} {:<8} {:<14} {:<5} {:>10}Mi  {}", format!("gpu:{}", a.index), a.name, a.backend, a.device_type, if a.shader_f16 { "yes" } else { "no" }, a.max_storage_binding >> 20, a.driver);
+            }
+            let auto = adapters.iter().find(|a| a.is_real_gpu).map_or("cpu".to_string(), |a| format!("gpu:{}", a.index));
+            println!("\n--device auto picks {auto} (software adapters such as lavapipe only when named: gpu:N)");
+            Ok(())
+        }
         Command::Verify(args) => verify_cmd::run(args),
         Command::Forward(args) => forward_cmd::run(args),
         Command::TrainTokenizer(args) => tokenizer_cmd::run(args),

@@ -53,13 +53,16 @@ pub fn ensure_pylib() -> anyhow::Result<PathBuf> {
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
     let pylib = ensure_pylib()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(workspace_root())
-        .args(["test", "--release", "--ignore-rust-version", "--workspace"])
-        .args(&args.cargo_args)
-        .env("RSTAR2_TEST_PYLIB", &pylib)
-        .status()
-        .context("running cargo test")?;
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root()).args(["test", "--release", "--ignore-rust-version", "--workspace"]).args(&args.cargo_args).env("RSTAR2_TEST_PYLIB", &pylib);
+    // Mesa's software Vulkan (lavapipe), which runs the GPU tests on machines without a GPU,
+    // complains on stderr when this is unset; a private folder silences it.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        let runtime = workspace_root().join("target").join("xdg-runtime");
+        std::fs::create_dir_all(&runtime)?;
+        cmd.env("XDG_RUNTIME_DIR", runtime);
+    }
+    let status = cmd.status().context("running cargo test")?;
     if !status.success() {
         bail!("tests failed");
     }

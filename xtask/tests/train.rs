@@ -35,6 +35,30 @@ max_response_tokens = 96
 max_turns = 3
 "#;
 
+/// One SFT step and one RL step: small enough for a software GPU adapter.
+const MINI: &str = r#"
+[data]
+train_problems = 100
+test_problems = 2
+[sft]
+examples = 8
+epochs = 1
+batch_size = 8
+[rl]
+group_size = 2
+oversample = 2
+prompts_per_step = 1
+dispatch = "lockstep"
+[[rl.stages]]
+steps = 1
+max_response_tokens = 48
+max_turns = 2
+[eval]
+samples = 1
+max_response_tokens = 48
+max_turns = 2
+"#;
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("rstar2-train-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -136,5 +160,36 @@ fn bad_input_gives_clear_errors() {
     assert!(!ok && err.contains("not a run folder"), "{err}");
     let (_, err, ok) = xtask(&["train", "--device", "tpu", "--runs-dir", runs_s]);
     assert!(!ok && err.contains("tpu"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `train --device gpu:0` runs the whole recipe on the WGSL backend (lavapipe in CI), and its
+/// first SFT step computes the CPU run's loss and gradient norm on the same data and weights.
+#[test]
+fn gpu_run_matches_the_cpu_run_on_the_first_step() {
+    if rstar2_gpu::test_gpu().is_none() {
+        return;
+    }
+    let dir = scratch("gpu");
+    let config = dir.join("mini.toml");
+    std::fs::write(&config, MINI).unwrap();
+    let runs = dir.join("runs");
+    let (runs_s, config_s) = (runs.to_str().unwrap(), config.to_str().unwrap());
+    let mut first_step = Vec::new();
+    for device in ["cpu", "gpu:0"] {
+        let (out, err, ok) = xtask(&["train", "--config", config_s, "--runs-dir", runs_s, "--name", device, "--device", device]);
+        assert!(ok, "{device}: {out}\n{err}");
+        assert!(out.contains(&format!("device: {}", if device == "cpu" { "cpu" } else { "gpu: " })), "{out}");
+        assert!(runs.join(device).join("model/model.safetensors").exists());
+        let sft: Value = std::fs::read_to_string(runs.join(device).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|v| v["phase"] == "sft")
+            .expect("an SFT step");
+        first_step.push((sft["loss"].as_f64().unwrap(), sft["grad_norm"].as_f64().unwrap()));
+    }
+    let ((cl, cn), (gl, gn)) = (first_step[0], first_step[1]);
+    assert!((cl - gl).abs() < 1e-4 * cl && (cn - gn).abs() < 1e-3 * cn, "first SFT step: CPU loss {cl} norm {cn}, GPU loss {gl} norm {gn}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -176,6 +176,11 @@ impl Gpu {
         format!("{} ({:?}, {:?})", self.info.name, self.info.backend, self.info.device_type)
     }
 
+    /// Whether this adapter is a software rasterizer (lavapipe, llvmpipe, WARP).
+    pub fn is_software(&self) -> bool {
+        !is_real_gpu(&self.info)
+    }
+
     /// Dispatches recorded since the device was opened.
     pub fn dispatch_count(&self) -> u64 {
         *self.dispatches.lock().expect("dispatch counter")

@@ -15,6 +15,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod backend;
 pub mod context;
 pub mod kernels;
 pub mod kv;
@@ -22,6 +23,7 @@ pub mod model;
 pub mod ops;
 pub mod tensor;
 
+pub use backend::{Activations, Device, Grads, Policy};
 pub use context::{AdapterChoice, AdapterSummary, Gpu, list_adapters, test_gpu};
 pub use kv::GpuKvCache;
 pub use model::{GpuAdamW, GpuForward, GpuModel};
@@ -40,6 +42,18 @@ pub enum GpuError {
         index: usize,
         /// Found.
         count: usize,
+    },
+    /// `--device gpu` on a machine without a real GPU.
+    #[error("--device gpu: no real GPU found; adapters: [{}] (a software adapter only by index, e.g. gpu:0; `auto` falls back to the CPU)", adapters.join("; "))]
+    NoRealGpu {
+        /// What wgpu found.
+        adapters: Vec<String>,
+    },
+    /// A device string that is none of auto, cpu, gpu, gpu:N.
+    #[error("--device {spec:?}: expected auto, cpu, gpu or gpu:N")]
+    BadDevice {
+        /// What was given.
+        spec: String,
     },
     /// The adapter refused to open a device.
     #[error("opening {adapter}: {message}")]

@@ -301,6 +301,19 @@ impl GpuAdamW {
         GpuAdamW { config, m: model.zero_grads(), v: model.zero_grads(), step: 0 }
     }
 
+    /// Moments and step of a CPU optimizer, uploaded (resuming a checkpoint on the GPU).
+    pub fn from_cpu(model: &GpuModel, cpu: &rstar2_model::AdamW) -> Self {
+        let up = |p: &Params| p.data.iter().map(|x| model.gpu.upload(x)).collect();
+        GpuAdamW { config: cpu.config, m: up(&cpu.m), v: up(&cpu.v), step: cpu.step }
+    }
+
+    /// The optimizer read back as a CPU one (checkpoints).
+    pub fn to_cpu(&self, model: &GpuModel) -> rstar2_model::AdamW {
+        let m = model.download_grads(&self.m);
+        let v = model.download_grads(&self.v);
+        rstar2_model::AdamW { config: self.config, m, v, step: self.step }
+    }
+
     /// One update of every parameter.
     pub fn update(&mut self, model: &mut GpuModel, grads: &GpuGrads, lr: f32) {
         self.step += 1;

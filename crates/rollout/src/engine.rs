@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use rstar2_gpu::{GpuKvCache, GpuModel, Policy};
 use rstar2_model::Model;
 use rstar2_model::kv::{KvCache, SeqId};
 
@@ -51,6 +52,45 @@ impl Engine for CpuEngine<'_> {
     }
     fn release(&mut self, seq: SeqId) {
         self.cache.release(seq);
+    }
+}
+
+/// The WGSL backend with its paged KV cache.
+pub struct GpuEngine<'m> {
+    model: &'m GpuModel,
+    cache: GpuKvCache,
+}
+
+impl<'m> GpuEngine<'m> {
+    /// An engine over `model` holding at most `capacity` cached tokens.
+    pub fn new(model: &'m GpuModel, capacity: usize) -> Self {
+        GpuEngine { model, cache: GpuKvCache::new(model, capacity) }
+    }
+}
+
+impl Engine for GpuEngine<'_> {
+    fn name(&self) -> String {
+        format!("gpu ({})", self.model.gpu.info.name)
+    }
+    fn capacity(&self) -> usize {
+        self.cache.capacity()
+    }
+    fn max_sequence(&self) -> usize {
+        self.model.config.max_position_embeddings.min(1 << 16)
+    }
+    fn extend(&mut self, seqs: &[SeqId], chunks: &[&[u32]]) -> Result<Vec<Vec<f32>>, RolloutError> {
+        Ok(self.model.extend(&mut self.cache, seqs, chunks)?)
+    }
+    fn release(&mut self, seq: SeqId) {
+        self.cache.release(seq);
+    }
+}
+
+/// An engine for a policy on whichever backend it lives.
+pub fn policy_engine(policy: &Policy, capacity: usize) -> Box<dyn Engine + '_> {
+    match policy {
+        Policy::Cpu { model, .. } => Box::new(CpuEngine::new(model, capacity)),
+        Policy::Gpu { model, .. } => Box::new(GpuEngine::new(model, capacity)),
     }
 }
 

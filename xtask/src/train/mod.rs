@@ -22,8 +22,9 @@ use rand_chacha::ChaCha8Rng;
 use rstar2_grpo::loss::{Aggregation, LossConfig, RolloutTokens, policy_loss};
 use rstar2_grpo::penalty::{tool_error_penalty, total_penalty};
 use rstar2_grpo::select::{Candidate, NegativeSelection, PositiveSelection, Selection};
-use rstar2_model::{AdamW, AdamWConfig, Batch, Config, LrSchedule, Model, Params, Tokenizer, clip_grad_norm};
-use rstar2_rollout::engine::CpuEngine;
+use rstar2_gpu::{Device, Policy};
+use rstar2_model::{AdamW, AdamWConfig, Batch, Config, LrSchedule, Model, Params, Tokenizer};
+use rstar2_rollout::engine::policy_engine;
 use rstar2_rollout::{RolloutConfig, SamplingConfig, generate};
 use rstar2_sandbox::{Sandbox, SandboxConfig, WorkerCommand};
 use rstar2_tasks::Task;
@@ -103,8 +104,7 @@ struct Run {
     config: TrainConfig,
     tokenizer: Tokenizer,
     tokenizer_path: PathBuf,
-    model: Model,
-    optimizer: AdamW,
+    policy: Policy,
     sandbox: Sandbox,
     train: Vec<Task>,
     test: Vec<Task>,
@@ -201,7 +201,7 @@ impl Run {
             config.seed = s;
         }
         config.validate()?;
-        check_device(&config.device)?;
+        let device = open_device(&config.device)?;
         let model_dir = resolve(&config.model);
         let model_config = Config::from_file(&model_dir.join("config.json")).with_context(|| format!("model folder {}", model_dir.display()))?;
         let tokenizer_path = model_dir.join("tokenizer.json");
@@ -229,9 +229,9 @@ impl Run {
             test.len(),
             config.algo
         );
-        let model = Model::new(model_config, params);
+        let policy = Policy::new(&device, Model::new(model_config, params), Some(optimizer));
         let state = State { phase: Phase::Sft, stage: 0, stage_step: 0, rl_step: 0, adam_step: 0, pool: Vec::new(), evals: BTreeMap::new(), stages: Vec::new(), metric_lines: 0, wall_seconds: 0.0 };
-        Ok(Run { dir, config, tokenizer, tokenizer_path, model, optimizer, sandbox: sandbox()?, train, test, state, started: Instant::now(), wall_before: 0.0 })
+        Ok(Run { dir, config, tokenizer, tokenizer_path, policy, sandbox: sandbox()?, train, test, state, started: Instant::now(), wall_before: 0.0 })
     }
 
     fn resume(dir: &Path) -> anyhow::Result<Run> {
@@ -252,6 +252,7 @@ impl Run {
         let kept: Vec<String> = std::fs::read_to_string(&metrics).unwrap_or_default().lines().take(state.metric_lines).map(str::to_string).collect();
         rstar2_model::write_atomic(&metrics, kept.iter().map(|l| format!("{l}\n")).collect::<String>().as_bytes())?;
         let (train, test) = load_tasks(&config)?;
+        let device = open_device(&config.device)?;
         println!("rstar2 train: resuming {} at {:?} stage {} step {}", dir.display(), state.phase, state.stage + 1, state.stage_step);
         let wall_before = state.wall_seconds;
         Ok(Run {
@@ -259,8 +260,7 @@ impl Run {
             config,
             tokenizer,
             tokenizer_path,
-            model: Model::new(model_config, params),
-            optimizer,
+            policy: Policy::new(&device, Model::new(model_config, params), Some(optimizer)),
             sandbox: sandbox()?,
             train,
             test,
@@ -282,7 +282,7 @@ impl Run {
             self.sft()?;
             self.eval_into("after_sft")?;
             self.state.phase = Phase::Rl;
-            self.optimizer = AdamW::new(AdamWConfig::default(), &self.model.params);
+            self.policy.reset_optimizer();
             self.checkpoint()?;
         }
         while self.state.phase == Phase::Rl {
@@ -329,7 +329,7 @@ impl Run {
 
     fn eval_into(&mut self, label: &str) -> anyhow::Result<()> {
         let seed = mix_seed(self.config.seed, 0xe7a1, self.state.evals.len() as u64);
-        let r = evaluate(&self.model, &self.tokenizer, &self.sandbox, &self.config.chat, &self.test, &self.config.eval, seed, label)?;
+        let r = evaluate(&self.policy, &self.tokenizer, &self.sandbox, &self.config.chat, &self.test, &self.config.eval, seed, label)?;
         println!(
             "eval {label:<18} pass@1 {:.3} ± {:.3} (k={}, {} problems)  tool calls/ep {:.2}  tool errors {:.2} (in correct: {:.2})  length {:.0}",
             r.pass_at_1, r.stderr, r.k, r.problems, r.tool_calls_per_episode, r.tool_error_ratio, r.positive_tool_error_ratio, r.response_tokens
@@ -362,8 +362,6 @@ impl Run {
         let total = (steps_per_epoch * c.epochs) as u64;
         let schedule = LrSchedule { lr: c.lr, warmup_steps: ((total as f32 * c.warmup_fraction).ceil() as u64).max(1), cosine_total_steps: Some(total), min_ratio: 0.0 };
         let bar = progress::bar(total, "SFT");
-        let mut grads = self.model.params.zeros_like();
-        let vocab = self.model.config.vocab_size;
         let mut step = 0u64;
         for epoch in 0..c.epochs {
             let mut order: Vec<usize> = (0..examples.len()).collect();
@@ -372,7 +370,6 @@ impl Run {
                 let t0 = Instant::now();
                 let seqs: Vec<Vec<u32>> = chunk.iter().map(|&i| examples[i].tokens.clone()).collect();
                 let batch = Batch::new(&seqs);
-                let mut fwd = self.model.forward(&batch);
                 let mut targets = Vec::with_capacity(batch.len());
                 let mut mask = Vec::with_capacity(batch.len());
                 for &i in chunk {
@@ -383,13 +380,12 @@ impl Run {
                         mask.push(if next { f32::from(e.mask[t + 1]) } else { 0.0 });
                     }
                 }
-                let lp = fwd.logprobs(&targets, vocab);
+                let (acts, lp) = self.policy.forward_logprobs(&batch, &targets);
                 let (loss, dlogprob) = rstar2_model::ops::logprob::cross_entropy(&lp, &mask);
-                grads.fill_zero();
-                self.model.backward(&fwd, &dlogprob, &mut grads);
-                let norm = clip_grad_norm(&mut grads, 1.0);
+                let mut grads = self.policy.zero_grads();
+                self.policy.backward(&acts, &dlogprob, &mut grads);
                 let lr = schedule.at(step);
-                self.optimizer.update(&mut self.model.params, &grads, lr);
+                let norm = self.policy.clip_and_step(&mut grads, 1.0, lr);
                 let tokens = batch.len();
                 let secs = t0.elapsed().as_secs_f64();
                 bar.inc(1);
@@ -409,7 +405,7 @@ impl Run {
         let mut pool: Vec<usize> = (0..self.train.len()).collect();
         pool.shuffle(&mut ChaCha8Rng::seed_from_u64(mix_seed(self.config.seed, 0x9001, self.state.stage as u64)));
         if self.state.stage > 0 {
-            self.optimizer = AdamW::new(AdamWConfig::default(), &self.model.params);
+            self.policy.reset_optimizer();
         }
         if let Some(f) = stage.filter_solved {
             pool.truncate(f.problems.max(1));
@@ -420,8 +416,8 @@ impl Run {
             let requests: Vec<_> = tasks.iter().map(Task::request).collect();
             let bar = progress::bar((requests.len() * f.samples) as u64, "filter solved");
             let on = |_: &rstar2_rollout::Episode, _: usize| bar.inc(1);
-            let mut engine = CpuEngine::new(&self.model, kv_capacity(&requests, &self.tokenizer, &self.config.chat, eval_config.max_response_tokens, f.samples));
-            let out = generate(vec![&mut engine], &self.tokenizer, &self.sandbox, &requests, &rollout, Some(&on))?;
+            let mut engine = policy_engine(&self.policy, kv_capacity(&requests, &self.tokenizer, &self.config.chat, eval_config.max_response_tokens, f.samples));
+            let out = generate(vec![engine.as_mut()], &self.tokenizer, &self.sandbox, &requests, &rollout, Some(&on))?;
             bar.finish_and_clear();
             let before = pool.len();
             let solved: Vec<bool> = out.episodes.chunks(f.samples).map(|c| c.iter().all(|e| e.reward == Some(1.0))).collect();
@@ -473,8 +469,8 @@ impl Run {
         let samples = self.config.samples_per_prompt();
         let rollout = self.rollout_config(stage, samples, mix_seed(self.config.seed, 0x7011, self.state.rl_step as u64));
         let out = {
-            let mut engine = CpuEngine::new(&self.model, kv_capacity(&requests, &self.tokenizer, &self.config.chat, stage.max_response_tokens, samples));
-            generate(vec![&mut engine], &self.tokenizer, &self.sandbox, &requests, &rollout, None)?
+            let mut engine = policy_engine(&self.policy, kv_capacity(&requests, &self.tokenizer, &self.config.chat, stage.max_response_tokens, samples));
+            generate(vec![engine.as_mut()], &self.tokenizer, &self.sandbox, &requests, &rollout, None)?
         };
         let gen_seconds = t0.elapsed().as_secs_f64();
         let episodes = out.episodes;
@@ -531,9 +527,8 @@ impl Run {
     /// One policy-gradient update over the kept rollouts: micro-batches of packed sequences,
     /// each forward + backward; the loss normalization is global, as if it were one batch.
     fn policy_update(&mut self, kept: &[(&rstar2_rollout::Episode, f32)], loss_config: &LossConfig, lr: f32) -> anyhow::Result<(f64, f32, rstar2_grpo::loss::LossMetrics)> {
-        let vocab = self.model.config.vocab_size;
         let total_tokens: usize = kept.iter().map(|(e, _)| e.model_tokens()).sum::<usize>().max(1);
-        let mut grads = self.model.params.zeros_like();
+        let mut grads = self.policy.zero_grads();
         let (mut loss, mut metrics_acc) = (0.0f64, rstar2_grpo::loss::LossMetrics::default());
         let (mut gap_max, mut weight_sum) = (0.0f64, 0.0f64);
         let mut start = 0;
@@ -547,9 +542,8 @@ impl Run {
             let mb = &kept[start..end];
             let seqs: Vec<Vec<u32>> = mb.iter().map(|(e, _)| e.ids.clone()).collect();
             let batch = Batch::new(&seqs);
-            let mut fwd = self.model.forward(&batch);
             let targets: Vec<u32> = seqs.iter().flat_map(|s| s[1..].iter().copied().chain(std::iter::once(0))).collect();
-            let lp = fwd.logprobs(&targets, vocab);
+            let (acts, lp) = self.policy.forward_logprobs(&batch, &targets);
             // Response token i of a sequence is predicted at row prompt_len - 1 + i.
             let rows: Vec<std::ops::Range<usize>> = mb.iter().zip(&batch.offsets).map(|((e, _), &off)| off + e.prompt_ids.len() - 1..off + e.ids.len() - 1).collect();
             let rollouts: Vec<RolloutTokens<'_>> = mb
@@ -569,7 +563,7 @@ impl Run {
                     *d = x * scale as f32;
                 }
             }
-            self.model.backward(&fwd, &dlogprob, &mut grads);
+            self.policy.backward(&acts, &dlogprob, &mut grads);
             loss += out.loss * scale;
             let w = mb_tokens as f64;
             weight_sum += w;
@@ -584,14 +578,13 @@ impl Run {
         metrics_acc.clip_frac_high /= w;
         metrics_acc.logprob_gap_mean /= w;
         metrics_acc.logprob_gap_max = gap_max;
-        let norm = clip_grad_norm(&mut grads, self.config.rl.max_grad_norm);
-        self.optimizer.update(&mut self.model.params, &grads, lr);
+        let norm = self.policy.clip_and_step(&mut grads, self.config.rl.max_grad_norm, lr);
         Ok((loss, norm, metrics_acc))
     }
 
     fn save_model(&self, dir: &Path) -> anyhow::Result<()> {
-        self.model.params.save(dir)?;
-        rstar2_model::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&self.model.config)?.as_bytes())?;
+        self.policy.params().save(dir)?;
+        rstar2_model::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(self.policy.config())?.as_bytes())?;
         rstar2_model::write_atomic(&dir.join("chat.json"), serde_json::to_string_pretty(&self.config.chat)?.as_bytes())?;
         std::fs::copy(&self.tokenizer_path, dir.join("tokenizer.json")).with_context(|| format!("copying {}", self.tokenizer_path.display()))?;
         Ok(())
@@ -603,9 +596,10 @@ impl Run {
         let tmp = self.dir.join("checkpoint.tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         self.save_model(&tmp)?;
-        self.optimizer.m.save(&tmp.join("optimizer_m"))?;
-        self.optimizer.v.save(&tmp.join("optimizer_v"))?;
-        self.state.adam_step = self.optimizer.step;
+        let optimizer = self.policy.optimizer().expect("a training policy has an optimizer");
+        optimizer.m.save(&tmp.join("optimizer_m"))?;
+        optimizer.v.save(&tmp.join("optimizer_v"))?;
+        self.state.adam_step = optimizer.step;
         self.state.wall_seconds = self.wall();
         rstar2_model::write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&self.state)?.as_bytes())?;
         let current = self.dir.join("checkpoint");
@@ -622,12 +616,11 @@ impl Run {
     }
 }
 
-/// The devices this build can run on: `auto` and `cpu` (both the CPU backend).
-pub fn check_device(device: &str) -> anyhow::Result<()> {
-    match device {
-        "cpu" | "auto" => Ok(()),
-        other => bail!("device {other}: the wgpu backend is not part of this build yet; use the CPU backend (--device cpu or auto)"),
-    }
+/// Opens `auto | cpu | gpu | gpu:N` and says which backend was chosen.
+pub fn open_device(spec: &str) -> anyhow::Result<Device> {
+    let device = Device::open(spec)?;
+    println!("device: {}", device.describe());
+    Ok(device)
 }
 
 /// Relative model paths are taken from the workspace root, so the command works from any

@@ -1,0 +1,182 @@
+//! One enum per role so training and decoding code is written once for both backends: the
+//! device (`auto | cpu | gpu | gpu:N`), the policy with its optimizer, its gradients and a
+//! forward pass's activations.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use rstar2_model::{AdamW, Batch, Config, Forward, Model, Params, clip_grad_norm};
+
+use crate::context::{AdapterChoice, Gpu, list_adapters};
+use crate::model::{GpuAdamW, GpuForward, GpuGrads, GpuModel};
+use crate::GpuError;
+
+/// Where a model runs.
+#[derive(Clone)]
+pub enum Device {
+    /// The CPU backend (gemm + rayon).
+    Cpu,
+    /// A wgpu adapter.
+    Gpu(Arc<Gpu>),
+}
+
+impl Device {
+    /// `auto`: a real GPU if there is one, else the CPU (a software adapter such as lavapipe is
+    /// never chosen here); `cpu`; `gpu`: the first real GPU, an error if none; `gpu:N`: adapter
+    /// N of `cargo xtask devices`, software ones included.
+    pub fn open(spec: &str) -> Result<Device, GpuError> {
+        match spec {
+            "cpu" => Ok(Device::Cpu),
+            "auto" => Ok(Gpu::open(AdapterChoice::Auto)?.map_or(Device::Cpu, |g| Device::Gpu(Arc::new(g)))),
+            "gpu" => match Gpu::open(AdapterChoice::Auto)? {
+                Some(g) => Ok(Device::Gpu(Arc::new(g))),
+                None => Err(GpuError::NoRealGpu { adapters: list_adapters().iter().map(|a| format!("gpu:{} {} ({}, {})", a.index, a.name, a.backend, a.device_type)).collect() }),
+            },
+            other => {
+                let index = other.strip_prefix("gpu:").and_then(|n| n.parse().ok()).ok_or_else(|| GpuError::BadDevice { spec: other.to_string() })?;
+                Ok(Device::Gpu(Arc::new(Gpu::open(AdapterChoice::Index(index))?.expect("an index never answers None"))))
+            }
+        }
+    }
+
+    /// "cpu" or the adapter's description.
+    pub fn describe(&self) -> String {
+        match self {
+            Device::Cpu => "cpu".into(),
+            Device::Gpu(g) => format!("gpu: {}", g.describe()),
+        }
+    }
+}
+
+/// A model being trained, with its optimizer, on one device.
+#[allow(clippy::large_enum_variant)]
+pub enum Policy {
+    /// On the CPU.
+    Cpu {
+        /// The model.
+        model: Model,
+        /// Its optimizer (none when only decoding).
+        optimizer: Option<AdamW>,
+    },
+    /// On a GPU; the host keeps nothing but the config.
+    Gpu {
+        /// The model.
+        model: GpuModel,
+        /// Its optimizer (none when only decoding).
+        optimizer: Option<GpuAdamW>,
+    },
+}
+
+/// Activations of a forward pass, for backward.
+pub enum Activations {
+    /// CPU.
+    Cpu(Forward),
+    /// GPU.
+    Gpu(GpuForward),
+}
+
+/// Gradients, where the parameters are.
+pub enum Grads {
+    /// CPU.
+    Cpu(Params),
+    /// GPU.
+    Gpu(GpuGrads),
+}
+
+impl Policy {
+    /// Puts `model` and `optimizer` on `device`; without an optimizer it can only decode.
+    pub fn new(device: &Device, model: Model, optimizer: Option<AdamW>) -> Policy {
+        match device {
+            Device::Cpu => Policy::Cpu { model, optimizer },
+            Device::Gpu(gpu) => {
+                let g = GpuModel::new(gpu.clone(), &model);
+                let optimizer = optimizer.map(|o| GpuAdamW::from_cpu(&g, &o));
+                Policy::Gpu { model: g, optimizer }
+            }
+        }
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &Config {
+        match self {
+            Policy::Cpu { model, .. } => &model.config,
+            Policy::Gpu { model, .. } => &model.config,
+        }
+    }
+
+    /// Forward over a packed batch and the log-prob of `targets` per row.
+    pub fn forward_logprobs(&self, batch: &Batch, targets: &[u32]) -> (Activations, Vec<f32>) {
+        match self {
+            Policy::Cpu { model, .. } => {
+                let mut fwd = model.forward(batch);
+                let lp = fwd.logprobs(targets, model.config.vocab_size);
+                (Activations::Cpu(fwd), lp)
+            }
+            Policy::Gpu { model, .. } => {
+                let mut fwd = model.forward(batch);
+                let lp = model.logprobs(&mut fwd, targets);
+                (Activations::Gpu(fwd), lp)
+            }
+        }
+    }
+
+    /// Zeroed gradients.
+    pub fn zero_grads(&self) -> Grads {
+        match self {
+            Policy::Cpu { model, .. } => Grads::Cpu(model.params.zeros_like()),
+            Policy::Gpu { model, .. } => Grads::Gpu(model.zero_grads()),
+        }
+    }
+
+    /// Backward from d(loss)/d(logprob), accumulated into `grads`.
+    pub fn backward(&self, acts: &Activations, dlogprob: &[f32], grads: &mut Grads) {
+        match (self, acts, grads) {
+            (Policy::Cpu { model, .. }, Activations::Cpu(f), Grads::Cpu(g)) => model.backward(f, dlogprob, g),
+            (Policy::Gpu { model, .. }, Activations::Gpu(f), Grads::Gpu(g)) => model.backward(f, dlogprob, g),
+            _ => panic!("backward: activations or gradients from the other backend"),
+        }
+    }
+
+    /// Global-norm clipping, then one AdamW update; returns the norm before clipping.
+    pub fn clip_and_step(&mut self, grads: &mut Grads, max_norm: f32, lr: f32) -> f32 {
+        match (self, grads) {
+            (Policy::Cpu { model, optimizer: Some(optimizer) }, Grads::Cpu(g)) => {
+                let norm = clip_grad_norm(g, max_norm);
+                optimizer.update(&mut model.params, g, lr);
+                norm
+            }
+            (Policy::Gpu { model, optimizer: Some(optimizer) }, Grads::Gpu(g)) => {
+                let norm = model.clip_grad_norm(g, max_norm);
+                optimizer.update(model, g, lr);
+                norm
+            }
+            (Policy::Cpu { optimizer: None, .. } | Policy::Gpu { optimizer: None, .. }, _) => panic!("clip_and_step: a decode-only policy has no optimizer"),
+            _ => panic!("clip_and_step: gradients from the other backend"),
+        }
+    }
+
+    /// Fresh optimizer moments (a new RL stage).
+    pub fn reset_optimizer(&mut self) {
+        match self {
+            Policy::Cpu { model, optimizer: Some(optimizer) } => *optimizer = AdamW::new(optimizer.config, &model.params),
+            Policy::Gpu { model, optimizer: Some(optimizer) } => *optimizer = GpuAdamW::new(optimizer.config, model),
+            _ => {}
+        }
+    }
+
+    /// The parameters (read back from a GPU).
+    pub fn params(&self) -> Cow<'_, Params> {
+        match self {
+            Policy::Cpu { model, .. } => Cow::Borrowed(&model.params),
+            Policy::Gpu { model, .. } => Cow::Owned(model.download_params()),
+        }
+    }
+
+    /// The optimizer as a CPU `AdamW` (moments read back from a GPU), for checkpoints.
+    pub fn optimizer(&self) -> Option<Cow<'_, AdamW>> {
+        match self {
+            Policy::Cpu { optimizer, .. } => optimizer.as_ref().map(Cow::Borrowed),
+            Policy::Gpu { model, optimizer } => optimizer.as_ref().map(|o| Cow::Owned(o.to_cpu(model))),
+        }
+    }
+}

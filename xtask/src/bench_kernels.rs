@@ -1,0 +1,254 @@
+//! `cargo xtask bench kernels`: every WGSL kernel family on one adapter beside the CPU backend's
+//! op on the same shapes, then a whole training step and batched decoding on both backends.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use rstar2_gpu::{AdapterChoice, Gpu, GpuAdamW, GpuKvCache, GpuModel, ops};
+use rstar2_model::ops as cpu;
+use rstar2_model::ops::attention::Heads;
+use rstar2_model::{AdamW, AdamWConfig, Batch, Config, KvCache, Model, Params};
+
+use crate::test_cmd::workspace_root;
+
+#[derive(clap::Args)]
+pub struct KernelBenchArgs {
+    /// Adapter index from `cargo xtask devices`; default: the first real GPU, else the first
+    /// adapter (a software one gives CPU-emulation figures, useful only as a smoke test).
+    #[arg(long)]
+    adapter: Option<usize>,
+    /// The card's fp32 peak in GFLOP/s, to print matmul as a share of it.
+    #[arg(long)]
+    peak_gflops: Option<f64>,
+    /// Shapes: `small` (what a software adapter finishes in a minute) or `full`; default: full
+    /// on a real GPU, small otherwise.
+    #[arg(long)]
+    size: Option<String>,
+}
+
+/// Median seconds of `reps` runs after one warm-up.
+fn median(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+fn seeded(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}
+
+struct Row {
+    what: String,
+    unit: &'static str,
+    gpu: f64,
+    cpu: f64,
+}
+
+fn print(rows: &[Row]) {
+    println!("{:<52} {:>14} {:>14} {:>10}", "kernel / work", "GPU", "CPU backend", "GPU/CPU");
+    for r in rows {
+        println!("{:<52} {:>9.2} {:<4} {:>9.2} {:<4} {:>9.2}x", r.what, r.gpu, r.unit, r.cpu, r.unit, r.gpu / r.cpu);
+    }
+}
+
+pub fn run(args: KernelBenchArgs) -> anyhow::Result<()> {
+    let gpu = match args.adapter {
+        Some(i) => Gpu::open(AdapterChoice::Index(i))?,
+        None => match Gpu::open(AdapterChoice::Auto)? {
+            Some(g) => Some(g),
+            None => Gpu::open(AdapterChoice::Any)?,
+        },
+    }
+    .context("no adapter")?;
+    let real = !gpu.is_software();
+    let full = match args.size.as_deref() {
+        Some("full") => true,
+        Some("small") => false,
+        None => real,
+        Some(other) => anyhow::bail!("--size {other}: expected small or full"),
+    };
+    let gpu = Arc::new(gpu);
+    println!("adapter: {}; CPU backend: {} threads; shapes: {}", gpu.describe(), rayon::current_num_threads(), if full { "full" } else { "small" });
+    if !real {
+        println!("(a software adapter: these are CPU-emulation figures, not GPU figures)");
+    }
+    println!();
+    let reps = if full { 10 } else { 3 };
+    let mut rows = Vec::new();
+
+    // Matmul, prefill/training shapes and decode shapes (M <= 8 takes the matvec kernel).
+    let shapes: Vec<(usize, usize, usize)> =
+        if full { vec![(4096, 4096, 4096), (2048, 2048, 2048), (512, 576, 1536), (512, 1536, 576), (8, 576, 1536), (8, 576, 49152), (8, 4096, 4096)] } else { vec![(256, 256, 256), (128, 576, 192), (8, 576, 1536)] };
+    for (m, k, n) in shapes {
+        let (a, b) = (seeded(m * k, 1), seeded(n * k, 2));
+        let (ta, tb, tc) = (gpu.upload(&a), gpu.upload(&b), gpu.alloc(m * n));
+        let g = median(reps, || {
+            ops::matmul_nt(&gpu, &tc, &ta, &tb, m, n, k, false);
+            gpu.sync();
+        });
+        let mut c = vec![0.0; m * n];
+        let cs = median(reps, || cpu::matmul::matmul_nt(&mut c, &a, &b, m, n, k, false));
+        let flop = 2.0 * (m * n * k) as f64 / 1e9;
+        let mut what = format!("matmul [{m} x {k}] @ [{k} x {n}]");
+        if let Some(p) = args.peak_gflops {
+            what.push_str(&format!(" ({:.0}% of peak)", 100.0 * flop / g / p));
+        }
+        rows.push(Row { what, unit: "GF/s", gpu: flop / g, cpu: flop / cs });
+    }
+
+    // Memory-bound kernels: GB/s of their essential reads and writes.
+    let (rows_n, d) = if full { (4096, 4096) } else { (256, 576) };
+    let (x, w) = (seeded(rows_n * d, 3), seeded(d, 4));
+    let (tx, tw, tout, trstd) = (gpu.upload(&x), gpu.upload(&w), gpu.alloc(rows_n * d), gpu.alloc(rows_n));
+    let g = median(reps, || {
+        ops::rmsnorm_forward(&gpu, &tout, &trstd, &tx, &tw, rows_n, d, 1e-6);
+        gpu.sync();
+    });
+    let (mut out, mut rstd) = (vec![0.0; rows_n * d], vec![0.0; rows_n]);
+    let cs = median(reps, || cpu::rmsnorm::rmsnorm_forward(&mut out, &mut rstd, &x, &w, d, 1e-6));
+    let gb = (2 * rows_n * d * 4) as f64 / 1e9;
+    rows.push(Row { what: format!("rmsnorm_forward [{rows_n} x {d}]"), unit: "GB/s", gpu: gb / g, cpu: gb / cs });
+
+    let n = rows_n * d;
+    let (gate, up) = (seeded(n, 5), seeded(n, 6));
+    let (tg, tu) = (gpu.upload(&gate), gpu.upload(&up));
+    let g = median(reps, || {
+        ops::swiglu_forward(&gpu, &tout, &tg, &tu, n);
+        gpu.sync();
+    });
+    let cs = median(reps, || cpu::swiglu::swiglu_forward(&mut out, &gate, &up));
+    let gb = (3 * n * 4) as f64 / 1e9;
+    rows.push(Row { what: format!("swiglu_forward [{n}]"), unit: "GB/s", gpu: gb / g, cpu: gb / cs });
+
+    // AdamW over every parameter of a model (one dispatch per tensor).
+    let preset = if full { "smollm2-135m" } else { "tiny" };
+    let config = Config::from_file(&workspace_root().join("models").join(preset).join("config.json"))?;
+    let mut params = Params::random(&config, 0);
+    let grads = Params::random(&config, 1);
+    let n: usize = params.data.iter().map(Vec::len).sum();
+    let gm = GpuModel::new(gpu.clone(), &Model::new(config.clone(), params.clone()));
+    let mut gopt = GpuAdamW::new(AdamWConfig::default(), &gm);
+    let tgrads: Vec<_> = grads.data.iter().map(|g| gpu.upload(g)).collect();
+    let mut gm = gm;
+    let g = median(reps, || {
+        gopt.update(&mut gm, &tgrads, 1e-4);
+        gpu.sync();
+    });
+    let mut opt = AdamW::new(AdamWConfig::default(), &params);
+    let cs = median(reps, || opt.update(&mut params, &grads, 1e-4));
+    let gb = (7 * n * 4) as f64 / 1e9;
+    rows.push(Row { what: format!("adamw, all {n} parameters of {preset}"), unit: "GB/s", gpu: gb / g, cpu: gb / cs });
+
+    let (lrows, vocab) = if full { (512, 49152) } else { (16, 49152) };
+    let logits = seeded(lrows * vocab, 7);
+    let targets: Vec<u32> = (0..lrows as u32).map(|i| i * 97 % vocab as u32).collect();
+    let (tl, tt, tlp, tlse) = (gpu.upload(&logits), gpu.upload_u32(&targets), gpu.alloc(lrows), gpu.alloc(lrows));
+    let g = median(reps, || {
+        ops::logprob_forward(&gpu, &tlp, &tlse, &tl, &tt, lrows, vocab);
+        gpu.sync();
+    });
+    let (mut lp, mut lse) = (vec![0.0; lrows], vec![0.0; lrows]);
+    let cs = median(reps, || cpu::logprob::logprob_forward(&mut lp, &mut lse, &logits, &targets, vocab));
+    let gb = (lrows * vocab * 4) as f64 / 1e9;
+    rows.push(Row { what: format!("logprob_forward [{lrows} x {vocab}]"), unit: "GB/s", gpu: gb / g, cpu: gb / cs });
+
+    // Attention over one packed batch of causal sequences (SmolLM2 heads).
+    let heads = Heads { q: 9, kv: 3, dim: 64 };
+    let (seqs, len) = if full { (8, 512) } else { (2, 64) };
+    let rows_a = seqs * len;
+    let (q, k, v) = (seeded(rows_a * 576, 8), seeded(rows_a * 192, 9), seeded(rows_a * 192, 10));
+    let starts: Vec<usize> = (0..rows_a).map(|r| r / len * len).collect();
+    let (tq, tk, tv) = (gpu.upload(&q), gpu.upload(&k), gpu.upload(&v));
+    let tstart = gpu.upload_u32(&starts.iter().map(|&s| s as u32).collect::<Vec<_>>());
+    let (tatt, talse) = (gpu.alloc(rows_a * 576), gpu.alloc(rows_a * 9));
+    let g = median(reps, || {
+        ops::attention_forward(&gpu, &tatt, &talse, &tq, &tk, &tv, &tstart, rows_a, heads);
+        gpu.sync();
+    });
+    let (mut att, mut alse) = (vec![0.0; rows_a * 576], vec![0.0; rows_a * 9]);
+    let cs = median(reps, || cpu::attention::attention_forward(&mut att, &mut alse, &q, &k, &v, &starts, heads));
+    // Causal: half of the len x len scores per head, 2 matmuls of head_dim.
+    let flop = (seqs * heads.q * len * (len + 1) / 2 * heads.dim * 4) as f64 / 1e9;
+    rows.push(Row { what: format!("attention_forward {seqs} x {len} tokens, 9/3 heads"), unit: "GF/s", gpu: flop / g, cpu: flop / cs });
+
+    // Whole model: a training step and batched decoding.
+    let presets: Vec<(&str, usize, usize, usize, usize)> = if full { vec![("tiny", 4, 256, 32, 64), ("smollm2-135m", 4, 512, 32, 64)] } else { vec![("tiny", 2, 64, 8, 16)] };
+    for (preset, batch, len, decode_batch, steps) in presets {
+        let config = Config::from_file(&workspace_root().join("models").join(preset).join("config.json"))?;
+        let mut model = Model::new(config.clone(), Params::random(&config, 0));
+        let seqs: Vec<Vec<u32>> = (0..batch).map(|b| (0..len).map(|i| ((b * 7919 + i * 104_729) % config.vocab_size) as u32).collect()).collect();
+        let b = Batch::new(&seqs);
+        let mut gm = GpuModel::new(gpu.clone(), &model);
+        let mut gopt = GpuAdamW::new(AdamWConfig::default(), &gm);
+        let g = median(reps.min(5), || {
+            let grads = gm.zero_grads();
+            gm.next_token_loss_backward(&b, &grads);
+            gm.clip_grad_norm(&grads, 1.0);
+            gopt.update(&mut gm, &grads, 1e-4);
+            gpu.sync();
+        });
+        let mut opt = AdamW::new(AdamWConfig::default(), &model.params);
+        let mut grads = Params::zeros(&config);
+        let cs = median(reps.min(5), || {
+            grads.fill_zero();
+            model.next_token_loss_backward(&b, &mut grads);
+            rstar2_model::clip_grad_norm(&mut grads, 1.0);
+            opt.update(&mut model.params, &grads, 1e-4);
+        });
+        let tokens = (batch * len) as f64;
+        rows.push(Row { what: format!("{preset}: train step {batch}x{len} (fwd+bwd+clip+AdamW)"), unit: "tok/s", gpu: tokens / g, cpu: tokens / cs });
+
+        let prompt_len = 32;
+        let ids: Vec<u64> = (0..decode_batch as u64).collect();
+        let prompts: Vec<Vec<u32>> = (0..decode_batch).map(|s| (0..prompt_len).map(|i| ((s * 31 + i * 17) % config.vocab_size) as u32).collect()).collect();
+        let chunks: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+        let next: Vec<[u32; 1]> = (0..decode_batch).map(|s| [(s % config.vocab_size) as u32]).collect();
+        let next_chunks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
+        let capacity = decode_batch * (prompt_len + steps + 1);
+        let gpu_decode = || {
+            let mut cache = GpuKvCache::new(&gm, capacity);
+            gm.extend_on_device(&mut cache, &ids, &chunks).expect("sized");
+            gpu.sync();
+            let t = Instant::now();
+            for _ in 0..steps {
+                // Greedy decoding reads back only the sampled ids; the logits read here stand
+                // in for that (one small read per step, as a sampler needs).
+                let logits = gm.extend_on_device(&mut cache, &ids, &next_chunks).expect("sized");
+                let _ = gpu.read(&logits);
+            }
+            t.elapsed().as_secs_f64()
+        };
+        gpu_decode();
+        let g = gpu_decode();
+        let cpu_decode = || {
+            let mut cache = KvCache::new(capacity);
+            model.extend(&mut cache, &ids, &chunks).expect("sized");
+            let t = Instant::now();
+            for _ in 0..steps {
+                model.extend(&mut cache, &ids, &next_chunks).expect("sized");
+            }
+            t.elapsed().as_secs_f64()
+        };
+        cpu_decode();
+        let cs = cpu_decode();
+        let tokens = (decode_batch * steps) as f64;
+        rows.push(Row { what: format!("{preset}: batched decode, batch {decode_batch}, KV cache"), unit: "tok/s", gpu: tokens / g, cpu: tokens / cs });
+    }
+    print(&rows);
+    println!("\n{} dispatches recorded in all", gpu.dispatch_count());
+    Ok(())
+}
