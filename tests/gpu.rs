@@ -110,3 +110,49 @@ fn gpu_kv_cache_matches_cpu() {
     let v = cpu.config.vocab_size;
     assert!(rel_err(&got[0], &want.logits[29 * v..]) < 1e-5, "reused blocks hold stale keys");
 }
+
+/// Two engines of different kinds in one rollout (the CPU backend and a GPU adapter): the
+/// scheduler spreads the work over both, and every token either engine chose greedily is the
+/// arg-max of the CPU model's logits (within float noise) at that position.
+#[test]
+fn rollout_over_a_cpu_and_a_gpu_engine() {
+    use rstar2::model::{Config, Model, Params, Tokenizer};
+    use rstar2::rollout::engine::{CpuEngine, GpuEngine};
+    use rstar2::rollout::{Request, RolloutConfig, SamplingConfig, ToolDispatch, generate};
+    use rstar2::sandbox::{Sandbox, SandboxConfig};
+    let Some(gpu) = test_gpu() else { return };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    let config = Config::from_file(&dir.join("config.json")).unwrap();
+    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let cpu = Model::new(config.clone(), Params::random(&config, 3));
+    let gpu_model = GpuModel::new(gpu, &cpu);
+    let sandbox = Sandbox::new(SandboxConfig::in_process()).unwrap();
+    let requests: Vec<Request> = (0..6).map(|i| Request { id: format!("q{i}"), question: format!("What is {i} plus {}?", i * 7), answer: Some((i * 8).to_string()) }).collect();
+    let rollout = RolloutConfig {
+        sampling: SamplingConfig { temperature: 0.0, top_p: 1.0, top_k: 0 },
+        samples: 1,
+        max_response_tokens: 24,
+        max_turns: 2,
+        dispatch: ToolDispatch::Lockstep,
+        ..RolloutConfig::default()
+    };
+    // Room for two trajectories each, so both engines must take some.
+    let per = 900;
+    let (mut ce, mut ge) = (CpuEngine::new(&cpu, 2 * per), GpuEngine::new(&gpu_model, 2 * per));
+    let out = generate(vec![&mut ce, &mut ge], &tokenizer, &sandbox, &requests, &rollout, None).unwrap();
+    assert_eq!(out.episodes.len(), 6);
+    assert!(out.metrics.engine_episodes.iter().all(|&n| n > 0), "work per engine: {:?}", out.metrics.engine_episodes);
+    let v = config.vocab_size;
+    for e in &out.episodes {
+        let logits = cpu.forward(&Batch::new(&[e.ids.clone()])).logits;
+        let p = e.prompt_ids.len();
+        for i in p..e.ids.len() {
+            if e.loss_mask[i - p] == 0 {
+                continue;
+            }
+            let row = &logits[(i - 1) * v..i * v];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert!(row[e.ids[i] as usize] >= max - 1e-4, "episode {} engine {}: token {i} is not the greedy choice", e.id, e.engine);
+        }
+    }
+}
