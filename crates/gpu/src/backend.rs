@@ -68,6 +68,7 @@ pub enum Policy {
 }
 
 /// Activations of a forward pass, for backward.
+#[allow(clippy::large_enum_variant)]
 pub enum Activations {
     /// CPU.
     Cpu(Forward),

@@ -66,6 +66,7 @@ pub fn matmul(gpu: &Gpu, c: &Tensor, a: &Tensor, b: &Tensor, s: Strides, m: usiz
 }
 
 /// C[m, n] = A[m, k] · B[n, k]ᵀ (both row-major), or += with `accumulate`.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul_nt(gpu: &Gpu, c: &Tensor, a: &Tensor, b: &Tensor, m: usize, n: usize, k: usize, accumulate: bool) {
     // Decoding: few rows, a weight read once per column.
     if m <= 8 && !accumulate && k > 0 {
