@@ -1,5 +1,6 @@
 """PyTorch CPU doing the same work as `cargo xtask bench model`, for the ratios in its table.
-Prints one JSON object. Usage: bench_torch.py CONFIG_JSON TRAIN_BATCH TRAIN_LEN DECODE_BATCH PROMPT_LEN DECODE_STEPS THREADS"""
+Prints one JSON object. Usage: bench_torch.py CONFIG_JSON TRAIN_BATCH TRAIN_LEN DECODE_BATCH PROMPT_LEN DECODE_STEPS THREADS [PRETRAINED]
+With PRETRAINED = 1 the weights are loaded from CONFIG_JSON's folder (model.safetensors)."""
 import json, sys, time
 
 import torch
@@ -7,11 +8,16 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 def main():
     cfg_path, tb, tl, db, pl, steps, threads = sys.argv[1], *map(int, sys.argv[2:8])
+    pretrained = len(sys.argv) > 8 and sys.argv[8] == "1"
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = AutoConfig.from_pretrained(cfg_path)
     cfg._attn_implementation = "sdpa"
-    model = AutoModelForCausalLM.from_config(cfg).float()
+    if pretrained:
+        import os
+        model = AutoModelForCausalLM.from_pretrained(os.path.dirname(os.path.abspath(cfg_path)), config=cfg, torch_dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_config(cfg).float()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, cfg.vocab_size, (tb, tl))
     def train_step():

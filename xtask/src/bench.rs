@@ -24,7 +24,8 @@ pub enum BenchCommand {
     },
     /// The CPU model: matmul GFLOP/s against the machine's fp32 peak, training tokens/s
     /// (forward + backward + AdamW) and batched decode tokens/s on the tiny preset and on a
-    /// SmolLM2-135M-shaped model with random weights, beside PyTorch CPU on the same shapes.
+    /// SmolLM2-135M (its imported weights when `cargo xtask fetch-model smollm2-135m` has run, else
+    /// random weights of its shape), beside PyTorch CPU doing the same work.
     Model {
         /// The machine's fp32 peak in GFLOP/s (the default is the figure measured for the
         /// 2-core Zen 4 machines this project is developed on, see DESIGN.md).

@@ -79,12 +79,12 @@ fn argmax(v: &[f32]) -> u32 {
     v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32)
 }
 
-fn torch_baseline(python: &str, config: &Path, s: &Shapes, threads: usize) -> Option<(f64, f64)> {
+fn torch_baseline(python: &str, config: &Path, s: &Shapes, threads: usize, pretrained: bool) -> Option<(f64, f64)> {
     let script = workspace_root().join("scripts/bench_torch.py");
     let out = Command::new(python)
         .arg(script)
         .arg(config)
-        .args([s.train_batch, s.train_len, s.decode_batch, s.prompt_len, s.decode_steps, threads].map(|x| x.to_string()))
+        .args([s.train_batch, s.train_len, s.decode_batch, s.prompt_len, s.decode_steps, threads, usize::from(pretrained)].map(|x| x.to_string()))
         .output()
         .ok()?;
     if !out.status.success() {
@@ -164,17 +164,23 @@ pub fn run(peak_gflops: f64, python: &str) -> anyhow::Result<()> {
     ] {
         let config_path = workspace_root().join("models").join(s.preset).join("config.json");
         let config = Config::from_file(&config_path)?;
-        let mut model = Model::new(config.clone(), Params::random(&config, 0));
+        // The imported checkpoint when it is there (`cargo xtask fetch-model smollm2-135m`), for
+        // both sides; else random weights of the same shape (the speed is the same).
+        let dir = config_path.parent().expect("a model folder");
+        let pretrained = dir.join("model.safetensors").exists();
+        let params = if pretrained { Params::load(dir, &config)? } else { Params::random(&config, 0) };
+        let mut model = Model::new(config.clone(), params);
+        let weights = if pretrained { "imported weights" } else { "random weights" };
         let train = train_tokens_per_s(&mut model, &s);
         let rss_train = peak_rss_mib();
         let decode = decode_tokens_per_s(&model, &s);
         let rss_decode = peak_rss_mib();
-        let torch = if torch_ok { torch_baseline(python, &config_path, &s, threads) } else { None };
+        let torch = if torch_ok { torch_baseline(python, &config_path, &s, threads, pretrained) } else { None };
         let fmt = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.1}"));
         let ratio = |ours: f64, theirs: Option<f64>| theirs.map_or("-".to_string(), |t| format!("{:.2}x", ours / t));
-        let label = format!("{} train ({}x{}, fwd+bwd+AdamW)", s.preset, s.train_batch, s.train_len);
+        let label = format!("{} ({weights}) train ({}x{}, fwd+bwd+AdamW)", s.preset, s.train_batch, s.train_len);
         println!("{label:<48} {train:>12.1} {:>12} {:>8} {rss_train:>12.0}", fmt(torch.map(|t| t.0)), ratio(train, torch.map(|t| t.0)));
-        let label = format!("{} decode (batch {}, KV cache)", s.preset, s.decode_batch);
+        let label = format!("{} ({weights}) decode (batch {}, KV cache)", s.preset, s.decode_batch);
         println!("{label:<48} {decode:>12.1} {:>12} {:>8} {rss_decode:>12.0}", fmt(torch.map(|t| t.1)), ratio(decode, torch.map(|t| t.1)));
     }
     Ok(())
