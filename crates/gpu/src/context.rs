@@ -113,6 +113,15 @@ struct PipelineKey {
     constants: Vec<(&'static str, u64)>,
 }
 
+/// The command encoder being recorded and its open compute pass (which must end before the
+/// encoder records anything else).
+#[derive(Default)]
+struct Recording {
+    // Field order: the pass drops before the encoder.
+    pass: Option<wgpu::ComputePass<'static>>,
+    encoder: Option<wgpu::CommandEncoder>,
+}
+
 /// An open device with its queue, caches and the encoder being recorded.
 pub struct Gpu {
     pub(crate) device: wgpu::Device,
@@ -123,7 +132,7 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     pub(crate) pool: Arc<Mutex<HashMap<u64, Vec<wgpu::Buffer>>>>,
-    encoder: Mutex<Option<wgpu::CommandEncoder>>,
+    recording: Mutex<Recording>,
     dispatches: Mutex<u64>,
 }
 
@@ -166,7 +175,7 @@ impl Gpu {
             limits,
             pipelines: Mutex::new(HashMap::new()),
             pool: Arc::new(Mutex::new(HashMap::new())),
-            encoder: Mutex::new(None),
+            recording: Mutex::new(Recording::default()),
             dispatches: Mutex::new(0),
         })
     }
@@ -208,10 +217,24 @@ impl Gpu {
         pipeline
     }
 
+    /// Runs `f` on the encoder, with no compute pass open (copies and clears).
     fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
-        let mut slot = self.encoder.lock().expect("encoder");
-        let enc = slot.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("rstar2 ops") }));
+        let mut rec = self.recording.lock().expect("encoder");
+        rec.pass = None;
+        let enc = rec.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("rstar2 ops") }));
         f(enc)
+    }
+
+    /// Runs `f` in the open compute pass, opening one if needed: consecutive dispatches share a
+    /// pass (wgpu orders them by their buffer usage), which saves a pass per dispatch.
+    fn with_pass<R>(&self, f: impl FnOnce(&mut wgpu::ComputePass<'static>) -> R) -> R {
+        let mut rec = self.recording.lock().expect("encoder");
+        let rec = &mut *rec;
+        if rec.pass.is_none() {
+            let enc = rec.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("rstar2 ops") }));
+            rec.pass = Some(enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("rstar2 ops"), timestamp_writes: None }).forget_lifetime());
+        }
+        f(rec.pass.as_mut().expect("opened above"))
     }
 
     /// Records one dispatch of `kernel` with storage bindings in binding order (0, 1, ...), then
@@ -238,8 +261,7 @@ impl Gpu {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        self.with_encoder(|enc| {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.name), timestamp_writes: None });
+        self.with_pass(|pass| {
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
@@ -261,7 +283,9 @@ impl Gpu {
 
     /// Submits what has been recorded.
     pub fn flush(&self) {
-        if let Some(enc) = self.encoder.lock().expect("encoder").take() {
+        let mut rec = self.recording.lock().expect("encoder");
+        rec.pass = None;
+        if let Some(enc) = rec.encoder.take() {
             self.queue.submit([enc.finish()]);
         }
     }
