@@ -156,3 +156,34 @@ fn rollout_over_a_cpu_and_a_gpu_engine() {
         }
     }
 }
+
+/// Decoding with f16 projection weights: its logits against f32 decoding, error measured and
+/// bounded (the prefill's layers run in f32 in both, its output projection in f16).
+#[test]
+fn gpu_f16_decoding_error_against_f32() {
+    let Some(gpu) = test_gpu() else { return };
+    if !gpu.has_f16() {
+        eprintln!("!!! {} has no SHADER_F16: f16 decoding not tested", gpu.describe());
+        return;
+    }
+    let cpu = load("qwen3-untied");
+    let f32_model = GpuModel::new(gpu.clone(), &cpu);
+    let mut f16_model = GpuModel::new(gpu, &cpu);
+    f16_model.enable_f16_decode().unwrap();
+    let (mut c32, mut c16) = (GpuKvCache::new(&f32_model, 128), GpuKvCache::new(&f16_model, 128));
+    let prompts: [&[u32]; 2] = [&[5, 17, 3, 90, 44, 12, 7, 61, 2, 8], &[33, 8, 71, 20, 95, 1, 4, 4, 9, 10, 11]];
+    let a = f32_model.extend(&mut c32, &[0, 1], &prompts).unwrap();
+    let b = f16_model.extend(&mut c16, &[0, 1], &prompts).unwrap();
+    let mut worst = a.iter().zip(&b).fold(0.0f32, |w, (x, y)| w.max(rel_err(y, x)));
+    for step in 0..8u32 {
+        let next = [[step * 3 % 90], [step * 7 % 90]];
+        let chunks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
+        let a = f32_model.extend(&mut c32, &[0, 1], &chunks).unwrap();
+        let b = f16_model.extend(&mut c16, &[0, 1], &chunks).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            worst = worst.max(rel_err(y, x));
+        }
+    }
+    eprintln!("f16 decoding: largest logit error {worst:.2e} (relative to the largest logit) over 8 steps");
+    assert!(worst > 0.0 && worst < 1e-2, "f16 decoding error {worst}");
+}

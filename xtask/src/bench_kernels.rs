@@ -247,6 +247,21 @@ pub fn run(args: KernelBenchArgs) -> anyhow::Result<()> {
         let cs = cpu_decode();
         let tokens = (decode_batch * steps) as f64;
         rows.push(Row { what: format!("{preset}: batched decode, batch {decode_batch}, KV cache"), unit: "tok/s", gpu: tokens / g, cpu: tokens / cs });
+        if gpu.has_f16() {
+            gm.enable_f16_decode()?;
+            let g16 = {
+                let mut cache = GpuKvCache::new(&gm, capacity);
+                gm.extend_on_device(&mut cache, &ids, &chunks).expect("sized");
+                gpu.sync();
+                let t = Instant::now();
+                for _ in 0..steps {
+                    let logits = gm.extend_on_device(&mut cache, &ids, &next_chunks).expect("sized");
+                    let _ = gpu.read(&logits);
+                }
+                t.elapsed().as_secs_f64()
+            };
+            rows.push(Row { what: format!("{preset}: batched decode, batch {decode_batch}, f16 weights"), unit: "tok/s", gpu: tokens / g16, cpu: tokens / cs });
+        }
     }
     print(&rows);
     println!("\n{} dispatches recorded in all", gpu.dispatch_count());

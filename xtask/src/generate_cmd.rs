@@ -31,6 +31,9 @@ pub struct GenerateArgs {
     /// auto, cpu, gpu or gpu:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// On a GPU with SHADER_F16: decoding steps read f16 copies of the projection weights.
+    #[arg(long)]
+    pub f16_decode: bool,
     /// Response budget in tokens, tool output included.
     #[arg(long, default_value_t = 8192)]
     pub max_tokens: usize,
@@ -66,6 +69,9 @@ pub struct EvalArgs {
     /// auto, cpu, gpu or gpu:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// On a GPU with SHADER_F16: decoding steps read f16 copies of the projection weights.
+    #[arg(long)]
+    pub f16_decode: bool,
     /// Response budget in tokens, tool output included.
     #[arg(long, default_value_t = 256)]
     pub max_tokens: usize,
@@ -88,7 +94,7 @@ pub struct Loaded {
 
 /// A model folder with its tokenizer and chat format (chat.json when the folder was written by
 /// `train`, else the original rStar2 format).
-pub fn load_model(dir: &Path, device: &str) -> anyhow::Result<Loaded> {
+pub fn load_model(dir: &Path, device: &str, f16_decode: bool) -> anyhow::Result<Loaded> {
     let device = crate::train::open_device(device)?;
     let config = Config::from_file(&dir.join("config.json")).with_context(|| format!("model folder {}", dir.display()))?;
     let params = Params::load(dir, &config)?;
@@ -97,11 +103,15 @@ pub fn load_model(dir: &Path, device: &str) -> anyhow::Result<Loaded> {
         Ok(text) => serde_json::from_str(&text).with_context(|| format!("{}/chat.json", dir.display()))?,
         Err(_) => ChatFormat::rstar2(),
     };
-    Ok(Loaded { policy: Policy::new(&device, Model::new(config, params), None), tokenizer, chat })
+    let mut policy = Policy::new(&device, Model::new(config, params), None);
+    if f16_decode {
+        policy.enable_f16_decode()?;
+    }
+    Ok(Loaded { policy, tokenizer, chat })
 }
 
 pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
-    let loaded = load_model(&args.model, &args.device)?;
+    let loaded = load_model(&args.model, &args.device, args.f16_decode)?;
     let (requests, skipped) = rstar2_tasks::jsonl::load_requests(&args.data)?;
     for s in &skipped {
         eprintln!("{}: line {} skipped: {}", args.data.display(), s.line, s.reason);
@@ -155,7 +165,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
-    let loaded = load_model(&args.model, &args.device)?;
+    let loaded = load_model(&args.model, &args.device, args.f16_decode)?;
     let tasks = if args.data == "synthetic" {
         rstar2_tasks::synth::generate(&rstar2_tasks::synth::SynthConfig { levels: args.levels.clone(), ..Default::default() }, rstar2_tasks::synth::Split::Test, args.problems, 1)?
     } else {

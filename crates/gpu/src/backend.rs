@@ -97,6 +97,14 @@ impl Policy {
         }
     }
 
+    /// Decoding reads f16 weights (GPU with SHADER_F16 only).
+    pub fn enable_f16_decode(&mut self) -> Result<(), GpuError> {
+        match self {
+            Policy::Cpu { .. } => Err(GpuError::NoF16 { adapter: "the CPU backend".into() }),
+            Policy::Gpu { model, .. } => model.enable_f16_decode(),
+        }
+    }
+
     /// The model's config.
     pub fn config(&self) -> &Config {
         match self {

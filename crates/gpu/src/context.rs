@@ -302,6 +302,24 @@ impl Gpu {
         self.upload_bytes(bytemuck::cast_slice(data), data.len())
     }
 
+    /// Whether kernels may use f16 (the adapter has `SHADER_F16`; requested when it does).
+    pub fn has_f16(&self) -> bool {
+        self.device.features().contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// A new tensor holding `data` rounded to f16 (round to nearest even).
+    pub fn upload_f16(&self, data: &[f32]) -> Tensor {
+        assert!(self.has_f16(), "{}: no SHADER_F16, so no f16 tensors", self.info.name);
+        let mut half: Vec<half::f16> = data.iter().map(|&x| half::f16::from_f32(x)).collect();
+        // Buffers hold whole 32-bit words.
+        if half.len() % 2 == 1 {
+            half.push(half::f16::ZERO);
+        }
+        let t = self.upload_bytes(bytemuck::cast_slice(&half), data.len());
+        let len = t.len();
+        Tensor::new_f16(t.into_buffer(), len, self.pool.clone())
+    }
+
     /// A new tensor of u32 (token ids, positions, offsets).
     pub fn upload_u32(&self, data: &[u32]) -> Tensor {
         self.upload_bytes(bytemuck::cast_slice(data), data.len())

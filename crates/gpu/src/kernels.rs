@@ -23,6 +23,7 @@ macro_rules! kernels {
 kernels! {
     MATMUL => "matmul",
     MATVEC => "matvec",
+    MATVEC_F16 => "matvec_f16",
     BIAS_FORWARD => "bias_forward",
     BIAS_BACKWARD => "bias_backward",
     EMBEDDING_FORWARD => "embedding_forward",

@@ -125,6 +125,7 @@ impl GpuModel {
         let (slots, positions, lens, table_off, table) = (gpu.upload_u32(&slots), gpu.upload_u32(&positions), gpu.upload_u32(&lens), gpu.upload_u32(&table_off), gpu.upload_u32(&table));
         let w = |i: usize| &self.params[i];
         let wo = |i: Option<usize>| i.map(|i| &self.params[i]);
+        let lw = |i: usize| self.linear_weight(i, n);
         let x = gpu.alloc(n * d);
         ops::embedding_forward(gpu, &x, &ids, w(self.wte), n, d);
         let (h, rstd) = (gpu.alloc(n * d), gpu.alloc(n));
@@ -133,9 +134,9 @@ impl GpuModel {
         let (gate, up, act) = (gpu.alloc(n * f), gpu.alloc(n * f), gpu.alloc(n * f));
         for (l, li) in self.layers.iter().enumerate() {
             ops::rmsnorm_forward(gpu, &h, &rstd, &x, w(li.ln1), n, d, eps);
-            ops::linear_forward(gpu, &q, &h, w(li.q), wo(li.qb), n, d, qd);
-            ops::linear_forward(gpu, &k, &h, w(li.k), wo(li.kb), n, d, kd);
-            ops::linear_forward(gpu, &vv, &h, w(li.v), wo(li.vb), n, d, kd);
+            ops::linear_forward(gpu, &q, &h, lw(li.q), wo(li.qb), n, d, qd);
+            ops::linear_forward(gpu, &k, &h, lw(li.k), wo(li.kb), n, d, kd);
+            ops::linear_forward(gpu, &vv, &h, lw(li.v), wo(li.vb), n, d, kd);
             let normed;
             let (q, k) = match (li.qn, li.kn) {
                 (Some(qn), Some(kn)) => {
@@ -151,13 +152,13 @@ impl GpuModel {
             ops::rope_forward(gpu, k, &positions, &self.rope, n, heads.kv);
             ops::kv_write(gpu, &cache.k[l], &cache.v[l], k, &vv, &slots, n, kd);
             ops::attention_decode(gpu, &att, q, &cache.k[l], &cache.v[l], &table, &table_off, &lens, n, heads);
-            ops::linear_forward(gpu, &o, &att, w(li.o), wo(li.ob), n, qd, d);
+            ops::linear_forward(gpu, &o, &att, lw(li.o), wo(li.ob), n, qd, d);
             ops::residual_forward(gpu, &x2, &x, &o, n * d);
             ops::rmsnorm_forward(gpu, &h, &rstd, &x2, w(li.ln2), n, d, eps);
-            ops::linear_forward(gpu, &gate, &h, w(li.gate), None, n, d, f);
-            ops::linear_forward(gpu, &up, &h, w(li.up), None, n, d, f);
+            ops::linear_forward(gpu, &gate, &h, lw(li.gate), None, n, d, f);
+            ops::linear_forward(gpu, &up, &h, lw(li.up), None, n, d, f);
             ops::swiglu_forward(gpu, &act, &gate, &up, n * f);
-            ops::linear_forward(gpu, &o, &act, w(li.down), None, n, f, d);
+            ops::linear_forward(gpu, &o, &act, lw(li.down), None, n, f, d);
             ops::residual_forward(gpu, &x, &x2, &o, n * d);
         }
         // Final norm and logits only for each chunk's last row.
@@ -171,7 +172,7 @@ impl GpuModel {
         let (hf, rf) = (gpu.alloc(b * d), gpu.alloc(b));
         ops::rmsnorm_forward(gpu, &hf, &rf, &last, w(self.norm), b, d, eps);
         let logits = gpu.alloc(b * v);
-        ops::linear_forward(gpu, &logits, &hf, w(self.lm_head), None, b, d, v);
+        ops::linear_forward(gpu, &logits, &hf, self.linear_weight(self.lm_head, b), None, b, d, v);
         Ok(logits)
     }
 }

@@ -55,6 +55,12 @@ pub enum GpuError {
         /// What was given.
         spec: String,
     },
+    /// f16 asked of an adapter without `SHADER_F16`.
+    #[error("{adapter} has no SHADER_F16: f16 decoding needs it (use f32)")]
+    NoF16 {
+        /// Adapter name.
+        adapter: String,
+    },
     /// The adapter refused to open a device.
     #[error("opening {adapter}: {message}")]
     Device {

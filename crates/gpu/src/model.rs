@@ -28,6 +28,8 @@ pub struct GpuModel {
     pub(crate) wte: usize,
     pub(crate) norm: usize,
     pub(crate) lm_head: usize,
+    /// f16 copies of the projection weights for decoding, when enabled.
+    pub(crate) half: Vec<Option<Tensor>>,
 }
 
 /// What one layer's forward saves for backward.
@@ -85,7 +87,32 @@ impl GpuModel {
             wte: model.wte,
             norm: model.norm,
             lm_head: model.lm_head,
+            half: Vec::new(),
             gpu,
+        }
+    }
+
+    /// Decoding steps (at most 8 rows per call) read f16 copies of the projection weights:
+    /// half the bytes per token. Training and prefill keep the f32 weights. Needs SHADER_F16.
+    pub fn enable_f16_decode(&mut self) -> Result<(), crate::GpuError> {
+        if !self.gpu.has_f16() {
+            return Err(crate::GpuError::NoF16 { adapter: self.gpu.info.name.clone() });
+        }
+        let mut half: Vec<Option<Tensor>> = (0..self.params.len()).map(|_| None).collect();
+        let mut linear: Vec<usize> = self.layers.iter().flat_map(|l| [l.q, l.k, l.v, l.o, l.gate, l.up, l.down]).collect();
+        linear.push(self.lm_head);
+        for i in linear {
+            half[i] = Some(self.gpu.upload_f16(&self.gpu.read(&self.params[i])));
+        }
+        self.half = half;
+        Ok(())
+    }
+
+    /// The weight a linear layer over `rows` rows reads: the f16 copy when decoding with f16.
+    pub(crate) fn linear_weight(&self, i: usize, rows: usize) -> &Tensor {
+        match self.half.get(i) {
+            Some(Some(h)) if rows <= 8 => h,
+            _ => &self.params[i],
         }
     }
 

@@ -68,14 +68,16 @@ pub fn matmul(gpu: &Gpu, c: &Tensor, a: &Tensor, b: &Tensor, s: Strides, m: usiz
 /// C[m, n] = A[m, k] · B[n, k]ᵀ (both row-major), or += with `accumulate`.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_nt(gpu: &Gpu, c: &Tensor, a: &Tensor, b: &Tensor, m: usize, n: usize, k: usize, accumulate: bool) {
-    // Decoding: few rows, a weight read once per column.
+    // Decoding: few rows, a weight read once per column (f16 weights only here).
     if m <= 8 && !accumulate && k > 0 {
         check("matvec", "C", c, m * n);
         check("matvec", "A", a, m * k);
         check("matvec", "W", b, n * k);
-        gpu.dispatch(&kernels::MATVEC, &[], &[c, a, b], &[u(m), u(n), u(k)], grid(gpu, n, 1));
+        let kernel = if b.is_f16() { &kernels::MATVEC_F16 } else { &kernels::MATVEC };
+        gpu.dispatch(kernel, &[], &[c, a, b], &[u(m), u(n), u(k)], grid(gpu, n, 1));
         return;
     }
+    assert!(!a.is_f16() && !b.is_f16(), "matmul: f16 operands only in the decode path (M <= 8), M = {m}");
     let s = Strides { a_rs: k, a_cs: 1, b_rs: 1, b_cs: k, a_off: 0, b_off: 0, c_off: 0, ldc: n };
     matmul(gpu, c, a, b, s, m, n, k, accumulate);
 }

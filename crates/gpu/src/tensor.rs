@@ -1,4 +1,4 @@
-//! A device buffer of f32 (or u32) elements that goes back to its device's pool when dropped.
+//! A device buffer of f32, u32 or f16 elements that goes back to its device's pool when dropped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -7,12 +7,22 @@ use std::sync::{Arc, Mutex};
 pub struct Tensor {
     buffer: Option<wgpu::Buffer>,
     len: usize,
+    f16: bool,
     pool: Arc<Mutex<HashMap<u64, Vec<wgpu::Buffer>>>>,
 }
 
 impl Tensor {
     pub(crate) fn new(buffer: wgpu::Buffer, len: usize, pool: Arc<Mutex<HashMap<u64, Vec<wgpu::Buffer>>>>) -> Self {
-        Tensor { buffer: Some(buffer), len, pool }
+        Tensor { buffer: Some(buffer), len, f16: false, pool }
+    }
+
+    pub(crate) fn new_f16(buffer: wgpu::Buffer, len: usize, pool: Arc<Mutex<HashMap<u64, Vec<wgpu::Buffer>>>>) -> Self {
+        Tensor { buffer: Some(buffer), len, f16: true, pool }
+    }
+
+    /// Whether its elements are f16 (else 32-bit).
+    pub fn is_f16(&self) -> bool {
+        self.f16
     }
 
     /// Elements.
@@ -23,6 +33,11 @@ impl Tensor {
     /// Whether it has no elements.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Takes the buffer out (it will not go back to the pool).
+    pub(crate) fn into_buffer(mut self) -> wgpu::Buffer {
+        self.buffer.take().expect("buffer present until drop")
     }
 
     pub(crate) fn buffer(&self) -> &wgpu::Buffer {

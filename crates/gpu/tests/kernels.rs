@@ -263,3 +263,28 @@ fn adamw_steps_and_global_norm_clipping() {
         }
     }
 }
+
+/// The f16 decode kernel against the f32 CPU product: f16 weights and products, f32 sums. The
+/// error is that of rounding to f16 (2^-11 relative per term), so a loose tolerance; a second
+/// product with f32 weights shows the f16 path really ran.
+#[test]
+fn matvec_f16_against_f32() {
+    let Some(g) = gpu() else { return };
+    if !g.has_f16() {
+        eprintln!("!!! {} has no SHADER_F16: f16 kernel not tested", g.describe());
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let (m, n, k) = (5, 300, 576);
+    let (a, w) = (rand_vec(&mut rng, m * k, 1.0), rand_vec(&mut rng, n * k, 0.1));
+    let (ta, tw16, c) = (g.upload(&a), g.upload_f16(&w), g.alloc(m * n));
+    assert!(tw16.is_f16());
+    ops::matmul_nt(&g, &c, &ta, &tw16, m, n, k, false);
+    let got = g.read(&c);
+    let mut want = vec![0.0; m * n];
+    cpu::matmul::matmul_nt(&mut want, &a, &w, m, n, k, false);
+    let scale = want.iter().fold(0.0f32, |s, x| s.max(x.abs()));
+    let err = got.iter().zip(&want).fold(0.0f32, |e, (x, y)| e.max((x - y).abs())) / scale;
+    eprintln!("f16 matvec [{m} x {k}] @ [{k} x {n}]: max error {err:.2e} of the largest output");
+    assert!(err < 5e-3 && err > 0.0, "f16 matvec error {err}");
+}

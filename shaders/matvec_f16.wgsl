@@ -1,0 +1,41 @@
+// C[M, N] = A[M, K] · Wᵀ for few rows (decoding) with W stored in f16: half the bytes of the
+// f32 kernel (matvec.wgsl) read per token, which is what bounds decoding. Products in f16,
+// sums in f32. W is [N, K] row-major, A [M, K] f32. One workgroup of 64 per output column.
+enable f16;
+
+struct Params { m: u32, n: u32, k: u32, pad: u32 }
+
+const ROWS: u32 = 8u;
+
+@group(0) @binding(0) var<storage, read_write> c: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f16>;
+@group(0) @binding(3) var<uniform> p: Params;
+
+var<workgroup> partial: array<f32, 512>; // [ROWS][64]
+
+@compute @workgroup_size(64, 1, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let j = wg.x + wg.y * nwg.x;
+    let t = lid.x;
+    var acc: array<f32, 8>;
+    if (j < p.n) {
+        for (var q = t; q < p.k; q += 64u) {
+            let wv = w[j * p.k + q];
+            for (var r = 0u; r < ROWS; r++) {
+                if (r < p.m) { acc[r] += f32(f16(a[r * p.k + q]) * wv); }
+            }
+        }
+    }
+    for (var r = 0u; r < ROWS; r++) { partial[r * 64u + t] = acc[r]; }
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {
+        if (t < s) {
+            for (var r = 0u; r < ROWS; r++) { partial[r * 64u + t] += partial[r * 64u + t + s]; }
+        }
+        workgroupBarrier();
+    }
+    if (t < p.m && t < ROWS && j < p.n) {
+        c[t * p.n + j] = partial[t * 64u];
+    }
+}
