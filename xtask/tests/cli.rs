@@ -95,3 +95,35 @@ fn verify_prints_reward_and_extracted() {
     assert!(lines[3]["error"].is_string());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `forward --device gpu:0` (any adapter; lavapipe in CI) writes the CPU backend's logits within
+/// float tolerance; `devices` lists the CPU and the adapters; a bad device string is refused.
+#[test]
+fn forward_on_a_gpu_matches_the_cpu_and_devices_lists_adapters() {
+    if rstar2_gpu::test_gpu().is_none() {
+        return;
+    }
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/qwen3-untied");
+    let dir = std::env::temp_dir().join(format!("rstar2-forward-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut logits = Vec::new();
+    for device in ["cpu", "gpu:0"] {
+        let out = dir.join(format!("{device}.safetensors"));
+        let (_, err, ok) = xtask(&["forward", "--model", model.to_str().unwrap(), "--tokens", "5,17,3,90,44", "--out", out.to_str().unwrap(), "--device", device], "");
+        assert!(ok, "{device}: {err}");
+        let bytes = std::fs::read(&out).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let t = st.tensor("logits").unwrap();
+        assert_eq!(t.shape()[0], 5);
+        logits.push(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect::<Vec<f32>>());
+    }
+    let scale = logits[0].iter().fold(1.0f32, |m, x| m.max(x.abs()));
+    let diff = logits[0].iter().zip(&logits[1]).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff < 1e-5 * scale, "GPU logits differ from the CPU's by {diff}");
+    let (out, _, ok) = xtask(&["devices"], "");
+    assert!(ok && out.contains("cpu ") && out.contains("gpu:0 ") && out.contains("--device auto picks"), "{out}");
+    let (_, err, ok) = xtask(&["forward", "--model", model.to_str().unwrap(), "--tokens", "5", "--out", "/dev/null", "--device", "tpu"], "");
+    assert!(!ok && err.contains("expected auto, cpu, gpu or gpu:N"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+

@@ -179,7 +179,7 @@ fn gpu_run_matches_the_cpu_run_on_the_first_step() {
     for device in ["cpu", "gpu:0"] {
         let (out, err, ok) = xtask(&["train", "--config", config_s, "--runs-dir", runs_s, "--name", device, "--device", device]);
         assert!(ok, "{device}: {out}\n{err}");
-        assert!(out.contains(&format!("device: {}", if device == "cpu" { "cpu" } else { "gpu: " })), "{out}");
+        assert!(err.contains(&format!("device: {}", if device == "cpu" { "cpu" } else { "gpu: " })), "{err}");
         assert!(runs.join(device).join("model/model.safetensors").exists());
         let sft: Value = std::fs::read_to_string(runs.join(device).join("metrics.jsonl"))
             .unwrap()

@@ -619,7 +619,8 @@ impl Run {
 /// Opens `auto | cpu | gpu | gpu:N` and says which backend was chosen.
 pub fn open_device(spec: &str) -> anyhow::Result<Device> {
     let device = Device::open(spec)?;
-    println!("device: {}", device.describe());
+    // stderr: `eval` and `generate` keep stdout for their machine-readable output.
+    eprintln!("device: {}", device.describe());
     Ok(device)
 }
 
