@@ -1,7 +1,8 @@
 // dwte[tok, t] += sum of dout[r, t] over the rows r holding token tok. WGSL has no float
 // atomics, so the host groups rows by token: distinct token u is tokens[u], its rows are
 // order[first[u] .. first[u + 1]]. One invocation per (distinct token, t); no two write alike.
-struct Params { distinct: u32, d: u32 }
+// A large table comes in windows: row tokens[u] is at w_off + (tokens[u] - id_lo) * d.
+struct Params { distinct: u32, d: u32, id_lo: u32, w_off: u32 }
 
 @group(0) @binding(0) var<storage, read_write> dwte: array<f32>;
 @group(0) @binding(1) var<storage, read> dout: array<f32>;
@@ -18,6 +19,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         let t = i % p.d;
         var acc = 0.0;
         for (var q = first[u]; q < first[u + 1u]; q++) { acc += dout[order[q] * p.d + t]; }
-        dwte[tokens[u] * p.d + t] += acc;
+        dwte[p.w_off + (tokens[u] - p.id_lo) * p.d + t] += acc;
     }
 }

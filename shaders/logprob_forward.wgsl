@@ -1,6 +1,7 @@
 // lse[r] = log Σ_j exp(logits[r, j]); logprob[r] = logits[r, targets[r]] - lse[r].
 // logits [rows, V]. One workgroup of 256 per row: max, then the sum of exponentials.
-struct Params { rows: u32, v: u32 }
+// Rows row0 .. row0 + rows of a window of logits that starts at element off.
+struct Params { rows: u32, v: u32, row0: u32, off: u32 }
 
 @group(0) @binding(0) var<storage, read_write> logprob: array<f32>;
 @group(0) @binding(1) var<storage, read_write> lse: array<f32>;
@@ -12,11 +13,12 @@ var<workgroup> partial: array<f32, 256>;
 
 @compute @workgroup_size(256, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let r = wg.x + wg.y * nwg.x;
+    let local = wg.x + wg.y * nwg.x;
+    let r = p.row0 + local;
     let t = lid.x;
-    let base = r * p.v;
+    let base = p.off + local * p.v;
     var mx = -3.0e38;
-    if (r < p.rows) {
+    if (local < p.rows) {
         for (var j = t; j < p.v; j += 256u) { mx = max(mx, logits[base + j]); }
     }
     partial[t] = mx;
@@ -28,7 +30,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let row_max = partial[0];
     workgroupBarrier();
     var sum = 0.0;
-    if (r < p.rows) {
+    if (local < p.rows) {
         for (var j = t; j < p.v; j += 256u) { sum += exp(logits[base + j] - row_max); }
     }
     partial[t] = sum;
@@ -37,7 +39,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         if (t < s) { partial[t] += partial[t + s]; }
         workgroupBarrier();
     }
-    if (r < p.rows && t == 0u) {
+    if (local < p.rows && t == 0u) {
         let l = row_max + log(partial[0]);
         lse[r] = l;
         logprob[r] = logits[base + targets[r]] - l;

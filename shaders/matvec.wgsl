@@ -2,7 +2,9 @@
 // One workgroup of 64 threads per output column j, each thread a strided slice of K for all
 // rows at once, then a tree reduction; W is read once per column, which is what bounds decoding.
 
-struct Params { m: u32, n: u32, k: u32, pad: u32 }
+// Windows of a large W: columns j of this dispatch are W rows from w_off, written to
+// c[c_off + row * ldc + j].
+struct Params { m: u32, n: u32, k: u32, ldc: u32, w_off: u32, c_off: u32 }
 
 const ROWS: u32 = 8u;
 
@@ -20,7 +22,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     var acc: array<f32, 8>;
     if (j < p.n) {
         for (var q = t; q < p.k; q += 64u) {
-            let wv = w[j * p.k + q];
+            let wv = w[p.w_off + j * p.k + q];
             for (var r = 0u; r < ROWS; r++) {
                 if (r < p.m) { acc[r] = fma(a[r * p.k + q], wv, acc[r]); }
             }
@@ -35,6 +37,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         workgroupBarrier();
     }
     if (t < p.m && t < ROWS && j < p.n) {
-        c[t * p.n + j] = partial[t * 64u];
+        c[p.c_off + t * p.ldc + j] = partial[t * 64u];
     }
 }

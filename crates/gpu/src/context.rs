@@ -113,6 +113,13 @@ struct PipelineKey {
     constants: Vec<(&'static str, u64)>,
 }
 
+/// A storage binding: a byte range of a tensor's buffer.
+pub(crate) struct View<'t> {
+    pub tensor: &'t Tensor,
+    pub offset: u64,
+    pub size: u64,
+}
+
 /// The command encoder being recorded and its open compute pass (which must end before the
 /// encoder records anything else).
 #[derive(Default)]
@@ -130,6 +137,7 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     /// The limits requested (the adapter's own).
     pub limits: wgpu::Limits,
+    binding_limit: u64,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     pub(crate) pool: Arc<Mutex<HashMap<u64, Vec<wgpu::Buffer>>>>,
     recording: Mutex<Recording>,
@@ -172,6 +180,7 @@ impl Gpu {
             device,
             queue,
             info,
+            binding_limit: limits.max_storage_buffer_binding_size,
             limits,
             pipelines: Mutex::new(HashMap::new()),
             pool: Arc::new(Mutex::new(HashMap::new())),
@@ -237,9 +246,58 @@ impl Gpu {
         f(rec.pass.as_mut().expect("opened above"))
     }
 
-    /// Records one dispatch of `kernel` with storage bindings in binding order (0, 1, ...), then
-    /// the uniform `params` (as u32 words; f32 through `to_bits`) at the next binding.
+    /// Records one dispatch of `kernel` with whole tensors bound in binding order (0, 1, ...),
+    /// then the uniform `params` (as u32 words; f32 through `to_bits`) at the next binding.
     pub(crate) fn dispatch(&self, kernel: &Kernel, constants: &[(&'static str, f64)], storage: &[&Tensor], params: &[u32], groups: [u32; 3]) {
+        let views: Vec<View<'_>> = storage
+            .iter()
+            .map(|t| {
+                let bytes = t.buffer().size();
+                assert!(
+                    bytes <= self.binding_limit,
+                    "{}: a tensor of {} elements ({bytes} bytes) is over the adapter's {} byte storage binding and this op binds it whole",
+                    kernel.name,
+                    t.len(),
+                    self.binding_limit
+                );
+                View { tensor: t, offset: 0, size: bytes }
+            })
+            .collect();
+        self.dispatch_views(kernel, constants, &views, params, groups);
+    }
+
+    /// Largest storage binding in bytes (the adapter's, or less for tests).
+    pub fn binding_limit(&self) -> u64 {
+        self.binding_limit
+    }
+
+    /// Binds at most `bytes` per storage binding from now on, so tests on any adapter exercise
+    /// the windowed paths that large models take.
+    pub fn limit_bindings(&mut self, bytes: u64) {
+        assert!(bytes >= 4 * u64::from(self.limits.min_storage_buffer_offset_alignment), "binding limit {bytes} too small");
+        self.binding_limit = bytes.min(self.limits.max_storage_buffer_binding_size);
+    }
+
+    /// Elements a window may span so that any start (aligned down) still fits the binding.
+    pub(crate) fn window_elems(&self) -> usize {
+        ((self.binding_limit - u64::from(self.limits.min_storage_buffer_offset_alignment)) / 4) as usize
+    }
+
+    /// A binding of elements `start .. start + len` of `t`: the binding starts at the aligned
+    /// offset at or below `start`; the returned shift is where `start` sits inside it.
+    pub(crate) fn window<'t>(&self, t: &'t Tensor, start: usize, len: usize) -> (View<'t>, usize) {
+        assert!(start + len <= t.len().max(1) && len <= self.window_elems(), "window {start}+{len} of {} (window at most {})", t.len(), self.window_elems());
+        let align = u64::from(self.limits.min_storage_buffer_offset_alignment);
+        let elem = if t.is_f16() { 2 } else { 4 };
+        let offset = (start as u64 * elem) / align * align;
+        let shift = start - (offset / elem) as usize;
+        // Whole 32-bit words.
+        let size = ((shift + len.max(1)) as u64 * elem).div_ceil(4) * 4;
+        (View { tensor: t, offset, size: size.min(t.buffer().size() - offset) }, shift)
+    }
+
+    /// Records one dispatch with explicit bindings (see [`Gpu::window`]).
+    pub(crate) fn dispatch_views(&self, kernel: &Kernel, constants: &[(&'static str, f64)], storage: &[View<'_>], params: &[u32], groups: [u32; 3]) {
         if groups.contains(&0) {
             return;
         }
@@ -253,8 +311,14 @@ impl Gpu {
             contents: bytemuck::cast_slice(&words),
             usage: wgpu::BufferUsages::UNIFORM,
         });
-        let mut entries: Vec<wgpu::BindGroupEntry> =
-            storage.iter().enumerate().map(|(i, t)| wgpu::BindGroupEntry { binding: i as u32, resource: t.buffer().as_entire_binding() }).collect();
+        let mut entries: Vec<wgpu::BindGroupEntry> = storage
+            .iter()
+            .enumerate()
+            .map(|(i, v)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: v.tensor.buffer(), offset: v.offset, size: std::num::NonZeroU64::new(v.size) }),
+            })
+            .collect();
         entries.push(wgpu::BindGroupEntry { binding: storage.len() as u32, resource: uniform.as_entire_binding() });
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(kernel.name),
@@ -345,11 +409,8 @@ impl Gpu {
     /// output. Buffers come from the pool.
     pub fn alloc(&self, len: usize) -> Tensor {
         let bytes = (len.max(1) * 4) as u64;
-        assert!(
-            bytes <= self.limits.max_storage_buffer_binding_size,
-            "a tensor of {len} elements ({bytes} bytes) exceeds the adapter's {} byte storage binding",
-            self.limits.max_storage_buffer_binding_size
-        );
+        // Tensors past the binding limit are bound in windows by the ops that meet them.
+        assert!(bytes <= self.limits.max_buffer_size, "a tensor of {len} elements ({bytes} bytes) exceeds the adapter's {} byte buffers", self.limits.max_buffer_size);
         let reused = self.pool.lock().expect("buffer pool").get_mut(&bytes).and_then(Vec::pop);
         let buffer = reused.unwrap_or_else(|| {
             self.device.create_buffer(&wgpu::BufferDescriptor {

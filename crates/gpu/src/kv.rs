@@ -34,6 +34,12 @@ impl GpuKvCache {
         let blocks = capacity.div_ceil(BLOCK) + 256;
         let width = model.heads.kv * model.heads.dim;
         let layers = model.config.num_hidden_layers;
+        let bytes = (blocks * BLOCK * width * 4) as u64;
+        assert!(
+            bytes <= model.gpu.binding_limit(),
+            "a KV cache of {capacity} tokens needs {bytes} bytes per layer, over this adapter's {} byte storage binding: use a smaller capacity or several engines",
+            model.gpu.binding_limit()
+        );
         let k = (0..layers).map(|_| model.gpu.alloc(blocks * BLOCK * width)).collect();
         let v = (0..layers).map(|_| model.gpu.alloc(blocks * BLOCK * width)).collect();
         GpuKvCache { capacity, used: 0, free: (0..blocks as u32).rev().collect(), seqs: HashMap::new(), k, v }

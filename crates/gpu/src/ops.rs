@@ -18,6 +18,28 @@ fn grid(gpu: &Gpu, items: usize, per_group: usize) -> [u32; 3] {
     [x as u32, y as u32, 1]
 }
 
+/// Calls `f(start, len)` for windows covering `n` elements, each short enough to bind and
+/// starting at an aligned element for every 32-bit operand, so kernels index a window from 0.
+fn elementwise_windows(gpu: &Gpu, n: usize, mut f: impl FnMut(usize, usize)) {
+    let step = gpu.window_elems() / 64 * 64;
+    let mut start = 0;
+    while start < n {
+        let len = step.min(n - start);
+        f(start, len);
+        start += len;
+    }
+}
+
+/// One elementwise kernel over n elements of every operand, window by window.
+fn elementwise(gpu: &Gpu, kernel: &kernels::Kernel, operands: &[&Tensor], n: usize, extra: &[u32]) {
+    elementwise_windows(gpu, n, |start, len| {
+        let views: Vec<_> = operands.iter().map(|t| gpu.window(t, start, len).0).collect();
+        let mut params = vec![u(len)];
+        params.extend_from_slice(extra);
+        gpu.dispatch_views(kernel, &[], &views, &params, grid(gpu, len, 64));
+    });
+}
+
 fn u(x: usize) -> u32 {
     u32::try_from(x).expect("dimension fits in u32")
 }
@@ -45,7 +67,9 @@ pub struct Strides {
     pub ldc: usize,
 }
 
-/// C[m, n] (+)= A[m, k] · B[k, n] through strides.
+/// C[m, n] (+)= A[m, k] · B[k, n] through strides. Operands past the binding limit are bound
+/// in windows: the product is cut into blocks of rows, columns and K until every operand's
+/// range fits (K blocks after the first accumulate).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(gpu: &Gpu, c: &Tensor, a: &Tensor, b: &Tensor, s: Strides, m: usize, n: usize, k: usize, accumulate: bool) {
     if m == 0 || n == 0 {
@@ -61,20 +85,83 @@ pub fn matmul(gpu: &Gpu, c: &Tensor, a: &Tensor, b: &Tensor, s: Strides, m: usiz
     check("matmul", "C", c, s.c_off + (m - 1) * s.ldc + n);
     check("matmul", "A", a, s.a_off + (m - 1) * s.a_rs + (k - 1) * s.a_cs + 1);
     check("matmul", "B", b, s.b_off + (k - 1) * s.b_rs + (n - 1) * s.b_cs + 1);
-    let params = [u(m), u(n), u(k), u32::from(accumulate), u(s.a_rs), u(s.a_cs), u(s.b_rs), u(s.b_cs), u(s.a_off), u(s.b_off), u(s.c_off), u(s.ldc)];
-    gpu.dispatch(&kernels::MATMUL, &[], &[c, a, b], &params, [u(n.div_ceil(64)), u(m.div_ceil(64)), 1]);
+    matmul_block(gpu, c, a, b, &s, (0, m), (0, n), (0, k), accumulate);
+}
+
+/// Elements `start, len` that rows r0.. (rn of them) and columns c0.. (cn) of a strided operand
+/// span.
+fn span(off: usize, rs: usize, cs: usize, (r0, rn): (usize, usize), (c0, cn): (usize, usize)) -> (usize, usize) {
+    let start = off + r0 * rs + c0 * cs;
+    (start, (rn - 1) * rs + (cn - 1) * cs + 1)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_block(gpu: &Gpu, c: &Tensor, a: &Tensor, b: &Tensor, s: &Strides, rows: (usize, usize), cols: (usize, usize), ks: (usize, usize), accumulate: bool) {
+    let limit = gpu.window_elems();
+    let (a_start, a_len) = span(s.a_off, s.a_rs, s.a_cs, rows, ks);
+    let (b_start, b_len) = span(s.b_off, s.b_rs, s.b_cs, ks, cols);
+    let (c_start, c_len) = span(s.c_off, s.ldc, 1, rows, cols);
+    let (a_big, b_big, c_big) = (a_len > limit, b_len > limit, c_len > limit);
+    if !(a_big || b_big || c_big) {
+        let ((av, ash), (bv, bsh), (cv, csh)) = (gpu.window(a, a_start, a_len), gpu.window(b, b_start, b_len), gpu.window(c, c_start, c_len));
+        let (m, n, k) = (rows.1, cols.1, ks.1);
+        let params = [u(m), u(n), u(k), u32::from(accumulate), u(s.a_rs), u(s.a_cs), u(s.b_rs), u(s.b_cs), u(ash), u(bsh), u(csh), u(s.ldc)];
+        gpu.dispatch_views(&kernels::MATMUL, &[], &[cv, av, bv], &params, [u(n.div_ceil(64)), u(m.div_ceil(64)), 1]);
+        return;
+    }
+    // Halve the longest dimension among those of the operands that do not fit.
+    let extent = |d: usize| [rows.1, cols.1, ks.1][d];
+    let mut dims = Vec::new();
+    if a_big {
+        dims.extend([0, 2]);
+    }
+    if b_big {
+        dims.extend([2, 1]);
+    }
+    if c_big {
+        dims.extend([0, 1]);
+    }
+    let d = dims.into_iter().filter(|&d| extent(d) > 1).max_by_key(|&d| extent(d)).expect("matmul: one row of an operand is over the binding limit");
+    let halve = |(start, len): (usize, usize)| ((start, len / 2), (start + len / 2, len - len / 2));
+    match d {
+        0 => {
+            let (x, y) = halve(rows);
+            matmul_block(gpu, c, a, b, s, x, cols, ks, accumulate);
+            matmul_block(gpu, c, a, b, s, y, cols, ks, accumulate);
+        }
+        1 => {
+            let (x, y) = halve(cols);
+            matmul_block(gpu, c, a, b, s, rows, x, ks, accumulate);
+            matmul_block(gpu, c, a, b, s, rows, y, ks, accumulate);
+        }
+        _ => {
+            let (x, y) = halve(ks);
+            matmul_block(gpu, c, a, b, s, rows, cols, x, accumulate);
+            matmul_block(gpu, c, a, b, s, rows, cols, y, true);
+        }
+    }
 }
 
 /// C[m, n] = A[m, k] · B[n, k]ᵀ (both row-major), or += with `accumulate`.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_nt(gpu: &Gpu, c: &Tensor, a: &Tensor, b: &Tensor, m: usize, n: usize, k: usize, accumulate: bool) {
-    // Decoding: few rows, a weight read once per column (f16 weights only here).
+    // Decoding: few rows, a weight read once per column (f16 weights only here); a large
+    // weight in windows of whole rows.
     if m <= 8 && !accumulate && k > 0 {
         check("matvec", "C", c, m * n);
         check("matvec", "A", a, m * k);
         check("matvec", "W", b, n * k);
         let kernel = if b.is_f16() { &kernels::MATVEC_F16 } else { &kernels::MATVEC };
-        gpu.dispatch(kernel, &[], &[c, a, b], &[u(m), u(n), u(k)], grid(gpu, n, 1));
+        let per = (gpu.window_elems() / k).max(1).min(n);
+        let mut j0 = 0;
+        while j0 < n {
+            let nb = per.min(n - j0);
+            let (wv, wsh) = gpu.window(b, j0 * k, nb * k);
+            let (cv, csh) = gpu.window(c, j0, (m - 1) * n + nb);
+            let av = gpu.window(a, 0, m * k).0;
+            gpu.dispatch_views(kernel, &[], &[cv, av, wv], &[u(m), u(nb), u(k), u(n), u(wsh), u(csh)], grid(gpu, nb, 1));
+            j0 += nb;
+        }
         return;
     }
     assert!(!a.is_f16() && !b.is_f16(), "matmul: f16 operands only in the decode path (M <= 8), M = {m}");
@@ -106,13 +193,30 @@ pub fn linear_backward(gpu: &Gpu, dx: Option<&Tensor>, dw: &Tensor, db: Option<&
     }
 }
 
-/// out[rows, d] = wte[ids[r]].
-pub fn embedding_forward(gpu: &Gpu, out: &Tensor, ids: &Tensor, wte: &Tensor, rows: usize, d: usize) {
-    check("embedding_forward", "out", out, rows * d);
-    gpu.dispatch(&kernels::EMBEDDING_FORWARD, &[], &[out, ids, wte], &[u(rows), u(d)], grid(gpu, rows * d, 64));
+/// Rows of a [vocab, d] table per window.
+fn table_rows_per_window(gpu: &Gpu, d: usize) -> usize {
+    let rows = gpu.window_elems() / d;
+    assert!(rows > 0, "one row of {d} values is over the binding limit");
+    rows
 }
 
-/// dwte[ids[r]] += dout[r]. Token ids come from the host, which groups the rows by token.
+/// out[rows, d] = wte[ids[r]]; a table past the binding limit in windows of rows.
+pub fn embedding_forward(gpu: &Gpu, out: &Tensor, ids: &Tensor, wte: &Tensor, rows: usize, d: usize) {
+    check("embedding_forward", "out", out, rows * d);
+    let vocab = wte.len() / d;
+    let per = table_rows_per_window(gpu, d);
+    let mut lo = 0;
+    while lo < vocab {
+        let hi = (lo + per).min(vocab);
+        let (wv, shift) = gpu.window(wte, lo * d, (hi - lo) * d);
+        let views = [gpu.window(out, 0, rows * d).0, gpu.window(ids, 0, rows).0, wv];
+        gpu.dispatch_views(&kernels::EMBEDDING_FORWARD, &[], &views, &[u(rows), u(d), u(lo), u(hi), u(shift)], grid(gpu, rows * d, 64));
+        lo = hi;
+    }
+}
+
+/// dwte[ids[r]] += dout[r]. Token ids come from the host, which groups the rows by token; a
+/// table past the binding limit in windows of rows.
 pub fn embedding_backward(gpu: &Gpu, dwte: &Tensor, dout: &Tensor, ids: &[u32], d: usize) {
     let mut order: Vec<u32> = (0..u(ids.len())).collect();
     order.sort_by_key(|&r| ids[r as usize]);
@@ -126,8 +230,22 @@ pub fn embedding_backward(gpu: &Gpu, dwte: &Tensor, dout: &Tensor, ids: &[u32], 
         }
     }
     first.push(u(order.len()));
-    let (tokens_t, first_t, order_t) = (gpu.upload_u32(&tokens), gpu.upload_u32(&first), gpu.upload_u32(&order));
-    gpu.dispatch(&kernels::EMBEDDING_BACKWARD, &[], &[dwte, dout, &tokens_t, &first_t, &order_t], &[u(tokens.len()), u(d)], grid(gpu, tokens.len() * d, 64));
+    let order_t = gpu.upload_u32(&order);
+    let per = table_rows_per_window(gpu, d);
+    let vocab = dwte.len() / d;
+    let mut lo = 0;
+    while lo < vocab {
+        let hi = (lo + per).min(vocab);
+        // Distinct tokens are sorted: this window's are one run of them.
+        let (ua, ub) = (tokens.partition_point(|&t| (t as usize) < lo), tokens.partition_point(|&t| (t as usize) < hi));
+        if ua < ub {
+            let (tokens_t, first_t) = (gpu.upload_u32(&tokens[ua..ub]), gpu.upload_u32(&first[ua..=ub]));
+            let (wv, shift) = gpu.window(dwte, lo * d, (hi - lo) * d);
+            let views = [wv, gpu.window(dout, 0, dout.len()).0, gpu.window(&tokens_t, 0, ub - ua).0, gpu.window(&first_t, 0, ub - ua + 1).0, gpu.window(&order_t, 0, order.len()).0];
+            gpu.dispatch_views(&kernels::EMBEDDING_BACKWARD, &[], &views, &[u(ub - ua), u(d), u(lo), u(shift)], grid(gpu, (ub - ua) * d, 64));
+        }
+        lo = hi;
+    }
 }
 
 /// out[rows, d] = x / rms(x) * w, saving rstd[rows].
@@ -178,22 +296,22 @@ pub fn rope_backward(gpu: &Gpu, dx: &Tensor, positions: &Tensor, table: &Rope, r
 
 /// out = silu(gate) * up over n elements.
 pub fn swiglu_forward(gpu: &Gpu, out: &Tensor, gate: &Tensor, up: &Tensor, n: usize) {
-    gpu.dispatch(&kernels::SWIGLU_FORWARD, &[], &[out, gate, up], &[u(n)], grid(gpu, n, 64));
+    elementwise(gpu, &kernels::SWIGLU_FORWARD, &[out, gate, up], n, &[]);
 }
 
 /// dgate, dup (overwrite).
 pub fn swiglu_backward(gpu: &Gpu, dgate: &Tensor, dup: &Tensor, dout: &Tensor, gate: &Tensor, up: &Tensor, n: usize) {
-    gpu.dispatch(&kernels::SWIGLU_BACKWARD, &[], &[dgate, dup, dout, gate, up], &[u(n)], grid(gpu, n, 64));
+    elementwise(gpu, &kernels::SWIGLU_BACKWARD, &[dgate, dup, dout, gate, up], n, &[]);
 }
 
 /// out = a + b.
 pub fn residual_forward(gpu: &Gpu, out: &Tensor, a: &Tensor, b: &Tensor, n: usize) {
-    gpu.dispatch(&kernels::RESIDUAL_FORWARD, &[], &[out, a, b], &[u(n)], grid(gpu, n, 64));
+    elementwise(gpu, &kernels::RESIDUAL_FORWARD, &[out, a, b], n, &[]);
 }
 
 /// da += dout.
 pub fn residual_backward(gpu: &Gpu, da: &Tensor, dout: &Tensor, n: usize) {
-    gpu.dispatch(&kernels::RESIDUAL_BACKWARD, &[], &[da, dout], &[u(n)], grid(gpu, n, 64));
+    elementwise(gpu, &kernels::RESIDUAL_BACKWARD, &[da, dout], n, &[]);
 }
 
 fn attention_params(rows: usize, heads: Heads) -> [u32; 5] {
@@ -245,16 +363,35 @@ pub fn kv_write(gpu: &Gpu, cache_k: &Tensor, cache_v: &Tensor, k: &Tensor, v: &T
     gpu.dispatch(&kernels::KV_WRITE, &[], &[cache_k, cache_v, k, v, slots], &[u(rows), u(width)], grid(gpu, rows * width, 64));
 }
 
-/// logprob[r] = log softmax(logits[r])[target[r]], saving lse[r].
+/// logprob[r] = log softmax(logits[r])[target[r]], saving lse[r]; logits past the binding
+/// limit in windows of rows.
 pub fn logprob_forward(gpu: &Gpu, logprob: &Tensor, lse: &Tensor, logits: &Tensor, targets: &Tensor, rows: usize, v: usize) {
     check("logprob_forward", "logits", logits, rows * v);
-    gpu.dispatch(&kernels::LOGPROB_FORWARD, &[], &[logprob, lse, logits, targets], &[u(rows), u(v)], grid(gpu, rows, 1));
+    let per = table_rows_per_window(gpu, v);
+    let mut r0 = 0;
+    while r0 < rows {
+        let n = per.min(rows - r0);
+        let (lv, shift) = gpu.window(logits, r0 * v, n * v);
+        let views = [gpu.window(logprob, 0, rows).0, gpu.window(lse, 0, rows).0, lv, gpu.window(targets, 0, rows).0];
+        gpu.dispatch_views(&kernels::LOGPROB_FORWARD, &[], &views, &[u(n), u(v), u(r0), u(shift)], grid(gpu, n, 1));
+        r0 += n;
+    }
 }
 
-/// dlogits (overwrite) from d(loss)/d(logprob).
+/// dlogits (overwrite) from d(loss)/d(logprob), in windows of rows like the forward.
 #[allow(clippy::too_many_arguments)]
 pub fn logprob_backward(gpu: &Gpu, dlogits: &Tensor, dlogprob: &Tensor, logits: &Tensor, lse: &Tensor, targets: &Tensor, rows: usize, v: usize) {
-    gpu.dispatch(&kernels::LOGPROB_BACKWARD, &[], &[dlogits, dlogprob, logits, lse, targets], &[u(rows), u(v)], grid(gpu, rows * v, 64));
+    check("logprob_backward", "dlogits", dlogits, rows * v);
+    let per = table_rows_per_window(gpu, v);
+    let mut r0 = 0;
+    while r0 < rows {
+        let n = per.min(rows - r0);
+        let ((dv, dshift), (lv, lshift)) = (gpu.window(dlogits, r0 * v, n * v), gpu.window(logits, r0 * v, n * v));
+        assert_eq!(dshift, lshift, "logits and dlogits windows align alike");
+        let views = [dv, gpu.window(dlogprob, 0, rows).0, lv, gpu.window(lse, 0, rows).0, gpu.window(targets, 0, rows).0];
+        gpu.dispatch_views(&kernels::LOGPROB_BACKWARD, &[], &views, &[u(n), u(v), u(r0), u(lshift)], grid(gpu, n * v, 64));
+        r0 += n;
+    }
 }
 
 /// One AdamW update of one tensor (`step` counts from 1).
@@ -263,26 +400,35 @@ pub fn adamw(gpu: &Gpu, param: &Tensor, m: &Tensor, v: &Tensor, grad: &Tensor, c
     let n = param.len();
     let bc1 = 1.0 - config.beta1.powi(step as i32);
     let bc2_sqrt = (1.0 - config.beta2.powi(step as i32)).sqrt();
-    let p = [u(n), f(lr), f(config.beta1), f(config.beta2), f(config.eps), f(config.weight_decay), f(bc1), f(bc2_sqrt)];
-    gpu.dispatch(&kernels::ADAMW, &[], &[param, m, v, grad], &p, grid(gpu, n, 64));
+    let p = [f(lr), f(config.beta1), f(config.beta2), f(config.eps), f(config.weight_decay), f(bc1), f(bc2_sqrt)];
+    elementwise(gpu, &kernels::ADAMW, &[param, m, v, grad], n, &p);
 }
 
 /// Global L2 norm of all `grads`, and scaling by min(1, max_norm / (norm + 1e-6)) when
 /// `max_norm` is given; all on the device. Returns [norm, coef] (read it only when needed).
 pub fn clip_grad_norm(gpu: &Gpu, grads: &[&Tensor], max_norm: Option<f32>) -> Tensor {
-    let chunks: Vec<usize> = grads.iter().map(|g| g.len().div_ceil(4096)).collect();
-    let total: usize = chunks.iter().sum();
+    // One partial sum per 4096 elements of each window (windows start at multiples of 4096).
+    let mut windows = Vec::new();
+    for g in grads {
+        elementwise_windows(gpu, g.len(), |start, len| windows.push((*g, start, len, len.div_ceil(4096))));
+    }
+    let total: usize = windows.iter().map(|w| w.3).sum();
     let partial = gpu.alloc(total.max(1));
     let mut offset = 0;
-    for (g, &c) in grads.iter().zip(&chunks) {
-        gpu.dispatch(&kernels::GRAD_NORM_PARTIAL, &[], &[&partial, g], &[u(g.len()), u(offset)], [u(c), 1, 1]);
-        offset += c;
+    for &(g, start, len, chunks) in &windows {
+        let (view, _) = gpu.window(g, start, len);
+        let whole = gpu.window(&partial, 0, total.max(1)).0;
+        gpu.dispatch_views(&kernels::GRAD_NORM_PARTIAL, &[], &[whole, view], &[u(len), u(offset)], [u(chunks), 1, 1]);
+        offset += chunks;
     }
     let result = gpu.alloc(2);
     gpu.dispatch(&kernels::GRAD_NORM_FINISH, &[], &[&result, &partial], &[u(total), f(max_norm.unwrap_or(f32::MAX))], [1, 1, 1]);
     if max_norm.is_some() {
         for g in grads {
-            gpu.dispatch(&kernels::GRAD_SCALE, &[], &[g, &result], &[u(g.len())], grid(gpu, g.len(), 64));
+            elementwise_windows(gpu, g.len(), |start, len| {
+                let views = [gpu.window(g, start, len).0, gpu.window(&result, 0, 2).0];
+                gpu.dispatch_views(&kernels::GRAD_SCALE, &[], &views, &[u(len)], grid(gpu, len, 64));
+            });
         }
     }
     result

@@ -288,3 +288,88 @@ fn matvec_f16_against_f32() {
     eprintln!("f16 matvec [{m} x {k}] @ [{k} x {n}]: max error {err:.2e} of the largest output");
     assert!(err < 5e-3 && err > 0.0, "f16 matvec error {err}");
 }
+
+/// A device that binds at most 16 KiB at a time, so every operand below is bound in windows as
+/// a large model's embedding, output projection and logits are on a real adapter.
+fn windowed_gpu() -> Option<Gpu> {
+    gpu()?;
+    let mut g = Gpu::open(rstar2_gpu::AdapterChoice::Any).unwrap().expect("an adapter");
+    g.limit_bindings(16 * 1024);
+    Some(g)
+}
+
+#[test]
+fn windowed_bindings_give_the_cpu_results() {
+    let Some(g) = windowed_gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    // Matmul in all three layouts, every operand over the limit.
+    let (n, i, o) = (80, 70, 90);
+    let (x, w, dout) = (rand_vec(&mut rng, n * i, 1.0), rand_vec(&mut rng, o * i, 1.0), rand_vec(&mut rng, n * o, 1.0));
+    let dw0 = rand_vec(&mut rng, o * i, 1.0);
+    let (tx, tw, tdout) = (g.upload(&x), g.upload(&w), g.upload(&dout));
+    let out = g.alloc(n * o);
+    ops::linear_forward(&g, &out, &tx, &tw, None, n, i, o);
+    let mut want = vec![0.0; n * o];
+    cpu::matmul::linear_forward(&mut want, &x, &w, None, n, i, o);
+    assert_close(&g.read(&out), &want, 1e-5, "windowed x·Wᵀ");
+    let (tdx, tdw) = (g.alloc(n * i), g.upload(&dw0));
+    ops::linear_backward(&g, Some(&tdx), &tdw, None, &tdout, &tx, &tw, n, i, o);
+    let (mut dx, mut dw) = (vec![0.0; n * i], dw0.clone());
+    cpu::matmul::linear_backward(Some(&mut dx), &mut dw, None, &dout, &x, &w, n, i, o);
+    assert_close(&g.read(&tdx), &dx, 1e-5, "windowed dout·W");
+    assert_close(&g.read(&tdw), &dw, 1e-5, "windowed doutᵀ·x accumulated");
+    // Decode-shaped product: the weight in windows of whole rows, f32 and f16.
+    let (m, nn, k) = (5, 300, 70);
+    let (a, wd) = (rand_vec(&mut rng, m * k, 1.0), rand_vec(&mut rng, nn * k, 0.1));
+    let c = g.alloc(m * nn);
+    ops::matmul_nt(&g, &c, &g.upload(&a), &g.upload(&wd), m, nn, k, false);
+    let mut want = vec![0.0; m * nn];
+    cpu::matmul::matmul_nt(&mut want, &a, &wd, m, nn, k, false);
+    assert_close(&g.read(&c), &want, 1e-5, "windowed matvec");
+    if g.has_f16() {
+        ops::matmul_nt(&g, &c, &g.upload(&a), &g.upload_f16(&wd), m, nn, k, false);
+        assert_close(&g.read(&c), &want, 5e-3, "windowed f16 matvec");
+    }
+    // Embedding table of 32 KB.
+    let (vocab, d) = (1000, 8);
+    let ids: Vec<u32> = vec![3, 999, 500, 3, 0, 640, 999];
+    let wte = rand_vec(&mut rng, vocab * d, 1.0);
+    let (twte, tids) = (g.upload(&wte), g.upload_u32(&ids));
+    let e = g.alloc(ids.len() * d);
+    ops::embedding_forward(&g, &e, &tids, &twte, ids.len(), d);
+    let mut want = vec![0.0; ids.len() * d];
+    cpu::embedding::embedding_forward(&mut want, &ids, &wte, d);
+    assert_eq!(g.read(&e), want, "windowed embedding lookup");
+    let de = rand_vec(&mut rng, ids.len() * d, 1.0);
+    ops::embedding_backward(&g, &twte, &g.upload(&de), &ids, d);
+    let mut want = wte.clone();
+    cpu::embedding::embedding_backward(&mut want, &de, &ids, d);
+    assert_close(&g.read(&twte), &want, 1e-6, "windowed embedding backward");
+    // Logits of 28 KB: four rows per window.
+    let (rows, v) = (7, 1000);
+    let logits = rand_vec(&mut rng, rows * v, 8.0);
+    let targets: Vec<u32> = (0..rows as u32).map(|r| r * 131 % v as u32).collect();
+    let dlp = rand_vec(&mut rng, rows, 1.0);
+    let (tl, tt) = (g.upload(&logits), g.upload_u32(&targets));
+    let (lp, lse, dl) = (g.alloc(rows), g.alloc(rows), g.alloc(rows * v));
+    ops::logprob_forward(&g, &lp, &lse, &tl, &tt, rows, v);
+    ops::logprob_backward(&g, &dl, &g.upload(&dlp), &tl, &lse, &tt, rows, v);
+    let (mut wlp, mut wlse, mut wdl) = (vec![0.0; rows], vec![0.0; rows], vec![0.0; rows * v]);
+    cpu::logprob::logprob_forward(&mut wlp, &mut wlse, &logits, &targets, v);
+    cpu::logprob::logprob_backward(&mut wdl, &dlp, &logits, &wlse, &targets, v);
+    assert_close(&g.read(&lp), &wlp, 1e-5, "windowed logprob");
+    assert_close(&g.read(&dl), &wdl, 1e-5, "windowed dlogits");
+    // Elementwise kernels, AdamW and the global norm over 20 KB tensors.
+    let nn = 5000;
+    let (ga, gb) = (rand_vec(&mut rng, nn, 2.0), rand_vec(&mut rng, nn, 2.0));
+    let (tga, tgb, to) = (g.upload(&ga), g.upload(&gb), g.alloc(nn));
+    ops::swiglu_forward(&g, &to, &tga, &tgb, nn);
+    let mut want = vec![0.0; nn];
+    cpu::swiglu::swiglu_forward(&mut want, &ga, &gb);
+    assert_close(&g.read(&to), &want, 1e-5, "windowed swiglu");
+    let result = ops::clip_grad_norm(&g, &[&tga, &tgb], Some(1.0));
+    let norm = ga.iter().chain(&gb).map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt() as f32;
+    assert_close(&g.read(&result)[..1], &[norm], 1e-5, "windowed global norm");
+    let scaled: Vec<f32> = ga.iter().map(|x| x * (1.0 / (norm + 1e-6))).collect();
+    assert_close(&g.read(&tga), &scaled, 1e-5, "windowed clipping");
+}
