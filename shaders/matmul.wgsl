@@ -3,6 +3,8 @@
 // A[i, p] = a[a_off + i * a_rs + p * a_cs]; B[p, j] = b[b_off + p * b_rs + j * b_cs];
 // C[i, j] = c[c_off + i * ldc + j].
 // 64x64 output tile per workgroup of 16x16 threads, 4x4 accumulators per thread, K in steps of 16.
+// The f16-weights variant (see kernels.rs) stores B in f16; tiles and sums are f32.
+alias WT = f32;
 
 struct Params {
     m: u32, n: u32, k: u32, accumulate: u32,
@@ -12,7 +14,7 @@ struct Params {
 
 @group(0) @binding(0) var<storage, read_write> c: array<f32>;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<WT>;
 @group(0) @binding(3) var<uniform> p: Params;
 
 const TILE: u32 = 64u;
@@ -42,7 +44,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
             if (p.b_cs == 1u) { cb = idx % TILE; kb = idx / TILE; } else { cb = idx / KT; kb = idx % KT; }
             var bv = 0.0;
             if (col0 + cb < p.n && k0 + kb < p.k) {
-                bv = b[p.b_off + (k0 + kb) * p.b_rs + (col0 + cb) * p.b_cs];
+                bv = f32(b[p.b_off + (k0 + kb) * p.b_rs + (col0 + cb) * p.b_cs]);
             }
             tb[kb * TILE + cb] = bv;
         }

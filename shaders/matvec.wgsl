@@ -1,6 +1,9 @@
 // C[M, N] = A[M, K] · Wᵀ for few rows (decoding): W is [N, K] row-major, A is [M, K].
 // One workgroup of 64 threads per output column j, each thread a strided slice of K for all
 // rows at once, then a tree reduction; W is read once per column, which is what bounds decoding.
+// The f16-weights variant (see kernels.rs) stores W in f16 and multiplies in f16; sums stay f32.
+alias WT = f32;
+fn product(a: f32, w: WT) -> f32 { return a * w; }
 
 // Windows of a large W: columns j of this dispatch are W rows from w_off, written to
 // c[c_off + row * ldc + j].
@@ -10,7 +13,7 @@ const ROWS: u32 = 8u;
 
 @group(0) @binding(0) var<storage, read_write> c: array<f32>;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<WT>;
 @group(0) @binding(3) var<uniform> p: Params;
 
 var<workgroup> partial: array<f32, 512>; // [ROWS][64]
@@ -24,7 +27,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         for (var q = t; q < p.k; q += 64u) {
             let wv = w[p.w_off + j * p.k + q];
             for (var r = 0u; r < ROWS; r++) {
-                if (r < p.m) { acc[r] = fma(a[r * p.k + q], wv, acc[r]); }
+                if (r < p.m) { acc[r] += product(a[r * p.k + q], wv); }
             }
         }
     }

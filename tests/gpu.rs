@@ -176,8 +176,8 @@ fn rollout_over_a_cpu_and_a_gpu_engine() {
     }
 }
 
-/// Decoding with f16 projection weights: its logits against f32 decoding, error measured and
-/// bounded (the prefill's layers run in f32 in both, its output projection in f16).
+/// Cached inference with f16 projection weights (prefill and decoding): its logits against f32,
+/// error measured and bounded.
 #[test]
 fn gpu_f16_decoding_error_against_f32() {
     let Some(gpu) = test_gpu() else { return };

@@ -31,7 +31,7 @@ pub struct GenerateArgs {
     /// auto, cpu, gpu or gpu:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// On a GPU with SHADER_F16: decoding steps read f16 copies of the projection weights.
+    /// On a GPU with SHADER_F16: prefill and decoding read f16 copies of the projection weights.
     #[arg(long)]
     pub f16_decode: bool,
     /// Response budget in tokens, tool output included.
@@ -69,7 +69,7 @@ pub struct EvalArgs {
     /// auto, cpu, gpu or gpu:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// On a GPU with SHADER_F16: decoding steps read f16 copies of the projection weights.
+    /// On a GPU with SHADER_F16: prefill and decoding read f16 copies of the projection weights.
     #[arg(long)]
     pub f16_decode: bool,
     /// Response budget in tokens, tool output included.

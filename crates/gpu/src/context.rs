@@ -110,6 +110,7 @@ pub enum AdapterChoice {
 #[derive(Hash, PartialEq, Eq, Clone)]
 struct PipelineKey {
     kernel: &'static str,
+    f16_weights: bool,
     constants: Vec<(&'static str, u64)>,
 }
 
@@ -204,15 +205,15 @@ impl Gpu {
         *self.dispatches.lock().expect("dispatch counter")
     }
 
-    fn pipeline(&self, kernel: &Kernel, constants: &[(&'static str, f64)]) -> Arc<wgpu::ComputePipeline> {
-        let key = PipelineKey { kernel: kernel.name, constants: constants.iter().map(|&(n, v)| (n, v.to_bits())).collect() };
+    fn pipeline(&self, kernel: &Kernel, f16_weights: bool, constants: &[(&'static str, f64)]) -> Arc<wgpu::ComputePipeline> {
+        let key = PipelineKey { kernel: kernel.name, f16_weights, constants: constants.iter().map(|&(n, v)| (n, v.to_bits())).collect() };
         let mut cache = self.pipelines.lock().expect("pipeline cache");
         if let Some(p) = cache.get(&key) {
             return p.clone();
         }
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(kernel.name),
-            source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+            source: wgpu::ShaderSource::Wgsl(if f16_weights { kernel.f16_weights_source().into() } else { kernel.source.into() }),
         });
         let pipeline = Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(kernel.name),
@@ -298,12 +299,21 @@ impl Gpu {
 
     /// Records one dispatch with explicit bindings (see [`Gpu::window`]).
     pub(crate) fn dispatch_views(&self, kernel: &Kernel, constants: &[(&'static str, f64)], storage: &[View<'_>], params: &[u32], groups: [u32; 3]) {
+        self.record(kernel, false, constants, storage, params, groups);
+    }
+
+    /// [`Gpu::dispatch_views`] with the kernel's f16-weights variant.
+    pub(crate) fn dispatch_views_f16_weights(&self, kernel: &Kernel, constants: &[(&'static str, f64)], storage: &[View<'_>], params: &[u32], groups: [u32; 3]) {
+        self.record(kernel, true, constants, storage, params, groups);
+    }
+
+    fn record(&self, kernel: &Kernel, f16_weights: bool, constants: &[(&'static str, f64)], storage: &[View<'_>], params: &[u32], groups: [u32; 3]) {
         if groups.contains(&0) {
             return;
         }
         let max = self.limits.max_compute_workgroups_per_dimension;
         assert!(groups.iter().all(|&g| g <= max), "{}: {groups:?} workgroups exceed the adapter's {max} per dimension", kernel.name);
-        let pipeline = self.pipeline(kernel, constants);
+        let pipeline = self.pipeline(kernel, f16_weights, constants);
         let mut words = params.to_vec();
         words.resize(params.len().div_ceil(4).max(1) * 4, 0);
         let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {

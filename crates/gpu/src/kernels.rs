@@ -9,6 +9,26 @@ pub struct Kernel {
     pub source: &'static str,
 }
 
+/// How a kernel declares the type of its weight operand; its f16-weights variant swaps it.
+const WEIGHTS_F32: &str = "alias WT = f32;";
+/// How a kernel multiplies an activation by a weight; the f16 variant multiplies in f16.
+const PRODUCT_F32: &str = "fn product(a: f32, w: WT) -> f32 { return a * w; }";
+
+impl Kernel {
+    /// Whether the kernel has an f16-weights variant (its weight operand typed `WT`).
+    pub fn has_f16_weights(&self) -> bool {
+        self.source.contains(WEIGHTS_F32)
+    }
+
+    /// The f16-weights variant: weights stored in f16 (needs SHADER_F16), products through
+    /// `product` in f16, sums unchanged (f32).
+    pub fn f16_weights_source(&self) -> String {
+        assert!(self.has_f16_weights(), "{} has no f16-weights variant", self.name);
+        let s = self.source.replace(WEIGHTS_F32, "alias WT = f16;").replace(PRODUCT_F32, "fn product(a: f32, w: WT) -> f32 { return f32(f16(a) * w); }");
+        format!("enable f16;\n{s}")
+    }
+}
+
 macro_rules! kernels {
     ($($id:ident => $file:literal),* $(,)?) => {
         $(
@@ -23,7 +43,6 @@ macro_rules! kernels {
 kernels! {
     MATMUL => "matmul",
     MATVEC => "matvec",
-    MATVEC_F16 => "matvec_f16",
     BIAS_FORWARD => "bias_forward",
     BIAS_BACKWARD => "bias_backward",
     EMBEDDING_FORWARD => "embedding_forward",

@@ -131,7 +131,7 @@ impl GpuModel {
         let (slots, positions, lens, table_off, table) = (gpu.upload_u32(&slots), gpu.upload_u32(&positions), gpu.upload_u32(&lens), gpu.upload_u32(&table_off), gpu.upload_u32(&table));
         let w = |i: usize| &self.params[i];
         let wo = |i: Option<usize>| i.map(|i| &self.params[i]);
-        let lw = |i: usize| self.linear_weight(i, n);
+        let lw = |i: usize| self.linear_weight(i);
         let x = gpu.alloc(n * d);
         ops::embedding_forward(gpu, &x, &ids, w(self.wte), n, d);
         let (h, rstd) = (gpu.alloc(n * d), gpu.alloc(n));
@@ -178,7 +178,7 @@ impl GpuModel {
         let (hf, rf) = (gpu.alloc(b * d), gpu.alloc(b));
         ops::rmsnorm_forward(gpu, &hf, &rf, &last, w(self.norm), b, d, eps);
         let logits = gpu.alloc(b * v);
-        ops::linear_forward(gpu, &logits, &hf, self.linear_weight(self.lm_head, b), None, b, d, v);
+        ops::linear_forward(gpu, &logits, &hf, self.linear_weight(self.lm_head), None, b, d, v);
         Ok(logits)
     }
 }

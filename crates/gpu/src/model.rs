@@ -92,8 +92,9 @@ impl GpuModel {
         }
     }
 
-    /// Decoding steps (at most 8 rows per call) read f16 copies of the projection weights:
-    /// half the bytes per token. Training and prefill keep the f32 weights. Needs SHADER_F16.
+    /// Cached inference ([`GpuModel::extend`]: prefill and decoding) reads f16 copies of the
+    /// projection weights: half the bytes per token. Training keeps the f32 weights. Needs
+    /// SHADER_F16.
     pub fn enable_f16_decode(&mut self) -> Result<(), crate::GpuError> {
         if !self.gpu.has_f16() {
             return Err(crate::GpuError::NoF16 { adapter: self.gpu.info.name.clone() });
@@ -108,10 +109,10 @@ impl GpuModel {
         Ok(())
     }
 
-    /// The weight a linear layer over `rows` rows reads: the f16 copy when decoding with f16.
-    pub(crate) fn linear_weight(&self, i: usize, rows: usize) -> &Tensor {
+    /// The weight cached inference reads for a linear layer: the f16 copy when enabled.
+    pub(crate) fn linear_weight(&self, i: usize) -> &Tensor {
         match self.half.get(i) {
-            Some(Some(h)) if rows <= 8 => h,
+            Some(Some(h)) => h,
             _ => &self.params[i],
         }
     }

@@ -82,6 +82,7 @@ pub fn matmul(gpu: &Gpu, c: &Tensor, a: &Tensor, b: &Tensor, s: Strides, m: usiz
         }
         return;
     }
+    assert!(!a.is_f16() && !c.is_f16(), "matmul: only the weight operand B may be f16");
     check("matmul", "C", c, s.c_off + (m - 1) * s.ldc + n);
     check("matmul", "A", a, s.a_off + (m - 1) * s.a_rs + (k - 1) * s.a_cs + 1);
     check("matmul", "B", b, s.b_off + (k - 1) * s.b_rs + (n - 1) * s.b_cs + 1);
@@ -106,7 +107,12 @@ fn matmul_block(gpu: &Gpu, c: &Tensor, a: &Tensor, b: &Tensor, s: &Strides, rows
         let ((av, ash), (bv, bsh), (cv, csh)) = (gpu.window(a, a_start, a_len), gpu.window(b, b_start, b_len), gpu.window(c, c_start, c_len));
         let (m, n, k) = (rows.1, cols.1, ks.1);
         let params = [u(m), u(n), u(k), u32::from(accumulate), u(s.a_rs), u(s.a_cs), u(s.b_rs), u(s.b_cs), u(ash), u(bsh), u(csh), u(s.ldc)];
-        gpu.dispatch_views(&kernels::MATMUL, &[], &[cv, av, bv], &params, [u(n.div_ceil(64)), u(m.div_ceil(64)), 1]);
+        let groups = [u(n.div_ceil(64)), u(m.div_ceil(64)), 1];
+        if b.is_f16() {
+            gpu.dispatch_views_f16_weights(&kernels::MATMUL, &[], &[cv, av, bv], &params, groups);
+        } else {
+            gpu.dispatch_views(&kernels::MATMUL, &[], &[cv, av, bv], &params, groups);
+        }
         return;
     }
     // Halve the longest dimension among those of the operands that do not fit.
@@ -145,13 +151,12 @@ fn matmul_block(gpu: &Gpu, c: &Tensor, a: &Tensor, b: &Tensor, s: &Strides, rows
 /// C[m, n] = A[m, k] · B[n, k]ᵀ (both row-major), or += with `accumulate`.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_nt(gpu: &Gpu, c: &Tensor, a: &Tensor, b: &Tensor, m: usize, n: usize, k: usize, accumulate: bool) {
-    // Decoding: few rows, a weight read once per column (f16 weights only here); a large
-    // weight in windows of whole rows.
+    // Decoding: few rows, a weight read once per column; a large weight in windows of whole
+    // rows.
     if m <= 8 && !accumulate && k > 0 {
         check("matvec", "C", c, m * n);
         check("matvec", "A", a, m * k);
         check("matvec", "W", b, n * k);
-        let kernel = if b.is_f16() { &kernels::MATVEC_F16 } else { &kernels::MATVEC };
         let per = (gpu.window_elems() / k).max(1).min(n);
         let mut j0 = 0;
         while j0 < n {
@@ -159,12 +164,16 @@ pub fn matmul_nt(gpu: &Gpu, c: &Tensor, a: &Tensor, b: &Tensor, m: usize, n: usi
             let (wv, wsh) = gpu.window(b, j0 * k, nb * k);
             let (cv, csh) = gpu.window(c, j0, (m - 1) * n + nb);
             let av = gpu.window(a, 0, m * k).0;
-            gpu.dispatch_views(kernel, &[], &[cv, av, wv], &[u(m), u(nb), u(k), u(n), u(wsh), u(csh)], grid(gpu, nb, 1));
+            let (views, params, groups) = ([cv, av, wv], [u(m), u(nb), u(k), u(n), u(wsh), u(csh)], grid(gpu, nb, 1));
+            if b.is_f16() {
+                gpu.dispatch_views_f16_weights(&kernels::MATVEC, &[], &views, &params, groups);
+            } else {
+                gpu.dispatch_views(&kernels::MATVEC, &[], &views, &params, groups);
+            }
             j0 += nb;
         }
         return;
     }
-    assert!(!a.is_f16() && !b.is_f16(), "matmul: f16 operands only in the decode path (M <= 8), M = {m}");
     let s = Strides { a_rs: k, a_cs: 1, b_rs: 1, b_cs: k, a_off: 0, b_off: 0, c_off: 0, ldc: n };
     matmul(gpu, c, a, b, s, m, n, k, accumulate);
 }

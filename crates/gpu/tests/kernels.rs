@@ -264,11 +264,11 @@ fn adamw_steps_and_global_norm_clipping() {
     }
 }
 
-/// The f16 decode kernel against the f32 CPU product: f16 weights and products, f32 sums. The
-/// error is that of rounding to f16 (2^-11 relative per term), so a loose tolerance; a second
-/// product with f32 weights shows the f16 path really ran.
+/// The f16-weights variants against the f32 CPU product: the decode kernel (f16 weights and
+/// products, f32 sums) and the tiled kernel (f16 weights, f32 tiles). The error is that of
+/// rounding to f16 (2^-11 relative per term), so a loose tolerance, and not zero: the f16 path ran.
 #[test]
-fn matvec_f16_against_f32() {
+fn f16_weights_against_f32() {
     let Some(g) = gpu() else { return };
     if !g.has_f16() {
         eprintln!("!!! {} has no SHADER_F16: f16 kernel not tested", g.describe());
@@ -287,6 +287,17 @@ fn matvec_f16_against_f32() {
     let err = got.iter().zip(&want).fold(0.0f32, |e, (x, y)| e.max((x - y).abs())) / scale;
     eprintln!("f16 matvec [{m} x {k}] @ [{k} x {n}]: max error {err:.2e} of the largest output");
     assert!(err < 5e-3 && err > 0.0, "f16 matvec error {err}");
+    let m = 40;
+    let a = rand_vec(&mut rng, m * k, 1.0);
+    let c = g.alloc(m * n);
+    ops::matmul_nt(&g, &c, &g.upload(&a), &tw16, m, n, k, false);
+    let got = g.read(&c);
+    let mut want = vec![0.0; m * n];
+    cpu::matmul::matmul_nt(&mut want, &a, &w, m, n, k, false);
+    let scale = want.iter().fold(0.0f32, |s, x| s.max(x.abs()));
+    let err = got.iter().zip(&want).fold(0.0f32, |e, (x, y)| e.max((x - y).abs())) / scale;
+    eprintln!("f16-weights matmul [{m} x {k}] @ [{k} x {n}]: max error {err:.2e} of the largest output");
+    assert!(err < 5e-3 && err > 0.0, "f16 matmul error {err}");
 }
 
 /// A device that binds at most 16 KiB at a time, so every operand below is bound in windows as

@@ -18,11 +18,17 @@ fn every_shader_parses_and_validates() {
     assert_eq!(files, registered, "shaders/ and kernels::ALL disagree");
     for k in rstar2_gpu::kernels::ALL {
         let module = naga::front::wgsl::parse_str(k.source).unwrap_or_else(|e| panic!("{}.wgsl: {}", k.name, e.emit_to_string(k.source)));
-        // f16 kernels (`enable f16;`) run only where the adapter has SHADER_F16.
-        let caps = if k.source.contains("enable f16;") { naga::valid::Capabilities::SHADER_FLOAT16 } else { naga::valid::Capabilities::empty() };
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
             .validate(&module)
             .unwrap_or_else(|e| panic!("{}.wgsl does not validate: {e:?}", k.name));
+        // The f16-weights variant (run only where the adapter has SHADER_F16).
+        if k.has_f16_weights() {
+            let source = k.f16_weights_source();
+            let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| panic!("{} (f16 weights): {}", k.name, e.emit_to_string(&source)));
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::SHADER_FLOAT16)
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{} (f16 weights) does not validate: {e:?}", k.name));
+        }
         assert!(module.entry_points.iter().any(|e| e.name == "main" && e.stage == naga::ShaderStage::Compute), "{}.wgsl: no compute entry point `main`", k.name);
     }
 }
