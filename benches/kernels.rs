@@ -67,14 +67,14 @@ fn kernels(c: &mut Criterion) {
     group.throughput(Throughput::Elements(8));
     let mut gcache = GpuKvCache::new(&gnet, 8 * 128);
     let mut ccache = KvCache::new(8 * 128);
-    // Contexts of 32 to 96 tokens; each step reads back the logits, as a sampler needs.
+    // Contexts of 32 to 96 tokens; the GPU samples greedily on the device, the CPU on the host.
     group.bench_function("gpu_tiny_decode_step_batch8_tokens", |bch| {
         bch.iter(|| {
             if gcache.len(0) == 0 || gcache.len(0) >= 96 {
                 ids.iter().for_each(|s| gcache.release(*s));
                 gnet.extend(&mut gcache, &ids, &chunks).expect("prefill fits");
             }
-            gnet.extend(&mut gcache, &ids, &step).expect("cache has room")
+            gnet.extend_sample(&mut gcache, &ids, &step, 0.0, &[0.0; 8]).expect("cache has room")
         })
     });
     group.bench_function("cpu_tiny_decode_step_batch8_tokens", |bch| {

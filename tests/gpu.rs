@@ -206,3 +206,49 @@ fn gpu_f16_decoding_error_against_f32() {
     eprintln!("f16 decoding: largest logit error {worst:.2e} (relative to the largest logit) over 8 steps");
     assert!(worst > 0.0 && worst < 1e-2, "f16 decoding error {worst}");
 }
+
+/// The device sampler against the host's (`rstar2_rollout::sample`) with the same uniform draw
+/// from the same seeded generator: greedy picks the arg-max; with a temperature the token is
+/// the host's (or, where f32 and f64 sums disagree, one whose CDF interval holds the draw
+/// within 1e-5) and its log-probability matches.
+#[test]
+fn gpu_sampler_matches_the_host_sampler() {
+    use rand::{Rng, SeedableRng};
+    use rstar2::gpu::ops;
+    use rstar2::rollout::SamplingConfig;
+    use rstar2::rollout::sample::sample;
+    let Some(gpu) = test_gpu() else { return };
+    let (rows, v) = (24, 1000);
+    let mut seeded = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let logits: Vec<f32> = (0..rows * v).map(|_| seeded.random_range(-4.0f32..4.0)).collect();
+    let tl = gpu.upload(&logits);
+    for temperature in [0.0f32, 0.6, 1.0] {
+        let config = SamplingConfig { temperature, top_p: 1.0, top_k: 0 };
+        let (mut host_rng, mut draw_rng) = (rand_chacha::ChaCha8Rng::seed_from_u64(9), rand_chacha::ChaCha8Rng::seed_from_u64(9));
+        let mut uniforms = Vec::new();
+        let mut want = Vec::new();
+        for r in 0..rows {
+            want.push(sample(&logits[r * v..(r + 1) * v], &config, &mut host_rng));
+            uniforms.push(if temperature > 0.0 { draw_rng.random::<f64>() } else { 0.0 });
+        }
+        let out = gpu.alloc(2 * rows);
+        ops::sample(&gpu, &out, &tl, &gpu.upload(&uniforms.iter().map(|&x| x as f32).collect::<Vec<_>>()), rows, v, temperature);
+        let got: Vec<(u32, f32)> = gpu.read_u32(&out).chunks_exact(2).map(|p| (p[0], f32::from_bits(p[1]))).collect();
+        for r in 0..rows {
+            let row = &logits[r * v..(r + 1) * v];
+            let (gt, glp) = got[r];
+            if temperature == 0.0 {
+                assert_eq!((gt, glp), want[r], "greedy row {r}");
+                continue;
+            }
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let p: Vec<f64> = row.iter().map(|&l| f64::from((l - max) / temperature).exp()).collect();
+            let total: f64 = p.iter().sum();
+            let before: f64 = p[..gt as usize].iter().sum::<f64>() / total;
+            let after = before + p[gt as usize] / total;
+            assert!(gt == want[r].0 || (before - 1e-5 <= uniforms[r] && uniforms[r] <= after + 1e-5), "T {temperature} row {r}: device drew {gt}, host {}", want[r].0);
+            let lp = (p[gt as usize] / total).ln() as f32;
+            assert!((glp - lp).abs() < 1e-4, "T {temperature} row {r}: log-prob {glp} vs {lp}");
+        }
+    }
+}

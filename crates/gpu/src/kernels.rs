@@ -62,6 +62,7 @@ kernels! {
     KV_WRITE => "kv_write",
     LOGPROB_FORWARD => "logprob_forward",
     LOGPROB_BACKWARD => "logprob_backward",
+    SAMPLE => "sample",
     ADAMW => "adamw",
     GRAD_NORM_PARTIAL => "grad_norm_partial",
     GRAD_NORM_FINISH => "grad_norm_finish",

@@ -83,6 +83,18 @@ impl GpuModel {
         Ok(self.gpu.read(&logits).chunks_exact(v).map(<[f32]>::to_vec).collect())
     }
 
+    /// [`GpuModel::extend`], then one draw per chunk from softmax(logits / temperature) with the
+    /// given uniform in [0, 1) (greedy when temperature <= 0): only the tokens and their
+    /// log-probabilities come back.
+    pub fn extend_sample(&self, cache: &mut GpuKvCache, seqs: &[SeqId], chunks: &[&[u32]], temperature: f32, uniforms: &[f32]) -> Result<Vec<(u32, f32)>, KvError> {
+        assert_eq!(uniforms.len(), seqs.len(), "extend_sample: one uniform per sequence");
+        let logits = self.extend_on_device(cache, seqs, chunks)?;
+        let gpu = &*self.gpu;
+        let (out, u) = (gpu.alloc(2 * seqs.len()), gpu.upload(uniforms));
+        crate::ops::sample(gpu, &out, &logits, &u, seqs.len(), self.config.vocab_size, temperature);
+        Ok(gpu.read_u32(&out).chunks_exact(2).map(|p| (p[0], f32::from_bits(p[1]))).collect())
+    }
+
     /// [`GpuModel::extend`] without the read-back: logits [chunks, V] stay on the device.
     pub fn extend_on_device(&self, cache: &mut GpuKvCache, seqs: &[SeqId], chunks: &[&[u32]]) -> Result<Tensor, KvError> {
         assert_eq!(seqs.len(), chunks.len(), "extend: {} sequences, {} chunks", seqs.len(), chunks.len());

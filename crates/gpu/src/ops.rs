@@ -403,6 +403,13 @@ pub fn logprob_backward(gpu: &Gpu, dlogits: &Tensor, dlogprob: &Tensor, logits: 
     }
 }
 
+/// One draw per row of logits [rows, V] (see `sample.wgsl`): out[2r] = token, out[2r + 1] = the
+/// bits of its log-probability. `uniforms` in [0, 1), one per row (unused when greedy).
+pub fn sample(gpu: &Gpu, out: &Tensor, logits: &Tensor, uniforms: &Tensor, rows: usize, v: usize, temperature: f32) {
+    check("sample", "out", out, 2 * rows);
+    gpu.dispatch(&kernels::SAMPLE, &[], &[out, logits, uniforms], &[u(rows), u(v), f(temperature)], grid(gpu, rows, 1));
+}
+
 /// One AdamW update of one tensor (`step` counts from 1).
 #[allow(clippy::too_many_arguments)]
 pub fn adamw(gpu: &Gpu, param: &Tensor, m: &Tensor, v: &Tensor, grad: &Tensor, config: &rstar2_model::AdamWConfig, lr: f32, step: u64) {

@@ -8,6 +8,7 @@ use rstar2_model::Model;
 use rstar2_model::kv::{KvCache, SeqId};
 
 use crate::RolloutError;
+use crate::sample::SamplingConfig;
 
 /// Something that can extend cached sequences and return next-token logits: a model on a
 /// backend, or a scripted stand-in in tests.
@@ -22,6 +23,16 @@ pub trait Engine: Send {
     fn extend(&mut self, seqs: &[SeqId], chunks: &[&[u32]]) -> Result<Vec<Vec<f32>>, RolloutError>;
     /// Frees a finished sequence.
     fn release(&mut self, seq: SeqId);
+    /// Whether [`Engine::extend_sample`] can draw with `config` on the engine's device.
+    fn samples_on_device(&self, _config: &SamplingConfig) -> bool {
+        false
+    }
+    /// Like [`Engine::extend`], then draws one token per sequence where the logits are, with
+    /// `uniforms[i]` in [0, 1) drawn by the caller from the sequence's generator (ignored when
+    /// greedy); returns (token, log-prob) pairs. Only called when `samples_on_device` says so.
+    fn extend_sample(&mut self, _seqs: &[SeqId], _chunks: &[&[u32]], _config: &SamplingConfig, _uniforms: &[f64]) -> Result<Vec<(u32, f32)>, RolloutError> {
+        unreachable!("extend_sample on an engine that does not sample on its device")
+    }
 }
 
 /// The CPU backend of `rstar2-model` with its KV cache.
@@ -83,6 +94,15 @@ impl Engine for GpuEngine<'_> {
     }
     fn release(&mut self, seq: SeqId) {
         self.cache.release(seq);
+    }
+    /// Temperature sampling and greedy run on the device (only the draws are read back);
+    /// top-k and top-p need the sorted distribution and are left to the host.
+    fn samples_on_device(&self, config: &SamplingConfig) -> bool {
+        config.top_k == 0 && config.top_p >= 1.0
+    }
+    fn extend_sample(&mut self, seqs: &[SeqId], chunks: &[&[u32]], config: &SamplingConfig, uniforms: &[f64]) -> Result<Vec<(u32, f32)>, RolloutError> {
+        let u: Vec<f32> = uniforms.iter().map(|&x| x as f32).collect();
+        Ok(self.model.extend_sample(&mut self.cache, seqs, chunks, config.temperature, &u)?)
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rstar2_model::Tokenizer;
 use rstar2_sandbox::{Sandbox, ToolCall, ToolResult};
@@ -293,14 +293,22 @@ fn engine_loop(e: usize, engine: &mut dyn Engine, rx: Receiver<Event>, shared: &
             continue;
         }
         let step_start = Instant::now();
-        let chunks: Vec<&[u32]> = decoding.iter().map(|id| active[id].feed.as_slice()).collect();
-        let logits = engine.extend(&decoding, &chunks)?;
+        // On the device when the engine can (only the draws come back), each sequence's
+        // generator supplying its uniform exactly as the host sampler would draw it.
+        let draws: Vec<(u32, f32)> = if engine.samples_on_device(&config.sampling) {
+            let uniforms: Vec<f64> = decoding.iter().map(|id| if config.sampling.temperature > 0.0 { active.get_mut(id).unwrap().rng.random::<f64>() } else { 0.0 }).collect();
+            let chunks: Vec<&[u32]> = decoding.iter().map(|id| active[id].feed.as_slice()).collect();
+            engine.extend_sample(&decoding, &chunks, &config.sampling, &uniforms)?
+        } else {
+            let chunks: Vec<&[u32]> = decoding.iter().map(|id| active[id].feed.as_slice()).collect();
+            let logits = engine.extend(&decoding, &chunks)?;
+            decoding.iter().zip(logits).map(|(id, l)| sample(&l, &config.sampling, &mut active.get_mut(id).unwrap().rng)).collect()
+        };
         let elapsed = step_start.elapsed().as_secs_f64();
         stats.busy_time += elapsed;
         stats.occupancy_time += elapsed * reserved as f64 / engine.capacity().max(1) as f64;
-        for (id, logits) in decoding.iter().zip(logits) {
+        for (id, (token, logprob)) in decoding.iter().zip(draws) {
             let t = active.get_mut(id).unwrap();
-            let (token, logprob) = sample(&logits, &config.sampling, &mut t.rng);
             t.response.push(token);
             t.mask.push(1);
             t.logprobs.push(logprob);
