@@ -28,7 +28,8 @@ pub struct GenerateArgs {
     /// Where to write one episode per line.
     #[arg(long)]
     pub out: PathBuf,
-    /// auto, cpu, gpu or gpu:N.
+    /// auto, cpu, gpu or gpu:N; a comma-separated list (gpu:0,gpu:1,cpu) makes one engine per
+    /// device, and the scheduler spreads the episodes over them.
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// On a GPU with SHADER_F16: prefill and decoding read f16 copies of the projection weights.
@@ -87,15 +88,15 @@ pub struct EvalArgs {
 }
 
 pub struct Loaded {
-    pub policy: Policy,
+    /// One per device, the first being the one `eval` uses.
+    pub policies: Vec<Policy>,
     pub tokenizer: Tokenizer,
     pub chat: ChatFormat,
 }
 
 /// A model folder with its tokenizer and chat format (chat.json when the folder was written by
 /// `train`, else the original rStar2 format).
-pub fn load_model(dir: &Path, device: &str, f16_decode: bool) -> anyhow::Result<Loaded> {
-    let device = crate::train::open_device(device)?;
+pub fn load_model(dir: &Path, devices: &str, f16_decode: bool) -> anyhow::Result<Loaded> {
     let config = Config::from_file(&dir.join("config.json")).with_context(|| format!("model folder {}", dir.display()))?;
     let params = Params::load(dir, &config)?;
     let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
@@ -103,11 +104,16 @@ pub fn load_model(dir: &Path, device: &str, f16_decode: bool) -> anyhow::Result<
         Ok(text) => serde_json::from_str(&text).with_context(|| format!("{}/chat.json", dir.display()))?,
         Err(_) => ChatFormat::rstar2(),
     };
-    let mut policy = Policy::new(&device, Model::new(config, params), None);
-    if f16_decode {
-        policy.enable_f16_decode()?;
+    let mut policies = Vec::new();
+    for spec in devices.split(',') {
+        let device = crate::train::open_device(spec.trim())?;
+        let mut policy = Policy::new(&device, Model::new(config.clone(), params.clone()), None);
+        if f16_decode {
+            policy.enable_f16_decode()?;
+        }
+        policies.push(policy);
     }
-    Ok(Loaded { policy, tokenizer, chat })
+    Ok(Loaded { policies, tokenizer, chat })
 }
 
 pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
@@ -136,8 +142,9 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         bar.set_message(format!("{:.0} tok/s", tokens as f64 / bar.elapsed().as_secs_f64().max(1e-3)));
     };
     let capacity = eval::kv_capacity(&requests, &loaded.tokenizer, &loaded.chat, args.max_tokens, args.samples);
-    let mut engine = policy_engine(&loaded.policy, capacity);
-    let out = generate(vec![engine.as_mut()], &loaded.tokenizer, &sandbox, &requests, &config, Some(&on_episode))?;
+    let mut engines: Vec<_> = loaded.policies.iter().map(|p| policy_engine(p, capacity)).collect();
+    let engine_refs: Vec<&mut dyn rstar2_rollout::engine::Engine> = engines.iter_mut().map(|e| -> &mut dyn rstar2_rollout::engine::Engine { &mut **e }).collect();
+    let out = generate(engine_refs, &loaded.tokenizer, &sandbox, &requests, &config, Some(&on_episode))?;
     bar.finish_and_clear();
     let mut text = Vec::new();
     for e in &out.episodes {
@@ -180,7 +187,7 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     let sandbox = crate::train::sandbox()?;
     let config = EvalConfig { samples: args.samples, temperature: args.temperature, max_response_tokens: args.max_tokens, max_turns: args.max_turns };
-    let r = eval::evaluate(&loaded.policy, &loaded.tokenizer, &sandbox, &loaded.chat, &tasks, &config, args.seed, "")?;
+    let r = eval::evaluate(&loaded.policies[0], &loaded.tokenizer, &sandbox, &loaded.chat, &tasks, &config, args.seed, "")?;
     println!("{}", serde_json::to_string(&r)?);
     eprintln!("pass@1 {:.3} ± {:.3} (k={}, {} problems), tool calls/episode {:.2}, tool-error ratio {:.2}", r.pass_at_1, r.stderr, r.k, r.problems, r.tool_calls_per_episode, r.tool_error_ratio);
     Ok(())
