@@ -163,7 +163,7 @@ fn rollout_over_a_cpu_and_a_gpu_engine() {
     assert!(out.metrics.engine_episodes.iter().all(|&n| n > 0), "work per engine: {:?}", out.metrics.engine_episodes);
     let v = config.vocab_size;
     for e in &out.episodes {
-        let logits = cpu.forward(&Batch::new(&[e.ids.clone()])).logits;
+        let logits = cpu.forward(&Batch::new(std::slice::from_ref(&e.ids))).logits;
         let p = e.prompt_ids.len();
         for i in p..e.ids.len() {
             if e.loss_mask[i - p] == 0 {
