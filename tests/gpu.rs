@@ -5,7 +5,7 @@
 use rstar2::gpu::{GpuAdamW, GpuKvCache, GpuModel, test_gpu};
 use rstar2::model::{AdamW, AdamWConfig, Batch, KvCache, clip_grad_norm};
 
-use crate::model::{expected, load, rel_err};
+use crate::support::{expected, load, rel_err};
 
 fn golden_on_gpu(name: &str) {
     let Some(gpu) = test_gpu() else { return };
