@@ -10,6 +10,7 @@ use rstar2_model::ops as cpu;
 use rstar2_model::ops::attention::Heads;
 use rstar2_model::{AdamW, AdamWConfig, Batch, Config, KvCache, Model, Params};
 
+use crate::bench_model::median_secs;
 use crate::test_cmd::workspace_root;
 
 #[derive(clap::Args)]
@@ -27,18 +28,23 @@ pub struct KernelBenchArgs {
     size: Option<String>,
 }
 
-/// Median seconds of `reps` runs after one warm-up.
-fn median(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
+/// Seconds of `steps` greedy decode steps (sampled on the device) after a prefill, on a fresh
+/// cache; the second of two runs, so pipelines are compiled before the clock starts.
+fn gpu_decode_seconds(gm: &GpuModel, capacity: usize, ids: &[u64], prompts: &[&[u32]], next: &[&[u32]], steps: usize) -> f64 {
+    let run = || {
+        let mut cache = GpuKvCache::new(gm, capacity);
+        gm.extend_on_device(&mut cache, ids, prompts).expect("sized");
+        gm.gpu.sync();
+        let uniforms = vec![0.0f32; ids.len()];
+        let t = Instant::now();
+        for _ in 0..steps {
+            // Only the tokens come back.
+            gm.extend_sample(&mut cache, ids, next, 0.0, &uniforms).expect("sized");
+        }
+        t.elapsed().as_secs_f64()
+    };
+    run();
+    run()
 }
 
 fn seeded(n: usize, seed: u64) -> Vec<f32> {
@@ -96,12 +102,12 @@ pub fn run(args: KernelBenchArgs) -> anyhow::Result<()> {
     for (m, k, n) in shapes {
         let (a, b) = (seeded(m * k, 1), seeded(n * k, 2));
         let (ta, tb, tc) = (gpu.upload(&a), gpu.upload(&b), gpu.alloc(m * n));
-        let g = median(reps, || {
+        let g = median_secs(reps, || {
             ops::matmul_nt(&gpu, &tc, &ta, &tb, m, n, k, false);
             gpu.sync();
         });
         let mut c = vec![0.0; m * n];
-        let cs = median(reps, || cpu::matmul::matmul_nt(&mut c, &a, &b, m, n, k, false));
+        let cs = median_secs(reps, || cpu::matmul::matmul_nt(&mut c, &a, &b, m, n, k, false));
         let flop = 2.0 * (m * n * k) as f64 / 1e9;
         let mut what = format!("matmul [{m} x {k}] @ [{k} x {n}]");
         if let Some(p) = args.peak_gflops {
@@ -114,23 +120,23 @@ pub fn run(args: KernelBenchArgs) -> anyhow::Result<()> {
     let (rows_n, d) = if full { (4096, 4096) } else { (256, 576) };
     let (x, w) = (seeded(rows_n * d, 3), seeded(d, 4));
     let (tx, tw, tout, trstd) = (gpu.upload(&x), gpu.upload(&w), gpu.alloc(rows_n * d), gpu.alloc(rows_n));
-    let g = median(reps, || {
+    let g = median_secs(reps, || {
         ops::rmsnorm_forward(&gpu, &tout, &trstd, &tx, &tw, rows_n, d, 1e-6);
         gpu.sync();
     });
     let (mut out, mut rstd) = (vec![0.0; rows_n * d], vec![0.0; rows_n]);
-    let cs = median(reps, || cpu::rmsnorm::rmsnorm_forward(&mut out, &mut rstd, &x, &w, d, 1e-6));
+    let cs = median_secs(reps, || cpu::rmsnorm::rmsnorm_forward(&mut out, &mut rstd, &x, &w, d, 1e-6));
     let gb = (2 * rows_n * d * 4) as f64 / 1e9;
     rows.push(Row { what: format!("rmsnorm_forward [{rows_n} x {d}]"), unit: "GB/s", gpu: gb / g, cpu: gb / cs });
 
     let n = rows_n * d;
     let (gate, up) = (seeded(n, 5), seeded(n, 6));
     let (tg, tu) = (gpu.upload(&gate), gpu.upload(&up));
-    let g = median(reps, || {
+    let g = median_secs(reps, || {
         ops::swiglu_forward(&gpu, &tout, &tg, &tu, n);
         gpu.sync();
     });
-    let cs = median(reps, || cpu::swiglu::swiglu_forward(&mut out, &gate, &up));
+    let cs = median_secs(reps, || cpu::swiglu::swiglu_forward(&mut out, &gate, &up));
     let gb = (3 * n * 4) as f64 / 1e9;
     rows.push(Row { what: format!("swiglu_forward [{n}]"), unit: "GB/s", gpu: gb / g, cpu: gb / cs });
 
@@ -144,12 +150,12 @@ pub fn run(args: KernelBenchArgs) -> anyhow::Result<()> {
     let mut gopt = GpuAdamW::new(AdamWConfig::default(), &gm);
     let tgrads: Vec<_> = grads.data.iter().map(|g| gpu.upload(g)).collect();
     let mut gm = gm;
-    let g = median(reps, || {
+    let g = median_secs(reps, || {
         gopt.update(&mut gm, &tgrads, 1e-4);
         gpu.sync();
     });
     let mut opt = AdamW::new(AdamWConfig::default(), &params);
-    let cs = median(reps, || opt.update(&mut params, &grads, 1e-4));
+    let cs = median_secs(reps, || opt.update(&mut params, &grads, 1e-4));
     let gb = (7 * n * 4) as f64 / 1e9;
     rows.push(Row { what: format!("adamw, all {n} parameters of {preset}"), unit: "GB/s", gpu: gb / g, cpu: gb / cs });
 
@@ -157,12 +163,12 @@ pub fn run(args: KernelBenchArgs) -> anyhow::Result<()> {
     let logits = seeded(lrows * vocab, 7);
     let targets: Vec<u32> = (0..lrows as u32).map(|i| i * 97 % vocab as u32).collect();
     let (tl, tt, tlp, tlse) = (gpu.upload(&logits), gpu.upload_u32(&targets), gpu.alloc(lrows), gpu.alloc(lrows));
-    let g = median(reps, || {
+    let g = median_secs(reps, || {
         ops::logprob_forward(&gpu, &tlp, &tlse, &tl, &tt, lrows, vocab);
         gpu.sync();
     });
     let (mut lp, mut lse) = (vec![0.0; lrows], vec![0.0; lrows]);
-    let cs = median(reps, || cpu::logprob::logprob_forward(&mut lp, &mut lse, &logits, &targets, vocab));
+    let cs = median_secs(reps, || cpu::logprob::logprob_forward(&mut lp, &mut lse, &logits, &targets, vocab));
     let gb = (lrows * vocab * 4) as f64 / 1e9;
     rows.push(Row { what: format!("logprob_forward [{lrows} x {vocab}]"), unit: "GB/s", gpu: gb / g, cpu: gb / cs });
 
@@ -175,12 +181,12 @@ pub fn run(args: KernelBenchArgs) -> anyhow::Result<()> {
     let (tq, tk, tv) = (gpu.upload(&q), gpu.upload(&k), gpu.upload(&v));
     let tstart = gpu.upload_u32(&starts.iter().map(|&s| s as u32).collect::<Vec<_>>());
     let (tatt, talse) = (gpu.alloc(rows_a * 576), gpu.alloc(rows_a * 9));
-    let g = median(reps, || {
+    let g = median_secs(reps, || {
         ops::attention_forward(&gpu, &tatt, &talse, &tq, &tk, &tv, &tstart, rows_a, heads);
         gpu.sync();
     });
     let (mut att, mut alse) = (vec![0.0; rows_a * 576], vec![0.0; rows_a * 9]);
-    let cs = median(reps, || cpu::attention::attention_forward(&mut att, &mut alse, &q, &k, &v, &starts, heads));
+    let cs = median_secs(reps, || cpu::attention::attention_forward(&mut att, &mut alse, &q, &k, &v, &starts, heads));
     // Causal: half of the len x len scores per head, 2 matmuls of head_dim.
     let flop = (seqs * heads.q * len * (len + 1) / 2 * heads.dim * 4) as f64 / 1e9;
     rows.push(Row { what: format!("attention_forward {seqs} x {len} tokens, 9/3 heads"), unit: "GF/s", gpu: flop / g, cpu: flop / cs });
@@ -194,7 +200,7 @@ pub fn run(args: KernelBenchArgs) -> anyhow::Result<()> {
         let b = Batch::new(&seqs);
         let mut gm = GpuModel::new(gpu.clone(), &model);
         let mut gopt = GpuAdamW::new(AdamWConfig::default(), &gm);
-        let g = median(reps.min(5), || {
+        let g = median_secs(reps.min(5), || {
             let grads = gm.zero_grads();
             gm.next_token_loss_backward(&b, &grads);
             gm.clip_grad_norm(&grads, 1.0);
@@ -203,7 +209,7 @@ pub fn run(args: KernelBenchArgs) -> anyhow::Result<()> {
         });
         let mut opt = AdamW::new(AdamWConfig::default(), &model.params);
         let mut grads = Params::zeros(&config);
-        let cs = median(reps.min(5), || {
+        let cs = median_secs(reps.min(5), || {
             grads.fill_zero();
             model.next_token_loss_backward(&b, &mut grads);
             rstar2_model::clip_grad_norm(&mut grads, 1.0);
@@ -219,20 +225,7 @@ pub fn run(args: KernelBenchArgs) -> anyhow::Result<()> {
         let next: Vec<[u32; 1]> = (0..decode_batch).map(|s| [(s % config.vocab_size) as u32]).collect();
         let next_chunks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
         let capacity = decode_batch * (prompt_len + steps + 1);
-        let gpu_decode = || {
-            let mut cache = GpuKvCache::new(&gm, capacity);
-            gm.extend_on_device(&mut cache, &ids, &chunks).expect("sized");
-            gpu.sync();
-            let t = Instant::now();
-            let uniforms = vec![0.0f32; ids.len()];
-            for _ in 0..steps {
-                // Greedy, sampled on the device: only the tokens come back.
-                gm.extend_sample(&mut cache, &ids, &next_chunks, 0.0, &uniforms).expect("sized");
-            }
-            t.elapsed().as_secs_f64()
-        };
-        gpu_decode();
-        let g = gpu_decode();
+        let g = gpu_decode_seconds(&gm, capacity, &ids, &chunks, &next_chunks, steps);
         let cpu_decode = || {
             let mut cache = KvCache::new(capacity);
             model.extend(&mut cache, &ids, &chunks).expect("sized");
@@ -248,17 +241,7 @@ pub fn run(args: KernelBenchArgs) -> anyhow::Result<()> {
         rows.push(Row { what: format!("{preset}: batched decode, batch {decode_batch}, KV cache"), unit: "tok/s", gpu: tokens / g, cpu: tokens / cs });
         if gpu.has_f16() {
             gm.enable_f16_decode()?;
-            let g16 = {
-                let mut cache = GpuKvCache::new(&gm, capacity);
-                gm.extend_on_device(&mut cache, &ids, &chunks).expect("sized");
-                gpu.sync();
-                let t = Instant::now();
-                let uniforms = vec![0.0f32; ids.len()];
-                for _ in 0..steps {
-                    gm.extend_sample(&mut cache, &ids, &next_chunks, 0.0, &uniforms).expect("sized");
-                }
-                t.elapsed().as_secs_f64()
-            };
+            let g16 = gpu_decode_seconds(&gm, capacity, &ids, &chunks, &next_chunks, steps);
             rows.push(Row { what: format!("{preset}: batched decode, batch {decode_batch}, f16 weights"), unit: "tok/s", gpu: tokens / g16, cpu: tokens / cs });
         }
     }

@@ -19,7 +19,7 @@ fn peak_rss_mib() -> f64 {
 }
 
 /// Median seconds of `reps` runs after one warm-up.
-fn median_secs(reps: usize, mut f: impl FnMut()) -> f64 {
+pub(crate) fn median_secs(reps: usize, mut f: impl FnMut()) -> f64 {
     f();
     let mut t: Vec<f64> = (0..reps)
         .map(|_| {
