@@ -30,17 +30,17 @@ fn golden_on(gpu: std::sync::Arc<rstar2::gpu::Gpu>, name: &str) {
     let loss = model.next_token_loss_backward(&batch, &grads);
     let want_loss = exp.tensors["loss"].1[0];
     assert!((loss - want_loss).abs() < 1e-5, "{name}: GPU loss {loss} vs {want_loss}");
-    let grads_cpu = model.download_grads(&grads);
+    let grads_cpu = model.download(&grads);
     for (i, (pname, _)) in grads_cpu.specs.iter().enumerate() {
         let err = rel_err(&grads_cpu.data[i], &exp.tensors[&format!("grad.{pname}")].1);
         assert!(err < 1e-4, "{name}: GPU gradient of {pname} differs from transformers' by {err}");
     }
     // Global-norm clipping on the device (max norm 0.5, so it bites) against the CPU's.
-    let mut clipped = model.download_grads(&grads);
+    let mut clipped = model.download(&grads);
     let cpu_norm = clip_grad_norm(&mut clipped, 0.5);
     let norm = model.clip_grad_norm(&grads, 0.5);
     assert!(cpu_norm > 0.5 && (norm - cpu_norm).abs() < 1e-4 * cpu_norm, "{name}: gradient norm {norm} vs CPU {cpu_norm}");
-    let got = model.download_grads(&grads);
+    let got = model.download(&grads);
     for (i, (pname, _)) in got.specs.iter().enumerate() {
         let err = rel_err(&got.data[i], &clipped.data[i]);
         assert!(err < 1e-5, "{name}: clipped gradient of {pname} differs from the CPU's by {err}");
@@ -56,7 +56,7 @@ fn golden_on(gpu: std::sync::Arc<rstar2::gpu::Gpu>, name: &str) {
         let loss = model.next_token_loss_backward(&batch, &grads);
         assert!((loss - want).abs() < 2e-4 * want.abs().max(1.0), "{name}: GPU loss before AdamW step {step}: {loss} vs {want}");
         if step < exp.steps {
-            let g = model.download_grads(&grads);
+            let g = model.download(&grads);
             opt.update(&mut model, &grads, exp.lr);
             cpu_opt.update(&mut cpu_params, &g, exp.lr);
         }

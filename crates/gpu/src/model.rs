@@ -125,11 +125,7 @@ impl GpuModel {
 
     /// Reads the parameters back.
     pub fn download_params(&self) -> Params {
-        let mut p = Params::zeros(&self.config);
-        for (dst, src) in p.data.iter_mut().zip(&self.params) {
-            *dst = self.gpu.read(src);
-        }
-        p
+        self.download(&self.params)
     }
 
     /// Zeroed gradients.
@@ -137,10 +133,10 @@ impl GpuModel {
         self.params.iter().map(|p| self.gpu.zeros(p.len())).collect()
     }
 
-    /// Reads gradients back as [`Params`].
-    pub fn download_grads(&self, grads: &GpuGrads) -> Params {
+    /// Reads back tensors laid out like the parameters (gradients, optimizer moments).
+    pub fn download(&self, tensors: &[Tensor]) -> Params {
         let mut p = Params::zeros(&self.config);
-        for (dst, src) in p.data.iter_mut().zip(grads) {
+        for (dst, src) in p.data.iter_mut().zip(tensors) {
             *dst = self.gpu.read(src);
         }
         p
@@ -337,8 +333,8 @@ impl GpuAdamW {
 
     /// The optimizer read back as a CPU one (checkpoints).
     pub fn to_cpu(&self, model: &GpuModel) -> rstar2_model::AdamW {
-        let m = model.download_grads(&self.m);
-        let v = model.download_grads(&self.v);
+        let m = model.download(&self.m);
+        let v = model.download(&self.v);
         rstar2_model::AdamW { config: self.config, m, v, step: self.step }
     }
 

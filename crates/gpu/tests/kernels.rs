@@ -267,6 +267,12 @@ fn adamw_steps_and_global_norm_clipping() {
 /// The f16-weights variants against the f32 CPU product: the decode kernel (f16 weights and
 /// products, f32 sums) and the tiled kernel (f16 weights, f32 tiles). The error is that of
 /// rounding to f16 (2^-11 relative per term), so a loose tolerance, and not zero: the f16 path ran.
+/// Largest absolute difference as a share of the largest reference value.
+fn error_of_largest(got: &[f32], want: &[f32]) -> f32 {
+    let scale = want.iter().fold(0.0f32, |s, x| s.max(x.abs()));
+    got.iter().zip(want).fold(0.0f32, |e, (x, y)| e.max((x - y).abs())) / scale
+}
+
 #[test]
 fn f16_weights_against_f32() {
     let Some(g) = gpu() else { return };
@@ -283,8 +289,7 @@ fn f16_weights_against_f32() {
     let got = g.read(&c);
     let mut want = vec![0.0; m * n];
     cpu::matmul::matmul_nt(&mut want, &a, &w, m, n, k, false);
-    let scale = want.iter().fold(0.0f32, |s, x| s.max(x.abs()));
-    let err = got.iter().zip(&want).fold(0.0f32, |e, (x, y)| e.max((x - y).abs())) / scale;
+    let err = error_of_largest(&got, &want);
     eprintln!("f16 matvec [{m} x {k}] @ [{k} x {n}]: max error {err:.2e} of the largest output");
     assert!(err < 5e-3 && err > 0.0, "f16 matvec error {err}");
     let m = 40;
@@ -294,8 +299,7 @@ fn f16_weights_against_f32() {
     let got = g.read(&c);
     let mut want = vec![0.0; m * n];
     cpu::matmul::matmul_nt(&mut want, &a, &w, m, n, k, false);
-    let scale = want.iter().fold(0.0f32, |s, x| s.max(x.abs()));
-    let err = got.iter().zip(&want).fold(0.0f32, |e, (x, y)| e.max((x - y).abs())) / scale;
+    let err = error_of_largest(&got, &want);
     eprintln!("f16-weights matmul [{m} x {k}] @ [{k} x {n}]: max error {err:.2e} of the largest output");
     assert!(err < 5e-3 && err > 0.0, "f16 matmul error {err}");
 }
