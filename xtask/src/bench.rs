@@ -22,15 +22,13 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 45_000)]
         burst: usize,
     },
-    /// The CPU model: matmul GFLOP/s against the machine's fp32 peak, training tokens/s
-    /// (forward + backward + AdamW) and batched decode tokens/s on the tiny preset and on a
-    /// SmolLM2-135M (its imported weights when `cargo xtask fetch-model smollm2-135m` has run, else
-    /// random weights of its shape), beside PyTorch CPU doing the same work.
+    /// The CPU backend against this machine's own limits and PyTorch, all measured in this run:
+    /// the FMA-loop peak of each vector width, memory copy bandwidth, matmul GFLOP/s as a share
+    /// of the peak, training tokens/s (forward + backward + AdamW) on the tiny preset and
+    /// SmolLM2-135M, and SmolLM2-135M decoding at batch 1, 8, 32 and 64 with f32 and f16 weights
+    /// beside its memory-bandwidth bound (its imported weights when `cargo xtask fetch-model
+    /// smollm2-135m` has run, else random weights of its shape).
     Model {
-        /// The machine's fp32 peak in GFLOP/s (the default is the figure measured for the
-        /// 2-core Zen 4 machines this project is developed on, see DESIGN.md).
-        #[arg(long, default_value_t = 230.0)]
-        peak_gflops: f64,
         /// Python with torch and transformers for the PyTorch baseline.
         #[arg(long, default_value = "python3")]
         python: String,
@@ -47,7 +45,7 @@ pub enum BenchCommand {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Sandbox { calls, burst } => bench_sandbox(calls, burst),
-        BenchCommand::Model { peak_gflops, python } => crate::bench_model::run(peak_gflops, &python),
+        BenchCommand::Model { python } => crate::bench_model::run(&python),
         BenchCommand::Rollout(args) => crate::bench_rollout::run(args),
         BenchCommand::Kernels(args) => crate::bench_kernels::run(args),
     }

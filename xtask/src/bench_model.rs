@@ -1,11 +1,13 @@
-//! `cargo xtask bench model`.
+//! `cargo xtask bench model`: the CPU backend against the machine's own limits (FMA peak of its
+//! widest vectors, memory copy bandwidth) and against PyTorch on the same machine, all measured
+//! in this run.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use rstar2_model::ops::matmul::matmul_nt;
-use rstar2_model::{AdamW, AdamWConfig, Batch, Config, KvCache, Model, Params};
+use rstar2_model::cpu::{Isa, fma_peak_gflops, isa};
+use rstar2_model::ops::matmul::{chosen_splits, matmul_nt};
+use rstar2_model::{AdamW, AdamWConfig, Batch, Config, DecodeWeights, KvCache, Model, Params};
 
 use crate::test_cmd::workspace_root;
 
@@ -32,39 +34,69 @@ pub(crate) fn median_secs(reps: usize, mut f: impl FnMut()) -> f64 {
     t[t.len() / 2]
 }
 
-struct Shapes {
-    preset: &'static str,
-    train_batch: usize,
-    train_len: usize,
-    decode_batch: usize,
-    prompt_len: usize,
-    decode_steps: usize,
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))).unwrap_or_else(|| "unknown CPU".into())
 }
 
-fn train_tokens_per_s(model: &mut Model, s: &Shapes) -> f64 {
+/// Memory copy bandwidth in GB/s (bytes read plus bytes written, STREAM's convention) with all
+/// threads copying their part of a 512 MiB buffer; median of 5.
+fn copy_bandwidth() -> f64 {
+    use rayon::prelude::*;
+    let n = 64 << 20; // f64 elements: 512 MiB
+    let src = vec![1.0f64; n];
+    let mut dst = vec![0.0f64; n];
+    let chunk = n.div_ceil(rayon::current_num_threads());
+    let secs = median_secs(5, || dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s)));
+    std::hint::black_box(&dst);
+    2.0 * (n * 8) as f64 / secs / 1e9
+}
+
+fn torch(python: &str, args: &[String]) -> Option<serde_json::Value> {
+    let out = Command::new(python).arg(workspace_root().join("scripts/bench_torch.py")).args(args).output().ok()?;
+    if !out.status.success() {
+        eprintln!("PyTorch baseline skipped: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("python failed"));
+        return None;
+    }
+    serde_json::from_slice(out.stdout.split(|&b| b == b'\n').find(|l| l.starts_with(b"{"))?).ok()
+}
+
+/// The model of a preset: its imported checkpoint when present (`cargo xtask fetch-model`), for
+/// both sides, else random weights of its shape (the speed is the same).
+fn preset(name: &str) -> anyhow::Result<(Model, std::path::PathBuf, bool)> {
+    let config_path = workspace_root().join("models").join(name).join("config.json");
+    let config = Config::from_file(&config_path)?;
+    let dir = config_path.parent().expect("a model folder");
+    let pretrained = dir.join("model.safetensors").exists();
+    let params = if pretrained { Params::load(dir, &config)? } else { Params::random(&config, 0) };
+    Ok((Model::new(config, params), config_path, pretrained))
+}
+
+fn train_tokens_per_s(model: &mut Model, batch: usize, len: usize) -> f64 {
     let v = model.config.vocab_size as u32;
-    let seqs: Vec<Vec<u32>> = (0..s.train_batch).map(|b| (0..s.train_len).map(|i| ((b * 7919 + i * 104_729) as u32) % v).collect()).collect();
-    let batch = Batch::new(&seqs);
+    let seqs: Vec<Vec<u32>> = (0..batch).map(|b| (0..len).map(|i| ((b * 7919 + i * 104_729) as u32) % v).collect()).collect();
+    let batch_tokens = Batch::new(&seqs);
     let mut opt = AdamW::new(AdamWConfig::default(), &model.params);
     let mut grads = Params::zeros(&model.config);
     let secs = median_secs(3, || {
         grads.fill_zero();
-        model.next_token_loss_backward(&batch, &mut grads);
+        model.next_token_loss_backward(&batch_tokens, &mut grads);
         opt.update(&mut model.params, &grads, 1e-4);
     });
-    (s.train_batch * s.train_len) as f64 / secs
+    (batch * len) as f64 / secs
 }
 
-fn decode_tokens_per_s(model: &Model, s: &Shapes) -> f64 {
+/// Greedy decoding of `batch` sequences after a prompt of `prompt_len`: tokens/s over `steps`
+/// steps (the second of two runs).
+fn decode_tokens_per_s(model: &Model, batch: usize, prompt_len: usize, steps: usize) -> f64 {
     let v = model.config.vocab_size as u32;
-    let seqs: Vec<u64> = (0..s.decode_batch as u64).collect();
+    let seqs: Vec<u64> = (0..batch as u64).collect();
     let run = || {
-        let mut cache = KvCache::new(s.decode_batch * (s.prompt_len + s.decode_steps));
-        let prompts: Vec<Vec<u32>> = (0..s.decode_batch).map(|b| (0..s.prompt_len).map(|i| ((b * 31 + i * 17) as u32) % v).collect()).collect();
+        let mut cache = KvCache::new(batch * (prompt_len + steps + 1));
+        let prompts: Vec<Vec<u32>> = (0..batch).map(|b| (0..prompt_len).map(|i| ((b * 31 + i * 17) as u32) % v).collect()).collect();
         let chunks: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
         let mut logits = model.extend(&mut cache, &seqs, &chunks).expect("cache sized for the run");
         let start = Instant::now();
-        for _ in 0..s.decode_steps {
+        for _ in 0..steps {
             let next: Vec<[u32; 1]> = logits.iter().map(|l| [argmax(l)]).collect();
             let chunks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
             logits = model.extend(&mut cache, &seqs, &chunks).expect("cache sized for the run");
@@ -72,116 +104,96 @@ fn decode_tokens_per_s(model: &Model, s: &Shapes) -> f64 {
         start.elapsed().as_secs_f64()
     };
     run();
-    (s.decode_batch * s.decode_steps) as f64 / run()
+    (batch * steps) as f64 / run()
 }
 
 fn argmax(v: &[f32]) -> u32 {
     v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32)
 }
 
-fn torch_baseline(python: &str, config: &Path, s: &Shapes, threads: usize, pretrained: bool) -> Option<(f64, f64)> {
-    let script = workspace_root().join("scripts/bench_torch.py");
-    let out = Command::new(python)
-        .arg(script)
-        .arg(config)
-        .args([s.train_batch, s.train_len, s.decode_batch, s.prompt_len, s.decode_steps, threads, usize::from(pretrained)].map(|x| x.to_string()))
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        eprintln!("PyTorch baseline skipped: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("python failed"));
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(out.stdout.split(|&b| b == b'\n').find(|l| l.starts_with(b"{"))?).ok()?;
-    Some((v["train_tokens_per_s"].as_f64()?, v["decode_tokens_per_s"].as_f64()?))
+fn fmt(x: Option<f64>) -> String {
+    x.map_or("-".to_string(), |x| format!("{x:.1}"))
 }
 
-/// FMA throughput of one thread, in GFLOP/s: twelve independent 8-lane fused multiply-add
-/// chains (enough to cover FMA latency on current x86 cores), no memory traffic.
-#[cfg(target_arch = "x86_64")]
-fn fma_loop_gflops() -> Option<f64> {
-    use std::arch::x86_64::*;
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn run(iters: u64) -> f32 {
-        let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
-        let mut acc = [_mm256_set1_ps(1.0); 12];
-        for _ in 0..iters {
-            for x in acc.iter_mut() {
-                *x = _mm256_fmadd_ps(*x, a, b);
-            }
-        }
-        let mut out = [0.0f32; 8];
-        let mut sum = _mm256_setzero_ps();
-        for x in acc {
-            sum = _mm256_add_ps(sum, x);
-        }
-        // SAFETY: `out` holds the 8 floats written.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum) };
-        out.iter().sum()
-    }
-    if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
-        return None;
-    }
-    let iters = 50_000_000u64;
-    let start = Instant::now();
-    // SAFETY: the features were detected above.
-    let r = unsafe { run(iters) };
-    std::hint::black_box(r);
-    Some((iters * 12 * 8 * 2) as f64 / start.elapsed().as_secs_f64() / 1e9)
+fn ratio(ours: f64, theirs: Option<f64>) -> String {
+    theirs.map_or("-".to_string(), |t| format!("{:.2}x", ours / t))
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-fn fma_loop_gflops() -> Option<f64> {
-    None
-}
-
-pub fn run(peak_gflops: f64, python: &str) -> anyhow::Result<()> {
-    use rayon::prelude::*;
+pub fn run(python: &str) -> anyhow::Result<()> {
     let threads = rayon::current_num_threads();
-    println!("CPU backend, {threads} threads; fp32 peak taken as {peak_gflops:.0} GFLOP/s (nominal)");
-    let measured: Option<f64> = (0..threads).into_par_iter().map(|_| fma_loop_gflops()).sum();
-    match measured {
-        Some(m) => println!("measured FMA-loop peak on all {threads} threads at once: {m:.1} GFLOP/s\n"),
-        None => println!("(no AVX2+FMA: FMA-loop peak not measured)\n"),
+    let widest = Isa::detected();
+    println!("CPU: {} ({threads} threads); widest vectors: {} ({} bits), kernels use {}", cpu_name(), widest.name(), widest.vector_bits(), isa().name());
+    let peaks: Vec<(Isa, f64)> = Isa::available().into_iter().filter(|&i| i != Isa::Generic).map(|i| (i, fma_peak_gflops(i, 0.5))).collect();
+    for (i, p) in &peaks {
+        println!("FMA-loop peak, {} ({} bits), all threads: {p:.1} GFLOP/s", i.name(), i.vector_bits());
     }
-    println!("{:<34} {:>12} {:>10} {:>12}", "matmul [m x k] @ [k x n]", "GFLOP/s", "% nominal", "% measured");
-    for (m, k, n) in [(2048, 2048, 2048), (1024, 1024, 1024), (512, 576, 1536), (512, 1536, 576), (8, 576, 1536), (8, 576, 49152)] {
-        let (a, b) = (vec![0.5f32; m * k], vec![0.25f32; n * k]);
-        let mut c = vec![0.0f32; m * n];
-        let reps = if m * n * k > 1 << 28 { 3 } else { 20 };
-        let secs = median_secs(reps, || matmul_nt(&mut c, &a, &b, m, n, k, false));
-        let gflops = 2.0 * (m * n * k) as f64 / secs / 1e9;
-        let of_measured = measured.map_or("-".to_string(), |p| format!("{:.0}%", 100.0 * gflops / p));
-        println!("{:<34} {gflops:>12.1} {:>9.0}% {of_measured:>12}", format!("[{m} x {k}] @ [{k} x {n}]"), 100.0 * gflops / peak_gflops);
-    }
+    let peak = peaks.iter().map(|p| p.1).fold(f64::NAN, f64::max);
+    let bandwidth = copy_bandwidth();
+    println!("memory copy bandwidth, all threads: {bandwidth:.1} GB/s (bytes read + written)\n");
     let torch_ok = Command::new(python).args(["-c", "import torch, transformers"]).output().is_ok_and(|o| o.status.success());
     if !torch_ok {
-        println!("\n(PyTorch baseline skipped: `{python} -c 'import torch, transformers'` failed; pass --python)");
+        println!("(PyTorch columns empty: `{python} -c 'import torch, transformers'` failed; pass --python)\n");
     }
-    println!("\n{:<48} {:>12} {:>12} {:>8} {:>12}", "model", "rstar2 tok/s", "torch tok/s", "ratio", "peak RSS MiB");
-    for s in [
-        Shapes { preset: "tiny", train_batch: 4, train_len: 256, decode_batch: 8, prompt_len: 32, decode_steps: 64 },
-        Shapes { preset: "smollm2-135m", train_batch: 2, train_len: 128, decode_batch: 8, prompt_len: 32, decode_steps: 16 },
-    ] {
-        let config_path = workspace_root().join("models").join(s.preset).join("config.json");
-        let config = Config::from_file(&config_path)?;
-        // The imported checkpoint when it is there (`cargo xtask fetch-model smollm2-135m`), for
-        // both sides; else random weights of the same shape (the speed is the same).
-        let dir = config_path.parent().expect("a model folder");
-        let pretrained = dir.join("model.safetensors").exists();
-        let params = if pretrained { Params::load(dir, &config)? } else { Params::random(&config, 0) };
-        let mut model = Model::new(config.clone(), params);
-        let weights = if pretrained { "imported weights" } else { "random weights" };
-        let train = train_tokens_per_s(&mut model, &s);
-        let rss_train = peak_rss_mib();
-        let decode = decode_tokens_per_s(&model, &s);
-        let rss_decode = peak_rss_mib();
-        let torch = if torch_ok { torch_baseline(python, &config_path, &s, threads, pretrained) } else { None };
-        let fmt = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.1}"));
-        let ratio = |ours: f64, theirs: Option<f64>| theirs.map_or("-".to_string(), |t| format!("{:.2}x", ours / t));
-        let label = format!("{} ({weights}) train ({}x{}, fwd+bwd+AdamW)", s.preset, s.train_batch, s.train_len);
-        println!("{label:<48} {train:>12.1} {:>12} {:>8} {rss_train:>12.0}", fmt(torch.map(|t| t.0)), ratio(train, torch.map(|t| t.0)));
-        let label = format!("{} ({weights}) decode (batch {}, KV cache)", s.preset, s.decode_batch);
-        println!("{label:<48} {decode:>12.1} {:>12} {:>8} {rss_decode:>12.0}", fmt(torch.map(|t| t.1)), ratio(decode, torch.map(|t| t.1)));
+    let shapes = [(2048, 2048, 2048), (1024, 1024, 1024), (512, 576, 1536), (512, 1536, 576), (256, 576, 49152), (8, 576, 1536), (8, 576, 49152)];
+    let torch_mm = if torch_ok {
+        let mut args = vec!["matmul".to_string(), threads.to_string()];
+        args.extend(shapes.iter().map(|(m, k, n)| format!("{m},{k},{n}")));
+        torch(python, &args).and_then(|v| v["gflops"].as_array().map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect::<Vec<_>>()))
+    } else {
+        None
+    };
+    println!("{:<32} {:>10} {:>10} {:>12} {:>8}", "matmul x[m,k] @ w[n,k]^T", "GFLOP/s", "% of peak", "PyTorch", "ratio");
+    for (i, &(m, k, n)) in shapes.iter().enumerate() {
+        let (a, b) = (vec![0.5f32; m * k], vec![0.25f32; n * k]);
+        let mut c = vec![0.0f32; m * n];
+        let reps = if m * n * k > 1 << 28 { 5 } else { 30 };
+        // Enough calls for the thread-split tuner to settle before the timed ones.
+        for _ in 0..10 {
+            matmul_nt(&mut c, &a, &b, m, n, k, false);
+        }
+        let gflops = 2.0 * (m * n * k) as f64 / median_secs(reps, || matmul_nt(&mut c, &a, &b, m, n, k, false)) / 1e9;
+        let theirs = torch_mm.as_ref().and_then(|t| t.get(i).copied());
+        println!("{:<32} {gflops:>10.1} {:>9.0}% {:>12} {:>8}", format!("[{m} x {k}] @ [{n} x {k}]^T"), 100.0 * gflops / peak, fmt(theirs), ratio(gflops, theirs));
     }
+    let splits: Vec<String> = chosen_splits().iter().map(|((m, n, k), s)| format!("2^{m}x2^{n}x2^{k}: {s:?}")).collect();
+    println!("thread splits chosen by measurement (m x n x k classes): {}\n", splits.join(", "));
+
+    println!("{:<52} {:>12} {:>12} {:>8} {:>12}", "training step (fwd + bwd + AdamW)", "rstar2 tok/s", "PyTorch", "ratio", "peak RSS MiB");
+    for (name, batch, len) in [("tiny", 4, 256), ("smollm2-135m", 2, 128)] {
+        let (mut model, config_path, pretrained) = preset(name)?;
+        let ours = train_tokens_per_s(&mut model, batch, len);
+        let rss = peak_rss_mib();
+        let theirs = if torch_ok { torch(python, &["train".into(), config_path.display().to_string(), batch.to_string(), len.to_string(), threads.to_string(), u8::from(pretrained).to_string()]).and_then(|v| v["tokens_per_s"].as_f64()) } else { None };
+        let label = format!("{name} ({}) {batch}x{len}", if pretrained { "imported weights" } else { "random weights" });
+        println!("{label:<52} {ours:>12.1} {:>12} {:>8} {rss:>12.0}", fmt(theirs), ratio(ours, theirs));
+    }
+
+    // Decoding: the bound is the bytes one step reads (packed weights plus the KV cache at the
+    // mean context) over the copy bandwidth.
+    let (prompt_len, steps) = (32, 32);
+    let batches = [1usize, 8, 32, 64];
+    let (mut model, config_path, pretrained) = preset("smollm2-135m")?;
+    let theirs: Option<Vec<f64>> = if torch_ok {
+        let list = batches.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+        torch(python, &["decode".into(), config_path.display().to_string(), list, prompt_len.to_string(), steps.to_string(), threads.to_string(), u8::from(pretrained).to_string()])
+            .and_then(|v| v["tokens_per_s"].as_array().map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect()))
+    } else {
+        None
+    };
+    let c = &model.config;
+    let kv_bytes_per_token = 2 * c.num_hidden_layers * c.kv_heads() * c.head_dim() * 4;
+    println!("\nsmollm2-135m ({}) greedy decoding, prompt {prompt_len}, {steps} steps", if pretrained { "imported weights" } else { "random weights" });
+    println!("{:<8} {:<8} {:>10} {:>12} {:>10} {:>12} {:>8}", "batch", "weights", "tok/s", "bound tok/s", "of bound", "PyTorch f32", "ratio");
+    for dtype in [DecodeWeights::F32, DecodeWeights::F16] {
+        model.set_decode_weights(dtype);
+        for (i, &b) in batches.iter().enumerate() {
+            let ours = decode_tokens_per_s(&model, b, prompt_len, steps);
+            let bytes = model.decode_bytes() + b * (prompt_len + steps / 2) * kv_bytes_per_token;
+            let bound = b as f64 / (bytes as f64 / (bandwidth * 1e9));
+            let t = theirs.as_ref().and_then(|t| t.get(i).copied());
+            println!("{b:<8} {:<8} {ours:>10.1} {bound:>12.1} {:>9.0}% {:>12} {:>8}", dtype.name(), 100.0 * ours / bound, fmt(t), ratio(ours, t));
+        }
+    }
+    println!("peak RSS {:.0} MiB", peak_rss_mib());
     Ok(())
 }

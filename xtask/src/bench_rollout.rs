@@ -46,9 +46,9 @@ impl Engine for Forced<'_> {
     fn max_sequence(&self) -> usize {
         self.compute.max_sequence()
     }
-    fn extend(&mut self, seqs: &[SeqId], chunks: &[&[u32]]) -> Result<Vec<Vec<f32>>, RolloutError> {
-        self.compute.extend(seqs, chunks)?;
-        self.script.extend(seqs, chunks)
+    fn extend(&mut self, seqs: &[SeqId], chunks: &[&[u32]], wanted: &[bool]) -> Result<Vec<Vec<f32>>, RolloutError> {
+        self.compute.extend(seqs, chunks, wanted)?;
+        self.script.extend(seqs, chunks, wanted)
     }
     fn release(&mut self, seq: SeqId) {
         self.compute.release(seq);

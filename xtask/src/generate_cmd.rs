@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use rstar2_model::{Config, Model, Params, Tokenizer};
+use rstar2_model::{Config, DecodeWeights, Model, Params, Tokenizer};
 use rstar2_gpu::Policy;
 use rstar2_rollout::engine::policy_engine;
-use rstar2_rollout::{ChatFormat, Episode, RolloutConfig, SamplingConfig, ToolDispatch, generate};
+use rstar2_rollout::{ChatFormat, Episode, RolloutConfig, SamplingConfig, generate};
 
 use crate::train::config::EvalConfig;
 use crate::train::{eval, progress};
@@ -32,9 +32,10 @@ pub struct GenerateArgs {
     /// device, and the scheduler spreads the episodes over them.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// On a GPU with SHADER_F16: prefill and decoding read f16 copies of the projection weights.
+    /// Weights decoding reads: f16 (half the bytes per token; the default where the device
+    /// supports it: the CPU, GPUs with SHADER_F16) or f32.
     #[arg(long)]
-    pub f16_decode: bool,
+    pub decode_weights: Option<DecodeWeights>,
     /// Response budget in tokens, tool output included.
     #[arg(long, default_value_t = 8192)]
     pub max_tokens: usize,
@@ -70,9 +71,10 @@ pub struct EvalArgs {
     /// auto, cpu, gpu or gpu:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// On a GPU with SHADER_F16: prefill and decoding read f16 copies of the projection weights.
+    /// Weights decoding reads: f16 (half the bytes per token; the default where the device
+    /// supports it: the CPU, GPUs with SHADER_F16) or f32.
     #[arg(long)]
-    pub f16_decode: bool,
+    pub decode_weights: Option<DecodeWeights>,
     /// Response budget in tokens, tool output included.
     #[arg(long, default_value_t = 256)]
     pub max_tokens: usize,
@@ -96,7 +98,7 @@ pub struct Loaded {
 
 /// A model folder with its tokenizer and chat format (chat.json when the folder was written by
 /// `train`, else the original rStar2 format).
-pub fn load_model(dir: &Path, devices: &str, f16_decode: bool) -> anyhow::Result<Loaded> {
+pub fn load_model(dir: &Path, devices: &str, decode_weights: Option<DecodeWeights>) -> anyhow::Result<Loaded> {
     let config = Config::from_file(&dir.join("config.json")).with_context(|| format!("model folder {}", dir.display()))?;
     let params = Params::load(dir, &config)?;
     let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
@@ -108,16 +110,16 @@ pub fn load_model(dir: &Path, devices: &str, f16_decode: bool) -> anyhow::Result
     for spec in devices.split(',') {
         let device = crate::train::open_device(spec.trim())?;
         let mut policy = Policy::new(&device, Model::new(config.clone(), params.clone()), None);
-        if f16_decode {
-            policy.enable_f16_decode()?;
-        }
+        let weights = decode_weights.unwrap_or(if policy.supports_f16_decode() { DecodeWeights::F16 } else { DecodeWeights::F32 });
+        policy.set_decode_weights(weights)?;
+        eprintln!("{}: decoding reads {} weights", spec.trim(), weights.name());
         policies.push(policy);
     }
     Ok(Loaded { policies, tokenizer, chat })
 }
 
 pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
-    let loaded = load_model(&args.model, &args.device, args.f16_decode)?;
+    let loaded = load_model(&args.model, &args.device, args.decode_weights)?;
     let (requests, skipped) = rstar2_tasks::jsonl::load_requests(&args.data)?;
     for s in &skipped {
         eprintln!("{}: line {} skipped: {}", args.data.display(), s.line, s.reason);
@@ -132,8 +134,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         max_response_tokens: args.max_tokens,
         max_turns: args.max_turns,
         seed: args.seed,
-        dispatch: ToolDispatch::Async,
-        answer_scope: Default::default(),
+        ..RolloutConfig::default()
     };
     let sandbox = crate::train::sandbox()?;
     let bar = progress::bar((requests.len() * args.samples) as u64, "episodes");
@@ -172,7 +173,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
-    let loaded = load_model(&args.model, &args.device, args.f16_decode)?;
+    let loaded = load_model(&args.model, &args.device, args.decode_weights)?;
     let tasks = if args.data == "synthetic" {
         rstar2_tasks::synth::generate(&rstar2_tasks::synth::SynthConfig { levels: args.levels.clone(), ..Default::default() }, rstar2_tasks::synth::Split::Test, args.problems, 1)?
     } else {

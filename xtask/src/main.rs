@@ -69,6 +69,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     // This binary doubles as the sandbox's worker process.
     rstar2_sandbox::worker::dispatch_worker();
+    keep_freed_memory();
     match Cli::parse().command {
         Command::Sandbox(cmd) => sandbox_cmd::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
@@ -103,5 +104,19 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(status.success(), "scripts/gen_fixtures.py failed (does {python} have torch and transformers?)");
             Ok(())
         }
+    }
+}
+
+/// glibc hands freed blocks over 32 MiB, and the heap's free top, back to the kernel at once. A
+/// training step frees and re-allocates hundreds of MiB of activations and logits, so every step
+/// paid page faults, page zeroing and TLB shootdowns: 17% of a SmolLM2-135M CPU training step
+/// was in the kernel, 8% with this (perf, 12 steps). Freed memory is kept for reuse instead; the
+/// process's footprint stays at its peak.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; called before any other thread runs.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use rstar2_model::{AdamW, Batch, Config, Forward, Model, Params, clip_grad_norm};
+use rstar2_model::{AdamW, Batch, Config, DecodeWeights, Forward, Model, Params, clip_grad_norm};
 
 use crate::context::{AdapterChoice, Gpu, list_adapters};
 use crate::model::{GpuAdamW, GpuForward, GpuGrads, GpuModel};
@@ -97,11 +97,52 @@ impl Policy {
         }
     }
 
-    /// Decoding reads f16 weights (GPU with SHADER_F16 only).
-    pub fn enable_f16_decode(&mut self) -> Result<(), GpuError> {
+    /// The weights cached inference reads: on the CPU, copies repacked for the decode kernel in
+    /// f32 or f16; on a GPU, its f32 weights or f16 copies (SHADER_F16 needed). Kept across
+    /// optimizer steps: [`Policy::clip_and_step`] drops stale copies and
+    /// [`Policy::refresh_decode_weights`] makes them again.
+    pub fn set_decode_weights(&mut self, weights: DecodeWeights) -> Result<(), GpuError> {
+        match (self, weights) {
+            (Policy::Cpu { model, .. }, w) => {
+                model.set_decode_weights(w);
+                Ok(())
+            }
+            (Policy::Gpu { model, .. }, DecodeWeights::F16) => model.enable_f16_decode(),
+            (Policy::Gpu { model, .. }, DecodeWeights::F32) => {
+                model.disable_f16_decode();
+                Ok(())
+            }
+        }
+    }
+
+    /// What cached inference reads now.
+    pub fn decode_weights(&self) -> DecodeWeights {
         match self {
-            Policy::Cpu { .. } => Err(GpuError::NoF16 { adapter: "the CPU backend".into() }),
-            Policy::Gpu { model, .. } => model.enable_f16_decode(),
+            Policy::Cpu { model, .. } => model.decode_weights().unwrap_or(DecodeWeights::F32),
+            Policy::Gpu { model, .. } => if model.f16_decode() { DecodeWeights::F16 } else { DecodeWeights::F32 },
+        }
+    }
+
+    /// Whether this policy can decode with f16 weights (always on the CPU; SHADER_F16 on a GPU).
+    pub fn supports_f16_decode(&self) -> bool {
+        match self {
+            Policy::Cpu { .. } => true,
+            Policy::Gpu { model, .. } => model.gpu.has_f16(),
+        }
+    }
+
+    /// Makes the decode copies again after optimizer steps (nothing to do if they are fresh).
+    pub fn refresh_decode_weights(&mut self) -> Result<(), GpuError> {
+        match self {
+            Policy::Cpu { model, .. } => {
+                model.refresh_decode_weights();
+                Ok(())
+            }
+            Policy::Gpu { model, .. } if model.f16_decode_stale => {
+                model.f16_decode_stale = false;
+                model.enable_f16_decode()
+            }
+            Policy::Gpu { .. } => Ok(()),
         }
     }
 
@@ -152,11 +193,16 @@ impl Policy {
             (Policy::Cpu { model, optimizer: Some(optimizer) }, Grads::Cpu(g)) => {
                 let norm = clip_grad_norm(g, max_norm);
                 optimizer.update(&mut model.params, g, lr);
+                model.invalidate_decode_weights();
                 norm
             }
             (Policy::Gpu { model, optimizer: Some(optimizer) }, Grads::Gpu(g)) => {
                 let norm = model.clip_grad_norm(g, max_norm);
                 optimizer.update(model, g, lr);
+                if model.f16_decode() {
+                    model.disable_f16_decode();
+                    model.f16_decode_stale = true;
+                }
                 norm
             }
             (Policy::Cpu { optimizer: None, .. } | Policy::Gpu { optimizer: None, .. }, _) => panic!("clip_and_step: a decode-only policy has no optimizer"),

@@ -30,6 +30,8 @@ pub struct GpuModel {
     pub(crate) lm_head: usize,
     /// f16 copies of the projection weights for decoding, when enabled.
     pub(crate) half: Vec<Option<Tensor>>,
+    /// The f16 copies were dropped by an optimizer step and are to be made again.
+    pub(crate) f16_decode_stale: bool,
 }
 
 /// What one layer's forward saves for backward.
@@ -88,6 +90,7 @@ impl GpuModel {
             norm: model.norm,
             lm_head: model.lm_head,
             half: Vec::new(),
+            f16_decode_stale: false,
             gpu,
         }
     }
@@ -115,6 +118,16 @@ impl GpuModel {
             Some(Some(h)) => h,
             _ => &self.params[i],
         }
+    }
+
+    /// Drops the f16 copies (f32 decoding), e.g. after the parameters changed.
+    pub fn disable_f16_decode(&mut self) {
+        self.half = Vec::new();
+    }
+
+    /// Whether cached inference reads f16 copies.
+    pub fn f16_decode(&self) -> bool {
+        !self.half.is_empty()
     }
 
     /// Replaces the parameters with `params` (same config).

@@ -6,9 +6,9 @@
 use std::collections::HashMap;
 
 use crate::model::Model;
-use crate::ops::attention::attention_decode;
+use crate::ops::attention::{attention_decode, write_key};
 use crate::ops::embedding::embedding_forward;
-use crate::ops::matmul::linear_forward;
+use crate::ops::matmul::linear_forward_packed;
 use crate::ops::rmsnorm::rmsnorm_forward;
 use crate::ops::rope::rope_forward;
 use crate::ops::swiglu::swiglu_forward;
@@ -42,7 +42,8 @@ pub enum KvError {
 }
 
 struct SeqCache {
-    /// Per layer: keys and values, rows of `kv_heads * head_dim`, after RoPE.
+    /// Per layer: keys (after RoPE, in the blocked layout of `write_key`) and values (rows of
+    /// `kv_heads * head_dim`).
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
     len: usize,
@@ -141,11 +142,12 @@ impl Model {
         let (mut gate, mut up, mut act) = (vec![0.0; n * f], vec![0.0; n * f], vec![0.0; n * f]);
         let w = |i: usize| self.params.data[i].as_slice();
         let wo = |i: Option<usize>| i.map(|i| self.params.data[i].as_slice());
+        let hw = |i: usize| self.packed_weight(i);
         for (l, li) in self.layers.iter().enumerate() {
             rmsnorm_forward(&mut h, &mut rstd, &x, w(li.ln1), d, eps);
-            linear_forward(&mut q, &h, w(li.q), wo(li.qb), n, d, qd);
-            linear_forward(&mut k, &h, w(li.k), wo(li.kb), n, d, kd);
-            linear_forward(&mut vv, &h, w(li.v), wo(li.vb), n, d, kd);
+            linear_forward_packed(&mut q, &h, w(li.q), hw(li.q), wo(li.qb), n, d, qd);
+            linear_forward_packed(&mut k, &h, w(li.k), hw(li.k), wo(li.kb), n, d, kd);
+            linear_forward_packed(&mut vv, &h, w(li.v), hw(li.v), wo(li.vb), n, d, kd);
             if let (Some(qn), Some(kn)) = (li.qn, li.kn) {
                 let (qr, kr) = (q.clone(), k.clone());
                 let (mut rq, mut rk) = (vec![0.0; n * heads.q], vec![0.0; n * heads.kv]);
@@ -156,7 +158,7 @@ impl Model {
             rope_forward(&mut k, &positions, &self.rope, heads.kv);
             for r in 0..n {
                 let sc = cache.seqs.get_mut(&seqs[owner[r]]).expect("inserted above");
-                sc.k[l].extend_from_slice(&k[r * kd..(r + 1) * kd]);
+                write_key(&mut sc.k[l], &k[r * kd..(r + 1) * kd], positions[r]);
                 sc.v[l].extend_from_slice(&vv[r * kd..(r + 1) * kd]);
             }
             {
@@ -168,15 +170,15 @@ impl Model {
                     .collect();
                 attention_decode(&mut att, &q, &views, heads);
             }
-            linear_forward(&mut o, &att, w(li.o), wo(li.ob), n, qd, d);
+            linear_forward_packed(&mut o, &att, w(li.o), hw(li.o), wo(li.ob), n, qd, d);
             for (xi, oi) in x.iter_mut().zip(&o) {
                 *xi += oi;
             }
             rmsnorm_forward(&mut h, &mut rstd, &x, w(li.ln2), d, eps);
-            linear_forward(&mut gate, &h, w(li.gate), None, n, d, f);
-            linear_forward(&mut up, &h, w(li.up), None, n, d, f);
+            linear_forward_packed(&mut gate, &h, w(li.gate), hw(li.gate), None, n, d, f);
+            linear_forward_packed(&mut up, &h, w(li.up), hw(li.up), None, n, d, f);
             swiglu_forward(&mut act, &gate, &up);
-            linear_forward(&mut o, &act, w(li.down), None, n, f, d);
+            linear_forward_packed(&mut o, &act, w(li.down), hw(li.down), None, n, f, d);
             for (xi, oi) in x.iter_mut().zip(&o) {
                 *xi += oi;
             }
@@ -196,7 +198,7 @@ impl Model {
         let (mut hf, mut rf) = (vec![0.0; b * d], vec![0.0; b]);
         rmsnorm_forward(&mut hf, &mut rf, &last_rows, w(self.norm), d, eps);
         let mut logits = vec![0.0; b * v];
-        linear_forward(&mut logits, &hf, w(self.lm_head), None, b, d, v);
+        linear_forward_packed(&mut logits, &hf, w(self.lm_head), hw(self.lm_head), None, b, d, v);
         Ok(logits.chunks_exact(v).map(<[f32]>::to_vec).collect())
     }
 }

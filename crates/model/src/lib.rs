@@ -13,11 +13,13 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod cpu;
 pub mod gguf;
 pub mod kv;
 pub mod model;
 pub mod ops;
 pub mod optim;
+mod simd;
 pub mod tokenizer;
 pub mod weights;
 
@@ -25,7 +27,7 @@ use std::path::Path;
 
 pub use config::{Config, Family};
 pub use kv::{KvCache, KvError, SeqId};
-pub use model::{Batch, Forward, LayerIdx, Model};
+pub use model::{Batch, DecodeWeights, Forward, LayerIdx, Model};
 pub use optim::{AdamW, AdamWConfig, LrSchedule, clip_grad_norm};
 pub use tokenizer::Tokenizer;
 pub use weights::Params;

@@ -1,7 +1,10 @@
 //! The decoder-only transformer (Llama / Qwen2 / Qwen3) on the CPU: training forward over packed
 //! sequences, backward to every parameter, and cached inference.
 
+use half::f16;
+
 use crate::config::Config;
+use crate::ops::gemv::PackedWeight;
 use crate::ops::attention::{Heads, attention_backward, attention_forward};
 use crate::ops::embedding::{embedding_backward, embedding_forward};
 use crate::ops::logprob::{logprob_backward, logprob_forward};
@@ -47,6 +50,44 @@ pub struct Model {
     pub norm: usize,
     /// Index of the output projection (the embedding when tied).
     pub lm_head: usize,
+    /// Packed copies of the projection and output weights that cached inference reads, by
+    /// parameter index (see [`Model::set_decode_weights`]).
+    pub(crate) packed: Vec<Option<PackedWeight>>,
+    decode: Option<DecodeWeights>,
+}
+
+/// The type cached inference ([`Model::extend`]: decoding, and prefill chunks of up to
+/// [`crate::ops::matmul::SMALL_M`] tokens) reads the projection and output weights in, from
+/// copies repacked for the small-m kernel. Training always uses the f32 master weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecodeWeights {
+    /// The f32 master weights.
+    #[default]
+    F32,
+    /// f16 copies (half the bytes per decoded token; sums stay f32).
+    F16,
+}
+
+impl DecodeWeights {
+    /// "f32" or "f16".
+    pub fn name(self) -> &'static str {
+        match self {
+            DecodeWeights::F32 => "f32",
+            DecodeWeights::F16 => "f16",
+        }
+    }
+}
+
+impl std::str::FromStr for DecodeWeights {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(DecodeWeights::F32),
+            "f16" => Ok(DecodeWeights::F16),
+            other => Err(format!("decode weights {other:?}: expected f32 or f16")),
+        }
+    }
 }
 
 /// Packed sequences: `tokens` of all sequences back to back, `offsets` their boundaries
@@ -191,7 +232,62 @@ impl Model {
         let norm = idx("model.norm.weight");
         let lm_head = if config.tie_word_embeddings { wte } else { idx("lm_head.weight") };
         let rope = RopeTable::new(config.head_dim(), config.rope_theta(), config.max_position_embeddings.min(1 << 16));
-        Model { config, params, rope, layers, wte, norm, lm_head }
+        Model { config, params, rope, layers, wte, norm, lm_head, packed: Vec::new(), decode: None }
+    }
+
+    /// The projection weights (q, k, v, o, gate, up, down of every layer) and the output layer:
+    /// what cached inference may read in f16.
+    pub fn linear_weights(&self) -> Vec<usize> {
+        let mut out: Vec<usize> = self.layers.iter().flat_map(|l| [l.q, l.k, l.v, l.o, l.gate, l.up, l.down]).collect();
+        out.push(self.lm_head);
+        out
+    }
+
+    /// Repacks the linear weights for decoding ([`crate::ops::gemv::PackedWeight`]) in the
+    /// given type; until then cached inference runs every product through gemm on the f32
+    /// weights. f16 rounds to nearest even; a tensor with a value beyond f16's range (65504) is
+    /// packed in f32. After the parameters change, call [`Model::invalidate_decode_weights`].
+    pub fn set_decode_weights(&mut self, weights: DecodeWeights) {
+        self.decode = Some(weights);
+        self.packed.clear();
+        self.refresh_decode_weights();
+    }
+
+    /// The type set by [`Model::set_decode_weights`], if any.
+    pub fn decode_weights(&self) -> Option<DecodeWeights> {
+        self.decode
+    }
+
+    /// Drops the packed copies (the parameters changed: an optimizer step); cached inference
+    /// uses the f32 weights until [`Model::refresh_decode_weights`] packs them again.
+    pub fn invalidate_decode_weights(&mut self) {
+        self.packed.clear();
+    }
+
+    /// Packs the linear weights in the type set by [`Model::set_decode_weights`] unless they
+    /// are packed already.
+    pub fn refresh_decode_weights(&mut self) {
+        let Some(dtype) = self.decode else { return };
+        if !self.packed.is_empty() {
+            return;
+        }
+        let mut packed: Vec<Option<PackedWeight>> = (0..self.params.data.len()).map(|_| None).collect();
+        for i in self.linear_weights() {
+            let (w, shape) = (&self.params.data[i], &self.params.specs[i].1);
+            let fits = dtype == DecodeWeights::F32 || w.iter().all(|x| x.abs() <= f32::from(f16::MAX));
+            packed[i] = Some(PackedWeight::pack(w, shape[0], shape[1], if fits { dtype } else { DecodeWeights::F32 }));
+        }
+        self.packed = packed;
+    }
+
+    /// Bytes of weights one decoding step reads (the packed linear weights, or the f32 ones).
+    pub fn decode_bytes(&self) -> usize {
+        self.linear_weights().iter().map(|&i| self.packed_weight(i).map_or(self.params.data[i].len() * 4, PackedWeight::bytes)).sum()
+    }
+
+    /// The packed copy of parameter `i` that cached inference reads, if any.
+    pub(crate) fn packed_weight(&self, i: usize) -> Option<&PackedWeight> {
+        self.packed.get(i).and_then(Option::as_ref)
     }
 
     /// Its attention heads.

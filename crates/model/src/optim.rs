@@ -1,7 +1,10 @@
 //! AdamW (decoupled weight decay, bias correction, as `torch.optim.AdamW`), global-norm
 //! gradient clipping (as `torch.nn.utils.clip_grad_norm_`), and the learning-rate schedule.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+
+use crate::simd::{Kernel, Simd, dispatch};
 
 use crate::weights::Params;
 
@@ -45,33 +48,75 @@ impl AdamW {
 
     /// One update with learning rate `lr`.
     pub fn update(&mut self, params: &mut Params, grads: &Params, lr: f32) {
-        use rayon::prelude::*;
         self.step += 1;
         let c = self.config;
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
         let bc2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
-        let step_size = lr / bc1;
+        let isa = crate::cpu::isa();
         for (((p, g), m), v) in params.data.iter_mut().zip(&grads.data).zip(self.m.data.iter_mut()).zip(self.v.data.iter_mut()) {
-            p.par_iter_mut().zip(g.par_iter()).zip(m.par_iter_mut()).zip(v.par_iter_mut()).for_each(|(((p, &g), m), v)| {
-                *p *= 1.0 - lr * c.weight_decay;
-                *m = c.beta1 * *m + (1.0 - c.beta1) * g;
-                *v = c.beta2 * *v + (1.0 - c.beta2) * g * g;
-                let denom = v.sqrt() / bc2_sqrt + c.eps;
-                *p -= step_size * *m / denom;
+            p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(m.par_chunks_mut(CHUNK)).zip(v.par_chunks_mut(CHUNK)).for_each(|(((p, g), m), v)| {
+                dispatch(isa, AdamWChunk { p, g, m, v, c, lr, step_size: lr / bc1, bc2_sqrt });
             });
+        }
+    }
+}
+
+/// Elements per parallel task of the element-wise optimizer work.
+const CHUNK: usize = 16384;
+
+/// One chunk of an AdamW update, in the order torch's single-tensor AdamW computes it.
+struct AdamWChunk<'a> {
+    p: &'a mut [f32],
+    g: &'a [f32],
+    m: &'a mut [f32],
+    v: &'a mut [f32],
+    c: AdamWConfig,
+    lr: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+}
+
+impl Kernel for AdamWChunk<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self) {
+        let AdamWChunk { p, g, m, v, c, lr, step_size, bc2_sqrt } = self;
+        let n = p.len();
+        let full = n / S::LANES * S::LANES;
+        // SAFETY: i + LANES <= n for all four chunks (zipped chunks of equal length).
+        unsafe {
+            let (decay, b1, b1c, b2, b2c) = (S::splat(1.0 - lr * c.weight_decay), S::splat(c.beta1), S::splat(1.0 - c.beta1), S::splat(c.beta2), S::splat(1.0 - c.beta2));
+            let (eps, bc2, step) = (S::splat(c.eps), S::splat(bc2_sqrt), S::splat(step_size));
+            for i in (0..full).step_by(S::LANES) {
+                let gi = S::load(g.as_ptr().add(i));
+                let mi = S::add(S::mul(b1, S::load(m.as_ptr().add(i))), S::mul(b1c, gi));
+                let vi = S::add(S::mul(b2, S::load(v.as_ptr().add(i))), S::mul(S::mul(b2c, gi), gi));
+                let denom = S::add(S::div(S::sqrt(vi), bc2), eps);
+                let pi = S::mul(S::load(p.as_ptr().add(i)), decay);
+                S::store(p.as_mut_ptr().add(i), S::sub(pi, S::div(S::mul(step, mi), denom)));
+                S::store(m.as_mut_ptr().add(i), mi);
+                S::store(v.as_mut_ptr().add(i), vi);
+            }
+        }
+        for i in full..n {
+            p[i] *= 1.0 - lr * c.weight_decay;
+            m[i] = c.beta1 * m[i] + (1.0 - c.beta1) * g[i];
+            v[i] = c.beta2 * v[i] + (1.0 - c.beta2) * g[i] * g[i];
+            let denom = v[i].sqrt() / bc2_sqrt + c.eps;
+            p[i] -= step_size * m[i] / denom;
         }
     }
 }
 
 /// Scales `grads` so their global L2 norm is at most `max_norm`; returns the norm before.
 pub fn clip_grad_norm(grads: &mut Params, max_norm: f32) -> f32 {
-    let norm = grads.data.iter().flat_map(|g| g.iter()).map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt() as f32;
+    // Squares summed in f64 per chunk, in parallel.
+    let sum: f64 = grads.data.iter().map(|g| g.par_chunks(CHUNK).map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()).sum::<f64>()).sum();
+    let norm = sum.sqrt() as f32;
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
         for g in &mut grads.data {
-            for x in g.iter_mut() {
-                *x *= coef;
-            }
+            g.par_iter_mut().for_each(|x| *x *= coef);
         }
     }
     norm

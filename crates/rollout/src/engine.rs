@@ -19,8 +19,10 @@ pub trait Engine: Send {
     fn capacity(&self) -> usize;
     /// Longest sequence (prompt + response) the engine can hold.
     fn max_sequence(&self) -> usize;
-    /// Appends `chunks[i]` to sequence `seqs[i]` and returns the logits after each chunk.
-    fn extend(&mut self, seqs: &[SeqId], chunks: &[&[u32]]) -> Result<Vec<Vec<f32>>, RolloutError>;
+    /// Appends `chunks[i]` to sequence `seqs[i]` and returns the logits after each chunk; where
+    /// `wanted[i]` is false (a prompt prefilled in parts, before its last part) the caller
+    /// ignores them, and an engine may return an empty vector.
+    fn extend(&mut self, seqs: &[SeqId], chunks: &[&[u32]], wanted: &[bool]) -> Result<Vec<Vec<f32>>, RolloutError>;
     /// Frees a finished sequence.
     fn release(&mut self, seq: SeqId);
     /// Whether [`Engine::extend_sample`] can draw with `config` on the engine's device.
@@ -58,7 +60,7 @@ impl Engine for CpuEngine<'_> {
     fn max_sequence(&self) -> usize {
         self.model.config.max_position_embeddings.min(1 << 16)
     }
-    fn extend(&mut self, seqs: &[SeqId], chunks: &[&[u32]]) -> Result<Vec<Vec<f32>>, RolloutError> {
+    fn extend(&mut self, seqs: &[SeqId], chunks: &[&[u32]], _wanted: &[bool]) -> Result<Vec<Vec<f32>>, RolloutError> {
         Ok(self.model.extend(&mut self.cache, seqs, chunks)?)
     }
     fn release(&mut self, seq: SeqId) {
@@ -89,7 +91,7 @@ impl Engine for GpuEngine<'_> {
     fn max_sequence(&self) -> usize {
         self.model.config.max_position_embeddings.min(1 << 16)
     }
-    fn extend(&mut self, seqs: &[SeqId], chunks: &[&[u32]]) -> Result<Vec<Vec<f32>>, RolloutError> {
+    fn extend(&mut self, seqs: &[SeqId], chunks: &[&[u32]], _wanted: &[bool]) -> Result<Vec<Vec<f32>>, RolloutError> {
         Ok(self.model.extend(&mut self.cache, seqs, chunks)?)
     }
     fn release(&mut self, seq: SeqId) {
@@ -126,6 +128,8 @@ pub struct ScriptedEngine {
     capacity: usize,
     /// Highest number of cached tokens seen.
     pub peak_used: usize,
+    /// Most tokens fed in one step.
+    pub largest_step: usize,
     /// Every chunk received, in order, per sequence (to check what was fed back).
     pub fed: HashMap<SeqId, Vec<u32>>,
 }
@@ -133,7 +137,7 @@ pub struct ScriptedEngine {
 impl ScriptedEngine {
     /// An engine whose sequence `s` emits `scripts[&s]`.
     pub fn new(scripts: HashMap<SeqId, Vec<u32>>, fallback: u32, vocab: usize, capacity: usize) -> Self {
-        ScriptedEngine { scripts, emitted: HashMap::new(), cached: HashMap::new(), fallback, vocab, capacity, peak_used: 0, fed: HashMap::new() }
+        ScriptedEngine { scripts, emitted: HashMap::new(), cached: HashMap::new(), fallback, vocab, capacity, peak_used: 0, largest_step: 0, fed: HashMap::new() }
     }
 }
 
@@ -147,17 +151,23 @@ impl Engine for ScriptedEngine {
     fn max_sequence(&self) -> usize {
         usize::MAX
     }
-    fn extend(&mut self, seqs: &[SeqId], chunks: &[&[u32]]) -> Result<Vec<Vec<f32>>, RolloutError> {
+    fn extend(&mut self, seqs: &[SeqId], chunks: &[&[u32]], wanted: &[bool]) -> Result<Vec<Vec<f32>>, RolloutError> {
         let needed: usize = chunks.iter().map(|c| c.len()).sum();
         let used: usize = self.cached.values().sum();
         if used + needed > self.capacity {
             return Err(RolloutError::Kv(rstar2_model::kv::KvError::Full { needed, free: self.capacity - used, capacity: self.capacity }));
         }
         self.peak_used = self.peak_used.max(used + needed);
+        self.largest_step = self.largest_step.max(needed);
         let mut out = Vec::with_capacity(seqs.len());
-        for (&s, c) in seqs.iter().zip(chunks) {
+        for ((&s, c), &want) in seqs.iter().zip(chunks).zip(wanted) {
             *self.cached.entry(s).or_default() += c.len();
             self.fed.entry(s).or_default().extend_from_slice(c);
+            // A policy speaks when asked: the script moves on only for wanted logits.
+            if !want {
+                out.push(Vec::new());
+                continue;
+            }
             let i = self.emitted.entry(s).or_default();
             let token = self.scripts.get(&s).and_then(|t| t.get(*i)).copied().unwrap_or(self.fallback);
             *i += 1;

@@ -85,6 +85,9 @@ pub struct RolloutConfig {
     pub dispatch: ToolDispatch,
     /// Where the reward looks for the answer.
     pub answer_scope: rstar2_grpo::reward::AnswerScope,
+    /// Tokens one engine step feeds beyond the single tokens of decoding sequences: prompts and
+    /// tool responses are prefilled in chunks that share this budget (chunked prefill).
+    pub step_tokens: usize,
 }
 
 impl Default for RolloutConfig {
@@ -98,6 +101,7 @@ impl Default for RolloutConfig {
             seed: 0,
             dispatch: ToolDispatch::Async,
             answer_scope: Default::default(),
+            step_tokens: 256,
         }
     }
 }

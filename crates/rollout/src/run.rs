@@ -292,31 +292,50 @@ fn engine_loop(e: usize, engine: &mut dyn Engine, rx: Receiver<Event>, shared: &
             }
             continue;
         }
+        // Chunked prefill: sequences with one token to feed (decoding) all go in; longer feeds
+        // (a prompt, a tool response) share what is left of the step's token budget, so a long
+        // prompt never stalls the decoding sequences for a whole step. A sequence whose feed is
+        // not consumed this step draws nothing.
+        let mut room = config.step_tokens.max(1).saturating_sub(decoding.iter().filter(|id| active[*id].feed.len() == 1).count());
+        let mut fed: Vec<(u64, usize)> = Vec::with_capacity(decoding.len());
+        for &id in &decoding {
+            let len = active[&id].feed.len();
+            let take = if len == 1 { 1 } else { len.min(room.max(usize::from(fed.is_empty()))) };
+            room = room.saturating_sub(if len == 1 { 0 } else { take });
+            if take > 0 {
+                fed.push((id, take));
+            }
+        }
+        let ids: Vec<u64> = fed.iter().map(|&(id, _)| id).collect();
+        let complete: Vec<bool> = fed.iter().map(|&(id, take)| take == active[&id].feed.len()).collect();
         let step_start = Instant::now();
         // On the device when the engine can (only the draws come back), each sequence's
         // generator supplying its uniform exactly as the host sampler would draw it.
         let draws: Vec<(u32, f32)> = if engine.samples_on_device(&config.sampling) {
-            let uniforms: Vec<f64> = decoding.iter().map(|id| if config.sampling.temperature > 0.0 { active.get_mut(id).unwrap().rng.random::<f64>() } else { 0.0 }).collect();
-            let chunks: Vec<&[u32]> = decoding.iter().map(|id| active[id].feed.as_slice()).collect();
-            engine.extend_sample(&decoding, &chunks, &config.sampling, &uniforms)?
+            let uniforms: Vec<f64> = ids.iter().zip(&complete).map(|(id, &done)| if done && config.sampling.temperature > 0.0 { active.get_mut(id).unwrap().rng.random::<f64>() } else { 0.0 }).collect();
+            let chunks: Vec<&[u32]> = fed.iter().map(|&(id, take)| &active[&id].feed[..take]).collect();
+            engine.extend_sample(&ids, &chunks, &config.sampling, &uniforms)?
         } else {
-            let chunks: Vec<&[u32]> = decoding.iter().map(|id| active[id].feed.as_slice()).collect();
-            let logits = engine.extend(&decoding, &chunks)?;
-            decoding.iter().zip(logits).map(|(id, l)| sample(&l, &config.sampling, &mut active.get_mut(id).unwrap().rng)).collect()
+            let chunks: Vec<&[u32]> = fed.iter().map(|&(id, take)| &active[&id].feed[..take]).collect();
+            let logits = engine.extend(&ids, &chunks, &complete)?;
+            ids.iter().zip(&complete).zip(logits).map(|((id, &done), l)| if done { sample(&l, &config.sampling, &mut active.get_mut(id).unwrap().rng) } else { (0, 0.0) }).collect()
         };
         let elapsed = step_start.elapsed().as_secs_f64();
         stats.busy_time += elapsed;
         stats.occupancy_time += elapsed * reserved as f64 / engine.capacity().max(1) as f64;
-        for (id, (token, logprob)) in decoding.iter().zip(draws) {
-            let t = active.get_mut(id).unwrap();
+        for (((id, take), done), (token, logprob)) in fed.into_iter().zip(complete).zip(draws) {
+            let t = active.get_mut(&id).unwrap();
+            t.feed.drain(..take);
+            if !done {
+                continue;
+            }
             t.response.push(token);
             t.mask.push(1);
             t.logprobs.push(logprob);
-            t.feed.clear();
             t.feed.push(token);
             shared.generated.fetch_add(1, Ordering::Relaxed);
             if token == shared.end_token || t.response.len() >= config.max_response_tokens {
-                end_turn(e, *id, &mut active, &mut reserved, engine, shared, &mut stats);
+                end_turn(e, id, &mut active, &mut reserved, engine, shared, &mut stats);
             }
         }
     }

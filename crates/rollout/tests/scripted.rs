@@ -203,10 +203,42 @@ fn tiny_model_rollouts_record_the_trainers_logprobs() {
             }
         }
     }
-    // Same seed, same episodes.
+    // Same seed, same episodes; also when prompts are prefilled 5 tokens per step.
+    let ids = |g: &rstar2_rollout::Generated| g.episodes.iter().map(|e| e.ids.clone()).collect::<Vec<_>>();
     let mut engine = CpuEngine::new(&model, 4096);
     let again = generate(vec![&mut engine as &mut dyn Engine], &tok, &sandbox(), &requests, &c, None).unwrap();
-    assert_eq!(again.episodes.iter().map(|e| &e.ids).collect::<Vec<_>>(), out.episodes.iter().map(|e| &e.ids).collect::<Vec<_>>());
+    assert_eq!(ids(&again), ids(&out));
+    let mut engine = CpuEngine::new(&model, 4096);
+    let chunked = generate(vec![&mut engine as &mut dyn Engine], &tok, &sandbox(), &requests, &RolloutConfig { step_tokens: 5, ..c.clone() }, None).unwrap();
+    assert_eq!(ids(&chunked), ids(&out));
+}
+
+/// Chunked prefill: with a step budget of 5 tokens, no step feeds more than the budget or the
+/// decoding sequences plus one prefill token, and the episodes are those of one-step prefill.
+#[test]
+fn long_prompts_are_prefilled_in_chunks_within_the_step_budget() {
+    let tok = tokenizer();
+    let end = tok.token_id("<|im_end|>").unwrap();
+    let requests: Vec<Request> = (0..6).map(|i| Request { id: format!("q{i}"), question: format!("What is {i} times 7, in a long question that takes many tokens to say?"), answer: Some((i * 7).to_string()) }).collect();
+    let prompt_len = tok.encode(&config().chat.prompt(&requests[0].question)).len();
+    assert!(prompt_len > 20, "prompt of {prompt_len} tokens");
+    let scripts: HashMap<u64, Vec<u32>> = (0..6u64).map(|t| (t, script(&tok, &[&call(&format!("print({t}*7)")), &format!(" So.</reason>\n<answer>\\boxed{{{}}}</answer><|im_end|>", t * 7)]))).collect();
+    let mut runs = Vec::new();
+    for step_tokens in [10_000, 5] {
+        let c = RolloutConfig { step_tokens, dispatch: ToolDispatch::Lockstep, ..config() };
+        let mut engine = ScriptedEngine::new(scripts.clone(), end, tok.vocab_size(), 100_000);
+        let out = generate(vec![&mut engine as &mut dyn Engine], &tok, &sandbox(), &requests, &c, None).unwrap();
+        assert!(out.episodes.iter().all(|e| e.reward == Some(1.0)), "{:?}", out.episodes.iter().map(|e| &e.text).collect::<Vec<_>>());
+        if step_tokens == 5 {
+            assert!(engine.largest_step <= requests.len() + 1, "a step fed {} tokens", engine.largest_step);
+        } else {
+            assert!(engine.largest_step >= prompt_len, "prompts went in whole: largest step {}", engine.largest_step);
+        }
+        runs.push(out.episodes.into_iter().map(|e| e.text).collect::<Vec<_>>());
+    }
+    for (a, b) in runs[0].iter().zip(&runs[1]) {
+        assert_eq!(a, b);
+    }
 }
 
 fn config_default() -> RolloutConfig {

@@ -69,7 +69,7 @@ pub fn evaluate(policy: &Policy, tokenizer: &Tokenizer, sandbox: &Sandbox, chat:
         max_turns: config.max_turns,
         seed,
         dispatch: ToolDispatch::Lockstep,
-        answer_scope: Default::default(),
+        ..RolloutConfig::default()
     };
     let requests: Vec<_> = tasks.iter().map(Task::request).collect();
     let bar = progress::bar((requests.len() * config.samples) as u64, &format!("eval {label}"));

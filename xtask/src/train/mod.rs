@@ -23,7 +23,7 @@ use rstar2_grpo::loss::{Aggregation, LossConfig, RolloutTokens, policy_loss};
 use rstar2_grpo::penalty::{tool_error_penalty, total_penalty};
 use rstar2_grpo::select::{Candidate, NegativeSelection, PositiveSelection, Selection};
 use rstar2_gpu::{Device, Policy};
-use rstar2_model::{AdamW, AdamWConfig, Batch, Config, LrSchedule, Model, Params, Tokenizer};
+use rstar2_model::{AdamW, AdamWConfig, Batch, Config, DecodeWeights, LrSchedule, Model, Params, Tokenizer};
 use rstar2_rollout::engine::policy_engine;
 use rstar2_rollout::{RolloutConfig, SamplingConfig, generate};
 use rstar2_sandbox::{Sandbox, SandboxConfig, WorkerCommand};
@@ -229,7 +229,7 @@ impl Run {
             test.len(),
             config.algo
         );
-        let policy = Policy::new(&device, Model::new(model_config, params), Some(optimizer));
+        let policy = training_policy(&device, Model::new(model_config, params), optimizer)?;
         let state = State { phase: Phase::Sft, stage: 0, stage_step: 0, rl_step: 0, adam_step: 0, pool: Vec::new(), evals: BTreeMap::new(), stages: Vec::new(), metric_lines: 0, wall_seconds: 0.0 };
         Ok(Run { dir, config, tokenizer, tokenizer_path, policy, sandbox: sandbox()?, train, test, state, started: Instant::now(), wall_before: 0.0 })
     }
@@ -260,7 +260,7 @@ impl Run {
             config,
             tokenizer,
             tokenizer_path,
-            policy: Policy::new(&device, Model::new(model_config, params), Some(optimizer)),
+            policy: training_policy(&device, Model::new(model_config, params), optimizer)?,
             sandbox: sandbox()?,
             train,
             test,
@@ -329,6 +329,7 @@ impl Run {
 
     fn eval_into(&mut self, label: &str) -> anyhow::Result<()> {
         let seed = mix_seed(self.config.seed, 0xe7a1, self.state.evals.len() as u64);
+        self.policy.refresh_decode_weights()?;
         let r = evaluate(&self.policy, &self.tokenizer, &self.sandbox, &self.config.chat, &self.test, &self.config.eval, seed, label)?;
         println!(
             "eval {label:<18} pass@1 {:.3} ± {:.3} (k={}, {} problems)  tool calls/ep {:.2}  tool errors {:.2} (in correct: {:.2})  length {:.0}",
@@ -416,6 +417,7 @@ impl Run {
             let requests: Vec<_> = tasks.iter().map(Task::request).collect();
             let bar = progress::bar((requests.len() * f.samples) as u64, "filter solved");
             let on = |_: &rstar2_rollout::Episode, _: usize| bar.inc(1);
+            self.policy.refresh_decode_weights()?;
             let mut engine = policy_engine(&self.policy, kv_capacity(&requests, &self.tokenizer, &self.config.chat, eval_config.max_response_tokens, f.samples));
             let out = generate(vec![engine.as_mut()], &self.tokenizer, &self.sandbox, &requests, &rollout, Some(&on))?;
             bar.finish_and_clear();
@@ -440,7 +442,7 @@ impl Run {
             max_turns: stage.max_turns,
             seed,
             dispatch: self.config.rl.dispatch,
-            answer_scope: Default::default(),
+            ..RolloutConfig::default()
         }
     }
 
@@ -468,6 +470,7 @@ impl Run {
         let requests: Vec<_> = tasks.iter().map(Task::request).collect();
         let samples = self.config.samples_per_prompt();
         let rollout = self.rollout_config(stage, samples, mix_seed(self.config.seed, 0x7011, self.state.rl_step as u64));
+        self.policy.refresh_decode_weights()?;
         let out = {
             let mut engine = policy_engine(&self.policy, kv_capacity(&requests, &self.tokenizer, &self.config.chat, stage.max_response_tokens, samples));
             generate(vec![engine.as_mut()], &self.tokenizer, &self.sandbox, &requests, &rollout, None)?
@@ -639,4 +642,13 @@ fn fresh_dir(runs: &Path, name: &str) -> anyhow::Result<PathBuf> {
         }
     }
     unreachable!()
+}
+
+/// The policy being trained: rollouts and evaluations read its f32 weights (on the CPU packed
+/// for the decode kernel, packed again after optimizer steps), so they sample from exactly the
+/// policy the trainer's log-probs describe.
+fn training_policy(device: &Device, model: Model, optimizer: AdamW) -> anyhow::Result<Policy> {
+    let mut policy = Policy::new(device, model, Some(optimizer));
+    policy.set_decode_weights(DecodeWeights::F32)?;
+    Ok(policy)
 }

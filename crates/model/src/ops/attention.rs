@@ -5,9 +5,13 @@
 //! mask). Forward saves only the log-sum-exp per (token, head); backward recomputes the
 //! probabilities. Decoding attends one new query per sequence to that sequence's KV cache.
 
+// Kernels index their register arrays by lane and row on purpose.
+#![allow(clippy::needless_range_loop)]
+
 use rayon::prelude::*;
 
 use super::matmul::gemm_strided;
+use crate::simd::{self, Kernel, Simd, dispatch};
 
 /// Head layout.
 #[derive(Debug, Clone, Copy)]
@@ -43,33 +47,6 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// One query head against keys/values rows `keys[j]`, `values[j]` (each `[kv, dim]` row-major
-/// per token, `n` tokens); writes `out` (`dim`) and returns the log-sum-exp of the scaled scores.
-fn attend(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], n: usize, kvh: usize, heads: Heads, scores: &mut Vec<f32>) -> f32 {
-    let (d, row) = (heads.dim, heads.kv * heads.dim);
-    let scale = heads.scale();
-    scores.clear();
-    let mut max = f32::NEG_INFINITY;
-    for j in 0..n {
-        let s = scale * dot(q, &k[j * row + kvh * d..j * row + kvh * d + d]);
-        max = max.max(s);
-        scores.push(s);
-    }
-    let mut sum = 0.0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    out.fill(0.0);
-    for (j, p) in scores.iter().enumerate() {
-        let w = p / sum;
-        for (o, x) in out.iter_mut().zip(&v[j * row + kvh * d..j * row + kvh * d + d]) {
-            *o += w * x;
-        }
-    }
-    max + sum.ln()
-}
-
 /// The (first row, length) of each packed sequence.
 fn segments(seg_start: &[usize]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
@@ -92,6 +69,7 @@ fn segments(seg_start: &[usize]) -> Vec<(usize, usize)> {
 pub fn attention_forward(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32], v: &[f32], seg_start: &[usize], heads: Heads) {
     let (d, qrow, kvrow, g) = (heads.dim, heads.q * heads.dim, heads.kv * heads.dim, heads.group());
     let scale = heads.scale();
+    let isa = crate::cpu::isa();
     let items: Vec<(usize, usize, usize)> = segments(seg_start).into_iter().flat_map(|(s, len)| (0..heads.q).map(move |h| (s, len, h))).collect();
     let partials: Vec<(Vec<f32>, Vec<f32>)> = items
         .par_iter()
@@ -101,20 +79,7 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32],
             let mut p = vec![0.0f32; len * len];
             gemm_strided(&mut p, &q[qo..], qrow, 1, &k[ko..], 1, kvrow, len, len, d, false);
             let mut lse_l = vec![0.0f32; len];
-            for i in 0..len {
-                let row = &mut p[i * len..(i + 1) * len];
-                let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(scale * x));
-                let mut sum = 0.0f32;
-                for x in row[..=i].iter_mut() {
-                    *x = (scale * *x - max).exp();
-                    sum += *x;
-                }
-                for x in row[..=i].iter_mut() {
-                    *x /= sum;
-                }
-                row[i + 1..].fill(0.0);
-                lse_l[i] = max + sum.ln();
-            }
+            dispatch(isa, CausalSoftmax { p: &mut p, lse: &mut lse_l, len, scale });
             let mut o = vec![0.0f32; len * d];
             gemm_strided(&mut o, &p, len, 1, &v[ko..], kvrow, 1, len, d, len, false);
             (o, lse_l)
@@ -125,6 +90,69 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32],
             let row = s + i;
             out[row * qrow + h * d..row * qrow + (h + 1) * d].copy_from_slice(&o[i * d..(i + 1) * d]);
             lse[row * heads.q + h] = lse_l[i];
+        }
+    }
+}
+
+/// Row i of the `len x len` scores `p` becomes softmax(scale * p[i][..=i]) followed by zeros;
+/// `lse[i]` its log-sum-exp.
+struct CausalSoftmax<'a> {
+    p: &'a mut [f32],
+    lse: &'a mut [f32],
+    len: usize,
+    scale: f32,
+}
+
+impl Kernel for CausalSoftmax<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self) {
+        let CausalSoftmax { p, lse, len, scale } = self;
+        for (i, row) in p.chunks_exact_mut(len).enumerate() {
+            let (seen, future) = row.split_at_mut(i + 1);
+            let max = scale * simd::max_of::<S>(seen);
+            let sum = simd::exp_in_place::<S>(seen, scale, max);
+            simd::scale::<S>(seen, (1.0 / sum) as f32);
+            future.fill(0.0);
+            lse[i] = max + sum.ln() as f32;
+        }
+    }
+}
+
+/// From scores `p` and `dp = dO V^T` (`len x len`), with `rows[i] = (D_i, lse_i)`: the causal
+/// probabilities `p = e^(scale p - lse_i)` and `dp = scale p (dp - D_i)`, zero above the
+/// diagonal.
+struct CausalSoftmaxGrad<'a> {
+    p: &'a mut [f32],
+    dp: &'a mut [f32],
+    rows: &'a [(f32, f32)],
+    scale: f32,
+}
+
+impl Kernel for CausalSoftmaxGrad<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self) {
+        let CausalSoftmaxGrad { p, dp, rows, scale } = self;
+        let len = rows.len();
+        for (i, (prow, dprow)) in p.chunks_exact_mut(len).zip(dp.chunks_exact_mut(len)).enumerate() {
+            let (di, lse_i) = rows[i];
+            simd::exp_in_place::<S>(&mut prow[..=i], scale, lse_i);
+            let full = (i + 1) / S::LANES * S::LANES;
+            // SAFETY: j + LANES <= i + 1 <= len for both rows.
+            unsafe {
+                let (sv, dv) = (S::splat(scale), S::splat(di));
+                for j in (0..full).step_by(S::LANES) {
+                    let pj = S::load(prow.as_ptr().add(j));
+                    let d = S::sub(S::load(dprow.as_ptr().add(j)), dv);
+                    S::store(dprow.as_mut_ptr().add(j), S::mul(S::mul(sv, pj), d));
+                }
+            }
+            for j in full..=i {
+                dprow[j] = scale * prow[j] * (dprow[j] - di);
+            }
+            prow[i + 1..].fill(0.0);
+            dprow[i + 1..].fill(0.0);
         }
     }
 }
@@ -146,6 +174,7 @@ pub fn attention_backward(
 ) {
     let (d, qrow, kvrow, g) = (heads.dim, heads.q * heads.dim, heads.kv * heads.dim, heads.group());
     let scale = heads.scale();
+    let isa = crate::cpu::isa();
     let n_tok = seg_start.len();
     // D[i,h] = dout[i,h] . out[i,h]
     let delta: Vec<f32> = (0..n_tok * heads.q)
@@ -167,21 +196,8 @@ pub fn attention_backward(
             let mut dp = vec![0.0f32; len * len];
             gemm_strided(&mut p, &q[qo..], qrow, 1, &k[ko..], 1, kvrow, len, len, d, false);
             gemm_strided(&mut dp, &dout[qo..], qrow, 1, &v[ko..], 1, kvrow, len, len, d, false);
-            for i in 0..len {
-                let row = s + i;
-                let (di, lse_i) = (delta[row * heads.q + h], lse[row * heads.q + h]);
-                for j in 0..len {
-                    let idx = i * len + j;
-                    if j <= i {
-                        let pij = (scale * p[idx] - lse_i).exp();
-                        p[idx] = pij;
-                        dp[idx] = scale * pij * (dp[idx] - di);
-                    } else {
-                        p[idx] = 0.0;
-                        dp[idx] = 0.0;
-                    }
-                }
-            }
+            let rows: Vec<(f32, f32)> = (s..s + len).map(|row| (delta[row * heads.q + h], lse[row * heads.q + h])).collect();
+            dispatch(isa, CausalSoftmaxGrad { p: &mut p, dp: &mut dp, rows: &rows, scale });
             // dp now holds scale * dS.
             let (mut dq_l, mut dk_l, mut dv_l) = (vec![0.0f32; len * d], vec![0.0f32; len * d], vec![0.0f32; len * d]);
             gemm_strided(&mut dq_l, &dp, len, 1, &k[ko..], kvrow, 1, len, d, len, false);
@@ -205,15 +221,231 @@ pub fn attention_backward(
     }
 }
 
-/// Decoding: for each sequence b, query row q[b] (`Hq*dim`) attends to its cached keys and
-/// values `caches[b] = (k, v, len)` with rows of `Hkv*dim`; writes out[b].
+/// Positions per block of a decoding cache's keys (see [`write_key`]).
+pub const KEY_BLOCK: usize = 16;
+
+/// Appends the key row `key` (`[Hkv * dim]`) of position `pos` to a sequence's keys, stored in
+/// blocks of [`KEY_BLOCK`] positions transposed within the block: element (position p, e) sits
+/// at `(p / 16) * 16 * Hkv * dim + e * 16 + p % 16`, so the scores of 16 positions are one vector
+/// product per dimension, with no horizontal sums.
+pub fn write_key(keys: &mut Vec<f32>, key: &[f32], pos: usize) {
+    let width = key.len();
+    let (block, slot) = (pos / KEY_BLOCK, pos % KEY_BLOCK);
+    if keys.len() < (block + 1) * KEY_BLOCK * width {
+        keys.resize((block + 1) * KEY_BLOCK * width, 0.0);
+    }
+    let base = block * KEY_BLOCK * width + slot;
+    for (e, &x) in key.iter().enumerate() {
+        keys[base + e * KEY_BLOCK] = x;
+    }
+}
+
+/// Decoding: for each sequence b, query row q[b] (`Hq*dim`) attends to its cache
+/// `caches[b] = (keys, values, len)`: keys in the blocked layout of [`write_key`], values as
+/// rows of `Hkv*dim`; writes out[b]. Parallel over (sequence, KV head); the query heads of a
+/// group share each key and value as it is read; scores, softmax and the weighted sum of values
+/// are vector code without horizontal sums.
 pub fn attention_decode(out: &mut [f32], q: &[f32], caches: &[(&[f32], &[f32], usize)], heads: Heads) {
-    let qrow = heads.q * heads.dim;
-    out.par_chunks_exact_mut(qrow).enumerate().for_each_init(Vec::new, |scores, (b, out_row)| {
-        let (k, v, n) = caches[b];
-        for h in 0..heads.q {
-            let qh = &q[b * qrow + h * heads.dim..b * qrow + (h + 1) * heads.dim];
-            attend(&mut out_row[h * heads.dim..(h + 1) * heads.dim], qh, k, v, n, h / heads.group(), heads, scores);
-        }
+    attention_decode_on(crate::cpu::isa(), out, q, caches, heads);
+}
+
+/// [`attention_decode`] on a given instruction set (tests compare them).
+pub(crate) fn attention_decode_on(isa: crate::cpu::Isa, out: &mut [f32], q: &[f32], caches: &[(&[f32], &[f32], usize)], heads: Heads) {
+    let (d, g) = (heads.dim, heads.group());
+    // One item per (sequence, KV head): its g query heads are consecutive in the rows.
+    out.par_chunks_exact_mut(g * d).zip(q.par_chunks_exact(g * d)).enumerate().for_each_init(Vec::new, |scores, (item, (out, q))| {
+        let (b, kvh) = (item / heads.kv, item % heads.kv);
+        let (keys, values, n) = caches[b];
+        dispatch(isa, DecodeGroup { out, q, keys, values, n, kvh, heads, scores });
     });
+}
+
+/// One KV head of one sequence against its group of query heads, for [`attention_decode`].
+struct DecodeGroup<'a> {
+    out: &'a mut [f32],
+    q: &'a [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
+    n: usize,
+    kvh: usize,
+    heads: Heads,
+    scores: &'a mut Vec<f32>,
+}
+
+/// Query heads per pass of the decode kernel: `HP x 16` score lanes, or `HP x 4` vectors of
+/// output, stay in registers.
+const fn heads_per_pass<S: Simd>() -> usize {
+    if S::LANES >= 16 { 4 } else { 2 }
+}
+
+impl Kernel for DecodeGroup<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self) {
+        let DecodeGroup { out, q, keys, values, n, kvh, heads, scores } = self;
+        let (d, g) = (heads.dim, heads.group());
+        let padded = n.next_multiple_of(KEY_BLOCK);
+        scores.clear();
+        scores.resize(g * padded, 0.0);
+        let hp = heads_per_pass::<S>();
+        for h0 in (0..g).step_by(hp) {
+            // SAFETY: heads h0..h0+count < g; keys hold `padded` positions; scores g * padded.
+            unsafe { decode_scores::<S>(&q[h0 * d..], keys, kvh, heads, padded, &mut scores[h0 * padded..], (g - h0).min(hp)) };
+        }
+        let scale = heads.scale();
+        for h in 0..g {
+            let s = &mut scores[h * padded..h * padded + n];
+            let max = scale * simd::max_of::<S>(s);
+            let inv = (1.0 / simd::exp_in_place::<S>(s, scale, max)) as f32;
+            for x in s.iter_mut() {
+                *x *= inv;
+            }
+        }
+        for h0 in (0..g).step_by(hp) {
+            // SAFETY: as above; values hold n rows of Hkv * d; out holds g * d.
+            unsafe { decode_values::<S>(&mut out[h0 * d..], &scores[h0 * padded..], padded, values, n, kvh, heads, (g - h0).min(hp)) };
+        }
+    }
+}
+
+/// Scores of `count` heads (queries `q[h * d..]`) against every block of keys.
+#[inline(always)]
+unsafe fn decode_scores<S: Simd>(q: &[f32], keys: &[f32], kvh: usize, heads: Heads, padded: usize, scores: &mut [f32], count: usize) {
+    // SAFETY (all arms): the caller's guarantee.
+    unsafe {
+        match count {
+            1 => decode_scores_h::<S, 1>(q, keys, kvh, heads, padded, scores),
+            2 => decode_scores_h::<S, 2>(q, keys, kvh, heads, padded, scores),
+            3 => decode_scores_h::<S, 3>(q, keys, kvh, heads, padded, scores),
+            _ => decode_scores_h::<S, 4>(q, keys, kvh, heads, padded, scores),
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn decode_scores_h<S: Simd, const H: usize>(q: &[f32], keys: &[f32], kvh: usize, heads: Heads, padded: usize, scores: &mut [f32]) {
+    let (d, width) = (heads.dim, heads.kv * heads.dim);
+    let vectors = KEY_BLOCK / S::LANES;
+    for block in 0..padded / KEY_BLOCK {
+        let base = block * KEY_BLOCK * width + kvh * d * KEY_BLOCK;
+        for v in 0..vectors {
+            // SAFETY: block < padded / 16, so base + (d - 1) * 16 + 16 <= keys.len(); q holds
+            // H heads of d; scores H rows of `padded`.
+            unsafe {
+                let mut acc = [S::zero(); H];
+                for c in 0..d {
+                    let kv = S::load(keys.as_ptr().add(base + c * KEY_BLOCK + v * S::LANES));
+                    for h in 0..H {
+                        acc[h] = S::fmadd(S::splat(*q.get_unchecked(h * d + c)), kv, acc[h]);
+                    }
+                }
+                for h in 0..H {
+                    S::store(scores.as_mut_ptr().add(h * padded + block * KEY_BLOCK + v * S::LANES), acc[h]);
+                }
+            }
+        }
+    }
+}
+
+/// `out[h] = Σ_j p[h][j] v_j` for `count` heads, 4 vectors of the head's width at a time.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn decode_values<S: Simd>(out: &mut [f32], p: &[f32], padded: usize, values: &[f32], n: usize, kvh: usize, heads: Heads, count: usize) {
+    // SAFETY (all arms): the caller's guarantee.
+    unsafe {
+        match count {
+            1 => decode_values_h::<S, 1>(out, p, padded, values, n, kvh, heads),
+            2 => decode_values_h::<S, 2>(out, p, padded, values, n, kvh, heads),
+            3 => decode_values_h::<S, 3>(out, p, padded, values, n, kvh, heads),
+            _ => decode_values_h::<S, 4>(out, p, padded, values, n, kvh, heads),
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn decode_values_h<S: Simd, const H: usize>(out: &mut [f32], p: &[f32], padded: usize, values: &[f32], n: usize, kvh: usize, heads: Heads) {
+    let (d, width) = (heads.dim, heads.kv * heads.dim);
+    let chunk = 4 * S::LANES;
+    let mut c0 = 0;
+    while c0 + chunk <= d {
+        // SAFETY: rows j < n of `width` values, columns kvh*d + c0 .. + chunk inside the head;
+        // p holds H rows of `padded`; out H heads of d.
+        unsafe {
+            let mut acc = [[S::zero(); 4]; H];
+            for j in 0..n {
+                let row = values.as_ptr().add(j * width + kvh * d + c0);
+                let vv = [S::load(row), S::load(row.add(S::LANES)), S::load(row.add(2 * S::LANES)), S::load(row.add(3 * S::LANES))];
+                for h in 0..H {
+                    let pb = S::splat(*p.get_unchecked(h * padded + j));
+                    for c in 0..4 {
+                        acc[h][c] = S::fmadd(pb, vv[c], acc[h][c]);
+                    }
+                }
+            }
+            for h in 0..H {
+                for c in 0..4 {
+                    S::store(out.as_mut_ptr().add(h * d + c0 + c * S::LANES), acc[h][c]);
+                }
+            }
+        }
+        c0 += chunk;
+    }
+    // A head width that is not a multiple of 4 vectors: the rest one element at a time.
+    for h in 0..H {
+        for c in c0..d {
+            out[h * d + c] = (0..n).map(|j| p[h * padded + j] * values[j * width + kvh * d + c]).sum();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::Isa;
+
+    /// Decoding against the training attention's last row (its own reference, checked by finite
+    /// differences), for group sizes 1 to 7, head widths with and without a remainder past the
+    /// 4-vector chunks, and lengths on both sides of the 16-position key blocks.
+    #[test]
+    fn decode_equals_the_last_row_of_training_attention() {
+        let mut seed = 7u64;
+        let mut random = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    ((seed >> 33) % 2001) as f32 / 1000.0 - 1.0
+                })
+                .collect()
+        };
+        for heads in [Heads { q: 2, kv: 2, dim: 4 }, Heads { q: 9, kv: 3, dim: 64 }, Heads { q: 7, kv: 1, dim: 72 }, Heads { q: 8, kv: 2, dim: 128 }] {
+            let (qd, kd) = (heads.q * heads.dim, heads.kv * heads.dim);
+            let lens = [1usize, 15, 16, 17, 40];
+            let rows: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = lens.iter().map(|&n| (random(n * qd), random(n * kd), random(n * kd))).collect();
+            let mut want = Vec::new();
+            for ((q, k, v), &n) in rows.iter().zip(&lens) {
+                let (mut out, mut lse) = (vec![0.0; n * qd], vec![0.0; n * heads.q]);
+                attention_forward(&mut out, &mut lse, q, k, v, &vec![0; n], heads);
+                want.extend_from_slice(&out[(n - 1) * qd..]);
+            }
+            let keys: Vec<Vec<f32>> = rows
+                .iter()
+                .zip(&lens)
+                .map(|((_, k, _), &n)| {
+                    let mut blocked = Vec::new();
+                    for p in 0..n {
+                        write_key(&mut blocked, &k[p * kd..(p + 1) * kd], p);
+                    }
+                    blocked
+                })
+                .collect();
+            let caches: Vec<(&[f32], &[f32], usize)> = keys.iter().zip(&rows).zip(&lens).map(|((k, (_, _, v)), &n)| (k.as_slice(), v.as_slice(), n)).collect();
+            let last_q: Vec<f32> = rows.iter().zip(&lens).flat_map(|((q, _, _), &n)| q[(n - 1) * qd..].to_vec()).collect();
+            for isa in Isa::available() {
+                let mut got = vec![f32::NAN; lens.len() * qd];
+                attention_decode_on(isa, &mut got, &last_q, &caches, heads);
+                let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                assert!(err < 1e-5, "{isa:?} {heads:?}: largest difference {err}");
+            }
+        }
+    }
 }

@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod embedding;
+pub mod gemv;
 pub mod logprob;
 pub mod matmul;
 pub mod rmsnorm;

@@ -1,0 +1,155 @@
+//! What the CPU's vector unit can do, decided once at run time, so one binary runs at the
+//! speed of whichever x86-64 CPU it lands on: AVX-512 where present, AVX2 + FMA + F16C
+//! elsewhere, portable Rust below that.
+//!
+//! `RSTAR2_CPU_ISA=avx2` (or `generic`) narrows the choice for this crate's own kernels (the
+//! small-m matmul, half-precision weights, vectorized `exp`), so the narrower paths can be run
+//! and tested on a wider machine. The `gemm` crate picks its own kernels by the same detection
+//! and has no such switch; a test runs the suite's CPU checks under `qemu-x86_64 -cpu Haswell`
+//! (no AVX-512) to cover it.
+
+use std::sync::OnceLock;
+
+/// A vector instruction set this crate has kernels for, narrowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// Portable Rust (whatever the compiler vectorizes for the build target).
+    Generic,
+    /// AVX2 with FMA and F16C: 256-bit vectors.
+    Avx2,
+    /// AVX-512 F: 512-bit vectors.
+    Avx512,
+}
+
+impl Isa {
+    /// The widest set this CPU supports.
+    pub fn detected() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+            if avx2 && is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Generic
+    }
+
+    /// Width of its vectors in bits (128 for the portable path: what baseline x86-64 has).
+    pub fn vector_bits(self) -> usize {
+        match self {
+            Isa::Generic => 128,
+            Isa::Avx2 => 256,
+            Isa::Avx512 => 512,
+        }
+    }
+
+    /// "avx512", "avx2" or "generic" (the values `RSTAR2_CPU_ISA` takes).
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Generic => "generic",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Every set this CPU can run, narrowest first (for tests that compare the paths).
+    pub fn available() -> Vec<Isa> {
+        [Isa::Generic, Isa::Avx2, Isa::Avx512].into_iter().filter(|&i| i <= Isa::detected()).collect()
+    }
+
+    fn parse(name: &str) -> Option<Isa> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "generic" => Some(Isa::Generic),
+            "avx2" => Some(Isa::Avx2),
+            "avx512" => Some(Isa::Avx512),
+            _ => None,
+        }
+    }
+}
+
+/// The set this crate's kernels use: [`Isa::detected`], narrowed by `RSTAR2_CPU_ISA` when set
+/// (a wider set than the CPU has, or an unknown name, is refused with a message and ignored).
+pub fn isa() -> Isa {
+    static CHOSEN: OnceLock<Isa> = OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let detected = Isa::detected();
+        match std::env::var("RSTAR2_CPU_ISA") {
+            Err(_) => detected,
+            Ok(v) => match Isa::parse(&v) {
+                Some(asked) if asked <= detected => asked,
+                Some(asked) => {
+                    eprintln!("RSTAR2_CPU_ISA={v}: this CPU has no {}, using {}", asked.name(), detected.name());
+                    detected
+                }
+                None => {
+                    eprintln!("RSTAR2_CPU_ISA={v}: expected avx512, avx2 or generic; using {}", detected.name());
+                    detected
+                }
+            },
+        }
+    })
+}
+
+/// Measured fp32 FMA throughput of `isa`'s vectors in GFLOP/s, every rayon thread running twelve
+/// independent fused multiply-add chains (enough to cover FMA latency) with no memory traffic:
+/// the peak a kernel on that instruction set can reach. Takes about `seconds`.
+pub fn fma_peak_gflops(isa: Isa, seconds: f64) -> f64 {
+    use rayon::prelude::*;
+    use crate::simd::dispatch;
+    let threads = rayon::current_num_threads();
+    // Calibrate the iteration count on one short run, then time all threads together.
+    let probe = 100_000u64;
+    let t = std::time::Instant::now();
+    std::hint::black_box(dispatch(isa, FmaChains(probe)));
+    let per_iter = t.elapsed().as_secs_f64() / probe as f64;
+    let iters = ((seconds / per_iter.max(1e-12)) as u64).max(probe);
+    let t = std::time::Instant::now();
+    let sums: f32 = (0..threads).into_par_iter().map(|_| dispatch(isa, FmaChains(iters))).sum();
+    std::hint::black_box(sums);
+    let lanes = isa.vector_bits() / 32;
+    let lanes = if isa == Isa::Generic { 1 } else { lanes };
+    (threads as u64 * iters * 12 * lanes as u64 * 2) as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+/// Twelve independent FMA chains, `self.0` steps each.
+struct FmaChains(u64);
+
+impl crate::simd::Kernel for FmaChains {
+    type Output = f32;
+    #[inline(always)]
+    fn run<S: crate::simd::Simd>(self) -> f32 {
+        // SAFETY: register-only vector arithmetic; the set was checked by dispatch.
+        unsafe {
+            let (a, b) = (S::splat(0.999_999), S::splat(1e-7));
+            let mut acc = [S::splat(1.0); 12];
+            for _ in 0..self.0 {
+                for x in acc.iter_mut() {
+                    *x = S::fmadd(*x, a, b);
+                }
+            }
+            let mut sum = S::zero();
+            for x in acc {
+                sum = S::add(sum, x);
+            }
+            S::reduce_add(sum)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_order_by_width() {
+        for isa in [Isa::Generic, Isa::Avx2, Isa::Avx512] {
+            assert_eq!(Isa::parse(isa.name()), Some(isa));
+        }
+        assert!(Isa::Generic.vector_bits() < Isa::Avx2.vector_bits() && Isa::Avx2.vector_bits() < Isa::Avx512.vector_bits());
+        assert!(Isa::available().contains(&Isa::detected()) && Isa::available()[0] == Isa::Generic);
+        assert!(isa() <= Isa::detected());
+    }
+}
