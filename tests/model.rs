@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use rstar2::model::ops::logprob::cross_entropy;
-use rstar2::model::{AdamW, AdamWConfig, Batch, Config, KvCache, Model, Params};
+use rstar2::model::{AdamW, AdamWConfig, Batch, Config, DecodeWeights, KvCache, Model, Params};
 
 use crate::support::{expected, fixture_dir, load, load_parts, rel_err};
 
@@ -21,6 +21,14 @@ fn loss_and_grads(model: &Model, seqs: &[Vec<u32>]) -> (f32, Params, Vec<f32>) {
 }
 
 fn golden(name: &str) {
+    // Runs on a narrower instruction set (see `narrower_instruction_sets_pass_the_numeric_tests`)
+    // check that they got it.
+    if let Ok(want) = std::env::var("RSTAR2_EXPECT_ISA") {
+        assert_eq!(rstar2::model::cpu::Isa::detected().name(), want, "the CPU this runs on");
+    }
+    if let Ok(want) = std::env::var("RSTAR2_CPU_ISA") {
+        assert_eq!(rstar2::model::cpu::isa().name(), want, "the kernels this run uses");
+    }
     let mut model = load(name);
     let exp = expected(name);
     let v = model.config.vocab_size;
@@ -67,33 +75,86 @@ fn golden_llama_untied() {
 }
 
 /// Prefill, decode and appending a chunk give the same last-token logits as the training
-/// forward over the whole sequence, for a batch of sequences of different lengths.
+/// forward over the whole sequence, for a batch of sequences of different lengths; with the
+/// f32 weights through gemm, packed f32 weights and packed f16 weights (error measured).
 #[test]
 fn kv_cache_matches_full_forward() {
-    let model = load("qwen3-untied");
+    for name in ["qwen3-untied", "qwen2-tied", "llama-untied"] {
+        let mut model = load(name);
+        for weights in [None, Some(DecodeWeights::F32), Some(DecodeWeights::F16)] {
+            if let Some(w) = weights {
+                model.set_decode_weights(w);
+            }
+            let err = kv_cache_against_forward(&model);
+            // f16 weights: 11 significant bits, so about 5e-4 of the largest logit per product.
+            let budget = if weights == Some(DecodeWeights::F16) { 5e-3 } else { 1e-5 };
+            eprintln!("{name}, decode weights {weights:?}: largest logit error {err:.2e} of the largest logit");
+            assert!(err < budget, "{name} {weights:?}: {err}");
+        }
+    }
+}
+
+/// Prefills, decodes and appends to two sequences; returns the largest logit error against the
+/// training forward, relative to the largest logit.
+fn kv_cache_against_forward(model: &Model) -> f32 {
     let v = model.config.vocab_size;
-    let full: Vec<Vec<u32>> = vec![vec![5, 17, 3, 90, 44, 12, 7, 61], vec![33, 8, 71, 20, 95, 1]];
+    let full: Vec<Vec<u32>> = vec![vec![5, 17, 3, 90, 44, 12, 7, 61, 2, 9, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41], vec![33, 8, 71, 20, 95, 1]];
     let mut cache = KvCache::new(64);
-    // Prefill different lengths, then decode one token each, then append a 2-token chunk to one.
+    // Prefill different lengths, then decode one token each, then append chunks to one, past a
+    // 16-position key block.
     let l0 = model.extend(&mut cache, &[0, 1], &[&full[0][..4], &full[1][..3]]).unwrap();
     let l1 = model.extend(&mut cache, &[0, 1], &[&full[0][4..5], &full[1][3..4]]).unwrap();
     let l2 = model.extend(&mut cache, &[0], &[&full[0][5..7]]).unwrap();
-    assert_eq!((cache.len(0), cache.len(1), cache.used()), (7, 4, 11));
-    let check = |seq: &[u32], got: &[f32]| {
+    let l3 = model.extend(&mut cache, &[0], &[&full[0][7..22]]).unwrap();
+    assert_eq!((cache.len(0), cache.len(1), cache.used()), (22, 4, 26));
+    let err = |seq: &[u32], got: &[f32]| {
         let fwd = model.forward(&Batch::new(&[seq.to_vec()]));
         let want = &fwd.logits[(seq.len() - 1) * v..seq.len() * v];
-        assert!(rel_err(got, want) < 1e-5, "prefix {seq:?}: {}", rel_err(got, want));
+        let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max) / scale
     };
-    check(&full[0][..4], &l0[0]);
-    check(&full[1][..3], &l0[1]);
-    check(&full[0][..5], &l1[0]);
-    check(&full[1][..4], &l1[1]);
-    check(&full[0][..7], &l2[0]);
+    let errors = [err(&full[0][..4], &l0[0]), err(&full[1][..3], &l0[1]), err(&full[0][..5], &l1[0]), err(&full[1][..4], &l1[1]), err(&full[0][..7], &l2[0]), err(&full[0][..22], &l3[0])];
     // Capacity is enforced and released.
     assert!(model.extend(&mut cache, &[2], &[&[1u32; 60]]).is_err());
     cache.release(0);
     assert_eq!(cache.used(), 4);
     assert!(model.extend(&mut cache, &[2], &[&[1u32; 60]]).is_ok());
+    errors.into_iter().fold(0.0, f32::max)
+}
+
+/// The imported SmolLM2-135M (`cargo xtask fetch-model smollm2-135m`; not in CI): a chat
+/// prompt's greedy continuation with f16 decode weights against f32, and their logit error.
+#[test]
+fn smollm2_f16_decoding_follows_f32() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/smollm2-135m");
+    if !dir.join("model.safetensors").exists() {
+        eprintln!("smollm2_f16_decoding_follows_f32: no imported SmolLM2 (cargo xtask fetch-model smollm2-135m); not run");
+        return;
+    }
+    let config = Config::from_file(&dir.join("config.json")).unwrap();
+    let tokenizer = rstar2::model::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let prompt = tokenizer.encode("<|im_start|>user\nWrite a short story about a robot who learns to paint.<|im_end|>\n<|im_start|>assistant\n");
+    let mut model = Model::new(config.clone(), Params::load(&dir, &config).unwrap());
+    let mut runs = Vec::new();
+    for weights in [DecodeWeights::F32, DecodeWeights::F16] {
+        model.set_decode_weights(weights);
+        let mut cache = KvCache::new(1024);
+        let mut logits = model.extend(&mut cache, &[0], &[&prompt]).unwrap().remove(0);
+        let (mut tokens, mut all) = (Vec::new(), Vec::new());
+        for _ in 0..128 {
+            let t = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+            tokens.push(t);
+            all.push(logits.clone());
+            logits = model.extend(&mut cache, &[0], &[&[t]]).unwrap().remove(0);
+        }
+        runs.push((tokens, all));
+    }
+    let same = runs[0].0.iter().zip(&runs[1].0).take_while(|(a, b)| a == b).count();
+    // Logit error while the two decodes see the same tokens.
+    let err = runs[0].1[..same].iter().zip(&runs[1].1[..same]).map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max) / a.iter().fold(0.0f32, |m, x| m.max(x.abs()))).fold(0.0f32, f32::max);
+    eprintln!("SmolLM2-135M greedy decoding, f16 against f32 weights: first {same} of 128 tokens equal, largest logit error {err:.2e} of the largest logit over them");
+    assert!(same >= 64, "f16 decoding left the f32 tokens after {same}");
+    assert!(err < 2e-2, "logit error {err}");
 }
 
 #[test]
@@ -215,4 +276,54 @@ fn sharded_checkpoints_load() {
     let err = Params::load(&tmp, &config).unwrap_err().to_string();
     assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
     std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// Tests of this binary that check the model's numbers (golden fixtures, cache, f16 decoding),
+/// for running again on a narrower instruction set.
+const NUMERIC_TESTS: [&str; 5] = ["model::golden_qwen2_tied_embeddings_with_qkv_bias", "model::golden_qwen3_qk_norm_untied", "model::golden_llama_untied", "model::kv_cache_matches_full_forward", "model::gradients_accumulate_and_clip"];
+
+/// Runs NUMERIC_TESTS in a child process of this test binary, optionally under a wrapper
+/// command; returns whether they all passed, and the child's output.
+fn run_numeric_tests(wrapper: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = std::process::Command::new(program);
+            c.args(args).arg(&exe);
+            c
+        }
+        None => std::process::Command::new(&exe),
+    };
+    cmd.args(NUMERIC_TESTS).args(["--exact", "--test-threads=1"]).envs(env.iter().copied());
+    let out = cmd.output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let ran = text.contains(&format!("{} passed", NUMERIC_TESTS.len()));
+    (out.status.success() && ran, text)
+}
+
+/// The AVX2 and portable kernels (RSTAR2_CPU_ISA narrows this crate's choice) pass the same
+/// numeric tests as the widest ones, on any machine.
+#[test]
+fn narrower_instruction_sets_pass_the_numeric_tests() {
+    for isa in ["avx2", "generic"] {
+        if isa == "avx2" && !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+            eprintln!("!!! no AVX2 on this CPU: the AVX2 run is left to the qemu test");
+            continue;
+        }
+        let (ok, text) = run_numeric_tests(&[], &[("RSTAR2_CPU_ISA", isa)]);
+        assert!(ok, "RSTAR2_CPU_ISA={isa}:\n{text}");
+    }
+}
+
+/// The same binary on a CPU without AVX-512 (QEMU emulating a Haswell: AVX2, FMA, F16C), so gemm
+/// and this crate both take their AVX2 kernels at run time. `.ci/run` installs qemu-user.
+#[test]
+fn an_avx2_only_cpu_runs_the_same_binary() {
+    if std::process::Command::new("qemu-x86_64").arg("--version").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "qemu-x86_64 not found (apt-get install qemu-user)");
+        eprintln!("!!! qemu-x86_64 not found: the AVX2-only CPU test did not run (apt-get install qemu-user)");
+        return;
+    }
+    let (ok, text) = run_numeric_tests(&["qemu-x86_64", "-cpu", "Haswell"], &[("RSTAR2_EXPECT_ISA", "avx2")]);
+    assert!(ok, "under qemu -cpu Haswell:\n{text}");
 }

@@ -5,7 +5,8 @@
 use std::process::Command;
 use std::time::Instant;
 
-use rstar2_model::cpu::{Isa, fma_peak_gflops, isa};
+use rstar2_model::cpu::{Isa, fma_peak_gflops, isa, read_bandwidth_gbs};
+use rstar2_model::ops::gemv::{PackedWeight, matmul_packed};
 use rstar2_model::ops::matmul::{chosen_splits, matmul_nt};
 use rstar2_model::{AdamW, AdamWConfig, Batch, Config, DecodeWeights, KvCache, Model, Params};
 
@@ -128,8 +129,9 @@ pub fn run(python: &str) -> anyhow::Result<()> {
         println!("FMA-loop peak, {} ({} bits), all threads: {p:.1} GFLOP/s", i.name(), i.vector_bits());
     }
     let peak = peaks.iter().map(|p| p.1).fold(f64::NAN, f64::max);
-    let bandwidth = copy_bandwidth();
-    println!("memory copy bandwidth, all threads: {bandwidth:.1} GB/s (bytes read + written)\n");
+    let copy = copy_bandwidth();
+    let bandwidth = read_bandwidth_gbs(512 << 20);
+    println!("memory bandwidth, all threads: copy {copy:.1} GB/s (bytes read + written), read {bandwidth:.1} GB/s (the decode bound below uses the read figure)\n");
     let torch_ok = Command::new(python).args(["-c", "import torch, transformers"]).output().is_ok_and(|o| o.status.success());
     if !torch_ok {
         println!("(PyTorch columns empty: `{python} -c 'import torch, transformers'` failed; pass --python)\n");
@@ -155,6 +157,19 @@ pub fn run(python: &str) -> anyhow::Result<()> {
         let theirs = torch_mm.as_ref().and_then(|t| t.get(i).copied());
         println!("{:<32} {gflops:>10.1} {:>9.0}% {:>12} {:>8}", format!("[{m} x {k}] @ [{n} x {k}]^T"), 100.0 * gflops / peak, fmt(theirs), ratio(gflops, theirs));
     }
+    // Decode shapes through the packed small-m kernel (what cached inference uses), weights read
+    // from memory: one copy per layer of SmolLM2-135M (30), cycled.
+    for dtype in [DecodeWeights::F32, DecodeWeights::F16] {
+        for (m, k, n) in [(8usize, 576usize, 1536usize), (32, 576, 1536), (8, 576, 49152)] {
+            let copies = if n > 4096 { 2 } else { 30 };
+            let packed: Vec<PackedWeight> = (0..copies).map(|l| PackedWeight::pack(&vec![0.25 + l as f32 * 1e-3; n * k], n, k, dtype)).collect();
+            let (x, mut c) = (vec![0.5f32; m * k], vec![0.0f32; m * n]);
+            let secs = median_secs(9, || packed.iter().for_each(|w| matmul_packed(&mut c, &x, w, m))) / copies as f64;
+            let gflops = 2.0 * (m * n * k) as f64 / secs / 1e9;
+            let gbs = packed[0].bytes() as f64 / secs / 1e9;
+            println!("{:<32} {gflops:>10.1} {:>9.0}% {:>12} {:>8}   {gbs:.1} GB/s of weights", format!("[{m} x {k}] @ packed {} [{n} x {k}]^T", dtype.name()), 100.0 * gflops / peak, "-", "-");
+        }
+    }
     let splits: Vec<String> = chosen_splits().iter().map(|((m, n, k), s)| format!("2^{m}x2^{n}x2^{k}: {s:?}")).collect();
     println!("thread splits chosen by measurement (m x n x k classes): {}\n", splits.join(", "));
 
@@ -169,7 +184,7 @@ pub fn run(python: &str) -> anyhow::Result<()> {
     }
 
     // Decoding: the bound is the bytes one step reads (packed weights plus the KV cache at the
-    // mean context) over the copy bandwidth.
+    // mean context) over the read bandwidth.
     let (prompt_len, steps) = (32, 32);
     let batches = [1usize, 8, 32, 64];
     let (mut model, config_path, pretrained) = preset("smollm2-135m")?;

@@ -115,6 +115,24 @@ impl Policy {
         }
     }
 
+    /// Tokens of KV cache this device can hold: on the CPU, a quarter of the memory available
+    /// now; on a GPU, what one storage binding per layer holds (the paged cache's layout).
+    /// Engines size their cache with it, so decoding batches are as large as the device allows.
+    pub fn kv_token_budget(&self) -> usize {
+        let c = self.config();
+        let width = c.kv_heads() * c.head_dim();
+        match self {
+            Policy::Cpu { .. } => {
+                let available = available_memory_bytes().unwrap_or(8 << 30);
+                available / 4 / (2 * c.num_hidden_layers * width * 4).max(1)
+            }
+            Policy::Gpu { model, .. } => {
+                let blocks = (model.gpu.binding_limit() as usize / (width * 4 * crate::kv::BLOCK).max(1)).saturating_sub(256);
+                blocks * crate::kv::BLOCK
+            }
+        }
+    }
+
     /// What cached inference reads now.
     pub fn decode_weights(&self) -> DecodeWeights {
         match self {
@@ -234,4 +252,11 @@ impl Policy {
             Policy::Gpu { model, optimizer } => optimizer.as_ref().map(|o| Cow::Owned(o.to_cpu(model))),
         }
     }
+}
+
+/// MemAvailable of /proc/meminfo in bytes (Linux).
+fn available_memory_bytes() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: usize = text.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
 }

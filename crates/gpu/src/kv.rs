@@ -10,7 +10,7 @@ use crate::model::GpuModel;
 use crate::ops;
 use crate::tensor::Tensor;
 
-const BLOCK: usize = 16;
+pub(crate) const BLOCK: usize = 16;
 
 struct SeqBlocks {
     blocks: Vec<u32>,

@@ -114,6 +114,52 @@ pub fn fma_peak_gflops(isa: Isa, seconds: f64) -> f64 {
     (threads as u64 * iters * 12 * lanes as u64 * 2) as f64 / t.elapsed().as_secs_f64() / 1e9
 }
 
+/// Memory read bandwidth in GB/s: every rayon thread summing its part of a `bytes`-long buffer
+/// with the widest vectors (what streaming weights from memory can reach); median of 5.
+pub fn read_bandwidth_gbs(bytes: usize) -> f64 {
+    use rayon::prelude::*;
+    use crate::simd::dispatch;
+    let n = bytes / 4;
+    let data = vec![1.0f32; n];
+    let chunk = n.div_ceil(rayon::current_num_threads()).next_multiple_of(64);
+    let isa = isa();
+    let mut times: Vec<f64> = (0..6)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            let s: f32 = data.par_chunks(chunk).map(|c| dispatch(isa, SumAll(c))).sum();
+            std::hint::black_box(s);
+            t.elapsed().as_secs_f64()
+        })
+        .skip(1)
+        .collect();
+    times.sort_by(f64::total_cmp);
+    (n * 4) as f64 / times[times.len() / 2] / 1e9
+}
+
+/// The sum of a slice, four vector accumulators (loads in flight, no FMA chain bound).
+struct SumAll<'a>(&'a [f32]);
+
+impl crate::simd::Kernel for SumAll<'_> {
+    type Output = f32;
+    #[inline(always)]
+    fn run<S: crate::simd::Simd>(self) -> f32 {
+        let x = self.0;
+        let step = 4 * S::LANES;
+        let full = x.len() / step * step;
+        // SAFETY: every load is inside x; the set was checked by dispatch.
+        unsafe {
+            let mut acc = [S::zero(); 4];
+            for i in (0..full).step_by(step) {
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = S::add(*a, S::load(x.as_ptr().add(i + j * S::LANES)));
+                }
+            }
+            let v = S::add(S::add(acc[0], acc[1]), S::add(acc[2], acc[3]));
+            x[full..].iter().fold(S::reduce_add(v), |s, &y| s + y)
+        }
+    }
+}
+
 /// Twelve independent FMA chains, `self.0` steps each.
 struct FmaChains(u64);
 

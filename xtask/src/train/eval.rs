@@ -77,18 +77,18 @@ pub fn evaluate(policy: &Policy, tokenizer: &Tokenizer, sandbox: &Sandbox, chat:
         bar.inc(1);
         bar.set_message(format!("{:.0} tok/s", tokens as f64 / bar.elapsed().as_secs_f64().max(1e-3)));
     };
-    let mut engine = policy_engine(policy, kv_capacity(&requests, tokenizer, chat, config.max_response_tokens, config.samples));
+    let mut engine = policy_engine(policy, kv_capacity(policy, &requests, tokenizer, chat, config.max_response_tokens, config.samples));
     let out = generate(vec![engine.as_mut()], tokenizer, sandbox, &requests, &rollout, Some(&on_episode))?;
     bar.finish_and_clear();
     Ok(summarize(&out.episodes, tasks, config.samples, out.metrics.wall_seconds))
 }
 
-/// KV capacity for every trajectory at once, capped so memory stays bounded (trajectories then
-/// queue for room).
-pub fn kv_capacity(requests: &[rstar2_rollout::Request], tokenizer: &Tokenizer, chat: &ChatFormat, max_response: usize, samples: usize) -> usize {
+/// KV capacity for every trajectory at once where the device has room for it; otherwise as
+/// many as its KV budget holds (trajectories then queue for room), and at least one.
+pub fn kv_capacity(policy: &Policy, requests: &[rstar2_rollout::Request], tokenizer: &Tokenizer, chat: &ChatFormat, max_response: usize, samples: usize) -> usize {
     let longest_prompt = requests.iter().map(|r| tokenizer.encode(&chat.prompt(&r.question)).len()).max().unwrap_or(0);
     let per = longest_prompt + max_response;
-    (per * requests.len() * samples).clamp(per, per * 512)
+    (per * requests.len() * samples).min(policy.kv_token_budget()).max(per)
 }
 
 pub fn summarize(episodes: &[Episode], tasks: &[Task], k: usize, seconds: f64) -> EvalResult {

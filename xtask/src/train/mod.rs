@@ -418,7 +418,7 @@ impl Run {
             let bar = progress::bar((requests.len() * f.samples) as u64, "filter solved");
             let on = |_: &rstar2_rollout::Episode, _: usize| bar.inc(1);
             self.policy.refresh_decode_weights()?;
-            let mut engine = policy_engine(&self.policy, kv_capacity(&requests, &self.tokenizer, &self.config.chat, eval_config.max_response_tokens, f.samples));
+            let mut engine = policy_engine(&self.policy, kv_capacity(&self.policy, &requests, &self.tokenizer, &self.config.chat, eval_config.max_response_tokens, f.samples));
             let out = generate(vec![engine.as_mut()], &self.tokenizer, &self.sandbox, &requests, &rollout, Some(&on))?;
             bar.finish_and_clear();
             let before = pool.len();
@@ -472,7 +472,7 @@ impl Run {
         let rollout = self.rollout_config(stage, samples, mix_seed(self.config.seed, 0x7011, self.state.rl_step as u64));
         self.policy.refresh_decode_weights()?;
         let out = {
-            let mut engine = policy_engine(&self.policy, kv_capacity(&requests, &self.tokenizer, &self.config.chat, stage.max_response_tokens, samples));
+            let mut engine = policy_engine(&self.policy, kv_capacity(&self.policy, &requests, &self.tokenizer, &self.config.chat, stage.max_response_tokens, samples));
             generate(vec![engine.as_mut()], &self.tokenizer, &self.sandbox, &requests, &rollout, None)?
         };
         let gen_seconds = t0.elapsed().as_secs_f64();
