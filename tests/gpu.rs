@@ -104,30 +104,35 @@ fn gpu_golden_with_windowed_bindings() {
 #[test]
 fn gpu_kv_cache_matches_cpu() {
     let Some(gpu) = test_gpu() else { return };
-    let cpu = load("qwen3-untied");
-    let model = GpuModel::new(gpu, &cpu);
-    let full: Vec<Vec<u32>> = vec![(0..40).map(|i| (i * 7 + 3) % 90).collect(), vec![33, 8, 71, 20, 95, 1]];
-    let (mut gc, mut cc) = (GpuKvCache::new(&model, 64), KvCache::new(64));
-    let steps: [(&[u64], Vec<&[u32]>); 3] = [
-        (&[0, 1], vec![&full[0][..20], &full[1][..3]]),
-        (&[0, 1], vec![&full[0][20..21], &full[1][3..4]]),
-        (&[0], vec![&full[0][21..36]]),
-    ];
-    for (seqs, chunks) in &steps {
-        let got = model.extend(&mut gc, seqs, chunks).unwrap();
-        let want = cpu.extend(&mut cc, seqs, chunks).unwrap();
-        for (g, w) in got.iter().zip(&want) {
-            assert!(rel_err(g, w) < 1e-5, "GPU cache logits differ by {}", rel_err(g, w));
+    // qwen3: per-head q/k norms; qwen2: q/k/v biases, tied output layer; llama: neither.
+    for name in ["qwen3-untied", "qwen2-tied", "llama-untied"] {
+        let cpu = load(name);
+        let model = GpuModel::new(gpu.clone(), &cpu);
+        let full: Vec<Vec<u32>> = vec![(0..60).map(|i| (i * 7 + 3) % 90).collect(), vec![33, 8, 71, 20, 95, 1]];
+        let (mut gc, mut cc) = (GpuKvCache::new(&model, 128), KvCache::new(128));
+        // A 39-row prefill (the unfused path), then decoding and a 15-token chunk (the fused
+        // decode kernels, up to 32 rows).
+        let steps: [(&[u64], Vec<&[u32]>); 3] = [
+            (&[0, 1], vec![&full[0][..36], &full[1][..3]]),
+            (&[0, 1], vec![&full[0][36..37], &full[1][3..4]]),
+            (&[0], vec![&full[0][37..52]]),
+        ];
+        for (seqs, chunks) in &steps {
+            let got = model.extend(&mut gc, seqs, chunks).unwrap();
+            let want = cpu.extend(&mut cc, seqs, chunks).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert!(rel_err(g, w) < 1e-5, "{name}: GPU cache logits differ by {}", rel_err(g, w));
+            }
         }
+        assert_eq!((gc.len(0), gc.len(1), gc.used()), (52, 4, 56));
+        assert!(model.extend(&mut gc, &[2], &[&[1u32; 80]]).is_err(), "over capacity");
+        gc.release(0);
+        assert_eq!(gc.used(), 4);
+        let got = model.extend(&mut gc, &[2], &[&[1u32; 30]]).unwrap();
+        let want = cpu.forward(&Batch::new(&[vec![1u32; 30]]));
+        let v = cpu.config.vocab_size;
+        assert!(rel_err(&got[0], &want.logits[29 * v..]) < 1e-5, "{name}: reused blocks hold stale keys");
     }
-    assert_eq!((gc.len(0), gc.len(1), gc.used()), (36, 4, 40));
-    assert!(model.extend(&mut gc, &[2], &[&[1u32; 30]]).is_err(), "over capacity");
-    gc.release(0);
-    assert_eq!(gc.used(), 4);
-    let got = model.extend(&mut gc, &[2], &[&[1u32; 30]]).unwrap();
-    let want = cpu.forward(&Batch::new(&[vec![1u32; 30]]));
-    let v = cpu.config.vocab_size;
-    assert!(rel_err(&got[0], &want.logits[29 * v..]) < 1e-5, "reused blocks hold stale keys");
 }
 
 /// Two engines of different kinds in one rollout (the CPU backend and a GPU adapter): the

@@ -168,7 +168,15 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         }
     );
     let _ = std::io::stdout().flush();
+    print_gpu_profiles(&loaded.policies);
     Ok(())
+}
+
+/// With `RSTAR2_GPU_PROFILE=1`: each GPU's time per kernel family, on stderr.
+pub fn print_gpu_profiles(policies: &[Policy]) {
+    for report in policies.iter().filter_map(Policy::gpu).filter_map(|g| g.profile_report()) {
+        eprintln!("{report}");
+    }
 }
 
 pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
@@ -190,5 +198,6 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let r = eval::evaluate(&loaded.policies[0], &loaded.tokenizer, &sandbox, &loaded.chat, &tasks, &config, args.seed, "")?;
     println!("{}", serde_json::to_string(&r)?);
     eprintln!("pass@1 {:.3} ± {:.3} (k={}, {} problems), tool calls/episode {:.2}, tool-error ratio {:.2}", r.pass_at_1, r.stderr, r.k, r.problems, r.tool_calls_per_episode, r.tool_error_ratio);
+    print_gpu_profiles(&loaded.policies);
     Ok(())
 }

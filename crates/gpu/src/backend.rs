@@ -133,6 +133,14 @@ impl Policy {
         }
     }
 
+    /// The device of a GPU policy.
+    pub fn gpu(&self) -> Option<&Arc<Gpu>> {
+        match self {
+            Policy::Cpu { .. } => None,
+            Policy::Gpu { model, .. } => Some(&model.gpu),
+        }
+    }
+
     /// What cached inference reads now.
     pub fn decode_weights(&self) -> DecodeWeights {
         match self {

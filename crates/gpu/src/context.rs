@@ -1,15 +1,25 @@
-//! The device: adapter choice, the adapter's own limits, a pipeline cache keyed by kernel and
-//! override constants, a buffer pool, and one command encoder that ops record into until
-//! something has to be read back.
+//! The device: adapter choice, the adapter's own limits, and the host path every op records
+//! through. Built so that a decoding or training step, once warm, creates nothing:
+//!
+//! - pipelines cached by kernel, weight type and override constants, each with an explicit
+//!   layout shared by every kernel of the same binding signature;
+//! - per-dispatch scalars in a uniform ring bound with a dynamic offset (written once per
+//!   submission), so bind groups hold only storage buffers and are cached by what they bind;
+//! - small uploads (token ids, positions, block tables) staged in an upload ring and copied in
+//!   order with the recorded work, into pooled buffers;
+//! - buffers pooled by size class, trimmed when a phase ends; read-back staging buffers pooled;
+//! - one command encoder with one open compute pass until something is read back;
+//! - counters of dispatches, submissions, buffers and bind groups created, device memory; and a
+//!   profiler (timestamp queries where the adapter has them) of GPU and host time per kernel.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-
-use wgpu::util::DeviceExt;
+use std::time::Instant;
 
 use crate::GpuError;
 use crate::kernels::Kernel;
-use crate::tensor::Tensor;
+use crate::tensor::{Pool, Tensor, size_class};
 
 /// One adapter as `cargo xtask devices` lists it.
 #[derive(Debug, Clone)]
@@ -121,14 +131,126 @@ pub(crate) struct View<'t> {
     pub size: u64,
 }
 
-/// The command encoder being recorded and its open compute pass (which must end before the
-/// encoder records anything else).
+/// How a kernel binds one slot (read from its WGSL source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Slot {
+    StorageRead,
+    StorageWrite,
+    Uniform,
+}
+
+/// The binding slots of a kernel, in binding order: `@group(0) @binding(N) var<...>` lines.
+fn slots(source: &str) -> Vec<Slot> {
+    let mut found: Vec<(u32, Slot)> = source
+        .lines()
+        .filter_map(|line| {
+            let at = line.find("@binding(")?;
+            let rest = &line[at + 9..];
+            let n: u32 = rest[..rest.find(')')?].parse().ok()?;
+            let slot = if rest.contains("var<uniform>") {
+                Slot::Uniform
+            } else if rest.contains("var<storage, read_write>") {
+                Slot::StorageWrite
+            } else if rest.contains("var<storage, read>") || rest.contains("var<storage>") {
+                Slot::StorageRead
+            } else {
+                return None;
+            };
+            Some((n, slot))
+        })
+        .collect();
+    found.sort_by_key(|s| s.0);
+    assert!(found.iter().enumerate().all(|(i, s)| s.0 == i as u32), "kernel bindings are not 0..n: {found:?}");
+    found.into_iter().map(|s| s.1).collect()
+}
+
+/// An explicit bind group layout (and its pipeline layout) shared by every kernel with the same
+/// binding signature.
+struct Layout {
+    id: usize,
+    bind_group: wgpu::BindGroupLayout,
+    pipeline: wgpu::PipelineLayout,
+    /// Storage slots, then whether the last slot is the uniform.
+    storage: usize,
+    uniform: bool,
+}
+
+struct Pipeline {
+    pipeline: wgpu::ComputePipeline,
+    layout: Arc<Layout>,
+}
+
+/// What a cached bind group binds: the layout and each storage range.
+#[derive(Hash, PartialEq, Eq)]
+struct BindKey {
+    layout: usize,
+    ranges: Vec<(wgpu::Buffer, u64, u64)>,
+}
+
+/// Bytes of one dispatch's scalars in the uniform ring (every kernel's `Params` fits).
+const UNIFORM_BYTES: u64 = 256;
+/// Size of the uniform ring: dispatches per submission before a flush is forced.
+const UNIFORM_RING: u64 = 4 << 20;
+/// Uploads at most this large go through the upload ring (larger ones get a buffer of their own).
+const UPLOAD_RING: u64 = 4 << 20;
+/// Cached bind groups at most; past this the cache starts over.
+const BIND_GROUP_CACHE: usize = 8192;
+
+/// The command encoder being recorded, its open compute pass (which must end before the encoder
+/// records anything else), and what the submission will write into the rings first.
 #[derive(Default)]
 struct Recording {
     // Field order: the pass drops before the encoder.
     pass: Option<wgpu::ComputePass<'static>>,
     encoder: Option<wgpu::CommandEncoder>,
+    uniforms: Vec<u8>,
+    uploads: Vec<u8>,
+    /// Kernel of each timestamped dispatch of this submission, in order.
+    timed: Vec<&'static str>,
 }
+
+/// Counts since the device was opened (see [`Gpu::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuStats {
+    /// Dispatches recorded.
+    pub dispatches: u64,
+    /// Command buffers submitted.
+    pub submits: u64,
+    /// Device buffers created (tensors, rings, read-back staging).
+    pub buffers_created: u64,
+    /// Bind groups created.
+    pub bind_groups_created: u64,
+    /// Bytes of tensor buffers the device holds now (in use or pooled).
+    pub device_bytes: u64,
+    /// The most `device_bytes` ever was.
+    pub peak_device_bytes: u64,
+    /// Bytes of pooled (free) tensor buffers.
+    pub pooled_bytes: u64,
+}
+
+/// Time per kernel family: GPU time from timestamp queries (where the adapter has them) and host
+/// time spent recording.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KernelTime {
+    /// Kernel file stem.
+    pub kernel: &'static str,
+    /// Dispatches.
+    pub dispatches: u64,
+    /// Seconds on the GPU (0 without timestamp queries).
+    pub gpu_seconds: f64,
+    /// Seconds the host spent recording them.
+    pub host_seconds: f64,
+}
+
+/// Timestamp queries around every dispatch, resolved at each submission.
+struct Profiler {
+    /// None: the adapter has no timestamps inside compute passes (host times only).
+    queries: Option<(wgpu::QuerySet, wgpu::Buffer, wgpu::Buffer)>,
+    times: HashMap<&'static str, KernelTime>,
+}
+
+/// Timestamped dispatches per submission at most (two queries each).
+const PROFILED_DISPATCHES: u32 = 2048;
 
 /// An open device with its queue, caches and the encoder being recorded.
 pub struct Gpu {
@@ -139,10 +261,20 @@ pub struct Gpu {
     /// The limits requested (the adapter's own).
     pub limits: wgpu::Limits,
     binding_limit: u64,
-    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
-    pub(crate) pool: Arc<Mutex<HashMap<u64, Vec<wgpu::Buffer>>>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
+    layouts: Mutex<HashMap<Vec<Slot>, Arc<Layout>>>,
+    bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
+    pub(crate) pool: Arc<Pool>,
+    staging: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    uniform_ring: wgpu::Buffer,
+    upload_ring: wgpu::Buffer,
+    /// Bytes between consecutive dispatches' scalars (the adapter's dynamic-offset alignment).
+    uniform_stride: u64,
     recording: Mutex<Recording>,
-    dispatches: Mutex<u64>,
+    profiler: Mutex<Option<Profiler>>,
+    dispatches: AtomicU64,
+    submits: AtomicU64,
+    bind_groups_created: AtomicU64,
 }
 
 impl Gpu {
@@ -168,26 +300,45 @@ impl Gpu {
         // wgpu's defaults cap buffers at 256 MiB and workgroups at 256 invocations; real models
         // need what the adapter offers.
         let limits = adapter.limits();
+        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("rstar2"),
-            required_features: adapter.features() & wgpu::Features::SHADER_F16,
+            required_features: adapter.features() & wanted,
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| GpuError::Device { adapter: info.name.clone(), message: e.to_string() })?;
-        Ok(Gpu {
-            device,
-            queue,
-            info,
+        let uniform_stride = UNIFORM_BYTES.max(u64::from(limits.min_uniform_buffer_offset_alignment));
+        let ring = |label, size, usage| device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage: usage | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
+        let uniform_ring = ring("uniform ring", UNIFORM_RING, wgpu::BufferUsages::UNIFORM);
+        let upload_ring = ring("upload ring", UPLOAD_RING, wgpu::BufferUsages::COPY_SRC);
+        let gpu = Gpu {
             binding_limit: limits.max_storage_buffer_binding_size,
             limits,
             pipelines: Mutex::new(HashMap::new()),
-            pool: Arc::new(Mutex::new(HashMap::new())),
+            layouts: Mutex::new(HashMap::new()),
+            bind_groups: Mutex::new(HashMap::new()),
+            pool: Arc::new(Pool::default()),
+            staging: Mutex::new(HashMap::new()),
+            uniform_ring,
+            upload_ring,
+            uniform_stride,
             recording: Mutex::new(Recording::default()),
-            dispatches: Mutex::new(0),
-        })
+            profiler: Mutex::new(None),
+            dispatches: AtomicU64::new(0),
+            submits: AtomicU64::new(0),
+            bind_groups_created: AtomicU64::new(0),
+            device,
+            queue,
+            info,
+        };
+        gpu.pool.created.fetch_add(2, Ordering::Relaxed);
+        if std::env::var_os("RSTAR2_GPU_PROFILE").is_some_and(|v| v != "0") {
+            gpu.enable_profiling();
+        }
+        Ok(gpu)
     }
 
     /// "name (backend, type)".
@@ -202,49 +353,174 @@ impl Gpu {
 
     /// Dispatches recorded since the device was opened.
     pub fn dispatch_count(&self) -> u64 {
-        *self.dispatches.lock().expect("dispatch counter")
+        self.dispatches.load(Ordering::Relaxed)
     }
 
-    fn pipeline(&self, kernel: &Kernel, f16_weights: bool, constants: &[(&'static str, f64)]) -> Arc<wgpu::ComputePipeline> {
+    /// Counts since the device was opened, and device memory now.
+    pub fn stats(&self) -> GpuStats {
+        GpuStats {
+            dispatches: self.dispatches.load(Ordering::Relaxed),
+            submits: self.submits.load(Ordering::Relaxed),
+            buffers_created: self.pool.created.load(Ordering::Relaxed),
+            bind_groups_created: self.bind_groups_created.load(Ordering::Relaxed),
+            device_bytes: self.pool.live_bytes.load(Ordering::Relaxed),
+            peak_device_bytes: self.pool.peak_bytes.load(Ordering::Relaxed),
+            pooled_bytes: self.pool.pooled_bytes(),
+        }
+    }
+
+    /// Ends a phase (rollouts to training and back): frees pooled buffers and cached bind groups
+    /// and read-back staging, so memory follows what the next phase needs. Returns the tensor
+    /// bytes freed.
+    pub fn trim(&self) -> u64 {
+        self.flush();
+        self.bind_groups.lock().expect("bind group cache").clear();
+        self.staging.lock().expect("staging pool").clear();
+        self.pool.trim()
+    }
+
+    /// Records GPU time per kernel family from now on (timestamp queries inside compute passes
+    /// where the adapter has them; host recording time always). `RSTAR2_GPU_PROFILE=1` turns it
+    /// on for any command.
+    pub fn enable_profiling(&self) {
+        let mut profiler = self.profiler.lock().expect("profiler");
+        if profiler.is_some() {
+            return;
+        }
+        let features = self.device.features();
+        let queries = features.contains(wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES).then(|| {
+            let count = 2 * PROFILED_DISPATCHES;
+            let set = self.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profiler"), ty: wgpu::QueryType::Timestamp, count });
+            let bytes = u64::from(count) * 8;
+            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor { label: Some("profiler resolve"), size: bytes, usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC, mapped_at_creation: false });
+            let read = self.device.create_buffer(&wgpu::BufferDescriptor { label: Some("profiler read"), size: bytes, usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
+            self.pool.created.fetch_add(2, Ordering::Relaxed);
+            (set, resolve, read)
+        });
+        *profiler = Some(Profiler { queries, times: HashMap::new() });
+    }
+
+    /// Whether GPU times come from timestamp queries (else the profile has host times only).
+    pub fn has_gpu_timestamps(&self) -> bool {
+        self.profiler.lock().expect("profiler").as_ref().is_some_and(|p| p.queries.is_some())
+    }
+
+    /// The profile so far, slowest kernel family first (empty unless profiling is on); the
+    /// work recorded is submitted and waited for first.
+    pub fn profile(&self) -> Vec<KernelTime> {
+        self.sync();
+        let profiler = self.profiler.lock().expect("profiler");
+        let mut out: Vec<KernelTime> = profiler.as_ref().map(|p| p.times.values().cloned().collect()).unwrap_or_default();
+        out.sort_by(|a, b| (b.gpu_seconds + b.host_seconds).total_cmp(&(a.gpu_seconds + a.host_seconds)));
+        out
+    }
+
+    /// The profile as a table (kernel family, dispatches, GPU and host milliseconds, share of
+    /// GPU time), or None when profiling is off.
+    pub fn profile_report(&self) -> Option<String> {
+        if self.profiler.lock().expect("profiler").is_none() {
+            return None;
+        }
+        let rows = self.profile();
+        let (gpu, host): (f64, f64) = rows.iter().fold((0.0, 0.0), |(g, h), r| (g + r.gpu_seconds, h + r.host_seconds));
+        let mut out = format!("GPU profile of {} ({}):\n", self.describe(), if self.has_gpu_timestamps() { "GPU time from timestamp queries" } else { "no timestamp queries inside passes on this adapter: host recording time only" });
+        out += &format!("{:<26} {:>10} {:>12} {:>8} {:>12}\n", "kernel", "dispatches", "GPU ms", "GPU %", "host ms");
+        for r in &rows {
+            out += &format!("{:<26} {:>10} {:>12.2} {:>7.1}% {:>12.2}\n", r.kernel, r.dispatches, r.gpu_seconds * 1e3, 100.0 * r.gpu_seconds / gpu.max(1e-12), r.host_seconds * 1e3);
+        }
+        out += &format!("{:<26} {:>10} {:>12.2} {:>8} {:>12.2}\n", "all", rows.iter().map(|r| r.dispatches).sum::<u64>(), gpu * 1e3, "", host * 1e3);
+        Some(out)
+    }
+
+    /// Clears the profile's sums (profiling stays on).
+    pub fn reset_profile(&self) {
+        self.sync();
+        if let Some(p) = self.profiler.lock().expect("profiler").as_mut() {
+            p.times.clear();
+        }
+    }
+
+    /// The explicit layout of a binding signature.
+    fn layout(&self, slots: &[Slot]) -> Arc<Layout> {
+        let mut layouts = self.layouts.lock().expect("layout cache");
+        let id = layouts.len();
+        layouts
+            .entry(slots.to_vec())
+            .or_insert_with(|| {
+                let entries: Vec<wgpu::BindGroupLayoutEntry> = slots
+                    .iter()
+                    .enumerate()
+                    .map(|(i, slot)| wgpu::BindGroupLayoutEntry {
+                        binding: i as u32,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: match slot {
+                            Slot::Uniform => wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Uniform, has_dynamic_offset: true, min_binding_size: None },
+                            Slot::StorageRead | Slot::StorageWrite => wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Storage { read_only: *slot == Slot::StorageRead }, has_dynamic_offset: false, min_binding_size: None },
+                        },
+                        count: None,
+                    })
+                    .collect();
+                let bind_group = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some("rstar2 kernels"), entries: &entries });
+                let pipeline = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: Some("rstar2 kernels"), bind_group_layouts: &[Some(&bind_group)], immediate_size: 0 });
+                let uniform = slots.last() == Some(&Slot::Uniform);
+                assert!(slots.iter().filter(|s| **s == Slot::Uniform).count() == usize::from(uniform), "a kernel's one uniform comes last");
+                Arc::new(Layout { id, bind_group, pipeline, storage: slots.len() - usize::from(uniform), uniform })
+            })
+            .clone()
+    }
+
+    fn pipeline(&self, kernel: &Kernel, f16_weights: bool, constants: &[(&'static str, f64)]) -> Arc<Pipeline> {
         let key = PipelineKey { kernel: kernel.name, f16_weights, constants: constants.iter().map(|&(n, v)| (n, v.to_bits())).collect() };
         let mut cache = self.pipelines.lock().expect("pipeline cache");
         if let Some(p) = cache.get(&key) {
             return p.clone();
         }
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let source = if f16_weights { kernel.f16_weights_source() } else { kernel.source.to_string() };
+        let layout = self.layout(&slots(&source));
+        // Bounds checks stay (no kernel proves its indices in range); the loop bounding that
+        // wgpu adds for Vulkan by default goes: every loop here is bounded by a parameter.
+        let mut checks = wgpu::ShaderRuntimeChecks::checked();
+        checks.force_loop_bounding = false;
+        // SAFETY: the kernels are this crate's own; their loops all terminate (bounded by
+        // dispatch parameters), which is what disabling loop bounding requires.
+        let module = unsafe { self.device.create_shader_module_trusted(wgpu::ShaderModuleDescriptor { label: Some(kernel.name), source: wgpu::ShaderSource::Wgsl(source.into()) }, checks) };
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(kernel.name),
-            source: wgpu::ShaderSource::Wgsl(if f16_weights { kernel.f16_weights_source().into() } else { kernel.source.into() }),
-        });
-        let pipeline = Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(kernel.name),
-            layout: None,
+            layout: Some(&layout.pipeline),
             module: &module,
             entry_point: Some("main"),
             compilation_options: wgpu::PipelineCompilationOptions { constants, zero_initialize_workgroup_memory: false },
             cache: None,
-        }));
-        cache.insert(key, pipeline.clone());
-        pipeline
+        });
+        let p = Arc::new(Pipeline { pipeline, layout });
+        cache.insert(key, p.clone());
+        p
     }
 
-    /// Runs `f` on the encoder, with no compute pass open (copies and clears).
-    fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
-        let mut rec = self.recording.lock().expect("encoder");
-        rec.pass = None;
-        let enc = rec.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("rstar2 ops") }));
-        f(enc)
-    }
-
-    /// Runs `f` in the open compute pass, opening one if needed: consecutive dispatches share a
-    /// pass (wgpu orders them by their buffer usage), which saves a pass per dispatch.
-    fn with_pass<R>(&self, f: impl FnOnce(&mut wgpu::ComputePass<'static>) -> R) -> R {
-        let mut rec = self.recording.lock().expect("encoder");
-        let rec = &mut *rec;
-        if rec.pass.is_none() {
-            let enc = rec.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("rstar2 ops") }));
-            rec.pass = Some(enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("rstar2 ops"), timestamp_writes: None }).forget_lifetime());
+    /// The bind group of these storage ranges (and the uniform ring) in `layout`: cached, so a
+    /// step that binds the same buffers as the last one creates none.
+    fn bind_group(&self, layout: &Layout, storage: &[View<'_>]) -> wgpu::BindGroup {
+        assert_eq!(storage.len(), layout.storage, "kernel binds {} storage buffers, {} given", layout.storage, storage.len());
+        let key = BindKey { layout: layout.id, ranges: storage.iter().map(|v| (v.tensor.buffer().clone(), v.offset, v.size)).collect() };
+        let mut cache = self.bind_groups.lock().expect("bind group cache");
+        if let Some(g) = cache.get(&key) {
+            return g.clone();
         }
-        f(rec.pass.as_mut().expect("opened above"))
+        if cache.len() >= BIND_GROUP_CACHE {
+            cache.clear();
+        }
+        let mut entries: Vec<wgpu::BindGroupEntry> = storage
+            .iter()
+            .enumerate()
+            .map(|(i, v)| wgpu::BindGroupEntry { binding: i as u32, resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: v.tensor.buffer(), offset: v.offset, size: std::num::NonZeroU64::new(v.size) }) })
+            .collect();
+        if layout.uniform {
+            entries.push(wgpu::BindGroupEntry { binding: storage.len() as u32, resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &self.uniform_ring, offset: 0, size: std::num::NonZeroU64::new(UNIFORM_BYTES) }) });
+        }
+        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("rstar2 kernels"), layout: &layout.bind_group, entries: &entries });
+        self.bind_groups_created.fetch_add(1, Ordering::Relaxed);
+        cache.insert(key, group.clone());
+        group
     }
 
     /// Records one dispatch of `kernel` with whole tensors bound in binding order (0, 1, ...),
@@ -253,7 +529,7 @@ impl Gpu {
         let views: Vec<View<'_>> = storage
             .iter()
             .map(|t| {
-                let bytes = t.buffer().size();
+                let bytes = t.bytes();
                 assert!(
                     bytes <= self.binding_limit,
                     "{}: a tensor of {} elements ({bytes} bytes) is over the adapter's {} byte storage binding and this op binds it whole",
@@ -294,7 +570,7 @@ impl Gpu {
         let shift = start - (offset / elem) as usize;
         // Whole 32-bit words.
         let size = ((shift + len.max(1)) as u64 * elem).div_ceil(4) * 4;
-        (View { tensor: t, offset, size: size.min(t.buffer().size() - offset) }, shift)
+        (View { tensor: t, offset, size: size.min(t.bytes() - offset) }, shift)
     }
 
     /// Records one dispatch with explicit bindings (see [`Gpu::window`]).
@@ -311,36 +587,65 @@ impl Gpu {
         if groups.contains(&0) {
             return;
         }
+        let start = Instant::now();
         let max = self.limits.max_compute_workgroups_per_dimension;
         assert!(groups.iter().all(|&g| g <= max), "{}: {groups:?} workgroups exceed the adapter's {max} per dimension", kernel.name);
+        assert!(params.len() * 4 <= UNIFORM_BYTES as usize, "{}: {} parameter words", kernel.name, params.len());
         let pipeline = self.pipeline(kernel, f16_weights, constants);
-        let mut words = params.to_vec();
-        words.resize(params.len().div_ceil(4).max(1) * 4, 0);
-        let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(kernel.name),
-            contents: bytemuck::cast_slice(&words),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-        let mut entries: Vec<wgpu::BindGroupEntry> = storage
-            .iter()
-            .enumerate()
-            .map(|(i, v)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: v.tensor.buffer(), offset: v.offset, size: std::num::NonZeroU64::new(v.size) }),
-            })
-            .collect();
-        entries.push(wgpu::BindGroupEntry { binding: storage.len() as u32, resource: uniform.as_entire_binding() });
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(kernel.name),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
-        self.with_pass(|pass| {
-            pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-        });
-        *self.dispatches.lock().expect("dispatch counter") += 1;
+        let bind_group = self.bind_group(&pipeline.layout, storage);
+        let mut rec = self.recording.lock().expect("encoder");
+        if pipeline.layout.uniform && rec.uniforms.len() as u64 + self.uniform_stride > UNIFORM_RING {
+            self.submit(&mut rec);
+        }
+        let offset = rec.uniforms.len() as u32;
+        if pipeline.layout.uniform {
+            rec.uniforms.extend_from_slice(bytemuck::cast_slice(params));
+            rec.uniforms.resize(offset as usize + self.uniform_stride as usize, 0);
+        }
+        let mut profiler = self.profiler.lock().expect("profiler");
+        let timed = profiler.as_ref().and_then(|p| p.queries.as_ref()).map(|q| q.0.clone());
+        if timed.is_some() && rec.timed.len() as u32 >= PROFILED_DISPATCHES {
+            drop(profiler);
+            self.submit(&mut rec);
+            profiler = self.profiler.lock().expect("profiler");
+        }
+        let index = rec.timed.len() as u32;
+        let pass = self.pass(&mut rec);
+        if let Some(set) = &timed {
+            pass.write_timestamp(set, 2 * index);
+        }
+        pass.set_pipeline(&pipeline.pipeline);
+        let offsets = [offset];
+        pass.set_bind_group(0, &bind_group, if pipeline.layout.uniform { &offsets[..] } else { &[] });
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        if let Some(set) = &timed {
+            pass.write_timestamp(set, 2 * index + 1);
+            rec.timed.push(kernel.name);
+        }
+        self.dispatches.fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = profiler.as_mut() {
+            let t = p.times.entry(kernel.name).or_insert_with(|| KernelTime { kernel: kernel.name, ..Default::default() });
+            t.dispatches += 1;
+            t.host_seconds += start.elapsed().as_secs_f64();
+        }
+    }
+
+    /// The open compute pass, opening one (and the encoder) if needed: consecutive dispatches
+    /// share a pass (wgpu orders them by their buffer usage).
+    fn pass<'r>(&self, rec: &'r mut Recording) -> &'r mut wgpu::ComputePass<'static> {
+        if rec.pass.is_none() {
+            let enc = rec.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("rstar2 ops") }));
+            rec.pass = Some(enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("rstar2 ops"), timestamp_writes: None }).forget_lifetime());
+        }
+        rec.pass.as_mut().expect("opened above")
+    }
+
+    /// Runs `f` on the encoder, with no compute pass open (copies and clears).
+    fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
+        let mut rec = self.recording.lock().expect("encoder");
+        rec.pass = None;
+        let enc = rec.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("rstar2 ops") }));
+        f(enc)
     }
 
     /// Zeroes a tensor (recorded in order with the dispatches).
@@ -355,12 +660,48 @@ impl Gpu {
         self.with_encoder(|enc| enc.copy_buffer_to_buffer(src.buffer(), (src_offset * 4) as u64, dst.buffer(), (dst_offset * 4) as u64, Some((len * 4) as u64)));
     }
 
-    /// Submits what has been recorded.
+    /// Submits what has been recorded: the rings' contents first, then the commands.
     pub fn flush(&self) {
         let mut rec = self.recording.lock().expect("encoder");
+        self.submit(&mut rec);
+    }
+
+    fn submit(&self, rec: &mut Recording) {
         rec.pass = None;
-        if let Some(enc) = rec.encoder.take() {
-            self.queue.submit([enc.finish()]);
+        let Some(mut enc) = rec.encoder.take() else { return };
+        if !rec.uniforms.is_empty() {
+            self.queue.write_buffer(&self.uniform_ring, 0, &rec.uniforms);
+            rec.uniforms.clear();
+        }
+        if !rec.uploads.is_empty() {
+            self.queue.write_buffer(&self.upload_ring, 0, &rec.uploads);
+            rec.uploads.clear();
+        }
+        let timed = std::mem::take(&mut rec.timed);
+        let profiler = self.profiler.lock().expect("profiler");
+        let queries = profiler.as_ref().and_then(|p| p.queries.as_ref()).filter(|_| !timed.is_empty());
+        if let Some((set, resolve, read)) = queries {
+            let n = 2 * timed.len() as u32;
+            enc.resolve_query_set(set, 0..n, resolve, 0);
+            enc.copy_buffer_to_buffer(resolve, 0, read, 0, Some(u64::from(n) * 8));
+        }
+        self.queue.submit([enc.finish()]);
+        self.submits.fetch_add(1, Ordering::Relaxed);
+        if let Some((_, _, read)) = queries {
+            // Profiling waits for each submission to read its timestamps.
+            let bytes = 16 * timed.len() as u64;
+            read.map_async(wgpu::MapMode::Read, ..bytes, |r| r.expect("mapping the profiler's timestamps failed"));
+            self.device.poll(wgpu::PollType::wait_indefinitely()).expect("device lost while profiling");
+            let ticks: Vec<u64> = bytemuck::cast_slice(&read.get_mapped_range(..bytes).expect("mapped range")).to_vec();
+            read.unmap();
+            let period = f64::from(self.queue.get_timestamp_period()) * 1e-9;
+            drop(profiler);
+            let mut profiler = self.profiler.lock().expect("profiler");
+            let p = profiler.as_mut().expect("profiling on");
+            for (name, pair) in timed.iter().zip(ticks.chunks_exact(2)) {
+                let t = p.times.entry(name).or_insert_with(|| KernelTime { kernel: name, ..Default::default() });
+                t.gpu_seconds += pair[1].saturating_sub(pair[0]) as f64 * period;
+            }
         }
     }
 
@@ -370,15 +711,14 @@ impl Gpu {
         self.device.poll(wgpu::PollType::wait_indefinitely()).expect("device lost while waiting");
     }
 
-    /// A new tensor holding `data` (a fresh buffer: never a pooled one that queued work may
-    /// still read).
-    pub fn upload(&self, data: &[f32]) -> Tensor {
-        self.upload_bytes(bytemuck::cast_slice(data), data.len())
-    }
-
     /// Whether kernels may use f16 (the adapter has `SHADER_F16`; requested when it does).
     pub fn has_f16(&self) -> bool {
         self.device.features().contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// A new tensor holding `data`.
+    pub fn upload(&self, data: &[f32]) -> Tensor {
+        self.upload_bytes(bytemuck::cast_slice(data), data.len())
     }
 
     /// A new tensor holding `data` rounded to f16 (round to nearest even).
@@ -389,8 +729,8 @@ impl Gpu {
         if half.len() % 2 == 1 {
             half.push(half::f16::ZERO);
         }
-        let t = self.upload_bytes(bytemuck::cast_slice(&half), data.len());
-        let len = t.len();
+        let t = self.upload_bytes(bytemuck::cast_slice(&half), data.len().div_ceil(2));
+        let len = data.len();
         Tensor::new_f16(t.into_buffer(), len, self.pool.clone())
     }
 
@@ -399,36 +739,47 @@ impl Gpu {
         self.upload_bytes(bytemuck::cast_slice(data), data.len())
     }
 
+    /// Small uploads are staged in the upload ring and copied into a pooled buffer in order with
+    /// the recorded work (a pooled buffer may still be read by recorded work, which the copy
+    /// follows); larger ones fill a buffer of their own.
     fn upload_bytes(&self, bytes: &[u8], len: usize) -> Tensor {
-        let padded;
-        let contents = if bytes.is_empty() {
-            padded = [0u8; 4];
-            &padded[..]
-        } else {
-            bytes
-        };
-        let buffer = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: None,
-            contents,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        });
-        Tensor::new(buffer, len, self.pool.clone())
+        let size = (bytes.len() as u64).div_ceil(4) * 4;
+        if size > UPLOAD_RING / 4 {
+            let class = size_class(size);
+            let buffer = self.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: class, usage: Self::TENSOR_USAGE, mapped_at_creation: true });
+            self.pool.created(class);
+            buffer.get_mapped_range_mut(..bytes.len() as u64).expect("mapped at creation").copy_from_slice(bytes);
+            buffer.unmap();
+            return Tensor::new(buffer, len, self.pool.clone());
+        }
+        let t = self.alloc(len);
+        if size == 0 {
+            return t;
+        }
+        let mut rec = self.recording.lock().expect("encoder");
+        if rec.uploads.len() as u64 + size > UPLOAD_RING {
+            self.submit(&mut rec);
+        }
+        let at = rec.uploads.len() as u64;
+        rec.uploads.extend_from_slice(bytes);
+        rec.uploads.resize((at + size) as usize, 0);
+        rec.pass = None;
+        let enc = rec.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("rstar2 ops") }));
+        enc.copy_buffer_to_buffer(&self.upload_ring, at, t.buffer(), 0, Some(size));
+        t
     }
 
+    const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
+
     /// A tensor of `len` f32 (or u32) whose contents are unspecified: every op writes its whole
-    /// output. Buffers come from the pool.
+    /// output. Buffers come from the pool (by size class).
     pub fn alloc(&self, len: usize) -> Tensor {
-        let bytes = (len.max(1) * 4) as u64;
+        let bytes = size_class((len.max(1) * 4) as u64);
         // Tensors past the binding limit are bound in windows by the ops that meet them.
         assert!(bytes <= self.limits.max_buffer_size, "a tensor of {len} elements ({bytes} bytes) exceeds the adapter's {} byte buffers", self.limits.max_buffer_size);
-        let reused = self.pool.lock().expect("buffer pool").get_mut(&bytes).and_then(Vec::pop);
-        let buffer = reused.unwrap_or_else(|| {
-            self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: None,
-                size: bytes,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
+        let buffer = self.pool.take(bytes).unwrap_or_else(|| {
+            self.pool.created(bytes);
+            self.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: bytes, usage: Self::TENSOR_USAGE, mapped_at_creation: false })
         });
         Tensor::new(buffer, len, self.pool.clone())
     }
@@ -455,18 +806,34 @@ impl Gpu {
         if size == 0 {
             return Vec::new();
         }
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
+        let class = size_class(size);
+        let pooled = self.staging.lock().expect("staging pool").get_mut(&class).and_then(Vec::pop);
+        let staging = pooled.unwrap_or_else(|| {
+            self.pool.created.fetch_add(1, Ordering::Relaxed);
+            self.device.create_buffer(&wgpu::BufferDescriptor { label: Some("readback"), size: class, usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false })
         });
         self.with_encoder(|enc| enc.copy_buffer_to_buffer(t.buffer(), 0, &staging, 0, Some(size)));
         self.flush();
-        staging.map_async(wgpu::MapMode::Read, .., |r| r.expect("mapping a readback buffer failed"));
+        staging.map_async(wgpu::MapMode::Read, ..size, |r| r.expect("mapping a readback buffer failed"));
         self.device.poll(wgpu::PollType::wait_indefinitely()).expect("device lost while reading back");
-        let bytes = staging.get_mapped_range(..).expect("mapped range").to_vec();
+        let bytes = staging.get_mapped_range(..size).expect("mapped range").to_vec();
         staging.unmap();
+        self.staging.lock().expect("staging pool").entry(class).or_default().push(staging);
         bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Slot, slots};
+
+    #[test]
+    fn binding_slots_are_read_from_the_source() {
+        let src = "@group(0) @binding(0) var<storage, read_write> out: array<f32>;\n@group(0) @binding(2) var<uniform> p: Params;\n@group(0) @binding(1) var<storage, read> x: array<f32>;\n";
+        assert_eq!(slots(src), vec![Slot::StorageWrite, Slot::StorageRead, Slot::Uniform]);
+        for k in crate::kernels::ALL {
+            let s = slots(k.source);
+            assert!(!s.is_empty() && s.iter().filter(|x| **x == Slot::Uniform).count() <= 1, "{}: {s:?}", k.name);
+        }
     }
 }

@@ -43,6 +43,10 @@ macro_rules! kernels {
 kernels! {
     MATMUL => "matmul",
     MATVEC => "matvec",
+    DECODE_LINEAR => "decode_linear",
+    DECODE_QKV => "decode_qkv",
+    DECODE_ROPE_KV => "decode_rope_kv",
+    DECODE_GATE_UP => "decode_gate_up",
     BIAS_FORWARD => "bias_forward",
     BIAS_BACKWARD => "bias_backward",
     EMBEDDING_FORWARD => "embedding_forward",

@@ -147,37 +147,59 @@ impl GpuModel {
         let x = gpu.alloc(n * d);
         ops::embedding_forward(gpu, &x, &ids, w(self.wte), n, d);
         let (h, rstd) = (gpu.alloc(n * d), gpu.alloc(n));
-        let (q, k, vv) = (gpu.alloc(n * qd), gpu.alloc(n * kd), gpu.alloc(n * kd));
-        let (att, o, x2) = (gpu.alloc(n * qd), gpu.alloc(n * d), gpu.alloc(n * d));
-        let (gate, up, act) = (gpu.alloc(n * f), gpu.alloc(n * f), gpu.alloc(n * f));
-        for (l, li) in self.layers.iter().enumerate() {
-            ops::rmsnorm_forward(gpu, &h, &rstd, &x, w(li.ln1), n, d, eps);
-            ops::linear_forward(gpu, &q, &h, lw(li.q), wo(li.qb), n, d, qd);
-            ops::linear_forward(gpu, &k, &h, lw(li.k), wo(li.kb), n, d, kd);
-            ops::linear_forward(gpu, &vv, &h, lw(li.v), wo(li.vb), n, d, kd);
-            let normed;
-            let (q, k) = match (li.qn, li.kn) {
-                (Some(qn), Some(kn)) => {
-                    let (qo, ko, rq, rk) = (gpu.alloc(n * qd), gpu.alloc(n * kd), gpu.alloc(n * heads.q), gpu.alloc(n * heads.kv));
-                    ops::rmsnorm_forward(gpu, &qo, &rq, &q, w(qn), n * heads.q, heads.dim, eps);
-                    ops::rmsnorm_forward(gpu, &ko, &rk, &k, w(kn), n * heads.kv, heads.dim, eps);
-                    normed = (qo, ko);
-                    (&normed.0, &normed.1)
-                }
-                _ => (&q, &k),
-            };
-            ops::rope_forward(gpu, q, &positions, &self.rope, n, heads.q);
-            ops::rope_forward(gpu, k, &positions, &self.rope, n, heads.kv);
-            ops::kv_write(gpu, &cache.k[l], &cache.v[l], k, &vv, &slots, n, kd);
-            ops::attention_decode(gpu, &att, q, &cache.k[l], &cache.v[l], &table, &table_off, &lens, n, heads);
-            ops::linear_forward(gpu, &o, &att, lw(li.o), wo(li.ob), n, qd, d);
-            ops::residual_forward(gpu, &x2, &x, &o, n * d);
-            ops::rmsnorm_forward(gpu, &h, &rstd, &x2, w(li.ln2), n, d, eps);
-            ops::linear_forward(gpu, &gate, &h, lw(li.gate), None, n, d, f);
-            ops::linear_forward(gpu, &up, &h, lw(li.up), None, n, d, f);
-            ops::swiglu_forward(gpu, &act, &gate, &up, n * f);
-            ops::linear_forward(gpu, &o, &act, lw(li.down), None, n, f, d);
-            ops::residual_forward(gpu, &x, &x2, &o, n * d);
+        let att = gpu.alloc(n * qd);
+        if self.fused_decode(n) {
+            // Eight dispatches a layer: norm, q/k/v, RoPE + cache write, attention, o + residual,
+            // norm, gate/up + SwiGLU, down + residual.
+            let (qkv, q, act) = (gpu.alloc(n * (qd + 2 * kd)), gpu.alloc(n * qd), gpu.alloc(n * f));
+            for (l, li) in self.layers.iter().enumerate() {
+                ops::rmsnorm_forward(gpu, &h, &rstd, &x, w(li.ln1), n, d, eps);
+                let biases = match (li.qb, li.kb, li.vb) {
+                    (Some(a), Some(b), Some(c)) => Some([w(a), w(b), w(c)]),
+                    _ => None,
+                };
+                ops::decode_qkv(gpu, &qkv, &h, [lw(li.q), lw(li.k), lw(li.v)], biases, n, d, qd, kd);
+                let qk_norm = li.qn.zip(li.kn).map(|(a, b)| (w(a), w(b)));
+                ops::decode_rope_kv(gpu, &q, &cache.k[l], &cache.v[l], &qkv, &positions, &slots, &self.rope, qk_norm, n, heads, eps);
+                ops::attention_decode(gpu, &att, &q, &cache.k[l], &cache.v[l], &table, &table_off, &lens, n, heads);
+                ops::decode_linear(gpu, &x, &att, lw(li.o), wo(li.ob), n, d, qd, true);
+                ops::rmsnorm_forward(gpu, &h, &rstd, &x, w(li.ln2), n, d, eps);
+                ops::decode_gate_up(gpu, &act, &h, lw(li.gate), lw(li.up), n, f, d);
+                ops::decode_linear(gpu, &x, &act, lw(li.down), None, n, d, f, true);
+            }
+        } else {
+            let (q, k, vv) = (gpu.alloc(n * qd), gpu.alloc(n * kd), gpu.alloc(n * kd));
+            let (o, x2) = (gpu.alloc(n * d), gpu.alloc(n * d));
+            let (gate, up, act) = (gpu.alloc(n * f), gpu.alloc(n * f), gpu.alloc(n * f));
+            for (l, li) in self.layers.iter().enumerate() {
+                ops::rmsnorm_forward(gpu, &h, &rstd, &x, w(li.ln1), n, d, eps);
+                ops::linear_forward(gpu, &q, &h, lw(li.q), wo(li.qb), n, d, qd);
+                ops::linear_forward(gpu, &k, &h, lw(li.k), wo(li.kb), n, d, kd);
+                ops::linear_forward(gpu, &vv, &h, lw(li.v), wo(li.vb), n, d, kd);
+                let normed;
+                let (q, k) = match (li.qn, li.kn) {
+                    (Some(qn), Some(kn)) => {
+                        let (qo, ko, rq, rk) = (gpu.alloc(n * qd), gpu.alloc(n * kd), gpu.alloc(n * heads.q), gpu.alloc(n * heads.kv));
+                        ops::rmsnorm_forward(gpu, &qo, &rq, &q, w(qn), n * heads.q, heads.dim, eps);
+                        ops::rmsnorm_forward(gpu, &ko, &rk, &k, w(kn), n * heads.kv, heads.dim, eps);
+                        normed = (qo, ko);
+                        (&normed.0, &normed.1)
+                    }
+                    _ => (&q, &k),
+                };
+                ops::rope_forward(gpu, q, &positions, &self.rope, n, heads.q);
+                ops::rope_forward(gpu, k, &positions, &self.rope, n, heads.kv);
+                ops::kv_write(gpu, &cache.k[l], &cache.v[l], k, &vv, &slots, n, kd);
+                ops::attention_decode(gpu, &att, q, &cache.k[l], &cache.v[l], &table, &table_off, &lens, n, heads);
+                ops::linear_forward(gpu, &o, &att, lw(li.o), wo(li.ob), n, qd, d);
+                ops::residual_forward(gpu, &x2, &x, &o, n * d);
+                ops::rmsnorm_forward(gpu, &h, &rstd, &x2, w(li.ln2), n, d, eps);
+                ops::linear_forward(gpu, &gate, &h, lw(li.gate), None, n, d, f);
+                ops::linear_forward(gpu, &up, &h, lw(li.up), None, n, d, f);
+                ops::swiglu_forward(gpu, &act, &gate, &up, n * f);
+                ops::linear_forward(gpu, &o, &act, lw(li.down), None, n, f, d);
+                ops::residual_forward(gpu, &x, &x2, &o, n * d);
+            }
         }
         // Final norm and logits only for each chunk's last row.
         let b = seqs.len();
@@ -190,7 +212,23 @@ impl GpuModel {
         let (hf, rf) = (gpu.alloc(b * d), gpu.alloc(b));
         ops::rmsnorm_forward(gpu, &hf, &rf, &last, w(self.norm), b, d, eps);
         let logits = gpu.alloc(b * v);
-        ops::linear_forward(gpu, &logits, &hf, self.linear_weight(self.lm_head), None, b, d, v);
+        if self.fused_decode(b) {
+            ops::decode_linear(gpu, &logits, &hf, self.linear_weight(self.lm_head), None, b, v, d, false);
+        } else {
+            ops::linear_forward(gpu, &logits, &hf, self.linear_weight(self.lm_head), None, b, d, v);
+        }
         Ok(logits)
+    }
+}
+
+impl GpuModel {
+    /// Whether `rows` new tokens take the fused decode kernels: few enough rows, widths that are
+    /// multiples of 4 (vec4 loads), and layer weights that each fit one storage binding (the
+    /// output layer may be bound in windows). Otherwise the unfused path (tiled matmul).
+    fn fused_decode(&self, rows: usize) -> bool {
+        let c = &self.config;
+        let (d, f, qd) = (c.hidden_size, c.intermediate_size, self.heads.q * self.heads.dim);
+        let fits = self.layers.iter().all(|l| [l.q, l.k, l.v, l.o, l.gate, l.up, l.down].iter().all(|&i| self.linear_weight(i).bytes() <= self.gpu.binding_limit()));
+        rows <= ops::DECODE_ROWS && d % 4 == 0 && f % 4 == 0 && qd % 4 == 0 && self.heads.dim <= 256 && fits
     }
 }

@@ -4,7 +4,7 @@
 
 use rstar2_model::ops::attention::Heads;
 
-use crate::context::Gpu;
+use crate::context::{Gpu, View};
 use crate::kernels;
 use crate::tensor::Tensor;
 
@@ -448,4 +448,91 @@ pub fn clip_grad_norm(gpu: &Gpu, grads: &[&Tensor], max_norm: Option<f32>) -> Te
         }
     }
     result
+}
+
+/// Rows the fused decode kernels take at most (their accumulators are arrays of 32).
+pub const DECODE_ROWS: usize = 32;
+
+/// The pipeline's row bucket: the next power of two, so few pipelines cover every batch.
+fn rows_bucket(m: usize) -> f64 {
+    assert!((1..=DECODE_ROWS).contains(&m), "decode kernels take 1 to {DECODE_ROWS} rows, not {m}");
+    m.next_power_of_two() as f64
+}
+
+/// Decoding's linear layer (see `decode_linear.wgsl`): c[m, n] = a[m, k] · wᵀ (+ bias), or
+/// c += that with `residual`; a weight past the binding limit in windows of rows.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_linear(gpu: &Gpu, c: &Tensor, a: &Tensor, w: &Tensor, bias: Option<&Tensor>, m: usize, n: usize, k: usize, residual: bool) {
+    assert!(k % 4 == 0, "decode_linear: k = {k} is not a multiple of 4");
+    check("decode_linear", "C", c, m * n);
+    check("decode_linear", "A", a, m * k);
+    check("decode_linear", "W", w, n * k);
+    let constants = [("ROWS", rows_bucket(m)), ("BIAS", f64::from(u8::from(bias.is_some()))), ("RESIDUAL", f64::from(u8::from(residual)))];
+    let per = (gpu.window_elems() / k).max(1).min(n);
+    let mut j0 = 0;
+    while j0 < n {
+        let nb = per.min(n - j0);
+        let (wv, wsh) = gpu.window(w, j0 * k, nb * k);
+        let (cv, csh) = gpu.window(c, j0, (m - 1) * n + nb);
+        let (bv, bsh) = match bias {
+            Some(b) => gpu.window(b, j0, nb),
+            None => gpu.window(a, 0, 4),
+        };
+        let views = [cv, gpu.window(a, 0, m * k).0, wv, bv];
+        let params = [u(m), u(nb), u(k / 4), u(n), u(wsh / 4), u(csh), u(bsh)];
+        if w.is_f16() {
+            gpu.dispatch_views_f16_weights(&kernels::DECODE_LINEAR, &constants, &views, &params, grid(gpu, nb, 64));
+        } else {
+            gpu.dispatch_views(&kernels::DECODE_LINEAR, &constants, &views, &params, grid(gpu, nb, 64));
+        }
+        j0 += nb;
+    }
+}
+
+/// Decoding's q, k and v projections in one pass (see `decode_qkv.wgsl`): qkv[m, qd + 2 kd].
+#[allow(clippy::too_many_arguments)]
+pub fn decode_qkv(gpu: &Gpu, qkv: &Tensor, a: &Tensor, w: [&Tensor; 3], bias: Option<[&Tensor; 3]>, m: usize, d: usize, qd: usize, kd: usize) {
+    assert!(d % 4 == 0, "decode_qkv: hidden size {d} is not a multiple of 4");
+    check("decode_qkv", "qkv", qkv, m * (qd + 2 * kd));
+    let constants = [("ROWS", rows_bucket(m)), ("BIAS", f64::from(u8::from(bias.is_some())))];
+    let b = bias.unwrap_or([a, a, a]);
+    let storage = [qkv, a, w[0], w[1], w[2], b[0], b[1], b[2]];
+    let views: Vec<View<'_>> = storage.iter().map(|t| gpu.window(t, 0, t.len()).0).collect();
+    let params = [u(m), u(qd), u(kd), u(d / 4)];
+    if w[0].is_f16() {
+        gpu.dispatch_views_f16_weights(&kernels::DECODE_QKV, &constants, &views, &params, grid(gpu, qd + 2 * kd, 64));
+    } else {
+        gpu.dispatch_views(&kernels::DECODE_QKV, &constants, &views, &params, grid(gpu, qd + 2 * kd, 64));
+    }
+}
+
+/// After [`decode_qkv`]: per-head norm (Qwen3), RoPE, queries to `q`, keys and values into the
+/// paged cache at `slots` (see `decode_rope_kv.wgsl`).
+#[allow(clippy::too_many_arguments)]
+pub fn decode_rope_kv(gpu: &Gpu, q: &Tensor, cache_k: &Tensor, cache_v: &Tensor, qkv: &Tensor, positions: &Tensor, slots: &Tensor, rope: &Rope, qk_norm: Option<(&Tensor, &Tensor)>, m: usize, heads: Heads, eps: f32) {
+    assert!(heads.dim % 2 == 0 && heads.dim / 2 == rope.half, "decode_rope_kv: head width {} against a RoPE table of half {}", heads.dim, rope.half);
+    let (qn, kn) = qk_norm.unwrap_or((positions, positions));
+    gpu.dispatch(
+        &kernels::DECODE_ROPE_KV,
+        &[("QK_NORM", f64::from(u8::from(qk_norm.is_some())))],
+        &[q, cache_k, cache_v, qkv, positions, slots, &rope.cos, &rope.sin, qn, kn],
+        &[u(m), u(heads.q), u(heads.kv), u(heads.dim), f(eps)],
+        grid(gpu, m * (heads.q + heads.kv), 64),
+    );
+}
+
+/// Decoding's gate and up projections with SwiGLU in one pass (see `decode_gate_up.wgsl`):
+/// out[m, f].
+#[allow(clippy::too_many_arguments)]
+pub fn decode_gate_up(gpu: &Gpu, out: &Tensor, a: &Tensor, w_gate: &Tensor, w_up: &Tensor, m: usize, f: usize, k: usize) {
+    assert!(k % 4 == 0, "decode_gate_up: k = {k} is not a multiple of 4");
+    check("decode_gate_up", "out", out, m * f);
+    let storage = [out, a, w_gate, w_up];
+    let views: Vec<View<'_>> = storage.iter().map(|t| gpu.window(t, 0, t.len()).0).collect();
+    let (constants, params) = ([("ROWS", rows_bucket(m))], [u(m), u(f), u(k / 4)]);
+    if w_gate.is_f16() {
+        gpu.dispatch_views_f16_weights(&kernels::DECODE_GATE_UP, &constants, &views, &params, grid(gpu, f, 64));
+    } else {
+        gpu.dispatch_views(&kernels::DECODE_GATE_UP, &constants, &views, &params, grid(gpu, f, 64));
+    }
 }
