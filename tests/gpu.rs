@@ -257,3 +257,52 @@ fn gpu_sampler_matches_the_host_sampler() {
         }
     }
 }
+
+/// After warm-up a decoding step and a training step create no buffer and no bind group: the
+/// pool, the rings and the bind group cache serve them. On a device of its own, so no other
+/// test's work moves its counters.
+#[test]
+fn warm_steps_create_no_buffers_or_bind_groups() {
+    use rstar2::gpu::{AdapterChoice, Gpu};
+    if test_gpu().is_none() {
+        return;
+    }
+    let gpu = std::sync::Arc::new(Gpu::open(AdapterChoice::Any).unwrap().expect("an adapter"));
+    let cpu = load("qwen2-tied");
+    let mut model = GpuModel::new(gpu.clone(), &cpu);
+    // Decoding three sequences of different lengths, sampled on the device; 20 steps cross a
+    // 16-position block of the paged cache.
+    let mut cache = GpuKvCache::new(&model, 256);
+    let prompts: [&[u32]; 3] = [&[5, 17, 3, 90, 44], &[33, 8], &[7, 61, 2, 9]];
+    model.extend(&mut cache, &[0, 1, 2], &prompts).unwrap();
+    let mut next = [[1u32]; 3];
+    for step in 0..20 {
+        let before = gpu.stats();
+        let chunks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
+        let drawn = model.extend_sample(&mut cache, &[0, 1, 2], &chunks, 0.0, &[0.0; 3]).unwrap();
+        let after = gpu.stats();
+        for (n, (t, _)) in next.iter_mut().zip(drawn) {
+            n[0] = t;
+        }
+        assert!(after.dispatches > before.dispatches);
+        if step >= 2 {
+            assert_eq!((after.buffers_created, after.bind_groups_created), (before.buffers_created, before.bind_groups_created), "decode step {step} created buffers or bind groups");
+        }
+    }
+    // Training steps of one batch shape: forward, backward, clipping, AdamW.
+    let batch = Batch::new(&[vec![5, 17, 3, 90, 44, 12, 7, 61], vec![33, 8, 71, 20, 95]]);
+    let mut opt = GpuAdamW::new(AdamWConfig::default(), &model);
+    for step in 0..4 {
+        let before = gpu.stats();
+        let grads = model.zero_grads();
+        model.next_token_loss_backward(&batch, &grads);
+        model.clip_grad_norm(&grads, 1.0);
+        opt.update(&mut model, &grads, 1e-3);
+        drop(grads);
+        gpu.sync();
+        let after = gpu.stats();
+        if step >= 2 {
+            assert_eq!((after.buffers_created, after.bind_groups_created), (before.buffers_created, before.bind_groups_created), "training step {step} created buffers or bind groups");
+        }
+    }
+}

@@ -140,7 +140,7 @@ pub fn run(args: KernelBenchArgs) -> anyhow::Result<()> {
     let gb = (3 * n * 4) as f64 / 1e9;
     rows.push(Row { what: format!("swiglu_forward [{n}]"), unit: "GB/s", gpu: gb / g, cpu: gb / cs });
 
-    // AdamW over every parameter of a model (one dispatch per tensor).
+    // AdamW over every parameter of a model (one dispatch per window of its flat buffers).
     let preset = if full { "smollm2-135m" } else { "tiny" };
     let config = Config::from_file(&workspace_root().join("models").join(preset).join("config.json"))?;
     let mut params = Params::random(&config, 0);
@@ -148,7 +148,7 @@ pub fn run(args: KernelBenchArgs) -> anyhow::Result<()> {
     let n: usize = params.data.iter().map(Vec::len).sum();
     let gm = GpuModel::new(gpu.clone(), &Model::new(config.clone(), params.clone()));
     let mut gopt = GpuAdamW::new(AdamWConfig::default(), &gm);
-    let tgrads: Vec<_> = grads.data.iter().map(|g| gpu.upload(g)).collect();
+    let tgrads = rstar2_gpu::Flat::upload(&gpu, &grads.data);
     let mut gm = gm;
     let g = median_secs(reps, || {
         gopt.update(&mut gm, &tgrads, 1e-4);

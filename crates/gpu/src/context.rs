@@ -537,7 +537,7 @@ impl Gpu {
                     t.len(),
                     self.binding_limit
                 );
-                View { tensor: t, offset: 0, size: bytes }
+                View { tensor: t, offset: t.offset(), size: (t.buffer().size() - t.offset()).min(self.binding_limit) }
             })
             .collect();
         self.dispatch_views(kernel, constants, &views, params, groups);
@@ -566,11 +566,13 @@ impl Gpu {
         assert!(start + len <= t.len().max(1) && len <= self.window_elems(), "window {start}+{len} of {} (window at most {})", t.len(), self.window_elems());
         let align = u64::from(self.limits.min_storage_buffer_offset_alignment);
         let elem = if t.is_f16() { 2 } else { 4 };
-        let offset = (start as u64 * elem) / align * align;
-        let shift = start - (offset / elem) as usize;
-        // Whole 32-bit words.
-        let size = ((shift + len.max(1)) as u64 * elem).div_ceil(4) * 4;
-        (View { tensor: t, offset, size: size.min(t.bytes() - offset) }, shift)
+        let offset = (t.offset() + start as u64 * elem) / align * align;
+        let shift = ((t.offset() + start as u64 * elem - offset) / elem) as usize;
+        // The binding runs to the end of the buffer (or the binding limit): kernels index by
+        // their parameters, never by the binding's length, and a binding that depends only on
+        // where it starts keeps the bind group cache warm while lengths change step to step.
+        debug_assert!(((shift + len.max(1)) as u64 * elem).div_ceil(4) * 4 <= self.binding_limit);
+        (View { tensor: t, offset, size: (t.buffer().size() - offset).min(self.binding_limit) }, shift)
     }
 
     /// Records one dispatch with explicit bindings (see [`Gpu::window`]).
@@ -650,14 +652,14 @@ impl Gpu {
 
     /// Zeroes a tensor (recorded in order with the dispatches).
     pub fn zero(&self, t: &Tensor) {
-        self.with_encoder(|enc| enc.clear_buffer(t.buffer(), 0, None));
+        self.with_encoder(|enc| enc.clear_buffer(t.buffer(), t.offset(), Some(t.bytes())));
     }
 
     /// Copies `len` elements of `src` from `src_offset` to `dst` at `dst_offset` (recorded in
     /// order with the dispatches).
     pub fn copy_range(&self, src: &Tensor, src_offset: usize, dst: &Tensor, dst_offset: usize, len: usize) {
         assert!(src_offset + len <= src.len() && dst_offset + len <= dst.len(), "copy: {len} elements {src_offset}->{dst_offset} between {} and {}", src.len(), dst.len());
-        self.with_encoder(|enc| enc.copy_buffer_to_buffer(src.buffer(), (src_offset * 4) as u64, dst.buffer(), (dst_offset * 4) as u64, Some((len * 4) as u64)));
+        self.with_encoder(|enc| enc.copy_buffer_to_buffer(src.buffer(), src.offset() + (src_offset * 4) as u64, dst.buffer(), dst.offset() + (dst_offset * 4) as u64, Some((len * 4) as u64)));
     }
 
     /// Submits what has been recorded: the rings' contents first, then the commands.
@@ -812,7 +814,7 @@ impl Gpu {
             self.pool.created.fetch_add(1, Ordering::Relaxed);
             self.device.create_buffer(&wgpu::BufferDescriptor { label: Some("readback"), size: class, usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false })
         });
-        self.with_encoder(|enc| enc.copy_buffer_to_buffer(t.buffer(), 0, &staging, 0, Some(size)));
+        self.with_encoder(|enc| enc.copy_buffer_to_buffer(t.buffer(), t.offset(), &staging, 0, Some(size)));
         self.flush();
         staging.map_async(wgpu::MapMode::Read, ..size, |r| r.expect("mapping a readback buffer failed"));
         self.device.poll(wgpu::PollType::wait_indefinitely()).expect("device lost while reading back");

@@ -26,7 +26,7 @@ pub mod tensor;
 pub use backend::{Activations, Device, Grads, Policy};
 pub use context::{AdapterChoice, AdapterSummary, Gpu, list_adapters, test_gpu};
 pub use kv::GpuKvCache;
-pub use model::{GpuAdamW, GpuForward, GpuModel};
+pub use model::{Flat, GpuAdamW, GpuForward, GpuGrads, GpuModel};
 pub use tensor::Tensor;
 
 /// Errors opening a device.

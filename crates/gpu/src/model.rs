@@ -18,8 +18,8 @@ pub struct GpuModel {
     pub gpu: Arc<Gpu>,
     /// Its config.
     pub config: Config,
-    /// Parameters in the order of [`Params`].
-    pub params: Vec<Tensor>,
+    /// Parameters in the order of [`Params`], laid out in a few flat buffers.
+    pub params: Flat,
     pub(crate) names: Vec<String>,
     pub(crate) heads: Heads,
     pub(crate) rope: Rope,
@@ -70,13 +70,83 @@ pub struct GpuForward {
     targets: Option<Tensor>,
 }
 
+/// Tensors laid out like a model's parameters (the parameters, their gradients, optimizer
+/// moments) in a few flat buffers, each tensor at an aligned offset, so whole-model work (the
+/// gradient norm, clipping, AdamW) is a handful of dispatches over the flat buffers rather than
+/// a few per tensor. Indexing gives the tensor of a parameter (a view).
+pub struct Flat {
+    /// The flat buffers.
+    pub chunks: Vec<Tensor>,
+    parts: Vec<Tensor>,
+}
+
+impl std::ops::Deref for Flat {
+    type Target = [Tensor];
+    fn deref(&self) -> &[Tensor] {
+        &self.parts
+    }
+}
+
+/// Largest flat buffer (below the adapter's buffer limit): 1 GiB.
+const FLAT_CHUNK: u64 = 1 << 30;
+
+impl Flat {
+    /// Where each of tensors of these lengths goes: (chunk, element offset), and each chunk's
+    /// length. Offsets sit on the storage-binding alignment.
+    fn layout(gpu: &Gpu, lens: &[usize]) -> (Vec<(usize, usize)>, Vec<usize>) {
+        let align = (gpu.limits.min_storage_buffer_offset_alignment as usize / 4).max(1);
+        let cap = (FLAT_CHUNK.min(gpu.limits.max_buffer_size) / 4) as usize;
+        let (mut at, mut chunks) = (Vec::with_capacity(lens.len()), vec![0usize]);
+        for &len in lens {
+            let mut end = chunks.last().copied().unwrap_or(0).next_multiple_of(align);
+            if end > 0 && end + len > cap {
+                chunks.push(0);
+                end = 0;
+            }
+            at.push((chunks.len() - 1, end));
+            *chunks.last_mut().expect("a chunk") = end + len;
+        }
+        (at, chunks)
+    }
+
+    fn build(lens: &[usize], chunks: Vec<Tensor>, at: &[(usize, usize)]) -> Flat {
+        let parts = lens.iter().zip(at).map(|(&len, &(c, off))| chunks[c].view(off, len)).collect();
+        Flat { chunks, parts }
+    }
+
+    /// Zeros shaped like `lens`.
+    pub fn zeros(gpu: &Gpu, lens: &[usize]) -> Flat {
+        let (at, sizes) = Self::layout(gpu, lens);
+        let chunks = sizes.iter().map(|&n| gpu.zeros(n)).collect();
+        Self::build(lens, chunks, &at)
+    }
+
+    /// `data`'s tensors uploaded.
+    pub fn upload(gpu: &Gpu, data: &[Vec<f32>]) -> Flat {
+        let lens: Vec<usize> = data.iter().map(Vec::len).collect();
+        let (at, sizes) = Self::layout(gpu, &lens);
+        let mut host: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![0.0; n]).collect();
+        for (t, &(c, off)) in data.iter().zip(&at) {
+            host[c][off..off + t.len()].copy_from_slice(t);
+        }
+        let chunks = host.iter().map(|h| gpu.upload(h)).collect();
+        Self::build(&lens, chunks, &at)
+    }
+
+    /// Zeros laid out like `self`.
+    pub fn zeros_like(&self, gpu: &Gpu) -> Flat {
+        let lens: Vec<usize> = self.parts.iter().map(Tensor::len).collect();
+        Self::zeros(gpu, &lens)
+    }
+}
+
 /// Gradients on the device, in the order of [`Params`].
-pub type GpuGrads = Vec<Tensor>;
+pub type GpuGrads = Flat;
 
 impl GpuModel {
     /// Uploads a CPU model.
     pub fn new(gpu: Arc<Gpu>, model: &Model) -> Self {
-        let params = model.params.data.iter().map(|p| gpu.upload(p)).collect();
+        let params = Flat::upload(&gpu, &model.params.data);
         let rope = Rope::new(&gpu, model.rope());
         GpuModel {
             config: model.config.clone(),
@@ -133,7 +203,7 @@ impl GpuModel {
     /// Replaces the parameters with `params` (same config).
     pub fn upload_params(&mut self, params: &Params) {
         assert!(params.specs.iter().map(|(n, _)| n).eq(self.names.iter()), "upload_params: a different parameter set");
-        self.params = params.data.iter().map(|p| self.gpu.upload(p)).collect();
+        self.params = Flat::upload(&self.gpu, &params.data);
     }
 
     /// Reads the parameters back.
@@ -143,7 +213,7 @@ impl GpuModel {
 
     /// Zeroed gradients.
     pub fn zero_grads(&self) -> GpuGrads {
-        self.params.iter().map(|p| self.gpu.zeros(p.len())).collect()
+        self.params.zeros_like(&self.gpu)
     }
 
     /// Reads back tensors laid out like the parameters (gradients, optimizer moments).
@@ -316,7 +386,8 @@ impl GpuModel {
 
     /// Global-norm clipping of `grads` on the device; returns the norm before clipping.
     pub fn clip_grad_norm(&self, grads: &GpuGrads, max_norm: f32) -> f32 {
-        let refs: Vec<&Tensor> = grads.iter().collect();
+        // Over the flat buffers: the padding between tensors is zero.
+        let refs: Vec<&Tensor> = grads.chunks.iter().collect();
         let result = ops::clip_grad_norm(&self.gpu, &refs, Some(max_norm));
         self.gpu.read(&result)[0]
     }
@@ -326,8 +397,8 @@ impl GpuModel {
 pub struct GpuAdamW {
     /// Hyper-parameters.
     pub config: AdamWConfig,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
+    m: Flat,
+    v: Flat,
     /// Updates taken.
     pub step: u64,
 }
@@ -340,7 +411,7 @@ impl GpuAdamW {
 
     /// Moments and step of a CPU optimizer, uploaded (resuming a checkpoint on the GPU).
     pub fn from_cpu(model: &GpuModel, cpu: &rstar2_model::AdamW) -> Self {
-        let up = |p: &Params| p.data.iter().map(|x| model.gpu.upload(x)).collect();
+        let up = |p: &Params| Flat::upload(&model.gpu, &p.data);
         GpuAdamW { config: cpu.config, m: up(&cpu.m), v: up(&cpu.v), step: cpu.step }
     }
 
@@ -351,10 +422,12 @@ impl GpuAdamW {
         rstar2_model::AdamW { config: self.config, m, v, step: self.step }
     }
 
-    /// One update of every parameter.
+    /// One update of every parameter: one kernel over each flat buffer (in windows), the zero
+    /// padding between tensors staying zero.
     pub fn update(&mut self, model: &mut GpuModel, grads: &GpuGrads, lr: f32) {
         self.step += 1;
-        for (((p, m), v), g) in model.params.iter().zip(&self.m).zip(&self.v).zip(grads) {
+        let chunks = model.params.chunks.iter().zip(&self.m.chunks).zip(&self.v.chunks).zip(&grads.chunks);
+        for (((p, m), v), g) in chunks {
             ops::adamw(&model.gpu, p, m, v, g, &self.config, lr, self.step);
         }
     }

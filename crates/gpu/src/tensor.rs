@@ -1,7 +1,7 @@
 //! A device buffer of f32, u32 or f16 elements that goes back to its device's pool when dropped,
 //! and the pool: buffers by size class, kept for reuse until a phase ends.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -15,9 +15,14 @@ pub(crate) fn size_class(bytes: u64) -> u64 {
 }
 
 /// Free device buffers by size, and what the device holds.
+///
+/// A request takes the free buffer of its class that sorts first (buffers order by identity),
+/// not the one freed last: a step that allocates and frees the same sizes in the same order as
+/// the previous one then gets the same buffers whatever order its tensors were dropped in, so
+/// the bind groups cached for them still apply.
 #[derive(Default)]
 pub(crate) struct Pool {
-    free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    free: Mutex<HashMap<u64, BTreeSet<wgpu::Buffer>>>,
     /// Bytes of every buffer the device holds for tensors (in use or pooled).
     pub(crate) live_bytes: AtomicU64,
     /// The most `live_bytes` ever was.
@@ -29,7 +34,7 @@ pub(crate) struct Pool {
 impl Pool {
     /// A free buffer of exactly `bytes` (a size class), if one is pooled.
     pub(crate) fn take(&self, bytes: u64) -> Option<wgpu::Buffer> {
-        self.free.lock().expect("buffer pool").get_mut(&bytes).and_then(Vec::pop)
+        self.free.lock().expect("buffer pool").get_mut(&bytes).and_then(BTreeSet::pop_first)
     }
 
     /// Counts a newly created buffer.
@@ -41,7 +46,7 @@ impl Pool {
 
     fn give_back(&self, buffer: wgpu::Buffer) {
         if let Ok(mut free) = self.free.lock() {
-            free.entry(buffer.size()).or_default().push(buffer);
+            free.entry(buffer.size()).or_default().insert(buffer);
         }
     }
 
@@ -61,21 +66,37 @@ impl Pool {
     }
 }
 
-/// A flat tensor on the device. Shapes are the op's business (stated at each op).
+/// A flat tensor on the device: a buffer of its own (back to the pool when dropped), or a view
+/// of part of another tensor's buffer. Shapes are the op's business (stated at each op).
 pub struct Tensor {
     buffer: Option<wgpu::Buffer>,
+    /// Byte offset in the buffer (a multiple of the storage-binding alignment).
+    offset: u64,
     len: usize,
     f16: bool,
-    pool: Arc<Pool>,
+    /// None for views: the buffer belongs to the tensor they view.
+    pool: Option<Arc<Pool>>,
 }
 
 impl Tensor {
     pub(crate) fn new(buffer: wgpu::Buffer, len: usize, pool: Arc<Pool>) -> Self {
-        Tensor { buffer: Some(buffer), len, f16: false, pool }
+        Tensor { buffer: Some(buffer), offset: 0, len, f16: false, pool: Some(pool) }
     }
 
     pub(crate) fn new_f16(buffer: wgpu::Buffer, len: usize, pool: Arc<Pool>) -> Self {
-        Tensor { buffer: Some(buffer), len, f16: true, pool }
+        Tensor { buffer: Some(buffer), offset: 0, len, f16: true, pool: Some(pool) }
+    }
+
+    /// Elements `start .. start + len` of this f32 tensor as a tensor of their own; `start`
+    /// must sit on the device's storage-binding alignment.
+    pub(crate) fn view(&self, start: usize, len: usize) -> Tensor {
+        assert!(!self.f16 && start + len <= self.len, "view {start}+{len} of a tensor of {}", self.len);
+        Tensor { buffer: self.buffer.clone(), offset: self.offset + start as u64 * 4, len, f16: false, pool: None }
+    }
+
+    /// Byte offset of its first element in its buffer.
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset
     }
 
     /// Whether its elements are f16 (else 32-bit).
@@ -112,8 +133,8 @@ impl Tensor {
 impl Drop for Tensor {
     fn drop(&mut self) {
         // Work already recorded keeps its own reference; reuse is ordered after it on the queue.
-        if let Some(b) = self.buffer.take() {
-            self.pool.give_back(b);
+        if let (Some(b), Some(pool)) = (self.buffer.take(), &self.pool) {
+            pool.give_back(b);
         }
     }
 }
