@@ -26,6 +26,111 @@ pub struct KernelBenchArgs {
     /// on a real GPU, small otherwise.
     #[arg(long)]
     size: Option<String>,
+    /// GPU time per kernel family from timestamp queries (where the adapter has them; host
+    /// times otherwise), printed after the tables. `RSTAR2_GPU_PROFILE=1` does the same for
+    /// any command.
+    #[arg(long)]
+    profile: bool,
+}
+
+/// What one step cost on the host and the device, after warm-up (medians over `steps`).
+struct StepCost {
+    dispatches: u64,
+    buffers: u64,
+    bind_groups: u64,
+    encode_ms: f64,
+    host_ms: f64,
+    gpu_ms: Option<f64>,
+    wall_ms: f64,
+}
+
+/// Runs `step` (which records work and may read back) `warm + steps` times; per measured step:
+/// dispatches, buffers and bind groups created, host time (wall time minus time blocked on the
+/// device), GPU time (timestamp queries, when profiling on such an adapter) and wall time.
+fn step_cost(gpu: &Gpu, warm: usize, steps: usize, mut step: impl FnMut()) -> StepCost {
+    for _ in 0..warm {
+        step();
+        gpu.sync();
+    }
+    let gpu_total = |g: &Gpu| -> f64 { g.profile().iter().map(|k| k.gpu_seconds).sum() };
+    let (mut host, mut wall, mut gpu_t, mut encode) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let before = gpu.stats();
+    for _ in 0..steps {
+        let (s0, g0, t) = (gpu.stats(), gpu_total(gpu), Instant::now());
+        step();
+        gpu.sync();
+        let w = t.elapsed().as_secs_f64();
+        let s1 = gpu.stats();
+        wall.push(w);
+        host.push(w - (s1.wait_seconds - s0.wait_seconds));
+        encode.push(s1.encode_seconds - s0.encode_seconds);
+        gpu_t.push(gpu_total(gpu) - g0);
+    }
+    let after = gpu.stats();
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let per = |a: u64, b: u64| (a - b) / steps as u64;
+    StepCost {
+        dispatches: per(after.dispatches, before.dispatches),
+        buffers: per(after.buffers_created, before.buffers_created),
+        bind_groups: per(after.bind_groups_created, before.bind_groups_created),
+        encode_ms: median(encode) * 1e3,
+        host_ms: median(host) * 1e3,
+        gpu_ms: gpu.has_gpu_timestamps().then(|| median(gpu_t) * 1e3),
+        wall_ms: median(wall) * 1e3,
+    }
+}
+
+/// Decode and training steps of a preset's shapes on the device: what the host path costs.
+fn host_path(gpu: &Arc<Gpu>, preset: &str, decode_batch: usize, train: Option<(usize, usize)>) -> anyhow::Result<()> {
+    let config = Config::from_file(&workspace_root().join("models").join(preset).join("config.json"))?;
+    let model = Model::new(config.clone(), Params::random(&config, 0));
+    let mut gm = GpuModel::new(gpu.clone(), &model);
+    let layers = config.num_hidden_layers as f64;
+    // A decode step is the layers plus 4 dispatches: embedding, final norm, output layer, sampling.
+    let row = |what: String, c: &StepCost, outside_layers: Option<u64>| {
+        let gpu_ms = c.gpu_ms.map_or("-".into(), |g| format!("{g:.2}"));
+        let per_layer = outside_layers.map_or("-".into(), |o| format!("{:.1}", (c.dispatches - o) as f64 / layers));
+        println!("{what:<46} {:>10} {:>8} {:>8} {:>6} {:>10.3} {:>10.3} {:>10} {:>10.2}", c.dispatches, per_layer, c.buffers, c.bind_groups, c.encode_ms, c.host_ms, gpu_ms, c.wall_ms);
+    };
+    let prompt_len = 16;
+    let ids: Vec<u64> = (0..decode_batch as u64).collect();
+    let prompts: Vec<Vec<u32>> = (0..decode_batch).map(|s| (0..prompt_len).map(|i| ((s * 31 + i * 17) % config.vocab_size) as u32).collect()).collect();
+    let chunks: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    let next: Vec<[u32; 1]> = (0..decode_batch).map(|s| [(s % config.vocab_size) as u32]).collect();
+    let next_chunks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
+    let steps = 4;
+    for f16 in [false, true] {
+        if f16 {
+            if !gpu.has_f16() {
+                continue;
+            }
+            gm.enable_f16_decode()?;
+        }
+        let mut cache = GpuKvCache::new(&gm, decode_batch * (prompt_len + 2 * steps + 4));
+        gm.extend(&mut cache, &ids, &chunks).expect("sized");
+        let uniforms = vec![0.0f32; decode_batch];
+        let c = step_cost(gpu, 2, steps, || {
+            gm.extend_sample(&mut cache, &ids, &next_chunks, 0.0, &uniforms).expect("sized");
+        });
+        row(format!("{preset}: decode step, batch {decode_batch}, {} weights", if f16 { "f16" } else { "f32" }), &c, Some(4));
+    }
+    gm.disable_f16_decode();
+    if let Some((batch, len)) = train {
+        let seqs: Vec<Vec<u32>> = (0..batch).map(|b| (0..len).map(|i| ((b * 7919 + i * 104_729) % config.vocab_size) as u32).collect()).collect();
+        let b = Batch::new(&seqs);
+        let mut opt = GpuAdamW::new(AdamWConfig::default(), &gm);
+        let c = step_cost(gpu, 2, 2, || {
+            let grads = gm.zero_grads();
+            gm.next_token_loss_backward(&b, &grads);
+            gm.clip_grad_norm(&grads, 1.0);
+            opt.update(&mut gm, &grads, 1e-4);
+        });
+        row(format!("{preset}: train step {batch}x{len} (fwd+bwd+clip+AdamW)"), &c, None);
+    }
+    Ok(())
 }
 
 /// Seconds of `steps` greedy decode steps (sampled on the device) after a prefill, on a fresh
@@ -88,6 +193,9 @@ pub fn run(args: KernelBenchArgs) -> anyhow::Result<()> {
         Some(other) => anyhow::bail!("--size {other}: expected small or full"),
     };
     let gpu = Arc::new(gpu);
+    if args.profile {
+        gpu.enable_profiling();
+    }
     println!("adapter: {}; CPU backend: {} threads; shapes: {}", gpu.describe(), rayon::current_num_threads(), if full { "full" } else { "small" });
     if !real {
         println!("(a software adapter: these are CPU-emulation figures, not GPU figures)");
@@ -246,6 +354,21 @@ pub fn run(args: KernelBenchArgs) -> anyhow::Result<()> {
         }
     }
     print(&rows);
-    println!("\n{} dispatches recorded in all", gpu.dispatch_count());
+
+    // The host path: what a decode step and a training step cost besides the arithmetic.
+    println!("\nper step after warm-up (encode = recording and submitting; host = wall time minus time blocked on the device; GPU from timestamp queries with --profile)");
+    println!("{:<46} {:>10} {:>8} {:>8} {:>6} {:>10} {:>10} {:>10} {:>10}", "step", "dispatches", "/layer", "buffers", "bind", "encode ms", "host ms", "GPU ms", "wall ms");
+    if full {
+        host_path(&gpu, "smollm2-135m", 8, Some((2, 128)))?;
+        host_path(&gpu, "smollm2-135m", 32, None)?;
+    } else {
+        host_path(&gpu, "tiny", 8, Some((2, 64)))?;
+        host_path(&gpu, "smollm2-135m", 1, None)?;
+    }
+    let stats = gpu.stats();
+    println!("\n{} dispatches, {} submissions, {} buffers and {} bind groups created in all; device memory {:.1} MiB now ({:.1} MiB pooled), peak {:.1} MiB", stats.dispatches, stats.submits, stats.buffers_created, stats.bind_groups_created, stats.device_bytes as f64 / 1048576.0, stats.pooled_bytes as f64 / 1048576.0, stats.peak_device_bytes as f64 / 1048576.0);
+    if let Some(report) = gpu.profile_report() {
+        println!("\n{report}");
+    }
     Ok(())
 }

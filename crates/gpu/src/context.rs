@@ -117,12 +117,8 @@ pub enum AdapterChoice {
     Index(usize),
 }
 
-#[derive(Hash, PartialEq, Eq, Clone)]
-struct PipelineKey {
-    kernel: &'static str,
-    f16_weights: bool,
-    constants: Vec<(&'static str, u64)>,
-}
+/// Pipelines of one kernel and weight type, by override constants (a few each).
+type Variants = Vec<(Vec<(&'static str, u64)>, Arc<Pipeline>)>;
 
 /// A storage binding: a byte range of a tensor's buffer.
 pub(crate) struct View<'t> {
@@ -181,10 +177,27 @@ struct Pipeline {
 }
 
 /// What a cached bind group binds: the layout and each storage range.
-#[derive(Hash, PartialEq, Eq)]
 struct BindKey {
     layout: usize,
     ranges: Vec<(wgpu::Buffer, u64, u64)>,
+}
+
+impl BindKey {
+    fn matches(&self, layout: usize, storage: &[View<'_>]) -> bool {
+        self.layout == layout && self.ranges.len() == storage.len() && self.ranges.iter().zip(storage).all(|(r, v)| r.0 == *v.tensor.buffer() && r.1 == v.offset && r.2 == v.size)
+    }
+}
+
+/// The bind group cache's hash of what a dispatch binds (computed without building a key).
+fn bind_hash(layout: usize, storage: &[View<'_>]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    layout.hash(&mut h);
+    for v in storage {
+        v.tensor.buffer().hash(&mut h);
+        (v.offset, v.size).hash(&mut h);
+    }
+    h.finish()
 }
 
 /// Bytes of one dispatch's scalars in the uniform ring (every kernel's `Params` fits).
@@ -210,7 +223,7 @@ struct Recording {
 }
 
 /// Counts since the device was opened (see [`Gpu::stats`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct GpuStats {
     /// Dispatches recorded.
     pub dispatches: u64,
@@ -226,6 +239,11 @@ pub struct GpuStats {
     pub peak_device_bytes: u64,
     /// Bytes of pooled (free) tensor buffers.
     pub pooled_bytes: u64,
+    /// Seconds the host spent waiting for the device (read-backs and syncs).
+    pub wait_seconds: f64,
+    /// Seconds the host spent encoding: recording dispatches, copies and uploads, and
+    /// finishing and submitting command buffers.
+    pub encode_seconds: f64,
 }
 
 /// Time per kernel family: GPU time from timestamp queries (where the adapter has them) and host
@@ -261,9 +279,9 @@ pub struct Gpu {
     /// The limits requested (the adapter's own).
     pub limits: wgpu::Limits,
     binding_limit: u64,
-    pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
+    pipelines: Mutex<HashMap<(&'static str, bool), Variants>>,
     layouts: Mutex<HashMap<Vec<Slot>, Arc<Layout>>>,
-    bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
+    bind_groups: Mutex<HashMap<u64, Vec<(BindKey, wgpu::BindGroup)>>>,
     pub(crate) pool: Arc<Pool>,
     staging: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
     uniform_ring: wgpu::Buffer,
@@ -272,9 +290,12 @@ pub struct Gpu {
     uniform_stride: u64,
     recording: Mutex<Recording>,
     profiler: Mutex<Option<Profiler>>,
+    profiling: std::sync::atomic::AtomicBool,
     dispatches: AtomicU64,
     submits: AtomicU64,
     bind_groups_created: AtomicU64,
+    wait_nanos: AtomicU64,
+    encode_nanos: AtomicU64,
 }
 
 impl Gpu {
@@ -327,9 +348,12 @@ impl Gpu {
             uniform_stride,
             recording: Mutex::new(Recording::default()),
             profiler: Mutex::new(None),
+            profiling: std::sync::atomic::AtomicBool::new(false),
             dispatches: AtomicU64::new(0),
             submits: AtomicU64::new(0),
             bind_groups_created: AtomicU64::new(0),
+            wait_nanos: AtomicU64::new(0),
+            encode_nanos: AtomicU64::new(0),
             device,
             queue,
             info,
@@ -366,6 +390,8 @@ impl Gpu {
             device_bytes: self.pool.live_bytes.load(Ordering::Relaxed),
             peak_device_bytes: self.pool.peak_bytes.load(Ordering::Relaxed),
             pooled_bytes: self.pool.pooled_bytes(),
+            wait_seconds: self.wait_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
+            encode_seconds: self.encode_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
         }
     }
 
@@ -398,6 +424,7 @@ impl Gpu {
             (set, resolve, read)
         });
         *profiler = Some(Profiler { queries, times: HashMap::new() });
+        self.profiling.store(true, Ordering::Relaxed);
     }
 
     /// Whether GPU times come from timestamp queries (else the profile has host times only).
@@ -470,9 +497,10 @@ impl Gpu {
     }
 
     fn pipeline(&self, kernel: &Kernel, f16_weights: bool, constants: &[(&'static str, f64)]) -> Arc<Pipeline> {
-        let key = PipelineKey { kernel: kernel.name, f16_weights, constants: constants.iter().map(|&(n, v)| (n, v.to_bits())).collect() };
+        let same = |c: &[(&'static str, u64)]| c.len() == constants.len() && c.iter().zip(constants).all(|(a, b)| a.0 == b.0 && a.1 == b.1.to_bits());
         let mut cache = self.pipelines.lock().expect("pipeline cache");
-        if let Some(p) = cache.get(&key) {
+        let variants = cache.entry((kernel.name, f16_weights)).or_default();
+        if let Some((_, p)) = variants.iter().find(|(c, _)| same(c)) {
             return p.clone();
         }
         let source = if f16_weights { kernel.f16_weights_source() } else { kernel.source.to_string() };
@@ -493,7 +521,7 @@ impl Gpu {
             cache: None,
         });
         let p = Arc::new(Pipeline { pipeline, layout });
-        cache.insert(key, p.clone());
+        variants.push((constants.iter().map(|&(n, v)| (n, v.to_bits())).collect(), p.clone()));
         p
     }
 
@@ -501,9 +529,9 @@ impl Gpu {
     /// step that binds the same buffers as the last one creates none.
     fn bind_group(&self, layout: &Layout, storage: &[View<'_>]) -> wgpu::BindGroup {
         assert_eq!(storage.len(), layout.storage, "kernel binds {} storage buffers, {} given", layout.storage, storage.len());
-        let key = BindKey { layout: layout.id, ranges: storage.iter().map(|v| (v.tensor.buffer().clone(), v.offset, v.size)).collect() };
+        let hash = bind_hash(layout.id, storage);
         let mut cache = self.bind_groups.lock().expect("bind group cache");
-        if let Some(g) = cache.get(&key) {
+        if let Some((_, g)) = cache.get(&hash).and_then(|v| v.iter().find(|(k, _)| k.matches(layout.id, storage))) {
             return g.clone();
         }
         if cache.len() >= BIND_GROUP_CACHE {
@@ -519,7 +547,8 @@ impl Gpu {
         }
         let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("rstar2 kernels"), layout: &layout.bind_group, entries: &entries });
         self.bind_groups_created.fetch_add(1, Ordering::Relaxed);
-        cache.insert(key, group.clone());
+        let key = BindKey { layout: layout.id, ranges: storage.iter().map(|v| (v.tensor.buffer().clone(), v.offset, v.size)).collect() };
+        cache.entry(hash).or_default().push((key, group.clone()));
         group
     }
 
@@ -589,6 +618,7 @@ impl Gpu {
         if groups.contains(&0) {
             return;
         }
+        let profiling = self.profiling.load(Ordering::Relaxed);
         let start = Instant::now();
         let max = self.limits.max_compute_workgroups_per_dimension;
         assert!(groups.iter().all(|&g| g <= max), "{}: {groups:?} workgroups exceed the adapter's {max} per dimension", kernel.name);
@@ -604,12 +634,9 @@ impl Gpu {
             rec.uniforms.extend_from_slice(bytemuck::cast_slice(params));
             rec.uniforms.resize(offset as usize + self.uniform_stride as usize, 0);
         }
-        let mut profiler = self.profiler.lock().expect("profiler");
-        let timed = profiler.as_ref().and_then(|p| p.queries.as_ref()).map(|q| q.0.clone());
+        let timed = if profiling { self.profiler.lock().expect("profiler").as_ref().and_then(|p| p.queries.as_ref()).map(|q| q.0.clone()) } else { None };
         if timed.is_some() && rec.timed.len() as u32 >= PROFILED_DISPATCHES {
-            drop(profiler);
             self.submit(&mut rec);
-            profiler = self.profiler.lock().expect("profiler");
         }
         let index = rec.timed.len() as u32;
         let pass = self.pass(&mut rec);
@@ -624,11 +651,14 @@ impl Gpu {
             pass.write_timestamp(set, 2 * index + 1);
             rec.timed.push(kernel.name);
         }
+        drop(rec);
         self.dispatches.fetch_add(1, Ordering::Relaxed);
-        if let Some(p) = profiler.as_mut() {
+        let elapsed = start.elapsed();
+        self.encode_nanos.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        if profiling && let Some(p) = self.profiler.lock().expect("profiler").as_mut() {
             let t = p.times.entry(kernel.name).or_insert_with(|| KernelTime { kernel: kernel.name, ..Default::default() });
             t.dispatches += 1;
-            t.host_seconds += start.elapsed().as_secs_f64();
+            t.host_seconds += elapsed.as_secs_f64();
         }
     }
 
@@ -687,13 +717,15 @@ impl Gpu {
             enc.resolve_query_set(set, 0..n, resolve, 0);
             enc.copy_buffer_to_buffer(resolve, 0, read, 0, Some(u64::from(n) * 8));
         }
+        let start = Instant::now();
         self.queue.submit([enc.finish()]);
+        self.encode_nanos.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.submits.fetch_add(1, Ordering::Relaxed);
         if let Some((_, _, read)) = queries {
             // Profiling waits for each submission to read its timestamps.
             let bytes = 16 * timed.len() as u64;
             read.map_async(wgpu::MapMode::Read, ..bytes, |r| r.expect("mapping the profiler's timestamps failed"));
-            self.device.poll(wgpu::PollType::wait_indefinitely()).expect("device lost while profiling");
+            self.wait();
             let ticks: Vec<u64> = bytemuck::cast_slice(&read.get_mapped_range(..bytes).expect("mapped range")).to_vec();
             read.unmap();
             let period = f64::from(self.queue.get_timestamp_period()) * 1e-9;
@@ -710,7 +742,14 @@ impl Gpu {
     /// Waits for all submitted work.
     pub fn sync(&self) {
         self.flush();
+        self.wait();
+    }
+
+    /// Blocks until the device has finished what was submitted, counting the time.
+    fn wait(&self) {
+        let start = Instant::now();
         self.device.poll(wgpu::PollType::wait_indefinitely()).expect("device lost while waiting");
+        self.wait_nanos.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// Whether kernels may use f16 (the adapter has `SHADER_F16`; requested when it does).
@@ -817,7 +856,7 @@ impl Gpu {
         self.with_encoder(|enc| enc.copy_buffer_to_buffer(t.buffer(), t.offset(), &staging, 0, Some(size)));
         self.flush();
         staging.map_async(wgpu::MapMode::Read, ..size, |r| r.expect("mapping a readback buffer failed"));
-        self.device.poll(wgpu::PollType::wait_indefinitely()).expect("device lost while reading back");
+        self.wait();
         let bytes = staging.get_mapped_range(..size).expect("mapped range").to_vec();
         staging.unmap();
         self.staging.lock().expect("staging pool").entry(class).or_default().push(staging);

@@ -28,8 +28,9 @@ pub struct GpuModel {
     pub(crate) wte: usize,
     pub(crate) norm: usize,
     pub(crate) lm_head: usize,
-    /// f16 copies of the projection weights for decoding, when enabled.
+    /// f16 copies of the projection weights for decoding, when enabled (views of half_store).
     pub(crate) half: Vec<Option<Tensor>>,
+    half_store: Option<Flat>,
     /// The f16 copies were dropped by an optimizer step and are to be made again.
     pub(crate) f16_decode_stale: bool,
 }
@@ -93,9 +94,9 @@ const FLAT_CHUNK: u64 = 1 << 30;
 impl Flat {
     /// Where each of tensors of these lengths goes: (chunk, element offset), and each chunk's
     /// length. Offsets sit on the storage-binding alignment.
-    fn layout(gpu: &Gpu, lens: &[usize]) -> (Vec<(usize, usize)>, Vec<usize>) {
-        let align = (gpu.limits.min_storage_buffer_offset_alignment as usize / 4).max(1);
-        let cap = (FLAT_CHUNK.min(gpu.limits.max_buffer_size) / 4) as usize;
+    fn layout(gpu: &Gpu, lens: &[usize], elem_bytes: usize) -> (Vec<(usize, usize)>, Vec<usize>) {
+        let align = (gpu.limits.min_storage_buffer_offset_alignment as usize / elem_bytes).max(1);
+        let cap = FLAT_CHUNK.min(gpu.limits.max_buffer_size) as usize / elem_bytes;
         let (mut at, mut chunks) = (Vec::with_capacity(lens.len()), vec![0usize]);
         for &len in lens {
             let mut end = chunks.last().copied().unwrap_or(0).next_multiple_of(align);
@@ -116,20 +117,25 @@ impl Flat {
 
     /// Zeros shaped like `lens`.
     pub fn zeros(gpu: &Gpu, lens: &[usize]) -> Flat {
-        let (at, sizes) = Self::layout(gpu, lens);
+        let (at, sizes) = Self::layout(gpu, lens, 4);
         let chunks = sizes.iter().map(|&n| gpu.zeros(n)).collect();
         Self::build(lens, chunks, &at)
     }
 
     /// `data`'s tensors uploaded.
     pub fn upload(gpu: &Gpu, data: &[Vec<f32>]) -> Flat {
+        Self::upload_as(gpu, data, false)
+    }
+
+    /// `data`'s tensors uploaded in f32, or rounded to f16 (SHADER_F16 needed).
+    fn upload_as(gpu: &Gpu, data: &[Vec<f32>], f16: bool) -> Flat {
         let lens: Vec<usize> = data.iter().map(Vec::len).collect();
-        let (at, sizes) = Self::layout(gpu, &lens);
+        let (at, sizes) = Self::layout(gpu, &lens, if f16 { 2 } else { 4 });
         let mut host: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![0.0; n]).collect();
         for (t, &(c, off)) in data.iter().zip(&at) {
             host[c][off..off + t.len()].copy_from_slice(t);
         }
-        let chunks = host.iter().map(|h| gpu.upload(h)).collect();
+        let chunks = host.iter().map(|h| if f16 { gpu.upload_f16(h) } else { gpu.upload(h) }).collect();
         Self::build(&lens, chunks, &at)
     }
 
@@ -160,6 +166,7 @@ impl GpuModel {
             norm: model.norm,
             lm_head: model.lm_head,
             half: Vec::new(),
+            half_store: None,
             f16_decode_stale: false,
             gpu,
         }
@@ -172,13 +179,17 @@ impl GpuModel {
         if !self.gpu.has_f16() {
             return Err(crate::GpuError::NoF16 { adapter: self.gpu.info.name.clone() });
         }
-        let mut half: Vec<Option<Tensor>> = (0..self.params.len()).map(|_| None).collect();
         let mut linear: Vec<usize> = self.layers.iter().flat_map(|l| [l.q, l.k, l.v, l.o, l.gate, l.up, l.down]).collect();
         linear.push(self.lm_head);
-        for i in linear {
-            half[i] = Some(self.gpu.upload_f16(&self.gpu.read(&self.params[i])));
+        // In a few flat buffers, like the f32 parameters: fewer buffers for the device to track.
+        let data: Vec<Vec<f32>> = linear.iter().map(|&i| self.gpu.read(&self.params[i])).collect();
+        let flat = Flat::upload_as(&self.gpu, &data, true);
+        let mut half: Vec<Option<Tensor>> = (0..self.params.len()).map(|_| None).collect();
+        for (k, &i) in linear.iter().enumerate() {
+            half[i] = Some(flat[k].view(0, flat[k].len()));
         }
         self.half = half;
+        self.half_store = Some(flat);
         Ok(())
     }
 
@@ -193,6 +204,7 @@ impl GpuModel {
     /// Drops the f16 copies (f32 decoding), e.g. after the parameters changed.
     pub fn disable_f16_decode(&mut self) {
         self.half = Vec::new();
+        self.half_store = None;
     }
 
     /// Whether cached inference reads f16 copies.

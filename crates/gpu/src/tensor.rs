@@ -87,11 +87,13 @@ impl Tensor {
         Tensor { buffer: Some(buffer), offset: 0, len, f16: true, pool: Some(pool) }
     }
 
-    /// Elements `start .. start + len` of this f32 tensor as a tensor of their own; `start`
-    /// must sit on the device's storage-binding alignment.
+    /// Elements `start .. start + len` as a tensor of their own, of the same element type;
+    /// `start` must sit on the device's storage-binding alignment. The viewed tensor must
+    /// outlive the view (its buffer goes back to the pool when it is dropped).
     pub(crate) fn view(&self, start: usize, len: usize) -> Tensor {
-        assert!(!self.f16 && start + len <= self.len, "view {start}+{len} of a tensor of {}", self.len);
-        Tensor { buffer: self.buffer.clone(), offset: self.offset + start as u64 * 4, len, f16: false, pool: None }
+        assert!(start + len <= self.len, "view {start}+{len} of a tensor of {}", self.len);
+        let elem = if self.f16 { 2 } else { 4 };
+        Tensor { buffer: self.buffer.clone(), offset: self.offset + start as u64 * elem, len, f16: self.f16, pool: None }
     }
 
     /// Byte offset of its first element in its buffer.
