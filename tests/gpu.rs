@@ -306,3 +306,50 @@ fn warm_steps_create_no_buffers_or_bind_groups() {
         }
     }
 }
+
+/// Decoding several steps per read-back (the sampled tokens fed back on the device) gives the
+/// episodes of one step at a time: the same tokens, and with sampling the same seeded draws and
+/// log-probs; sequences that stop inside a look-ahead window drop the positions past their stop.
+#[test]
+fn decoding_ahead_on_the_device_gives_the_step_by_step_episodes() {
+    use rstar2::model::{Config, Model, Params, Tokenizer};
+    use rstar2::rollout::engine::GpuEngine;
+    use rstar2::rollout::{ChatFormat, Request, RolloutConfig, SamplingConfig, ToolDispatch, generate};
+    use rstar2::sandbox::{Sandbox, SandboxConfig};
+    let Some(gpu) = test_gpu() else { return };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    let config = Config::from_file(&dir.join("config.json")).unwrap();
+    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let gpu_model = GpuModel::new(gpu, &Model::new(config.clone(), Params::random(&config, 5)));
+    // Short prompts (no system prompt): the prefill on a software adapter stays quick.
+    let chat = ChatFormat { system: String::new(), ..ChatFormat::rstar2() };
+    let sandbox = Sandbox::new(SandboxConfig::in_process()).unwrap();
+    let requests: Vec<Request> = (0..5).map(|i| Request { id: format!("q{i}"), question: format!("What is {i} times {}?", i + 3), answer: Some((i * (i + 3)).to_string()) }).collect();
+    for temperature in [0.0, 1.0] {
+        let rollout = RolloutConfig {
+            chat: chat.clone(),
+            sampling: SamplingConfig { temperature, top_p: 1.0, top_k: 0 },
+            samples: 2,
+            max_response_tokens: 45,
+            max_turns: 3,
+            seed: 11,
+            dispatch: ToolDispatch::Lockstep,
+            ..RolloutConfig::default()
+        };
+        let run = |lookahead: usize| {
+            let mut engine = GpuEngine::new(&gpu_model, 4096).with_lookahead(lookahead);
+            generate(vec![&mut engine], &tokenizer, &sandbox, &requests, &rollout, None).unwrap().episodes
+        };
+        let (one, ahead) = (run(1), run(8));
+        assert_eq!(one.len(), ahead.len());
+        let mut stopped_inside = 0;
+        for (a, b) in one.iter().zip(&ahead) {
+            assert_eq!(a.ids, b.ids, "temperature {temperature}: episode {} {}", a.id, a.sample);
+            assert_eq!(a.finish_reason, b.finish_reason);
+            let gap = a.logprobs.iter().zip(&b.logprobs).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(gap < 1e-5, "temperature {temperature}: log-probs differ by {gap}");
+            stopped_inside += usize::from(a.loss_mask.len() % 8 != 0);
+        }
+        assert!(stopped_inside > 0, "no episode stopped inside a look-ahead window");
+    }
+}

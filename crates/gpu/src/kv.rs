@@ -12,6 +12,17 @@ use crate::tensor::Tensor;
 
 pub(crate) const BLOCK: usize = 16;
 
+/// A step's rows on the device: slot, position, visible length and block-table offset per row,
+/// and the block tables.
+struct StepPlan {
+    rows: usize,
+    slots: Tensor,
+    positions: Tensor,
+    lens: Tensor,
+    table_off: Tensor,
+    table: Tensor,
+}
+
 struct SeqBlocks {
     blocks: Vec<u32>,
     len: usize,
@@ -65,6 +76,19 @@ impl GpuKvCache {
         self.seqs.is_empty()
     }
 
+    /// Drops the last `positions` cached positions of a sequence (decoded ahead past its stop),
+    /// and the blocks no longer needed.
+    pub fn unwind(&mut self, seq: SeqId, positions: usize) {
+        if let Some(s) = self.seqs.get_mut(&seq) {
+            let drop = positions.min(s.len);
+            s.len -= drop;
+            self.used -= drop;
+            while s.blocks.len() * BLOCK >= s.len + BLOCK {
+                self.free.push(s.blocks.pop().expect("a block beyond the length"));
+            }
+        }
+    }
+
     /// Frees a sequence's blocks.
     pub fn release(&mut self, seq: SeqId) {
         if let Some(s) = self.seqs.remove(&seq) {
@@ -99,23 +123,64 @@ impl GpuModel {
     pub fn extend_on_device(&self, cache: &mut GpuKvCache, seqs: &[SeqId], chunks: &[&[u32]]) -> Result<Tensor, KvError> {
         assert_eq!(seqs.len(), chunks.len(), "extend: {} sequences, {} chunks", seqs.len(), chunks.len());
         assert!(chunks.iter().all(|c| !c.is_empty()), "extend: empty chunk");
-        let needed: usize = chunks.iter().map(|c| c.len()).sum();
+        let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+        let plan = self.plan(cache, seqs, &lens)?;
+        let tokens: Vec<u32> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let ids = self.gpu.upload_u32(&tokens);
+        Ok(self.run_cached(cache, &ids, 1, &plan, &lens))
+    }
+
+    /// Decodes `steps` tokens of every sequence without reading anything back between steps:
+    /// from each sequence's pending token, each step samples on the device (with
+    /// `uniforms[step][i]`, greedy when temperature <= 0) and the sampled tokens are the next
+    /// step's input on the device. One read-back at the end brings (token, log-prob) for every
+    /// step and sequence. Sequences that would have stopped earlier have decoded past their
+    /// stop: [`GpuKvCache::unwind`] drops those positions.
+    pub fn decode_ahead(&self, cache: &mut GpuKvCache, seqs: &[SeqId], tokens: &[u32], steps: usize, temperature: f32, uniforms: &[Vec<f32>]) -> Result<Vec<Vec<(u32, f32)>>, KvError> {
+        let b = seqs.len();
+        assert!(tokens.len() == b && uniforms.len() == steps && uniforms.iter().all(|u| u.len() == b), "decode_ahead: one token per sequence, one uniform per sequence and step");
+        if cache.used + b * steps > cache.capacity {
+            return Err(KvError::Full { needed: b * steps, free: cache.capacity - cache.used, capacity: cache.capacity });
+        }
+        let gpu = &*self.gpu;
+        let ones = vec![1usize; b];
+        let all = gpu.alloc(2 * b * steps);
+        let mut prev: Option<Tensor> = None;
+        for (step, u) in uniforms.iter().enumerate() {
+            let plan = self.plan(cache, seqs, &ones)?;
+            let logits = match &prev {
+                None => self.run_cached(cache, &gpu.upload_u32(tokens), 1, &plan, &ones),
+                // The previous step's draws, read in place: out[2i] is sequence i's token.
+                Some(out) => self.run_cached(cache, out, 2, &plan, &ones),
+            };
+            let out = gpu.alloc(2 * b);
+            ops::sample(gpu, &out, &logits, &gpu.upload(u), b, self.config.vocab_size, temperature);
+            gpu.copy_range(&out, 0, &all, 2 * b * step, 2 * b);
+            prev = Some(out);
+        }
+        let got = gpu.read_u32(&all);
+        Ok(got.chunks_exact(2 * b).map(|s| s.chunks_exact(2).map(|p| (p[0], f32::from_bits(p[1]))).collect()).collect())
+    }
+
+    /// Blocks for `lens[i]` new positions of each sequence, and the per-row tables of the step.
+    fn plan(&self, cache: &mut GpuKvCache, seqs: &[SeqId], lens: &[usize]) -> Result<StepPlan, KvError> {
+        let needed: usize = lens.iter().sum();
         if cache.used + needed > cache.capacity {
             return Err(KvError::Full { needed, free: cache.capacity - cache.used, capacity: cache.capacity });
         }
-        for (&s, c) in seqs.iter().zip(chunks) {
-            let position = cache.len(s) + c.len();
+        for (&s, &n) in seqs.iter().zip(lens) {
+            let position = cache.len(s) + n;
             if position > self.max_pos {
                 return Err(KvError::TooLong { seq: s, position, max: self.max_pos });
             }
         }
-        // Blocks for the new positions, then per row: its slot, its position, how many cached
-        // positions it sees, and where its sequence's block table starts.
-        let (mut slots, mut positions, mut lens, mut table_off) = (Vec::with_capacity(needed), Vec::with_capacity(needed), Vec::with_capacity(needed), Vec::with_capacity(needed));
+        // Per row: its slot, its position, how many cached positions it sees, and where its
+        // sequence's block table starts.
+        let (mut slots, mut positions, mut row_lens, mut table_off) = (Vec::with_capacity(needed), Vec::with_capacity(needed), Vec::with_capacity(needed), Vec::with_capacity(needed));
         let mut table: Vec<u32> = Vec::new();
-        for (&s, ch) in seqs.iter().zip(chunks) {
+        for (&s, &n) in seqs.iter().zip(lens) {
             let entry = cache.seqs.entry(s).or_insert_with(|| SeqBlocks { blocks: Vec::new(), len: 0 });
-            let new_len = entry.len + ch.len();
+            let new_len = entry.len + n;
             while entry.blocks.len() * BLOCK < new_len {
                 let b = cache.free.pop().expect("block pool sized for the token capacity");
                 entry.blocks.push(b);
@@ -125,27 +190,32 @@ impl GpuModel {
             for p in entry.len..new_len {
                 slots.push(entry.blocks[p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32);
                 positions.push(p as u32);
-                lens.push(p as u32 + 1);
+                row_lens.push(p as u32 + 1);
                 table_off.push(off);
             }
             entry.len = new_len;
         }
         cache.used += needed;
+        let gpu = &*self.gpu;
+        Ok(StepPlan { rows: needed, slots: gpu.upload_u32(&slots), positions: gpu.upload_u32(&positions), lens: gpu.upload_u32(&row_lens), table_off: gpu.upload_u32(&table_off), table: gpu.upload_u32(&table) })
+    }
 
+    /// The layers over a step's rows (token ids `ids[r * id_stride]`), keys and values into the
+    /// cache; returns the logits [chunks, V] after each chunk's last row (`lens`: chunk lengths).
+    fn run_cached(&self, cache: &GpuKvCache, ids: &Tensor, id_stride: usize, plan: &StepPlan, lens: &[usize]) -> Tensor {
         let gpu = &*self.gpu;
         let c = &self.config;
         let heads = self.heads;
-        let (n, d, f, v) = (needed, c.hidden_size, c.intermediate_size, c.vocab_size);
+        let (n, d, f, v) = (plan.rows, c.hidden_size, c.intermediate_size, c.vocab_size);
         let (qd, kd) = (heads.q * heads.dim, heads.kv * heads.dim);
         let eps = c.rms_norm_eps as f32;
-        let tokens: Vec<u32> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-        let ids = gpu.upload_u32(&tokens);
-        let (slots, positions, lens, table_off, table) = (gpu.upload_u32(&slots), gpu.upload_u32(&positions), gpu.upload_u32(&lens), gpu.upload_u32(&table_off), gpu.upload_u32(&table));
+        let StepPlan { slots, positions, lens: row_lens, table_off, table, .. } = plan;
+        let lens_t = row_lens;
         let w = |i: usize| &self.params[i];
         let wo = |i: Option<usize>| i.map(|i| &self.params[i]);
         let lw = |i: usize| self.linear_weight(i);
         let x = gpu.alloc(n * d);
-        ops::embedding_forward(gpu, &x, &ids, w(self.wte), n, d);
+        ops::embedding_forward_strided(gpu, &x, ids, id_stride, w(self.wte), n, d);
         let (h, rstd) = (gpu.alloc(n * d), gpu.alloc(n));
         let att = gpu.alloc(n * qd);
         if self.fused_decode(n) {
@@ -160,8 +230,8 @@ impl GpuModel {
                 };
                 ops::decode_qkv(gpu, &qkv, &h, [lw(li.q), lw(li.k), lw(li.v)], biases, n, d, qd, kd);
                 let qk_norm = li.qn.zip(li.kn).map(|(a, b)| (w(a), w(b)));
-                ops::decode_rope_kv(gpu, &q, &cache.k[l], &cache.v[l], &qkv, &positions, &slots, &self.rope, qk_norm, n, heads, eps);
-                ops::attention_decode(gpu, &att, &q, &cache.k[l], &cache.v[l], &table, &table_off, &lens, n, heads);
+                ops::decode_rope_kv(gpu, &q, &cache.k[l], &cache.v[l], &qkv, positions, slots, &self.rope, qk_norm, n, heads, eps);
+                ops::attention_decode(gpu, &att, &q, &cache.k[l], &cache.v[l], table, table_off, lens_t, n, heads);
                 ops::decode_linear(gpu, &x, &att, lw(li.o), wo(li.ob), n, d, qd, true);
                 ops::rmsnorm_forward(gpu, &h, &rstd, &x, w(li.ln2), n, d, eps);
                 ops::decode_gate_up(gpu, &act, &h, lw(li.gate), lw(li.up), n, f, d);
@@ -187,10 +257,10 @@ impl GpuModel {
                     }
                     _ => (&q, &k),
                 };
-                ops::rope_forward(gpu, q, &positions, &self.rope, n, heads.q);
-                ops::rope_forward(gpu, k, &positions, &self.rope, n, heads.kv);
-                ops::kv_write(gpu, &cache.k[l], &cache.v[l], k, &vv, &slots, n, kd);
-                ops::attention_decode(gpu, &att, q, &cache.k[l], &cache.v[l], &table, &table_off, &lens, n, heads);
+                ops::rope_forward(gpu, q, positions, &self.rope, n, heads.q);
+                ops::rope_forward(gpu, k, positions, &self.rope, n, heads.kv);
+                ops::kv_write(gpu, &cache.k[l], &cache.v[l], k, &vv, slots, n, kd);
+                ops::attention_decode(gpu, &att, q, &cache.k[l], &cache.v[l], table, table_off, lens_t, n, heads);
                 ops::linear_forward(gpu, &o, &att, lw(li.o), wo(li.ob), n, qd, d);
                 ops::residual_forward(gpu, &x2, &x, &o, n * d);
                 ops::rmsnorm_forward(gpu, &h, &rstd, &x2, w(li.ln2), n, d, eps);
@@ -202,11 +272,11 @@ impl GpuModel {
             }
         }
         // Final norm and logits only for each chunk's last row.
-        let b = seqs.len();
+        let b = lens.len();
         let last = gpu.alloc(b * d);
         let mut end = 0;
-        for (i, ch) in chunks.iter().enumerate() {
-            end += ch.len();
+        for (i, len) in lens.iter().enumerate() {
+            end += len;
             gpu.copy_range(&x, (end - 1) * d, &last, i * d, d);
         }
         let (hf, rf) = (gpu.alloc(b * d), gpu.alloc(b));
@@ -217,7 +287,7 @@ impl GpuModel {
         } else {
             ops::linear_forward(gpu, &logits, &hf, self.linear_weight(self.lm_head), None, b, d, v);
         }
-        Ok(logits)
+        logits
     }
 }
 

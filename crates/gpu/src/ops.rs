@@ -211,15 +211,21 @@ fn table_rows_per_window(gpu: &Gpu, d: usize) -> usize {
 
 /// out[rows, d] = wte[ids[r]]; a table past the binding limit in windows of rows.
 pub fn embedding_forward(gpu: &Gpu, out: &Tensor, ids: &Tensor, wte: &Tensor, rows: usize, d: usize) {
+    embedding_forward_strided(gpu, out, ids, 1, wte, rows, d);
+}
+
+/// [`embedding_forward`] with the ids `stride` apart (the sampler's (token, log-prob) pairs).
+pub fn embedding_forward_strided(gpu: &Gpu, out: &Tensor, ids: &Tensor, stride: usize, wte: &Tensor, rows: usize, d: usize) {
     check("embedding_forward", "out", out, rows * d);
+    check("embedding_forward", "ids", ids, (rows - 1) * stride + 1);
     let vocab = wte.len() / d;
     let per = table_rows_per_window(gpu, d);
     let mut lo = 0;
     while lo < vocab {
         let hi = (lo + per).min(vocab);
         let (wv, shift) = gpu.window(wte, lo * d, (hi - lo) * d);
-        let views = [gpu.window(out, 0, rows * d).0, gpu.window(ids, 0, rows).0, wv];
-        gpu.dispatch_views(&kernels::EMBEDDING_FORWARD, &[], &views, &[u(rows), u(d), u(lo), u(hi), u(shift)], grid(gpu, rows * d, 64));
+        let views = [gpu.window(out, 0, rows * d).0, gpu.window(ids, 0, (rows - 1) * stride + 1).0, wv];
+        gpu.dispatch_views(&kernels::EMBEDDING_FORWARD, &[("ID_STRIDE", stride as f64)], &views, &[u(rows), u(d), u(lo), u(hi), u(shift)], grid(gpu, rows * d, 64));
         lo = hi;
     }
 }

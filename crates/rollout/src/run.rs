@@ -292,6 +292,55 @@ fn engine_loop(e: usize, engine: &mut dyn Engine, rx: Receiver<Event>, shared: &
             }
             continue;
         }
+        // Every sequence decoding (one pending token each): the engine may decode several steps
+        // before anything comes back. Each sequence keeps what it would have kept step by step
+        // (up to its stop or budget), consumes one uniform per kept token, and gives the
+        // positions past its stop back to the engine.
+        let budget_left = decoding.iter().map(|id| config.max_response_tokens.saturating_sub(active[id].response.len())).min().unwrap_or(0);
+        let ahead = engine.lookahead(&config.sampling).min(budget_left);
+        if ahead >= 2 && decoding.iter().all(|id| active[id].feed.len() == 1) {
+            let tokens: Vec<u32> = decoding.iter().map(|id| active[id].feed[0]).collect();
+            let uniforms: Vec<Vec<f64>> = if config.sampling.temperature > 0.0 {
+                let mut rngs: Vec<ChaCha8Rng> = decoding.iter().map(|id| active[id].rng.clone()).collect();
+                (0..ahead).map(|_| rngs.iter_mut().map(|r| r.random::<f64>()).collect()).collect()
+            } else {
+                vec![vec![0.0; decoding.len()]; ahead]
+            };
+            let step_start = Instant::now();
+            let draws = engine.decode_ahead(&decoding, &tokens, &config.sampling, &uniforms)?;
+            let elapsed = step_start.elapsed().as_secs_f64();
+            stats.busy_time += elapsed;
+            stats.occupancy_time += elapsed * reserved as f64 / engine.capacity().max(1) as f64;
+            for (i, &id) in decoding.iter().enumerate() {
+                let mut kept = 0;
+                let mut stop = false;
+                {
+                    let t = active.get_mut(&id).unwrap();
+                    for step in &draws {
+                        let (token, logprob) = step[i];
+                        if config.sampling.temperature > 0.0 {
+                            t.rng.random::<f64>();
+                        }
+                        t.response.push(token);
+                        t.mask.push(1);
+                        t.logprobs.push(logprob);
+                        kept += 1;
+                        shared.generated.fetch_add(1, Ordering::Relaxed);
+                        t.feed.clear();
+                        t.feed.push(token);
+                        if token == shared.end_token || t.response.len() >= config.max_response_tokens {
+                            stop = true;
+                            break;
+                        }
+                    }
+                }
+                engine.unwind(id, ahead - kept);
+                if stop {
+                    end_turn(e, id, &mut active, &mut reserved, engine, shared, &mut stats);
+                }
+            }
+            continue;
+        }
         // Chunked prefill: sequences with one token to feed (decoding) all go in; longer feeds
         // (a prompt, a tool response) share what is left of the step's token budget, so a long
         // prompt never stalls the decoding sequences for a whole step. A sequence whose feed is
