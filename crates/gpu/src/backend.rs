@@ -133,6 +133,15 @@ impl Policy {
         }
     }
 
+    /// Ends a phase (rollouts to training and back): a GPU frees its pooled buffers and cached
+    /// bind groups, so device memory follows what the next phase needs rather than the peak of
+    /// every shape seen. Nothing to do on the CPU.
+    pub fn end_phase(&self) {
+        if let Some(gpu) = self.gpu() {
+            gpu.trim();
+        }
+    }
+
     /// The device of a GPU policy.
     pub fn gpu(&self) -> Option<&Arc<Gpu>> {
         match self {

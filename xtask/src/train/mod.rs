@@ -119,7 +119,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         Some(dir) => Run::resume(dir)?,
         None => Run::start(&args)?,
     };
-    run.execute(stop_after)
+    let result = run.execute(stop_after);
+    crate::generate_cmd::print_gpu_profiles(std::slice::from_ref(&run.policy));
+    result
 }
 
 fn mix_seed(seed: u64, a: u64, b: u64) -> u64 {
@@ -475,6 +477,7 @@ impl Run {
             let mut engine = policy_engine(&self.policy, kv_capacity(&self.policy, &requests, &self.tokenizer, &self.config.chat, stage.max_response_tokens, samples));
             generate(vec![engine.as_mut()], &self.tokenizer, &self.sandbox, &requests, &rollout, None)?
         };
+        self.policy.end_phase();
         let gen_seconds = t0.elapsed().as_secs_f64();
         let episodes = out.episodes;
         let groups: Vec<Vec<Candidate>> = episodes
@@ -493,6 +496,7 @@ impl Run {
         let loss_config = LossConfig { clip_low: rl.clip_low, clip_high: rl.clip_high, ..Default::default() };
         let lr = LrSchedule::constant(rl.lr, rl.warmup_steps).at(self.state.stage_step as u64 + if self.state.stage == 0 { 0 } else { rl.warmup_steps });
         let (loss, grad_norm, loss_metrics) = if kept.is_empty() { (0.0, 0.0, Default::default()) } else { self.policy_update(&kept, &loss_config, lr)? };
+        self.policy.end_phase();
         let positives: Vec<&rstar2_rollout::Episode> = episodes.iter().filter(|e| e.reward == Some(1.0)).collect();
         let kept_pos: Vec<&rstar2_rollout::Episode> = kept.iter().filter(|(e, _)| e.reward == Some(1.0)).map(|(e, _)| *e).collect();
         let m = report::StepMetrics {

@@ -1,0 +1,394 @@
+//! The GPU benchmark behind `cargo xtask bench kernels` and the standalone `rstar2-gpu-bench`
+//! binary (no Python tool environment inside, for machines with a GPU and no Rust toolchain):
+//! every WGSL kernel family on one adapter beside the CPU backend's op on the same shapes, a
+//! whole training step and batched decoding on both backends, then what the host path costs
+//! per decoding and training step.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rstar2_model::ops as cpu;
+use rstar2_model::ops::attention::Heads;
+use rstar2_model::{AdamW, AdamWConfig, Batch, Config, KvCache, Model, Params};
+
+use crate::{AdapterChoice, Gpu, GpuAdamW, GpuKvCache, GpuModel, ops};
+
+/// Errors of the benchmark, as messages.
+pub type BenchResult = Result<(), Box<dyn std::error::Error>>;
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct BenchArgs {
+    /// Adapter index (`cargo xtask devices`); default: the first real GPU, else the first
+    /// adapter (a software one gives CPU-emulation figures, useful only as a smoke test).
+    pub adapter: Option<usize>,
+    /// The card's fp32 peak in GFLOP/s, to print matmul as a share of it.
+    pub peak_gflops: Option<f64>,
+    /// Shapes: `small` (what a software adapter finishes in a minute) or `full`; default: full
+    /// on a real GPU, small otherwise.
+    pub size: Option<String>,
+    /// GPU time per kernel family from timestamp queries (where the adapter has them; host
+    /// times otherwise), printed after the tables.
+    pub profile: bool,
+}
+
+/// Median seconds of `reps` runs after one warm-up.
+pub fn median_secs(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+fn preset_config(root: &Path, preset: &str) -> Result<Config, Box<dyn std::error::Error>> {
+    let path = root.join("models").join(preset).join("config.json");
+    Config::from_file(&path).map_err(|e| format!("{e} (run from the repository root, where models/{preset}/config.json is)").into())
+}
+
+/// What one step cost on the host and the device, after warm-up (medians over `steps`).
+struct StepCost {
+    dispatches: u64,
+    buffers: u64,
+    bind_groups: u64,
+    encode_ms: f64,
+    host_ms: f64,
+    gpu_ms: Option<f64>,
+    wall_ms: f64,
+}
+
+/// Runs `step` (which records work and may read back) `warm + steps` times; per measured step:
+/// dispatches, buffers and bind groups created, host time (wall time minus time blocked on the
+/// device), GPU time (timestamp queries, when profiling on such an adapter) and wall time.
+fn step_cost(gpu: &Gpu, warm: usize, steps: usize, mut step: impl FnMut()) -> StepCost {
+    for _ in 0..warm {
+        step();
+        gpu.sync();
+    }
+    let gpu_total = |g: &Gpu| -> f64 { g.profile().iter().map(|k| k.gpu_seconds).sum() };
+    let (mut host, mut wall, mut gpu_t, mut encode) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let before = gpu.stats();
+    for _ in 0..steps {
+        let (s0, g0, t) = (gpu.stats(), gpu_total(gpu), Instant::now());
+        step();
+        gpu.sync();
+        let w = t.elapsed().as_secs_f64();
+        let s1 = gpu.stats();
+        wall.push(w);
+        host.push(w - (s1.wait_seconds - s0.wait_seconds));
+        encode.push(s1.encode_seconds - s0.encode_seconds);
+        gpu_t.push(gpu_total(gpu) - g0);
+    }
+    let after = gpu.stats();
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let per = |a: u64, b: u64| (a - b) / steps as u64;
+    StepCost {
+        dispatches: per(after.dispatches, before.dispatches),
+        buffers: per(after.buffers_created, before.buffers_created),
+        bind_groups: per(after.bind_groups_created, before.bind_groups_created),
+        encode_ms: median(encode) * 1e3,
+        host_ms: median(host) * 1e3,
+        gpu_ms: gpu.has_gpu_timestamps().then(|| median(gpu_t) * 1e3),
+        wall_ms: median(wall) * 1e3,
+    }
+}
+
+/// Decode and training steps of a preset's shapes on the device: what the host path costs.
+fn host_path(root: &Path, gpu: &Arc<Gpu>, preset: &str, decode_batch: usize, train: Option<(usize, usize)>) -> BenchResult {
+    let config = preset_config(root, preset)?;
+    let model = Model::new(config.clone(), Params::random(&config, 0));
+    let mut gm = GpuModel::new(gpu.clone(), &model);
+    let layers = config.num_hidden_layers as f64;
+    // A decode step is the layers plus 4 dispatches: embedding, final norm, output layer, sampling.
+    let row = |what: String, c: &StepCost, outside_layers: Option<u64>| {
+        let gpu_ms = c.gpu_ms.map_or("-".into(), |g| format!("{g:.2}"));
+        let per_layer = outside_layers.map_or("-".into(), |o| format!("{:.1}", (c.dispatches - o) as f64 / layers));
+        println!("{what:<46} {:>10} {:>8} {:>8} {:>6} {:>10.3} {:>10.3} {:>10} {:>10.2}", c.dispatches, per_layer, c.buffers, c.bind_groups, c.encode_ms, c.host_ms, gpu_ms, c.wall_ms);
+    };
+    let prompt_len = 16;
+    let ids: Vec<u64> = (0..decode_batch as u64).collect();
+    let prompts: Vec<Vec<u32>> = (0..decode_batch).map(|s| (0..prompt_len).map(|i| ((s * 31 + i * 17) % config.vocab_size) as u32).collect()).collect();
+    let chunks: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    let next: Vec<[u32; 1]> = (0..decode_batch).map(|s| [(s % config.vocab_size) as u32]).collect();
+    let next_chunks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
+    let steps = 4;
+    for f16 in [false, true] {
+        if f16 {
+            if !gpu.has_f16() {
+                continue;
+            }
+            gm.enable_f16_decode()?;
+        }
+        let mut cache = GpuKvCache::new(&gm, decode_batch * (prompt_len + 2 * steps + 4));
+        gm.extend(&mut cache, &ids, &chunks).expect("sized");
+        let uniforms = vec![0.0f32; decode_batch];
+        let c = step_cost(gpu, 2, steps, || {
+            gm.extend_sample(&mut cache, &ids, &next_chunks, 0.0, &uniforms).expect("sized");
+        });
+        row(format!("{preset}: decode step, batch {decode_batch}, {} weights", if f16 { "f16" } else { "f32" }), &c, Some(4));
+    }
+    gm.disable_f16_decode();
+    if let Some((batch, len)) = train {
+        let seqs: Vec<Vec<u32>> = (0..batch).map(|b| (0..len).map(|i| ((b * 7919 + i * 104_729) % config.vocab_size) as u32).collect()).collect();
+        let b = Batch::new(&seqs);
+        let mut opt = GpuAdamW::new(AdamWConfig::default(), &gm);
+        let c = step_cost(gpu, 2, 2, || {
+            let grads = gm.zero_grads();
+            gm.next_token_loss_backward(&b, &grads);
+            gm.clip_grad_norm(&grads, 1.0);
+            opt.update(&mut gm, &grads, 1e-4);
+        });
+        row(format!("{preset}: train step {batch}x{len} (fwd+bwd+clip+AdamW)"), &c, None);
+    }
+    Ok(())
+}
+
+/// Seconds of `steps` greedy decode steps (sampled on the device) after a prefill, on a fresh
+/// cache; the second of two runs, so pipelines are compiled before the clock starts.
+fn gpu_decode_seconds(gm: &GpuModel, capacity: usize, ids: &[u64], prompts: &[&[u32]], next: &[&[u32]], steps: usize) -> f64 {
+    let run = || {
+        let mut cache = GpuKvCache::new(gm, capacity);
+        gm.extend_on_device(&mut cache, ids, prompts).expect("sized");
+        gm.gpu.sync();
+        let uniforms = vec![0.0f32; ids.len()];
+        let t = Instant::now();
+        for _ in 0..steps {
+            // Only the tokens come back.
+            gm.extend_sample(&mut cache, ids, next, 0.0, &uniforms).expect("sized");
+        }
+        t.elapsed().as_secs_f64()
+    };
+    run();
+    run()
+}
+
+fn seeded(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}
+
+struct Row {
+    what: String,
+    unit: &'static str,
+    gpu: f64,
+    cpu: f64,
+}
+
+fn print(rows: &[Row]) {
+    println!("{:<52} {:>14} {:>14} {:>10}", "kernel / work", "GPU", "CPU backend", "GPU/CPU");
+    for r in rows {
+        println!("{:<52} {:>9.2} {:<4} {:>9.2} {:<4} {:>9.2}x", r.what, r.gpu, r.unit, r.cpu, r.unit, r.gpu / r.cpu);
+    }
+}
+
+/// Runs the benchmark, model presets read from `root/models`.
+pub fn run(args: &BenchArgs, root: &Path) -> BenchResult {
+    let gpu = match args.adapter {
+        Some(i) => Gpu::open(AdapterChoice::Index(i))?,
+        None => match Gpu::open(AdapterChoice::Auto)? {
+            Some(g) => Some(g),
+            None => Gpu::open(AdapterChoice::Any)?,
+        },
+    }
+    .ok_or("no adapter")?;
+    let real = !gpu.is_software();
+    let full = match args.size.as_deref() {
+        Some("full") => true,
+        Some("small") => false,
+        None => real,
+        Some(other) => return Err(format!("--size {other}: expected small or full").into()),
+    };
+    let gpu = Arc::new(gpu);
+    if args.profile {
+        gpu.enable_profiling();
+    }
+    println!("adapter: {}; CPU backend: {} threads; shapes: {}", gpu.describe(), rayon::current_num_threads(), if full { "full" } else { "small" });
+    if !real {
+        println!("(a software adapter: these are CPU-emulation figures, not GPU figures)");
+    }
+    println!();
+    let reps = if full { 10 } else { 3 };
+    let mut rows = Vec::new();
+
+    // Matmul, prefill/training shapes and decode shapes (M <= 8 takes the matvec kernel).
+    let shapes: Vec<(usize, usize, usize)> =
+        if full { vec![(4096, 4096, 4096), (2048, 2048, 2048), (512, 576, 1536), (512, 1536, 576), (8, 576, 1536), (8, 576, 49152), (8, 4096, 4096)] } else { vec![(256, 256, 256), (128, 576, 192), (8, 576, 1536)] };
+    for (m, k, n) in shapes {
+        let (a, b) = (seeded(m * k, 1), seeded(n * k, 2));
+        let (ta, tb, tc) = (gpu.upload(&a), gpu.upload(&b), gpu.alloc(m * n));
+        let g = median_secs(reps, || {
+            ops::matmul_nt(&gpu, &tc, &ta, &tb, m, n, k, false);
+            gpu.sync();
+        });
+        let mut c = vec![0.0; m * n];
+        let cs = median_secs(reps, || cpu::matmul::matmul_nt(&mut c, &a, &b, m, n, k, false));
+        let flop = 2.0 * (m * n * k) as f64 / 1e9;
+        let mut what = format!("matmul [{m} x {k}] @ [{k} x {n}]");
+        if let Some(p) = args.peak_gflops {
+            what.push_str(&format!(" ({:.0}% of peak)", 100.0 * flop / g / p));
+        }
+        rows.push(Row { what, unit: "GF/s", gpu: flop / g, cpu: flop / cs });
+    }
+
+    // Memory-bound kernels: GB/s of their essential reads and writes.
+    let (rows_n, d) = if full { (4096, 4096) } else { (256, 576) };
+    let (x, w) = (seeded(rows_n * d, 3), seeded(d, 4));
+    let (tx, tw, tout, trstd) = (gpu.upload(&x), gpu.upload(&w), gpu.alloc(rows_n * d), gpu.alloc(rows_n));
+    let g = median_secs(reps, || {
+        ops::rmsnorm_forward(&gpu, &tout, &trstd, &tx, &tw, rows_n, d, 1e-6);
+        gpu.sync();
+    });
+    let (mut out, mut rstd) = (vec![0.0; rows_n * d], vec![0.0; rows_n]);
+    let cs = median_secs(reps, || cpu::rmsnorm::rmsnorm_forward(&mut out, &mut rstd, &x, &w, d, 1e-6));
+    let gb = (2 * rows_n * d * 4) as f64 / 1e9;
+    rows.push(Row { what: format!("rmsnorm_forward [{rows_n} x {d}]"), unit: "GB/s", gpu: gb / g, cpu: gb / cs });
+
+    let n = rows_n * d;
+    let (gate, up) = (seeded(n, 5), seeded(n, 6));
+    let (tg, tu) = (gpu.upload(&gate), gpu.upload(&up));
+    let g = median_secs(reps, || {
+        ops::swiglu_forward(&gpu, &tout, &tg, &tu, n);
+        gpu.sync();
+    });
+    let cs = median_secs(reps, || cpu::swiglu::swiglu_forward(&mut out, &gate, &up));
+    let gb = (3 * n * 4) as f64 / 1e9;
+    rows.push(Row { what: format!("swiglu_forward [{n}]"), unit: "GB/s", gpu: gb / g, cpu: gb / cs });
+
+    // AdamW over every parameter of a model (one dispatch per window of its flat buffers).
+    let preset = if full { "smollm2-135m" } else { "tiny" };
+    let config = preset_config(root, preset)?;
+    let mut params = Params::random(&config, 0);
+    let grads = Params::random(&config, 1);
+    let n: usize = params.data.iter().map(Vec::len).sum();
+    let gm = GpuModel::new(gpu.clone(), &Model::new(config.clone(), params.clone()));
+    let mut gopt = GpuAdamW::new(AdamWConfig::default(), &gm);
+    let tgrads = crate::Flat::upload(&gpu, &grads.data);
+    let mut gm = gm;
+    let g = median_secs(reps, || {
+        gopt.update(&mut gm, &tgrads, 1e-4);
+        gpu.sync();
+    });
+    let mut opt = AdamW::new(AdamWConfig::default(), &params);
+    let cs = median_secs(reps, || opt.update(&mut params, &grads, 1e-4));
+    let gb = (7 * n * 4) as f64 / 1e9;
+    rows.push(Row { what: format!("adamw, all {n} parameters of {preset}"), unit: "GB/s", gpu: gb / g, cpu: gb / cs });
+
+    let (lrows, vocab) = if full { (512, 49152) } else { (16, 49152) };
+    let logits = seeded(lrows * vocab, 7);
+    let targets: Vec<u32> = (0..lrows as u32).map(|i| i * 97 % vocab as u32).collect();
+    let (tl, tt, tlp, tlse) = (gpu.upload(&logits), gpu.upload_u32(&targets), gpu.alloc(lrows), gpu.alloc(lrows));
+    let g = median_secs(reps, || {
+        ops::logprob_forward(&gpu, &tlp, &tlse, &tl, &tt, lrows, vocab);
+        gpu.sync();
+    });
+    let (mut lp, mut lse) = (vec![0.0; lrows], vec![0.0; lrows]);
+    let cs = median_secs(reps, || cpu::logprob::logprob_forward(&mut lp, &mut lse, &logits, &targets, vocab));
+    let gb = (lrows * vocab * 4) as f64 / 1e9;
+    rows.push(Row { what: format!("logprob_forward [{lrows} x {vocab}]"), unit: "GB/s", gpu: gb / g, cpu: gb / cs });
+
+    // Attention over one packed batch of causal sequences (SmolLM2 heads).
+    let heads = Heads { q: 9, kv: 3, dim: 64 };
+    let (seqs, len) = if full { (8, 512) } else { (2, 64) };
+    let rows_a = seqs * len;
+    let (q, k, v) = (seeded(rows_a * 576, 8), seeded(rows_a * 192, 9), seeded(rows_a * 192, 10));
+    let starts: Vec<usize> = (0..rows_a).map(|r| r / len * len).collect();
+    let (tq, tk, tv) = (gpu.upload(&q), gpu.upload(&k), gpu.upload(&v));
+    let tstart = gpu.upload_u32(&starts.iter().map(|&s| s as u32).collect::<Vec<_>>());
+    let (tatt, talse) = (gpu.alloc(rows_a * 576), gpu.alloc(rows_a * 9));
+    let g = median_secs(reps, || {
+        ops::attention_forward(&gpu, &tatt, &talse, &tq, &tk, &tv, &tstart, rows_a, heads);
+        gpu.sync();
+    });
+    let (mut att, mut alse) = (vec![0.0; rows_a * 576], vec![0.0; rows_a * 9]);
+    let cs = median_secs(reps, || cpu::attention::attention_forward(&mut att, &mut alse, &q, &k, &v, &starts, heads));
+    // Causal: half of the len x len scores per head, 2 matmuls of head_dim.
+    let flop = (seqs * heads.q * len * (len + 1) / 2 * heads.dim * 4) as f64 / 1e9;
+    rows.push(Row { what: format!("attention_forward {seqs} x {len} tokens, 9/3 heads"), unit: "GF/s", gpu: flop / g, cpu: flop / cs });
+
+    // Whole model: a training step and batched decoding.
+    let presets: Vec<(&str, usize, usize, usize, usize)> = if full { vec![("tiny", 4, 256, 32, 64), ("smollm2-135m", 4, 512, 32, 64)] } else { vec![("tiny", 2, 64, 8, 16)] };
+    for (preset, batch, len, decode_batch, steps) in presets {
+        let config = preset_config(root, preset)?;
+        let mut model = Model::new(config.clone(), Params::random(&config, 0));
+        let seqs: Vec<Vec<u32>> = (0..batch).map(|b| (0..len).map(|i| ((b * 7919 + i * 104_729) % config.vocab_size) as u32).collect()).collect();
+        let b = Batch::new(&seqs);
+        let mut gm = GpuModel::new(gpu.clone(), &model);
+        let mut gopt = GpuAdamW::new(AdamWConfig::default(), &gm);
+        let g = median_secs(reps.min(5), || {
+            let grads = gm.zero_grads();
+            gm.next_token_loss_backward(&b, &grads);
+            gm.clip_grad_norm(&grads, 1.0);
+            gopt.update(&mut gm, &grads, 1e-4);
+            gpu.sync();
+        });
+        let mut opt = AdamW::new(AdamWConfig::default(), &model.params);
+        let mut grads = Params::zeros(&config);
+        let cs = median_secs(reps.min(5), || {
+            grads.fill_zero();
+            model.next_token_loss_backward(&b, &mut grads);
+            rstar2_model::clip_grad_norm(&mut grads, 1.0);
+            opt.update(&mut model.params, &grads, 1e-4);
+        });
+        let tokens = (batch * len) as f64;
+        rows.push(Row { what: format!("{preset}: train step {batch}x{len} (fwd+bwd+clip+AdamW)"), unit: "tok/s", gpu: tokens / g, cpu: tokens / cs });
+
+        let prompt_len = 32;
+        let ids: Vec<u64> = (0..decode_batch as u64).collect();
+        let prompts: Vec<Vec<u32>> = (0..decode_batch).map(|s| (0..prompt_len).map(|i| ((s * 31 + i * 17) % config.vocab_size) as u32).collect()).collect();
+        let chunks: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+        let next: Vec<[u32; 1]> = (0..decode_batch).map(|s| [(s % config.vocab_size) as u32]).collect();
+        let next_chunks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
+        let capacity = decode_batch * (prompt_len + steps + 1);
+        let g = gpu_decode_seconds(&gm, capacity, &ids, &chunks, &next_chunks, steps);
+        let cpu_decode = || {
+            let mut cache = KvCache::new(capacity);
+            model.extend(&mut cache, &ids, &chunks).expect("sized");
+            let t = Instant::now();
+            for _ in 0..steps {
+                model.extend(&mut cache, &ids, &next_chunks).expect("sized");
+            }
+            t.elapsed().as_secs_f64()
+        };
+        cpu_decode();
+        let cs = cpu_decode();
+        let tokens = (decode_batch * steps) as f64;
+        rows.push(Row { what: format!("{preset}: batched decode, batch {decode_batch}, KV cache"), unit: "tok/s", gpu: tokens / g, cpu: tokens / cs });
+        if gpu.has_f16() {
+            gm.enable_f16_decode()?;
+            let g16 = gpu_decode_seconds(&gm, capacity, &ids, &chunks, &next_chunks, steps);
+            rows.push(Row { what: format!("{preset}: batched decode, batch {decode_batch}, f16 weights"), unit: "tok/s", gpu: tokens / g16, cpu: tokens / cs });
+        }
+    }
+    print(&rows);
+
+    // The host path: what a decode step and a training step cost besides the arithmetic.
+    println!("\nper step after warm-up (encode = recording and submitting; host = wall time minus time blocked on the device; GPU from timestamp queries with --profile)");
+    println!("{:<46} {:>10} {:>8} {:>8} {:>6} {:>10} {:>10} {:>10} {:>10}", "step", "dispatches", "/layer", "buffers", "bind", "encode ms", "host ms", "GPU ms", "wall ms");
+    if full {
+        host_path(root, &gpu, "smollm2-135m", 8, Some((2, 128)))?;
+        host_path(root, &gpu, "smollm2-135m", 32, None)?;
+    } else {
+        host_path(root, &gpu, "tiny", 8, Some((2, 64)))?;
+        host_path(root, &gpu, "smollm2-135m", 1, None)?;
+    }
+    let stats = gpu.stats();
+    println!("\n{} dispatches, {} submissions, {} buffers and {} bind groups created in all; device memory {:.1} MiB now ({:.1} MiB pooled), peak {:.1} MiB", stats.dispatches, stats.submits, stats.buffers_created, stats.bind_groups_created, stats.device_bytes as f64 / 1048576.0, stats.pooled_bytes as f64 / 1048576.0, stats.peak_device_bytes as f64 / 1048576.0);
+    if let Some(report) = gpu.profile_report() {
+        println!("\n{report}");
+    }
+    Ok(())
+}
