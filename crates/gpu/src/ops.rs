@@ -469,7 +469,7 @@ fn rows_bucket(m: usize) -> f64 {
 /// c += that with `residual`; a weight past the binding limit in windows of rows.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_linear(gpu: &Gpu, c: &Tensor, a: &Tensor, w: &Tensor, bias: Option<&Tensor>, m: usize, n: usize, k: usize, residual: bool) {
-    assert!(k % 4 == 0, "decode_linear: k = {k} is not a multiple of 4");
+    assert!(k.is_multiple_of(4), "decode_linear: k = {k} is not a multiple of 4");
     check("decode_linear", "C", c, m * n);
     check("decode_linear", "A", a, m * k);
     check("decode_linear", "W", w, n * k);
@@ -498,7 +498,7 @@ pub fn decode_linear(gpu: &Gpu, c: &Tensor, a: &Tensor, w: &Tensor, bias: Option
 /// Decoding's q, k and v projections in one pass (see `decode_qkv.wgsl`): qkv[m, qd + 2 kd].
 #[allow(clippy::too_many_arguments)]
 pub fn decode_qkv(gpu: &Gpu, qkv: &Tensor, a: &Tensor, w: [&Tensor; 3], bias: Option<[&Tensor; 3]>, m: usize, d: usize, qd: usize, kd: usize) {
-    assert!(d % 4 == 0, "decode_qkv: hidden size {d} is not a multiple of 4");
+    assert!(d.is_multiple_of(4), "decode_qkv: hidden size {d} is not a multiple of 4");
     check("decode_qkv", "qkv", qkv, m * (qd + 2 * kd));
     let constants = [("ROWS", rows_bucket(m)), ("BIAS", f64::from(u8::from(bias.is_some())))];
     let b = bias.unwrap_or([a, a, a]);
@@ -516,7 +516,7 @@ pub fn decode_qkv(gpu: &Gpu, qkv: &Tensor, a: &Tensor, w: [&Tensor; 3], bias: Op
 /// paged cache at `slots` (see `decode_rope_kv.wgsl`).
 #[allow(clippy::too_many_arguments)]
 pub fn decode_rope_kv(gpu: &Gpu, q: &Tensor, cache_k: &Tensor, cache_v: &Tensor, qkv: &Tensor, positions: &Tensor, slots: &Tensor, rope: &Rope, qk_norm: Option<(&Tensor, &Tensor)>, m: usize, heads: Heads, eps: f32) {
-    assert!(heads.dim % 2 == 0 && heads.dim / 2 == rope.half, "decode_rope_kv: head width {} against a RoPE table of half {}", heads.dim, rope.half);
+    assert!(heads.dim.is_multiple_of(2) && heads.dim / 2 == rope.half, "decode_rope_kv: head width {} against a RoPE table of half {}", heads.dim, rope.half);
     let (qn, kn) = qk_norm.unwrap_or((positions, positions));
     gpu.dispatch(
         &kernels::DECODE_ROPE_KV,
@@ -531,7 +531,7 @@ pub fn decode_rope_kv(gpu: &Gpu, q: &Tensor, cache_k: &Tensor, cache_v: &Tensor,
 /// out[m, f].
 #[allow(clippy::too_many_arguments)]
 pub fn decode_gate_up(gpu: &Gpu, out: &Tensor, a: &Tensor, w_gate: &Tensor, w_up: &Tensor, m: usize, f: usize, k: usize) {
-    assert!(k % 4 == 0, "decode_gate_up: k = {k} is not a multiple of 4");
+    assert!(k.is_multiple_of(4), "decode_gate_up: k = {k} is not a multiple of 4");
     check("decode_gate_up", "out", out, m * f);
     let storage = [out, a, w_gate, w_up];
     let views: Vec<View<'_>> = storage.iter().map(|t| gpu.window(t, 0, t.len()).0).collect();
