@@ -150,14 +150,6 @@ impl Policy {
         }
     }
 
-    /// What cached inference reads now.
-    pub fn decode_weights(&self) -> DecodeWeights {
-        match self {
-            Policy::Cpu { model, .. } => model.decode_weights().unwrap_or(DecodeWeights::F32),
-            Policy::Gpu { model, .. } => if model.f16_decode() { DecodeWeights::F16 } else { DecodeWeights::F32 },
-        }
-    }
-
     /// Whether this policy can decode with f16 weights (always on the CPU; SHADER_F16 on a GPU).
     pub fn supports_f16_decode(&self) -> bool {
         match self {
@@ -173,11 +165,7 @@ impl Policy {
                 model.refresh_decode_weights();
                 Ok(())
             }
-            Policy::Gpu { model, .. } if model.f16_decode_stale => {
-                model.f16_decode_stale = false;
-                model.enable_f16_decode()
-            }
-            Policy::Gpu { .. } => Ok(()),
+            Policy::Gpu { model, .. } => model.refresh_decode_weights(),
         }
     }
 
@@ -234,10 +222,7 @@ impl Policy {
             (Policy::Gpu { model, optimizer: Some(optimizer) }, Grads::Gpu(g)) => {
                 let norm = model.clip_grad_norm(g, max_norm);
                 optimizer.update(model, g, lr);
-                if model.f16_decode() {
-                    model.disable_f16_decode();
-                    model.f16_decode_stale = true;
-                }
+                model.invalidate_decode_weights();
                 norm
             }
             (Policy::Cpu { optimizer: None, .. } | Policy::Gpu { optimizer: None, .. }, _) => panic!("clip_and_step: a decode-only policy has no optimizer"),

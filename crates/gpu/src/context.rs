@@ -375,11 +375,6 @@ impl Gpu {
         !is_real_gpu(&self.info)
     }
 
-    /// Dispatches recorded since the device was opened.
-    pub fn dispatch_count(&self) -> u64 {
-        self.dispatches.load(Ordering::Relaxed)
-    }
-
     /// Counts since the device was opened, and device memory now.
     pub fn stats(&self) -> GpuStats {
         GpuStats {
@@ -457,14 +452,6 @@ impl Gpu {
         }
         out += &format!("{:<26} {:>10} {:>12.2} {:>8} {:>12.2}\n", "all", rows.iter().map(|r| r.dispatches).sum::<u64>(), gpu * 1e3, "", host * 1e3);
         Some(out)
-    }
-
-    /// Clears the profile's sums (profiling stays on).
-    pub fn reset_profile(&self) {
-        self.sync();
-        if let Some(p) = self.profiler.lock().expect("profiler").as_mut() {
-            p.times.clear();
-        }
     }
 
     /// The explicit layout of a binding signature.

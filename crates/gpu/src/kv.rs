@@ -298,7 +298,7 @@ impl GpuModel {
     fn fused_decode(&self, rows: usize) -> bool {
         let c = &self.config;
         let (d, f, qd) = (c.hidden_size, c.intermediate_size, self.heads.q * self.heads.dim);
-        let fits = self.layers.iter().all(|l| [l.q, l.k, l.v, l.o, l.gate, l.up, l.down].iter().all(|&i| self.linear_weight(i).bytes() <= self.gpu.binding_limit()));
+        let fits = self.layers.iter().all(|l| l.projections().iter().all(|&i| self.linear_weight(i).bytes() <= self.gpu.binding_limit()));
         rows <= ops::DECODE_ROWS && d.is_multiple_of(4) && f.is_multiple_of(4) && qd.is_multiple_of(4) && self.heads.dim <= 256 && fits
     }
 }

@@ -28,11 +28,17 @@ pub struct GpuModel {
     pub(crate) wte: usize,
     pub(crate) norm: usize,
     pub(crate) lm_head: usize,
-    /// f16 copies of the projection weights for decoding, when enabled (views of half_store).
-    pub(crate) half: Vec<Option<Tensor>>,
-    half_store: Option<Flat>,
-    /// The f16 copies were dropped by an optimizer step and are to be made again.
-    pub(crate) f16_decode_stale: bool,
+    /// f16 copies of the projection weights for decoding, when enabled.
+    half: Option<HalfWeights>,
+    /// The f16 copies were dropped when the parameters changed and are to be made again.
+    f16_decode_stale: bool,
+}
+
+/// f16 copies of the linear weights in flat buffers, and which copy serves each parameter.
+struct HalfWeights {
+    copies: Flat,
+    /// By parameter index: its position in `copies`.
+    slot: Vec<Option<usize>>,
 }
 
 /// What one layer's forward saves for backward.
@@ -165,8 +171,7 @@ impl GpuModel {
             wte: model.wte,
             norm: model.norm,
             lm_head: model.lm_head,
-            half: Vec::new(),
-            half_store: None,
+            half: None,
             f16_decode_stale: false,
             gpu,
         }
@@ -179,37 +184,51 @@ impl GpuModel {
         if !self.gpu.has_f16() {
             return Err(crate::GpuError::NoF16 { adapter: self.gpu.info.name.clone() });
         }
-        let mut linear: Vec<usize> = self.layers.iter().flat_map(|l| [l.q, l.k, l.v, l.o, l.gate, l.up, l.down]).collect();
+        let mut linear: Vec<usize> = self.layers.iter().flat_map(LayerIdx::projections).collect();
         linear.push(self.lm_head);
         // In a few flat buffers, like the f32 parameters: fewer buffers for the device to track.
         let data: Vec<Vec<f32>> = linear.iter().map(|&i| self.gpu.read(&self.params[i])).collect();
-        let flat = Flat::upload_as(&self.gpu, &data, true);
-        let mut half: Vec<Option<Tensor>> = (0..self.params.len()).map(|_| None).collect();
+        let mut slot = vec![None; self.params.len()];
         for (k, &i) in linear.iter().enumerate() {
-            half[i] = Some(flat[k].view(0, flat[k].len()));
+            slot[i] = Some(k);
         }
-        self.half = half;
-        self.half_store = Some(flat);
+        self.half = Some(HalfWeights { copies: Flat::upload_as(&self.gpu, &data, true), slot });
         Ok(())
     }
 
     /// The weight cached inference reads for a linear layer: the f16 copy when enabled.
     pub(crate) fn linear_weight(&self, i: usize) -> &Tensor {
-        match self.half.get(i) {
-            Some(Some(h)) => h,
+        match &self.half {
+            Some(h) if let Some(k) = h.slot[i] => &h.copies[k],
             _ => &self.params[i],
         }
     }
 
-    /// Drops the f16 copies (f32 decoding), e.g. after the parameters changed.
+    /// Drops the f16 copies (f32 decoding).
     pub fn disable_f16_decode(&mut self) {
-        self.half = Vec::new();
-        self.half_store = None;
+        self.half = None;
+        self.f16_decode_stale = false;
     }
 
     /// Whether cached inference reads f16 copies.
     pub fn f16_decode(&self) -> bool {
-        !self.half.is_empty()
+        self.half.is_some()
+    }
+
+    /// The parameters changed (an optimizer step): f16 copies, if any, are dropped, and cached
+    /// inference reads the f32 weights until [`GpuModel::refresh_decode_weights`].
+    pub fn invalidate_decode_weights(&mut self) {
+        if self.half.take().is_some() {
+            self.f16_decode_stale = true;
+        }
+    }
+
+    /// Makes the f16 copies again if [`GpuModel::invalidate_decode_weights`] dropped them.
+    pub fn refresh_decode_weights(&mut self) -> Result<(), crate::GpuError> {
+        if std::mem::take(&mut self.f16_decode_stale) {
+            self.enable_f16_decode()?;
+        }
+        Ok(())
     }
 
     /// Replaces the parameters with `params` (same config).

@@ -35,6 +35,13 @@ pub struct LayerIdx {
     pub down: usize,
 }
 
+impl LayerIdx {
+    /// The layer's projection weights: q, k, v, o, gate, up, down.
+    pub fn projections(&self) -> [usize; 7] {
+        [self.q, self.k, self.v, self.o, self.gate, self.up, self.down]
+    }
+}
+
 /// A model: config, parameters, RoPE tables.
 pub struct Model {
     /// Its config.
@@ -238,7 +245,7 @@ impl Model {
     /// The projection weights (q, k, v, o, gate, up, down of every layer) and the output layer:
     /// what cached inference may read in f16.
     pub fn linear_weights(&self) -> Vec<usize> {
-        let mut out: Vec<usize> = self.layers.iter().flat_map(|l| [l.q, l.k, l.v, l.o, l.gate, l.up, l.down]).collect();
+        let mut out: Vec<usize> = self.layers.iter().flat_map(LayerIdx::projections).collect();
         out.push(self.lm_head);
         out
     }
