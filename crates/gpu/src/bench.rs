@@ -102,6 +102,14 @@ fn step_cost(gpu: &Gpu, warm: usize, steps: usize, mut step: impl FnMut()) -> St
     }
 }
 
+/// A decoding benchmark's sequences: ids, seeded prompts, and the one token each step feeds.
+fn decode_inputs(batch: usize, prompt_len: usize, vocab: usize) -> (Vec<u64>, Vec<Vec<u32>>, Vec<[u32; 1]>) {
+    let ids = (0..batch as u64).collect();
+    let prompts = (0..batch).map(|s| (0..prompt_len).map(|i| ((s * 31 + i * 17) % vocab) as u32).collect()).collect();
+    let next = (0..batch).map(|s| [(s % vocab) as u32]).collect();
+    (ids, prompts, next)
+}
+
 /// Decode and training steps of a preset's shapes on the device: what the host path costs.
 fn host_path(root: &Path, gpu: &Arc<Gpu>, preset: &str, decode_batch: usize, train: Option<(usize, usize)>) -> BenchResult {
     let config = preset_config(root, preset)?;
@@ -115,10 +123,8 @@ fn host_path(root: &Path, gpu: &Arc<Gpu>, preset: &str, decode_batch: usize, tra
         println!("{what:<46} {:>10} {:>8} {:>8} {:>6} {:>10.3} {:>10.3} {:>10} {:>10.2}", c.dispatches, per_layer, c.buffers, c.bind_groups, c.encode_ms, c.host_ms, gpu_ms, c.wall_ms);
     };
     let prompt_len = 16;
-    let ids: Vec<u64> = (0..decode_batch as u64).collect();
-    let prompts: Vec<Vec<u32>> = (0..decode_batch).map(|s| (0..prompt_len).map(|i| ((s * 31 + i * 17) % config.vocab_size) as u32).collect()).collect();
+    let (ids, prompts, next) = decode_inputs(decode_batch, prompt_len, config.vocab_size);
     let chunks: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
-    let next: Vec<[u32; 1]> = (0..decode_batch).map(|s| [(s % config.vocab_size) as u32]).collect();
     let next_chunks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
     let steps = 4;
     for f16 in [false, true] {
@@ -347,10 +353,8 @@ pub fn run(args: &BenchArgs, root: &Path) -> BenchResult {
         rows.push(Row { what: format!("{preset}: train step {batch}x{len} (fwd+bwd+clip+AdamW)"), unit: "tok/s", gpu: tokens / g, cpu: tokens / cs });
 
         let prompt_len = 32;
-        let ids: Vec<u64> = (0..decode_batch as u64).collect();
-        let prompts: Vec<Vec<u32>> = (0..decode_batch).map(|s| (0..prompt_len).map(|i| ((s * 31 + i * 17) % config.vocab_size) as u32).collect()).collect();
+        let (ids, prompts, next) = decode_inputs(decode_batch, prompt_len, config.vocab_size);
         let chunks: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
-        let next: Vec<[u32; 1]> = (0..decode_batch).map(|s| [(s % config.vocab_size) as u32]).collect();
         let next_chunks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
         let capacity = decode_batch * (prompt_len + steps + 1);
         let g = gpu_decode_seconds(&gm, capacity, &ids, &chunks, &next_chunks, steps);

@@ -653,18 +653,22 @@ impl Gpu {
     /// share a pass (wgpu orders them by their buffer usage).
     fn pass<'r>(&self, rec: &'r mut Recording) -> &'r mut wgpu::ComputePass<'static> {
         if rec.pass.is_none() {
-            let enc = rec.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("rstar2 ops") }));
-            rec.pass = Some(enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("rstar2 ops"), timestamp_writes: None }).forget_lifetime());
+            let pass = self.encoder(rec).begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("rstar2 ops"), timestamp_writes: None }).forget_lifetime();
+            rec.pass = Some(pass);
         }
         rec.pass.as_mut().expect("opened above")
+    }
+
+    /// The encoder being recorded, opened if needed (an open compute pass is not ended).
+    fn encoder<'r>(&self, rec: &'r mut Recording) -> &'r mut wgpu::CommandEncoder {
+        rec.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("rstar2 ops") }))
     }
 
     /// Runs `f` on the encoder, with no compute pass open (copies and clears).
     fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
         let mut rec = self.recording.lock().expect("encoder");
         rec.pass = None;
-        let enc = rec.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("rstar2 ops") }));
-        f(enc)
+        f(self.encoder(&mut rec))
     }
 
     /// Zeroes a tensor (recorded in order with the dispatches).
@@ -792,8 +796,7 @@ impl Gpu {
         rec.uploads.extend_from_slice(bytes);
         rec.uploads.resize((at + size) as usize, 0);
         rec.pass = None;
-        let enc = rec.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("rstar2 ops") }));
-        enc.copy_buffer_to_buffer(&self.upload_ring, at, t.buffer(), 0, Some(size));
+        self.encoder(&mut rec).copy_buffer_to_buffer(&self.upload_ring, at, t.buffer(), 0, Some(size));
         t
     }
 

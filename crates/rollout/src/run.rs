@@ -158,6 +158,15 @@ struct EngineStats {
     busy_time: f64,
 }
 
+impl EngineStats {
+    /// A model step that began at `start`, with `reserved` of `capacity` cache tokens reserved.
+    fn count_step(&mut self, start: Instant, reserved: usize, capacity: usize) {
+        let elapsed = start.elapsed().as_secs_f64();
+        self.busy_time += elapsed;
+        self.occupancy_time += elapsed * reserved as f64 / capacity.max(1) as f64;
+    }
+}
+
 /// Generates `config.samples` episodes for every request on the given engines.
 pub fn generate(
     engines: Vec<&mut dyn Engine>,
@@ -308,27 +317,18 @@ fn engine_loop(e: usize, engine: &mut dyn Engine, rx: Receiver<Event>, shared: &
             };
             let step_start = Instant::now();
             let draws = engine.decode_ahead(&decoding, &tokens, &config.sampling, &uniforms)?;
-            let elapsed = step_start.elapsed().as_secs_f64();
-            stats.busy_time += elapsed;
-            stats.occupancy_time += elapsed * reserved as f64 / engine.capacity().max(1) as f64;
+            stats.count_step(step_start, reserved, engine.capacity());
             for (i, &id) in decoding.iter().enumerate() {
                 let mut kept = 0;
                 let mut stop = false;
                 {
                     let t = active.get_mut(&id).unwrap();
                     for step in &draws {
-                        let (token, logprob) = step[i];
                         if config.sampling.temperature > 0.0 {
                             t.rng.random::<f64>();
                         }
-                        t.response.push(token);
-                        t.mask.push(1);
-                        t.logprobs.push(logprob);
                         kept += 1;
-                        shared.generated.fetch_add(1, Ordering::Relaxed);
-                        t.feed.clear();
-                        t.feed.push(token);
-                        if token == shared.end_token || t.response.len() >= config.max_response_tokens {
+                        if take_token(t, step[i], shared) {
                             stop = true;
                             break;
                         }
@@ -369,25 +369,27 @@ fn engine_loop(e: usize, engine: &mut dyn Engine, rx: Receiver<Event>, shared: &
             let logits = engine.extend(&ids, &chunks, &complete)?;
             ids.iter().zip(&complete).zip(logits).map(|((id, &done), l)| if done { sample(&l, &config.sampling, &mut active.get_mut(id).unwrap().rng) } else { (0, 0.0) }).collect()
         };
-        let elapsed = step_start.elapsed().as_secs_f64();
-        stats.busy_time += elapsed;
-        stats.occupancy_time += elapsed * reserved as f64 / engine.capacity().max(1) as f64;
-        for (((id, take), done), (token, logprob)) in fed.into_iter().zip(complete).zip(draws) {
+        stats.count_step(step_start, reserved, engine.capacity());
+        for (((id, take), done), draw) in fed.into_iter().zip(complete).zip(draws) {
             let t = active.get_mut(&id).unwrap();
             t.feed.drain(..take);
-            if !done {
-                continue;
-            }
-            t.response.push(token);
-            t.mask.push(1);
-            t.logprobs.push(logprob);
-            t.feed.push(token);
-            shared.generated.fetch_add(1, Ordering::Relaxed);
-            if token == shared.end_token || t.response.len() >= config.max_response_tokens {
+            if done && take_token(t, draw, shared) {
                 end_turn(e, id, &mut active, &mut reserved, engine, shared, &mut stats);
             }
         }
     }
+}
+
+/// A sampled (token, log-prob) joins the response and is the next token to feed; returns whether
+/// the turn ends with it (the end token, or the response budget reached).
+fn take_token(t: &mut Traj, (token, logprob): (u32, f32), shared: &Shared<'_>) -> bool {
+    t.response.push(token);
+    t.mask.push(1);
+    t.logprobs.push(logprob);
+    t.feed.clear();
+    t.feed.push(token);
+    shared.generated.fetch_add(1, Ordering::Relaxed);
+    token == shared.end_token || t.response.len() >= shared.config.max_response_tokens
 }
 
 fn handle_event(e: usize, event: Event, active: &mut BTreeMap<u64, Traj>, reserved: &mut usize, engine: &mut dyn Engine, shared: &Shared<'_>, stats: &mut EngineStats) {
