@@ -1,16 +1,28 @@
-// dbias[j] += sum_r dout[r, j]; dout is [rows, n]. One invocation per column.
+// dbias[j] += sum_r dout[r, j]; dout is [rows, n]; parameter gradient, accumulates.
+// A workgroup owns 32 columns: its 8 lanes of 32 threads walk the rows 8 apart, reading 32
+// consecutive floats per row, then the lanes' sums meet in workgroup memory.
 struct Params { rows: u32, n: u32 }
 
 @group(0) @binding(0) var<storage, read_write> dbias: array<f32>;
 @group(0) @binding(1) var<storage, read> dout: array<f32>;
 @group(0) @binding(2) var<uniform> p: Params;
 
-@compute @workgroup_size(64, 1, 1)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let j = gid.x + gid.y * nwg.x * 64u;
+const COLS: u32 = 32u;
+const LANES: u32 = 8u;
+var<workgroup> lane_sums: array<f32, 256>; // [LANES][COLS]
+
+@compute @workgroup_size(32, 8, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let j = (wg.x + wg.y * nwg.x) * COLS + lid.x;
+    var acc = 0.0;
     if (j < p.n) {
-        var acc = 0.0;
-        for (var r = 0u; r < p.rows; r++) { acc += dout[r * p.n + j]; }
-        dbias[j] += acc;
+        for (var r = lid.y; r < p.rows; r += LANES) { acc += dout[r * p.n + j]; }
+    }
+    lane_sums[lid.y * COLS + lid.x] = acc;
+    workgroupBarrier();
+    if (lid.y == 0u && j < p.n) {
+        var total = 0.0;
+        for (var l = 0u; l < LANES; l++) { total += lane_sums[l * COLS + lid.x]; }
+        dbias[j] += total;
     }
 }

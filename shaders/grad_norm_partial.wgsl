@@ -5,7 +5,8 @@ struct Params { n: u32, offset: u32 }
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<uniform> p: Params;
 
-var<workgroup> partial: array<f32, 256>;
+const WG: u32 = 256u;
+#include "reduce"
 
 @compute @workgroup_size(256, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -16,11 +17,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         let i = base + e * 256u + t;
         if (i < p.n) { acc = fma(x[i], x[i], acc); }
     }
-    partial[t] = acc;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s >>= 1u) {
-        if (t < s) { partial[t] += partial[t + s]; }
-        workgroupBarrier();
-    }
-    if (t == 0u) { partial_out[p.offset + wg.x] = partial[0]; }
+    let total = workgroup_sum(t, acc);
+    if (t == 0u) { partial_out[p.offset + wg.x] = total; }
 }

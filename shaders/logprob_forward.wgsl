@@ -9,7 +9,8 @@ struct Params { rows: u32, v: u32, row0: u32, off: u32 }
 @group(0) @binding(3) var<storage, read> targets: array<u32>;
 @group(0) @binding(4) var<uniform> p: Params;
 
-var<workgroup> partial: array<f32, 256>;
+const WG: u32 = 256u;
+#include "reduce"
 
 @compute @workgroup_size(256, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -21,26 +22,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if (local < p.rows) {
         for (var j = t; j < p.v; j += 256u) { mx = max(mx, logits[base + j]); }
     }
-    partial[t] = mx;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s >>= 1u) {
-        if (t < s) { partial[t] = max(partial[t], partial[t + s]); }
-        workgroupBarrier();
-    }
-    let row_max = partial[0];
-    workgroupBarrier();
+    let row_max = workgroup_max(t, mx);
     var sum = 0.0;
     if (local < p.rows) {
         for (var j = t; j < p.v; j += 256u) { sum += exp(logits[base + j] - row_max); }
     }
-    partial[t] = sum;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s >>= 1u) {
-        if (t < s) { partial[t] += partial[t + s]; }
-        workgroupBarrier();
-    }
+    let total = workgroup_sum(t, sum);
     if (local < p.rows && t == 0u) {
-        let l = row_max + log(partial[0]);
+        let l = row_max + log(total);
         lse[r] = l;
         logprob[r] = logits[base + targets[r]] - l;
     }

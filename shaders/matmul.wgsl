@@ -2,7 +2,16 @@
 // the forward x·Wᵀ, the input gradient dout·W and the weight gradient doutᵀ·x.
 // A[i, p] = a[a_off + i * a_rs + p * a_cs]; B[p, j] = b[b_off + p * b_rs + j * b_cs];
 // C[i, j] = c[c_off + i * ldc + j].
-// 64x64 output tile per workgroup of 16x16 threads, 4x4 accumulators per thread, K in steps of 16.
+//
+// Register tiling: a workgroup of 16x16 threads owns a BM x BN tile (BM = 64 TM4, BN = 64 TN4)
+// and each thread a (4 TM4) x (4 TN4) block of it: rows 4 (ty + 16 i) .. +3 and columns
+// 4 (tx + 16 j) .. +3, so every workgroup-memory read is a vec4 (A's broadcast across a row
+// of threads, B's 16 consecutive vec4 per row of threads: conflict-free). Tiles of K are BK
+// deep, stored M- and N-contiguous with one vec4 of padding per K row so the transposing
+// stores of K-contiguous operands meet at most 2-way bank conflicts. The next K tile is loaded
+// into registers while the current one is multiplied (register double buffering).
+// Split-K (SPLIT_K = 1): workgroup z takes K range [z k_chunk, (z + 1) k_chunk) and writes its
+// partial product to c[z * m * n + i * n + j] (a scratch buffer), summed by matmul_reduce.
 // The f16-weights variant (see kernels.rs) stores B in f16; tiles and sums are f32.
 alias WT = f32;
 
@@ -10,6 +19,7 @@ struct Params {
     m: u32, n: u32, k: u32, accumulate: u32,
     a_rs: u32, a_cs: u32, b_rs: u32, b_cs: u32,
     a_off: u32, b_off: u32, c_off: u32, ldc: u32,
+    k_chunk: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> c: array<f32>;
@@ -17,62 +27,132 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<WT>;
 @group(0) @binding(3) var<uniform> p: Params;
 
-const TILE: u32 = 64u;
-const KT: u32 = 16u;
+// vec4 groups of rows (TM4) and of columns (TN4) per thread: 1 or 2 each.
+override TM4: u32 = 1u;
+override TN4: u32 = 1u;
+override SPLIT_K: u32 = 0u;
+const BK: u32 = 16u;
+const MAX4: u32 = 2u;
 
-var<workgroup> ta: array<f32, 1024>; // [KT][TILE]
-var<workgroup> tb: array<f32, 1024>; // [KT][TILE]
+// [BK][BM / 4 + 1] and [BK][BN / 4 + 1] vec4, sized for the largest tile.
+var<workgroup> ta: array<vec4<f32>, BK * (16u * TM4 + 1u)>;
+var<workgroup> tb: array<vec4<f32>, BK * (16u * TN4 + 1u)>;
 
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row0 = wg.y * TILE;
-    let col0 = wg.x * TILE;
+    let bm = 64u * TM4;
+    let bn = 64u * TN4;
+    let a_stride = 16u * TM4 + 1u;
+    let b_stride = 16u * TN4 + 1u;
+    let row0 = wg.y * bm;
+    let col0 = wg.x * bn;
     let tid = lid.y * 16u + lid.x;
-    var acc: array<f32, 16>;
-    for (var k0 = 0u; k0 < p.k; k0 += KT) {
-        for (var e = 0u; e < 4u; e++) {
+    var k_begin = 0u;
+    var k_end = p.k;
+    if (SPLIT_K != 0u) {
+        k_begin = wg.z * p.k_chunk;
+        k_end = min(p.k, k_begin + p.k_chunk);
+    }
+    // Along K when an operand's K is contiguous (reads of 16 consecutive floats), else along
+    // M or N (reads of BM or BN consecutive floats).
+    let a_k_major = p.a_cs == 1u;
+    let b_k_major = p.b_rs == 1u;
+
+    var ra: array<f32, 8>; // BM * BK / 256 = 4 TM4 elements of A per thread
+    var rb: array<f32, 8>;
+    var acc: array<vec4<f32>, 16>; // [4 TM4 rows][TN4 vec4 of columns]
+
+    // Load K tile k0 into registers.
+    var k0 = k_begin;
+    for (var e = 0u; e < 4u * TM4; e++) {
+        let idx = tid + e * 256u;
+        var r: u32; var kk: u32;
+        if (a_k_major) { r = idx / BK; kk = idx % BK; } else { r = idx % bm; kk = idx / bm; }
+        var v = 0.0;
+        if (row0 + r < p.m && k0 + kk < k_end) { v = a[p.a_off + (row0 + r) * p.a_rs + (k0 + kk) * p.a_cs]; }
+        ra[e] = v;
+    }
+    for (var e = 0u; e < 4u * TN4; e++) {
+        let idx = tid + e * 256u;
+        var cb: u32; var kb: u32;
+        if (b_k_major) { cb = idx / BK; kb = idx % BK; } else { cb = idx % bn; kb = idx / bn; }
+        var v = 0.0;
+        if (col0 + cb < p.n && k0 + kb < k_end) { v = f32(b[p.b_off + (k0 + kb) * p.b_rs + (col0 + cb) * p.b_cs]); }
+        rb[e] = v;
+    }
+
+    for (; k0 < k_end; k0 += BK) {
+        // Registers -> workgroup memory.
+        for (var e = 0u; e < 4u * TM4; e++) {
             let idx = tid + e * 256u;
-            // Walk memory contiguously: along K when A's rows are contiguous, else along M.
             var r: u32; var kk: u32;
-            if (p.a_cs == 1u) { r = idx / KT; kk = idx % KT; } else { r = idx % TILE; kk = idx / TILE; }
-            var av = 0.0;
-            if (row0 + r < p.m && k0 + kk < p.k) {
-                av = a[p.a_off + (row0 + r) * p.a_rs + (k0 + kk) * p.a_cs];
-            }
-            ta[kk * TILE + r] = av;
+            if (a_k_major) { r = idx / BK; kk = idx % BK; } else { r = idx % bm; kk = idx / bm; }
+            ta[kk * a_stride + r / 4u][r % 4u] = ra[e];
+        }
+        for (var e = 0u; e < 4u * TN4; e++) {
+            let idx = tid + e * 256u;
             var cb: u32; var kb: u32;
-            if (p.b_cs == 1u) { cb = idx % TILE; kb = idx / TILE; } else { cb = idx / KT; kb = idx % KT; }
-            var bv = 0.0;
-            if (col0 + cb < p.n && k0 + kb < p.k) {
-                bv = f32(b[p.b_off + (k0 + kb) * p.b_rs + (col0 + cb) * p.b_cs]);
-            }
-            tb[kb * TILE + cb] = bv;
+            if (b_k_major) { cb = idx / BK; kb = idx % BK; } else { cb = idx % bn; kb = idx / bn; }
+            tb[kb * b_stride + cb / 4u][cb % 4u] = rb[e];
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < KT; kk++) {
-            var ar: array<f32, 4>;
-            var br: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                ar[i] = ta[kk * TILE + lid.y + 16u * i];
-                br[i] = tb[kk * TILE + lid.x + 16u * i];
+        // Start the next tile's global loads; they land while this tile is multiplied.
+        let k1 = k0 + BK;
+        if (k1 < k_end) {
+            for (var e = 0u; e < 4u * TM4; e++) {
+                let idx = tid + e * 256u;
+                var r: u32; var kk: u32;
+                if (a_k_major) { r = idx / BK; kk = idx % BK; } else { r = idx % bm; kk = idx / bm; }
+                var v = 0.0;
+                if (row0 + r < p.m && k1 + kk < k_end) { v = a[p.a_off + (row0 + r) * p.a_rs + (k1 + kk) * p.a_cs]; }
+                ra[e] = v;
             }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] = fma(ar[i], br[j], acc[i * 4u + j]);
+            for (var e = 0u; e < 4u * TN4; e++) {
+                let idx = tid + e * 256u;
+                var cb: u32; var kb: u32;
+                if (b_k_major) { cb = idx / BK; kb = idx % BK; } else { cb = idx % bn; kb = idx / bn; }
+                var v = 0.0;
+                if (col0 + cb < p.n && k1 + kb < k_end) { v = f32(b[p.b_off + (k1 + kb) * p.b_rs + (col0 + cb) * p.b_cs]); }
+                rb[e] = v;
+            }
+        }
+        for (var kk = 0u; kk < BK; kk++) {
+            var av: array<vec4<f32>, MAX4>;
+            var bv: array<vec4<f32>, MAX4>;
+            for (var i = 0u; i < TM4; i++) { av[i] = ta[kk * a_stride + lid.y + 16u * i]; }
+            for (var j = 0u; j < TN4; j++) { bv[j] = tb[kk * b_stride + lid.x + 16u * j]; }
+            for (var i = 0u; i < TM4; i++) {
+                for (var r = 0u; r < 4u; r++) {
+                    let ar = vec4<f32>(av[i][r]);
+                    for (var j = 0u; j < TN4; j++) {
+                        let o = (i * 4u + r) * TN4 + j;
+                        acc[o] = fma(ar, bv[j], acc[o]);
+                    }
                 }
             }
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let row = row0 + lid.y + 16u * i;
-        for (var j = 0u; j < 4u; j++) {
-            let col = col0 + lid.x + 16u * j;
-            if (row < p.m && col < p.n) {
-                let o = p.c_off + row * p.ldc + col;
-                var v = acc[i * 4u + j];
-                if (p.accumulate != 0u) { v += c[o]; }
-                c[o] = v;
+
+    for (var i = 0u; i < TM4; i++) {
+        for (var r = 0u; r < 4u; r++) {
+            let row = row0 + 4u * (lid.y + 16u * i) + r;
+            if (row >= p.m) { continue; }
+            for (var j = 0u; j < TN4; j++) {
+                let v4 = acc[(i * 4u + r) * TN4 + j];
+                for (var q = 0u; q < 4u; q++) {
+                    let col = col0 + 4u * (lid.x + 16u * j) + q;
+                    if (col < p.n) {
+                        if (SPLIT_K != 0u) {
+                            c[wg.z * p.m * p.n + row * p.n + col] = v4[q];
+                        } else {
+                            let o = p.c_off + row * p.ldc + col;
+                            var v = v4[q];
+                            if (p.accumulate != 0u) { v += c[o]; }
+                            c[o] = v;
+                        }
+                    }
+                }
             }
         }
     }

@@ -10,7 +10,8 @@ struct Params { rows: u32, d: u32 }
 @group(0) @binding(4) var<storage, read> rstd: array<f32>;
 @group(0) @binding(5) var<uniform> p: Params;
 
-var<workgroup> partial: array<f32, 64>;
+const WG: u32 = 64u;
+#include "reduce"
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -21,14 +22,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if (r < p.rows) {
         for (var j = t; j < p.d; j += 64u) { acc += dout[base + j] * w[j] * x[base + j]; }
     }
-    partial[t] = acc;
-    workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
-        if (t < s) { partial[t] += partial[t + s]; }
-        workgroupBarrier();
-    }
+    let total = workgroup_sum(t, acc);
     if (r < p.rows) {
-        let dot = partial[0] / f32(p.d);
+        let dot = total / f32(p.d);
         let s = rstd[r];
         for (var j = t; j < p.d; j += 64u) {
             dx[base + j] = s * (dout[base + j] * w[j] - x[base + j] * s * s * dot);

@@ -1,5 +1,7 @@
 // dw[j] += sum_r dout[r, j] * x[r, j] * rstd[r]; parameter gradient, accumulates.
 // The rows may be heads of several tokens (Qwen3 q/k norm): rows = tokens * heads.
+// A workgroup owns 32 columns: its 8 lanes of 32 threads walk the rows 8 apart, reading 32
+// consecutive floats per row, then the lanes' sums meet in workgroup memory.
 struct Params { rows: u32, d: u32 }
 
 @group(0) @binding(0) var<storage, read_write> dw: array<f32>;
@@ -8,22 +10,22 @@ struct Params { rows: u32, d: u32 }
 @group(0) @binding(3) var<storage, read> rstd: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
 
-var<workgroup> partial: array<f32, 64>;
+const COLS: u32 = 32u;
+const LANES: u32 = 8u;
+var<workgroup> lane_sums: array<f32, 256>; // [LANES][COLS]
 
-// One workgroup per column j, 64 threads striding over rows.
-@compute @workgroup_size(64, 1, 1)
+@compute @workgroup_size(32, 8, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let j = wg.x + wg.y * nwg.x;
-    let t = lid.x;
+    let j = (wg.x + wg.y * nwg.x) * COLS + lid.x;
     var acc = 0.0;
     if (j < p.d) {
-        for (var r = t; r < p.rows; r += 64u) { acc += dout[r * p.d + j] * x[r * p.d + j] * rstd[r]; }
+        for (var r = lid.y; r < p.rows; r += LANES) { acc = fma(dout[r * p.d + j] * x[r * p.d + j], rstd[r], acc); }
     }
-    partial[t] = acc;
+    lane_sums[lid.y * COLS + lid.x] = acc;
     workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
-        if (t < s) { partial[t] += partial[t + s]; }
-        workgroupBarrier();
+    if (lid.y == 0u && j < p.d) {
+        var total = 0.0;
+        for (var l = 0u; l < LANES; l++) { total += lane_sums[l * COLS + lid.x]; }
+        dw[j] += total;
     }
-    if (j < p.d && t == 0u) { dw[j] += partial[0]; }
 }

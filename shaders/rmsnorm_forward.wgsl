@@ -8,7 +8,8 @@ struct Params { rows: u32, d: u32, eps: f32 }
 @group(0) @binding(3) var<storage, read> w: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
 
-var<workgroup> partial: array<f32, 64>;
+const WG: u32 = 64u;
+#include "reduce"
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -19,14 +20,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if (r < p.rows) {
         for (var j = t; j < p.d; j += 64u) { let v = x[base + j]; acc = fma(v, v, acc); }
     }
-    partial[t] = acc;
-    workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
-        if (t < s) { partial[t] += partial[t + s]; }
-        workgroupBarrier();
-    }
+    let total = workgroup_sum(t, acc);
     if (r < p.rows) {
-        let s = 1.0 / sqrt(partial[0] / f32(p.d) + p.eps);
+        let s = 1.0 / sqrt(total / f32(p.d) + p.eps);
         for (var j = t; j < p.d; j += 64u) { out[base + j] = x[base + j] * s * w[j]; }
         if (t == 0u) { rstd[r] = s; }
     }

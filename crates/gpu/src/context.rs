@@ -50,7 +50,7 @@ pub fn test_gpu() -> Option<Arc<Gpu>> {
     static GPU: std::sync::OnceLock<Option<Arc<Gpu>>> = std::sync::OnceLock::new();
     GPU.get_or_init(|| match Gpu::open(AdapterChoice::Any) {
         Ok(Some(g)) => {
-            eprintln!("GPU tests on {}", g.describe());
+            eprintln!("GPU tests on {} (subgroup reductions: {})", g.describe(), g.uses_subgroups());
             Some(Arc::new(g))
         }
         Ok(None) => None,
@@ -121,6 +121,7 @@ pub enum AdapterChoice {
 type Variants = Vec<(Vec<(&'static str, u64)>, Arc<Pipeline>)>;
 
 /// A storage binding: a byte range of a tensor's buffer.
+#[derive(Clone, Copy)]
 pub(crate) struct View<'t> {
     pub tensor: &'t Tensor,
     pub offset: u64,
@@ -279,7 +280,14 @@ pub struct Gpu {
     /// The limits requested (the adapter's own).
     pub limits: wgpu::Limits,
     binding_limit: u64,
-    pipelines: Mutex<HashMap<(&'static str, bool), Variants>>,
+    pipelines: Mutex<HashMap<(&'static str, crate::kernels::Variant), Variants>>,
+    /// Whether kernels use their subgroup reductions (the adapter has SUBGROUP with subgroups
+    /// of at most 64 invocations, and they were not turned off).
+    subgroups: bool,
+    /// Whether matmul tiles are chosen by timing the candidates once per shape.
+    autotune: std::sync::atomic::AtomicBool,
+    /// Autotuned matmul tiles by shape.
+    pub(crate) matmul_tiles: Mutex<HashMap<crate::ops::MatmulShape, crate::ops::MatmulTile>>,
     layouts: Mutex<HashMap<Vec<Slot>, Arc<Layout>>>,
     bind_groups: Mutex<HashMap<u64, Vec<(BindKey, wgpu::BindGroup)>>>,
     pub(crate) pool: Arc<Pool>,
@@ -321,7 +329,9 @@ impl Gpu {
         // wgpu's defaults cap buffers at 256 MiB and workgroups at 256 invocations; real models
         // need what the adapter offers.
         let limits = adapter.limits();
-        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        // Subgroup reductions assume a subgroup fits in a 64-invocation workgroup.
+        let subgroups = adapter.features().contains(wgpu::Features::SUBGROUP) && (1..=64).contains(&info.subgroup_max_size) && std::env::var_os("RSTAR2_GPU_SUBGROUPS").is_none_or(|v| v != "0");
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("rstar2"),
             required_features: adapter.features() & wanted,
@@ -339,6 +349,9 @@ impl Gpu {
             binding_limit: limits.max_storage_buffer_binding_size,
             limits,
             pipelines: Mutex::new(HashMap::new()),
+            subgroups,
+            autotune: std::sync::atomic::AtomicBool::new(std::env::var("RSTAR2_GPU_AUTOTUNE").map_or(is_real_gpu(&info), |v| v != "0")),
+            matmul_tiles: Mutex::new(HashMap::new()),
             layouts: Mutex::new(HashMap::new()),
             bind_groups: Mutex::new(HashMap::new()),
             pool: Arc::new(Pool::default()),
@@ -486,11 +499,12 @@ impl Gpu {
     fn pipeline(&self, kernel: &Kernel, f16_weights: bool, constants: &[(&'static str, f64)]) -> Arc<Pipeline> {
         let same = |c: &[(&'static str, u64)]| c.len() == constants.len() && c.iter().zip(constants).all(|(a, b)| a.0 == b.0 && a.1 == b.1.to_bits());
         let mut cache = self.pipelines.lock().expect("pipeline cache");
-        let variants = cache.entry((kernel.name, f16_weights)).or_default();
+        let variant = crate::kernels::Variant { f16_weights, subgroups: self.subgroups && kernel.uses_subgroups() };
+        let variants = cache.entry((kernel.name, variant)).or_default();
         if let Some((_, p)) = variants.iter().find(|(c, _)| same(c)) {
             return p.clone();
         }
-        let source = if f16_weights { kernel.f16_weights_source() } else { kernel.source.to_string() };
+        let source = kernel.wgsl(variant);
         let layout = self.layout(&slots(&source));
         // Bounds checks stay (no kernel proves its indices in range); the loop bounding that
         // wgpu adds for Vulkan by default goes: every loop here is bounded by a parameter.
@@ -557,6 +571,36 @@ impl Gpu {
             })
             .collect();
         self.dispatch_views(kernel, constants, &views, params, groups);
+    }
+
+    /// Whether matmul tiles are autotuned: on by default on real GPUs (`RSTAR2_GPU_AUTOTUNE=0|1`
+    /// overrides), off on software adapters, where a fixed choice keeps runs reproducible.
+    pub fn autotunes(&self) -> bool {
+        self.autotune.load(Ordering::Relaxed)
+    }
+
+    /// Turns matmul autotuning on or off from now on (tiles already tuned stay cached).
+    pub fn set_autotune(&self, on: bool) {
+        self.autotune.store(on, Ordering::Relaxed);
+    }
+
+    /// The autotuned matmul tiles so far: (m rounded up to a power of two, n, k, tile).
+    pub fn tuned_matmul_tiles(&self) -> Vec<(usize, usize, usize, crate::ops::MatmulTile)> {
+        let mut v: Vec<_> = self.matmul_tiles.lock().expect("tile cache").iter().map(|(s, t)| (s.m, s.n, s.k, *t)).collect();
+        v.sort_by_key(|x| (x.0, x.1, x.2));
+        v
+    }
+
+    /// Whether kernels reduce with subgroup operations on this device.
+    pub fn uses_subgroups(&self) -> bool {
+        self.subgroups
+    }
+
+    /// Reduces through workgroup memory from now on even where the adapter has subgroups, so
+    /// tests exercise both versions of every reduction (`RSTAR2_GPU_SUBGROUPS=0` does the same
+    /// for a whole process).
+    pub fn disable_subgroups(&mut self) {
+        self.subgroups = false;
     }
 
     /// Largest storage binding in bytes (the adapter's, or less for tests).
@@ -863,7 +907,7 @@ mod tests {
         let src = "@group(0) @binding(0) var<storage, read_write> out: array<f32>;\n@group(0) @binding(2) var<uniform> p: Params;\n@group(0) @binding(1) var<storage, read> x: array<f32>;\n";
         assert_eq!(slots(src), vec![Slot::StorageWrite, Slot::StorageRead, Slot::Uniform]);
         for k in crate::kernels::ALL {
-            let s = slots(k.source);
+            let s = slots(&k.wgsl(crate::kernels::Variant::default()));
             assert!(!s.is_empty() && s.iter().filter(|x| **x == Slot::Uniform).count() <= 1, "{}: {s:?}", k.name);
         }
     }

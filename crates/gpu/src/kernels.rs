@@ -14,18 +14,49 @@ const WEIGHTS_F32: &str = "alias WT = f32;";
 /// How a kernel multiplies an activation by a weight; the f16 variant multiplies in f16.
 const PRODUCT_F32: &str = "fn product(a: f32, w: WT) -> f32 { return a * w; }";
 
+/// Pieces of WGSL written once and spliced in where a kernel has the line `#include "name"`
+/// (WGSL has no includes): (name, workgroup-memory version, subgroup version if any).
+const INCLUDES: &[(&str, &str, Option<&str>)] = &[("reduce", include_str!("../../../shaders/include/reduce.wgsl"), Some(include_str!("../../../shaders/include/reduce_subgroup.wgsl")))];
+
+/// Which variant of a kernel to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Variant {
+    /// Weights stored in f16, products in f16, sums in f32 (needs SHADER_F16; only kernels
+    /// whose weight operand is typed `WT`).
+    pub f16_weights: bool,
+    /// Shared snippets in their subgroup version where they have one (needs SUBGROUP).
+    pub subgroups: bool,
+}
+
 impl Kernel {
     /// Whether the kernel has an f16-weights variant (its weight operand typed `WT`).
     pub fn has_f16_weights(&self) -> bool {
         self.source.contains(WEIGHTS_F32)
     }
 
-    /// The f16-weights variant: weights stored in f16 (needs SHADER_F16), products through
-    /// `product` in f16, sums unchanged (f32).
-    pub fn f16_weights_source(&self) -> String {
-        assert!(self.has_f16_weights(), "{} has no f16-weights variant", self.name);
-        let s = self.source.replace(WEIGHTS_F32, "alias WT = f16;").replace(PRODUCT_F32, "fn product(a: f32, w: WT) -> f32 { return f32(f16(a) * w); }");
-        format!("enable f16;\n{s}")
+    /// Whether the kernel includes a snippet that has a subgroup version.
+    pub fn uses_subgroups(&self) -> bool {
+        INCLUDES.iter().any(|(name, _, sub)| sub.is_some() && self.source.contains(&format!("#include \"{name}\"")))
+    }
+
+    /// The WGSL of a variant, includes expanded.
+    pub fn wgsl(&self, variant: Variant) -> String {
+        let mut out = String::with_capacity(self.source.len() * 2);
+        for line in self.source.lines() {
+            if let Some(rest) = line.trim().strip_prefix("#include ") {
+                let name = rest.trim().trim_matches('"');
+                let (_, shared, sub) = INCLUDES.iter().find(|(n, _, _)| *n == name).unwrap_or_else(|| panic!("{}: no shader include {name:?}", self.name));
+                out += if variant.subgroups { sub.unwrap_or(shared) } else { shared };
+            } else {
+                out += line;
+            }
+            out.push('\n');
+        }
+        if variant.f16_weights {
+            assert!(self.has_f16_weights(), "{} has no f16-weights variant", self.name);
+            out = format!("enable f16;\n{}", out.replace(WEIGHTS_F32, "alias WT = f16;").replace(PRODUCT_F32, "fn product(a: f32, w: WT) -> f32 { return f32(f16(a) * w); }"));
+        }
+        out
     }
 }
 
@@ -42,6 +73,7 @@ macro_rules! kernels {
 
 kernels! {
     MATMUL => "matmul",
+    MATMUL_REDUCE => "matmul_reduce",
     MATVEC => "matvec",
     DECODE_LINEAR => "decode_linear",
     DECODE_QKV => "decode_qkv",

@@ -106,13 +106,9 @@ fn matmul_block(gpu: &Gpu, c: &Tensor, a: &Tensor, b: &Tensor, s: &Strides, rows
     if !(a_big || b_big || c_big) {
         let ((av, ash), (bv, bsh), (cv, csh)) = (gpu.window(a, a_start, a_len), gpu.window(b, b_start, b_len), gpu.window(c, c_start, c_len));
         let (m, n, k) = (rows.1, cols.1, ks.1);
-        let params = [u(m), u(n), u(k), u32::from(accumulate), u(s.a_rs), u(s.a_cs), u(s.b_rs), u(s.b_cs), u(ash), u(bsh), u(csh), u(s.ldc)];
-        let groups = [u(n.div_ceil(64)), u(m.div_ceil(64)), 1];
-        if b.is_f16() {
-            gpu.dispatch_views_f16_weights(&kernels::MATMUL, &[], &[cv, av, bv], &params, groups);
-        } else {
-            gpu.dispatch_views(&kernels::MATMUL, &[], &[cv, av, bv], &params, groups);
-        }
+        let shape = MatmulShape { m, n, k, a_k_major: s.a_cs == 1, b_k_major: s.b_rs == 1, b_f16: b.is_f16() };
+        let tile = choose_tile(gpu, shape, &av, &bv, [ash, bsh], s);
+        dispatch_matmul(gpu, tile, shape, &cv, &av, &bv, s, [csh, ash, bsh], accumulate);
         return;
     }
     // Halve the longest dimension among those of the operands that do not fit.
@@ -146,6 +142,163 @@ fn matmul_block(gpu: &Gpu, c: &Tensor, a: &Tensor, b: &Tensor, s: &Strides, rows
             matmul_block(gpu, c, a, b, s, rows, cols, y, true);
         }
     }
+}
+
+/// A configuration of the tiled matmul kernel: each workgroup computes 64·tm4 x 64·tn4 outputs
+/// (tm4, tn4 in 1..=2), and K is cut into `splits` ranges whose partial products
+/// `matmul_reduce` sums (split-K, for outputs too small to fill the device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MatmulTile {
+    /// vec4 groups of output rows per thread (tile height 64·tm4).
+    pub tm4: u32,
+    /// vec4 groups of output columns per thread (tile width 64·tn4).
+    pub tn4: u32,
+    /// K ranges computed by separate workgroups, 1 for none.
+    pub splits: u32,
+}
+
+impl std::fmt::Display for MatmulTile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", 64 * self.tm4, 64 * self.tn4)?;
+        if self.splits > 1 {
+            write!(f, " split-K {}", self.splits)?;
+        }
+        Ok(())
+    }
+}
+
+/// What a matmul's tile choice depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct MatmulShape {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a_k_major: bool,
+    pub b_k_major: bool,
+    pub b_f16: bool,
+}
+
+impl MatmulShape {
+    /// The autotune cache key: rows by power of two (RL batches change their token count every
+    /// step), the rest exact.
+    fn key(&self) -> MatmulShape {
+        MatmulShape { m: self.m.next_power_of_two(), ..*self }
+    }
+
+    fn workgroups(&self, tile: MatmulTile) -> usize {
+        self.m.div_ceil(64 * tile.tm4 as usize) * self.n.div_ceil(64 * tile.tn4 as usize) * tile.splits as usize
+    }
+}
+
+/// Workgroups that keep a real GPU busy (a few per compute unit of a large card).
+const BUSY_WORKGROUPS: usize = 256;
+
+/// Every tile the autotune tries for a shape: both tile sizes per side, and split-K where the
+/// output alone gives too few workgroups and each K range stays at least 128 deep.
+pub fn matmul_candidates(gpu: &Gpu, m: usize, n: usize, k: usize) -> Vec<MatmulTile> {
+    let mut out = Vec::new();
+    for (tm4, tn4) in [(1, 1), (2, 2), (2, 1), (1, 2)] {
+        for splits in [1u32, 2, 4, 8, 16] {
+            let tile = MatmulTile { tm4, tn4, splits };
+            let shape = MatmulShape { m, n, k, a_k_major: true, b_k_major: true, b_f16: false };
+            let fills = shape.workgroups(MatmulTile { splits: 1, ..tile }) >= BUSY_WORKGROUPS;
+            if splits == 1 || (!fills && k / splits as usize >= 128 && m * n * splits as usize <= gpu.window_elems()) {
+                out.push(tile);
+            }
+        }
+    }
+    out
+}
+
+/// The tile used without autotuning: large tiles when they still give enough workgroups,
+/// split-K for small outputs with a deep K on real GPUs (on a CPU adapter more workgroups only
+/// add work).
+fn heuristic_tile(gpu: &Gpu, shape: MatmulShape) -> MatmulTile {
+    let large = MatmulTile { tm4: 2, tn4: 2, splits: 1 };
+    let small = MatmulTile { tm4: 1, tn4: 1, splits: 1 };
+    if shape.workgroups(large) >= BUSY_WORKGROUPS / 2 {
+        return large;
+    }
+    if gpu.is_software() {
+        return if shape.m >= 128 && shape.n >= 128 { large } else { small };
+    }
+    let mut splits = 1;
+    while shape.workgroups(MatmulTile { splits: splits * 2, ..small }) <= BUSY_WORKGROUPS && shape.k / (splits as usize * 2) >= 256 && shape.m * shape.n * splits as usize * 2 <= gpu.window_elems() {
+        splits *= 2;
+    }
+    MatmulTile { splits, ..small }
+}
+
+/// The tile for a shape: the autotuned one where autotuning is on (timed once per shape and
+/// adapter, then cached), else the heuristic's.
+fn choose_tile(gpu: &Gpu, shape: MatmulShape, a: &View<'_>, b: &View<'_>, [ash, bsh]: [usize; 2], s: &Strides) -> MatmulTile {
+    if !gpu.autotunes() {
+        return heuristic_tile(gpu, shape);
+    }
+    if let Some(&t) = gpu.matmul_tiles.lock().expect("tile cache").get(&shape.key()) {
+        return t;
+    }
+    // Time every candidate on the real operands into a scratch output; what was recorded
+    // before runs first, so it is not timed.
+    let scratch = gpu.alloc(shape.m * shape.n);
+    let cv = gpu.window(&scratch, 0, shape.m * shape.n).0;
+    let st = Strides { c_off: 0, ldc: shape.n, ..*s };
+    gpu.sync();
+    let mut best = (f64::INFINITY, heuristic_tile(gpu, shape));
+    for tile in matmul_candidates(gpu, shape.m, shape.n, shape.k) {
+        dispatch_matmul(gpu, tile, shape, &cv, a, b, &st, [0, ash, bsh], false);
+        gpu.sync();
+        let start = std::time::Instant::now();
+        for _ in 0..3 {
+            dispatch_matmul(gpu, tile, shape, &cv, a, b, &st, [0, ash, bsh], false);
+        }
+        gpu.sync();
+        let t = start.elapsed().as_secs_f64();
+        if t < best.0 {
+            best = (t, tile);
+        }
+    }
+    gpu.matmul_tiles.lock().expect("tile cache").insert(shape.key(), best.1);
+    best.1
+}
+
+/// Records the tiled kernel (and the split-K sum) for one product whose operands are bound.
+#[allow(clippy::too_many_arguments)]
+fn dispatch_matmul(gpu: &Gpu, tile: MatmulTile, shape: MatmulShape, c: &View<'_>, a: &View<'_>, b: &View<'_>, s: &Strides, [csh, ash, bsh]: [usize; 3], accumulate: bool) {
+    let MatmulShape { m, n, k, .. } = shape;
+    let splits = tile.splits.max(1) as usize;
+    let k_chunk = k.div_ceil(splits).div_ceil(16) * 16;
+    let splits = k.div_ceil(k_chunk);
+    let constants = [("TM4", f64::from(tile.tm4)), ("TN4", f64::from(tile.tn4)), ("SPLIT_K", if splits > 1 { 1.0 } else { 0.0 })];
+    let groups = [u(n.div_ceil(64 * tile.tn4 as usize)), u(m.div_ceil(64 * tile.tm4 as usize)), u(splits)];
+    let scratch = (splits > 1).then(|| gpu.alloc(splits * m * n));
+    let out = match &scratch {
+        Some(t) => gpu.window(t, 0, splits * m * n).0,
+        None => *c,
+    };
+    let params = [u(m), u(n), u(k), u32::from(accumulate), u(s.a_rs), u(s.a_cs), u(s.b_rs), u(s.b_cs), u(ash), u(bsh), u(csh), u(s.ldc), u(k_chunk)];
+    if shape.b_f16 {
+        gpu.dispatch_views_f16_weights(&kernels::MATMUL, &constants, &[out, *a, *b], &params, groups);
+    } else {
+        gpu.dispatch_views(&kernels::MATMUL, &constants, &[out, *a, *b], &params, groups);
+    }
+    if let Some(t) = &scratch {
+        let views = [*c, gpu.window(t, 0, splits * m * n).0];
+        gpu.dispatch_views(&kernels::MATMUL_REDUCE, &[], &views, &[u(m), u(n), u(splits), u32::from(accumulate), u(csh), u(s.ldc)], grid(gpu, m * n, 64));
+    }
+}
+
+/// [`matmul`] with a given tile instead of the chosen one, for tests and benchmarks (operands
+/// must fit the binding limit).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_with_tile(gpu: &Gpu, tile: MatmulTile, c: &Tensor, a: &Tensor, b: &Tensor, s: Strides, m: usize, n: usize, k: usize, accumulate: bool) {
+    assert!(m > 0 && n > 0 && k > 0, "matmul_with_tile: empty product");
+    let (a_start, a_len) = span(s.a_off, s.a_rs, s.a_cs, (0, m), (0, k));
+    let (b_start, b_len) = span(s.b_off, s.b_rs, s.b_cs, (0, k), (0, n));
+    let (c_start, c_len) = span(s.c_off, s.ldc, 1, (0, m), (0, n));
+    let ((av, ash), (bv, bsh), (cv, csh)) = (gpu.window(a, a_start, a_len), gpu.window(b, b_start, b_len), gpu.window(c, c_start, c_len));
+    let shape = MatmulShape { m, n, k, a_k_major: s.a_cs == 1, b_k_major: s.b_rs == 1, b_f16: b.is_f16() };
+    dispatch_matmul(gpu, tile, shape, &cv, &av, &bv, &s, [csh, ash, bsh], accumulate);
 }
 
 /// C[m, n] = A[m, k] · B[n, k]ᵀ (both row-major), or += with `accumulate`.
@@ -198,7 +351,7 @@ pub fn linear_backward(gpu: &Gpu, dx: Option<&Tensor>, dw: &Tensor, db: Option<&
     let s = Strides { a_rs: 1, a_cs: o, b_rs: i, b_cs: 1, a_off: 0, b_off: 0, c_off: 0, ldc: i };
     matmul(gpu, dw, dout, x, s, o, i, n, true);
     if let Some(db) = db {
-        gpu.dispatch(&kernels::BIAS_BACKWARD, &[], &[db, dout], &[u(n), u(o)], grid(gpu, o, 64));
+        gpu.dispatch(&kernels::BIAS_BACKWARD, &[], &[db, dout], &[u(n), u(o)], grid(gpu, o, 32));
     }
 }
 
@@ -276,7 +429,7 @@ pub fn rmsnorm_forward(gpu: &Gpu, out: &Tensor, rstd: &Tensor, x: &Tensor, w: &T
 pub fn rmsnorm_backward(gpu: &Gpu, dx: &Tensor, dw: &Tensor, dout: &Tensor, x: &Tensor, w: &Tensor, rstd: &Tensor, rows: usize, d: usize) {
     check("rmsnorm_backward", "dx", dx, rows * d);
     gpu.dispatch(&kernels::RMSNORM_BACKWARD, &[], &[dx, dout, x, w, rstd], &[u(rows), u(d)], grid(gpu, rows, 1));
-    gpu.dispatch(&kernels::RMSNORM_BACKWARD_WEIGHT, &[], &[dw, dout, x, rstd], &[u(rows), u(d)], grid(gpu, d, 1));
+    gpu.dispatch(&kernels::RMSNORM_BACKWARD_WEIGHT, &[], &[dw, dout, x, rstd], &[u(rows), u(d)], grid(gpu, d, 32));
 }
 
 /// RoPE tables on the device.

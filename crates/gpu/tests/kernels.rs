@@ -49,9 +49,84 @@ fn matmul_all_layouts_and_decode_path() {
     }
 }
 
+/// Every tile configuration (64 and 128 wide and high, split-K) in the three operand layouts
+/// that training uses, on ragged shapes, f32 and f16 weights, against the CPU product.
+#[test]
+fn matmul_every_tile_and_layout() {
+    let Some(g) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let (m, n, k) = (150, 140, 300);
+    let (a, b) = (rand_vec(&mut rng, m * k, 1.0), rand_vec(&mut rng, n * k, 1.0));
+    let init = rand_vec(&mut rng, m * n, 1.0);
+    let (ta, tb) = (g.upload(&a), g.upload(&b));
+    let tb16 = g.has_f16().then(|| g.upload_f16(&b));
+    // C = A·Bᵀ (x·Wᵀ: both K-contiguous), C = A·B with B [k, n] (dout·W: B N-contiguous),
+    // C = Aᵀ·B with A [k, m] (doutᵀ·x: A M-contiguous).
+    let layouts = [
+        ("A·Bᵀ", ops::Strides { a_rs: k, a_cs: 1, b_rs: 1, b_cs: k, a_off: 0, b_off: 0, c_off: 0, ldc: n }),
+        ("A·B", ops::Strides { a_rs: k, a_cs: 1, b_rs: n, b_cs: 1, a_off: 0, b_off: 0, c_off: 0, ldc: n }),
+        ("Aᵀ·B", ops::Strides { a_rs: 1, a_cs: m, b_rs: n, b_cs: 1, a_off: 0, b_off: 0, c_off: 0, ldc: n }),
+    ];
+    let tiles = ops::matmul_candidates(&g, m, n, k);
+    assert!(tiles.iter().any(|t| t.splits > 1) && tiles.iter().any(|t| t.tm4 == 2 && t.tn4 == 1), "candidates {tiles:?}");
+    for (what, s) in layouts {
+        // The reference reads the same buffers through the same strides.
+        let mut want = init.clone();
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0.0f64;
+                for p in 0..k {
+                    acc += f64::from(a[i * s.a_rs + p * s.a_cs]) * f64::from(b[p * s.b_rs + j * s.b_cs]);
+                }
+                want[i * n + j] += acc as f32;
+            }
+        }
+        for &tile in &tiles {
+            let tc = g.upload(&init);
+            ops::matmul_with_tile(&g, tile, &tc, &ta, &tb, s, m, n, k, true);
+            assert_close(&g.read(&tc), &want, 1e-5, &format!("{what} tile {tile}"));
+            if let Some(tb16) = &tb16 {
+                let tc = g.upload(&init);
+                ops::matmul_with_tile(&g, tile, &tc, &ta, tb16, s, m, n, k, true);
+                let err = error_of_largest(&g.read(&tc), &want);
+                assert!(err < 5e-3, "{what} tile {tile} f16 weights: error {err}");
+            }
+        }
+    }
+}
+
+/// Autotuning times the candidates once per shape, keeps the fastest, and gives the same
+/// product as the fixed choice.
+#[test]
+fn matmul_autotune_caches_one_tile_per_shape() {
+    let Some(shared) = gpu() else { return };
+    let g = Gpu::open(rstar2_gpu::AdapterChoice::Any).unwrap().expect("an adapter");
+    g.set_autotune(true);
+    let mut rng = ChaCha8Rng::seed_from_u64(22);
+    let (m, n, k) = (90, 200, 260);
+    let (a, b) = (rand_vec(&mut rng, m * k, 1.0), rand_vec(&mut rng, n * k, 1.0));
+    let mut want = vec![0.0; m * n];
+    cpu::matmul::matmul_nt(&mut want, &a, &b, m, n, k, false);
+    let (ta, tb, tc) = (g.upload(&a), g.upload(&b), g.alloc(m * n));
+    for _ in 0..2 {
+        ops::matmul_nt(&g, &tc, &ta, &tb, m, n, k, false);
+        assert_close(&g.read(&tc), &want, 1e-5, "autotuned matmul");
+    }
+    let tuned = g.tuned_matmul_tiles();
+    assert_eq!(tuned.len(), 1, "one shape tuned once: {tuned:?}");
+    assert_eq!((tuned[0].0, tuned[0].1, tuned[0].2), (128, 200, 260));
+    assert!(ops::matmul_candidates(&g, m, n, k).contains(&tuned[0].3));
+    assert!(!shared.autotunes() || !shared.is_software(), "software adapters do not autotune by default");
+}
+
 #[test]
 fn linear_forward_backward_with_bias() {
-    let Some(g) = gpu() else { return };
+    if let Some(g) = gpu() {
+        check_linear_with_bias(&g);
+    }
+}
+
+fn check_linear_with_bias(g: &Gpu) {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let (n, i, o) = (19, 24, 33);
     let (x, w, b, dout) = (rand_vec(&mut rng, n * i, 1.0), rand_vec(&mut rng, o * i, 1.0), rand_vec(&mut rng, o, 1.0), rand_vec(&mut rng, n * o, 1.0));
@@ -96,7 +171,12 @@ fn embedding_forward_backward_with_repeated_tokens() {
 
 #[test]
 fn rmsnorm_forward_backward() {
-    let Some(g) = gpu() else { return };
+    if let Some(g) = gpu() {
+        check_rmsnorm(&g);
+    }
+}
+
+fn check_rmsnorm(g: &Gpu) {
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     // d = 100 exercises the 64-wide stride with a ragged tail; 130 rows more than one pass.
     for (rows, d) in [(13, 100), (130, 8)] {
@@ -205,7 +285,12 @@ fn attention_packed_causal_gqa_forward_backward() {
 
 #[test]
 fn logprob_forward_backward() {
-    let Some(g) = gpu() else { return };
+    if let Some(g) = gpu() {
+        check_logprob(&g);
+    }
+}
+
+fn check_logprob(g: &Gpu) {
     let mut rng = ChaCha8Rng::seed_from_u64(8);
     let (rows, v) = (7, 1000);
     let logits = rand_vec(&mut rng, rows * v, 8.0);
@@ -227,7 +312,12 @@ fn logprob_forward_backward() {
 
 #[test]
 fn adamw_steps_and_global_norm_clipping() {
-    let Some(g) = gpu() else { return };
+    if let Some(g) = gpu() {
+        check_adamw_and_clipping(&g);
+    }
+}
+
+fn check_adamw_and_clipping(g: &Gpu) {
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     // Two tensors, one longer than a norm workgroup's 4096 elements.
     let sizes = [5000usize, 37];
@@ -387,4 +477,19 @@ fn windowed_bindings_give_the_cpu_results() {
     assert_close(&g.read(&result)[..1], &[norm], 1e-5, "windowed global norm");
     let scaled: Vec<f32> = ga.iter().map(|x| x * (1.0 / (norm + 1e-6))).collect();
     assert_close(&g.read(&tga), &scaled, 1e-5, "windowed clipping");
+}
+
+/// The reductions again through workgroup memory, as on adapters without subgroups, where the
+/// shared device reduces with subgroup operations.
+#[test]
+fn reductions_without_subgroups() {
+    if gpu().is_none() {
+        return;
+    }
+    let mut g = Gpu::open(rstar2_gpu::AdapterChoice::Any).unwrap().expect("an adapter");
+    g.disable_subgroups();
+    check_rmsnorm(&g);
+    check_logprob(&g);
+    check_adamw_and_clipping(&g);
+    check_linear_with_bias(&g);
 }

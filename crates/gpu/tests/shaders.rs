@@ -4,6 +4,8 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use rstar2_gpu::kernels::Variant;
+
 #[test]
 fn every_shader_parses_and_validates() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shaders");
@@ -17,18 +19,23 @@ fn every_shader_parses_and_validates() {
     let registered: BTreeSet<String> = rstar2_gpu::kernels::ALL.iter().map(|k| k.name.to_string()).collect();
     assert_eq!(files, registered, "shaders/ and kernels::ALL disagree");
     for k in rstar2_gpu::kernels::ALL {
-        let module = naga::front::wgsl::parse_str(k.source).unwrap_or_else(|e| panic!("{}.wgsl: {}", k.name, e.emit_to_string(k.source)));
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{}.wgsl does not validate: {e:?}", k.name));
-        // The f16-weights variant (run only where the adapter has SHADER_F16).
-        if k.has_f16_weights() {
-            let source = k.f16_weights_source();
-            let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| panic!("{} (f16 weights): {}", k.name, e.emit_to_string(&source)));
-            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::SHADER_FLOAT16)
-                .validate(&module)
-                .unwrap_or_else(|e| panic!("{} (f16 weights) does not validate: {e:?}", k.name));
+        // Every variant an adapter may build: f16 weights where the kernel has them, subgroup
+        // reductions where it includes one.
+        let mut module = None;
+        for f16_weights in [false, true] {
+            for subgroups in [false, true] {
+                if (f16_weights && !k.has_f16_weights()) || (subgroups && !k.uses_subgroups()) {
+                    continue;
+                }
+                let source = k.wgsl(Variant { f16_weights, subgroups });
+                let what = format!("{}.wgsl (f16 weights {f16_weights}, subgroups {subgroups})", k.name);
+                let parsed = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&source)));
+                let caps = naga::valid::Capabilities::SHADER_FLOAT16 | naga::valid::Capabilities::SUBGROUP;
+                naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps).subgroup_stages(naga::valid::ShaderStages::COMPUTE).subgroup_operations(naga::valid::SubgroupOperationSet::all()).validate(&parsed).unwrap_or_else(|e| panic!("{what} does not validate: {e:?}"));
+                module.get_or_insert(parsed);
+            }
         }
+        let module = module.expect("the plain variant");
         assert!(module.entry_points.iter().any(|e| e.name == "main" && e.stage == naga::ShaderStage::Compute), "{}.wgsl: no compute entry point `main`", k.name);
     }
 }
