@@ -133,13 +133,13 @@ fn check_linear_with_bias(g: &Gpu) {
     let (dw0, db0) = (rand_vec(&mut rng, o * i, 1.0), rand_vec(&mut rng, o, 1.0));
     let (tx, tw, tb, tdout) = (g.upload(&x), g.upload(&w), g.upload(&b), g.upload(&dout));
     let out = g.alloc(n * o);
-    ops::linear_forward(&g, &out, &tx, &tw, Some(&tb), n, i, o);
+    ops::linear_forward(g, &out, &tx, &tw, Some(&tb), n, i, o);
     let mut want = vec![0.0; n * o];
     cpu::matmul::linear_forward(&mut want, &x, &w, Some(&b), n, i, o);
     assert_close(&g.read(&out), &want, 1e-5, "linear_forward");
 
     let (tdx, tdw, tdb) = (g.alloc(n * i), g.upload(&dw0), g.upload(&db0));
-    ops::linear_backward(&g, Some(&tdx), &tdw, Some(&tdb), &tdout, &tx, &tw, n, i, o);
+    ops::linear_backward(g, Some(&tdx), &tdw, Some(&tdb), &tdout, &tx, &tw, n, i, o);
     let (mut dx, mut dw, mut db) = (vec![0.0; n * i], dw0.clone(), db0.clone());
     cpu::matmul::linear_backward(Some(&mut dx), &mut dw, Some(&mut db), &dout, &x, &w, n, i, o);
     assert_close(&g.read(&tdx), &dx, 1e-5, "linear dx");
@@ -184,13 +184,13 @@ fn check_rmsnorm(g: &Gpu) {
         let dw0 = rand_vec(&mut rng, d, 1.0);
         let (tx, tw) = (g.upload(&x), g.upload(&w));
         let (out, rstd) = (g.alloc(rows * d), g.alloc(rows));
-        ops::rmsnorm_forward(&g, &out, &rstd, &tx, &tw, rows, d, 1e-6);
+        ops::rmsnorm_forward(g, &out, &rstd, &tx, &tw, rows, d, 1e-6);
         let (mut want, mut want_rstd) = (vec![0.0; rows * d], vec![0.0; rows]);
         cpu::rmsnorm::rmsnorm_forward(&mut want, &mut want_rstd, &x, &w, d, 1e-6);
         assert_close(&g.read(&out), &want, 1e-5, "rmsnorm out");
         assert_close(&g.read(&rstd), &want_rstd, 1e-5, "rmsnorm rstd");
         let (tdx, tdw) = (g.alloc(rows * d), g.upload(&dw0));
-        ops::rmsnorm_backward(&g, &tdx, &tdw, &g.upload(&dout), &tx, &tw, &rstd, rows, d);
+        ops::rmsnorm_backward(g, &tdx, &tdw, &g.upload(&dout), &tx, &tw, &rstd, rows, d);
         let (mut dx, mut dw) = (vec![0.0; rows * d], dw0.clone());
         cpu::rmsnorm::rmsnorm_backward(&mut dx, &mut dw, &dout, &x, &w, &want_rstd, d);
         assert_close(&g.read(&tdx), &dx, 1e-5, "rmsnorm dx");
@@ -298,13 +298,13 @@ fn check_logprob(g: &Gpu) {
     let dlogprob = rand_vec(&mut rng, rows, 1.0);
     let (tl, tt) = (g.upload(&logits), g.upload_u32(&targets));
     let (lp, lse) = (g.alloc(rows), g.alloc(rows));
-    ops::logprob_forward(&g, &lp, &lse, &tl, &tt, rows, v);
+    ops::logprob_forward(g, &lp, &lse, &tl, &tt, rows, v);
     let (mut wlp, mut wlse) = (vec![0.0; rows], vec![0.0; rows]);
     cpu::logprob::logprob_forward(&mut wlp, &mut wlse, &logits, &targets, v);
     assert_close(&g.read(&lp), &wlp, 1e-5, "logprob");
     assert_close(&g.read(&lse), &wlse, 1e-5, "lse");
     let dl = g.alloc(rows * v);
-    ops::logprob_backward(&g, &dl, &g.upload(&dlogprob), &tl, &lse, &tt, rows, v);
+    ops::logprob_backward(g, &dl, &g.upload(&dlogprob), &tl, &lse, &tt, rows, v);
     let mut wdl = vec![0.0; rows * v];
     cpu::logprob::logprob_backward(&mut wdl, &dlogprob, &logits, &wlse, &targets, v);
     assert_close(&g.read(&dl), &wdl, 1e-5, "dlogits");
@@ -331,13 +331,13 @@ fn check_adamw_and_clipping(g: &Gpu) {
         let grads: Vec<Vec<f32>> = sizes.iter().map(|&n| rand_vec(&mut rng, n, 0.1)).collect();
         let tg: Vec<_> = grads.iter().map(|x| g.upload(x)).collect();
         let refs: Vec<_> = tg.iter().collect();
-        let result = ops::clip_grad_norm(&g, &refs, Some(1.0));
+        let result = ops::clip_grad_norm(g, &refs, Some(1.0));
         let norm = grads.iter().flatten().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt() as f32;
         let coef = (1.0 / (norm + 1e-6)).min(1.0);
         assert_close(&g.read(&result), &[norm, coef], 1e-5, "global norm and coefficient");
         let lr = 1e-2;
         for i in 0..2 {
-            ops::adamw(&g, &tp[i], &tm[i], &tv[i], &tg[i], &config, lr, step);
+            ops::adamw(g, &tp[i], &tm[i], &tv[i], &tg[i], &config, lr, step);
             let bc1 = 1.0 - config.beta1.powi(step as i32);
             let bc2_sqrt = (1.0 - config.beta2.powi(step as i32)).sqrt();
             for j in 0..sizes[i] {

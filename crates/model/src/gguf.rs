@@ -260,7 +260,7 @@ impl GgufFile {
             message: format!("tensor {}: quantization {} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1)", t.name, type_name(t.type_id)),
         })?;
         let n = t.elements();
-        if !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16) && n % 32 != 0 {
+        if !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16) && !n.is_multiple_of(32) {
             return Err(ModelError::Weights { file: self.path.clone(), message: format!("tensor {}: {n} elements is not a whole number of 32-element blocks", t.name) });
         }
         let start = self.data_start + t.offset as usize;
