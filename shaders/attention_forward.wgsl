@@ -1,8 +1,23 @@
-// Causal self-attention over packed sequences with grouped-query heads (training and prefill).
-// q, out [rows, HQ * D]; k, v [rows, HKV * D]; start[r] = first row of r's sequence; row r sees
-// rows start[r] ..= r. lse [rows, HQ] = log-sum-exp of the scaled scores, saved for backward.
-// One invocation per (row, query head), online softmax; head_dim up to 256.
-struct Params { rows: u32, hq: u32, hkv: u32, d: u32, scale: f32 }
+// Causal self-attention over packed sequences with grouped-query heads (training and prefill),
+// FlashAttention-2 style. q, out [rows, HQ * D]; k, v [rows, HKV * D]; start[r] = first row of
+// r's sequence (non-decreasing); row r sees rows start[r] ..= r. lse [rows, HQ] = log-sum-exp
+// of the scaled scores, saved for backward.
+// Workgroup (b, y): ITEMS (row, head) pairs, BQ consecutive rows x the GROUP query heads
+// y GROUP .. that share one KV head. The keys the block sees go through workgroup memory in
+// tiles of KV_TILE rows of K and V, read once for all its items; four threads per item: each
+// scores a quarter of the tile's keys against the item's query (kept in workgroup memory),
+// then all four update the item's online softmax (identically) and accumulate a quarter of its
+// head dimensions (columns lane, lane + 4, ...).
+const WG: u32 = 64u;
+const LANES: u32 = 4u;
+const ITEMS: u32 = 16u;
+
+override HEAD_DIM: u32 = 64u;
+override GROUP: u32 = 1u;
+// Keys per tile: KV_TILE * HEAD_DIM <= 1024 keeps K and V tiles at 8 KiB.
+override KV_TILE: u32 = 16u;
+
+struct Params { rows: u32, hq: u32, hkv: u32, scale: f32 }
 
 @group(0) @binding(0) var<storage, read_write> out: array<f32>;
 @group(0) @binding(1) var<storage, read_write> lse: array<f32>;
@@ -12,29 +27,86 @@ struct Params { rows: u32, hq: u32, hkv: u32, d: u32, scale: f32 }
 @group(0) @binding(5) var<storage, read> start: array<u32>;
 @group(0) @binding(6) var<uniform> p: Params;
 
+var<workgroup> qs: array<f32, ITEMS * HEAD_DIM>;
+var<workgroup> ks: array<f32, KV_TILE * HEAD_DIM>;
+var<workgroup> vs: array<f32, KV_TILE * HEAD_DIM>;
+var<workgroup> scores: array<f32, ITEMS * KV_TILE>;
+
 @compute @workgroup_size(64, 1, 1)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let item = gid.x + gid.y * nwg.x * 64u;
-    if (item >= p.rows * p.hq) { return; }
-    let i = item / p.hq;
-    let h = item % p.hq;
-    let kvh = h / (p.hq / p.hkv);
-    let qo = i * p.hq * p.d + h * p.d;
-    var acc: array<f32, 256>;
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let bq = ITEMS / GROUP;
+    let i0 = wg.x * bq;
+    let h0 = wg.y * GROUP;
+    let kvh = h0 / (p.hq / p.hkv);
+    let t = lid.x;
+    let item = t / LANES;
+    let lane = t % LANES;
+    let row = i0 + item / GROUP;
+    let head = h0 + item % GROUP;
+    let live = item < bq * GROUP && row < p.rows;
+    let last = min(i0 + bq, p.rows) - 1u;
+    // Keys every row of the block may see: from the first row's sequence start to the last row.
+    let k_begin = start[i0];
+    var first = 0u;
+    if (live) { first = start[row]; }
+    for (var e = t; e < ITEMS * HEAD_DIM; e += WG) {
+        let it = e / HEAD_DIM;
+        let r = i0 + it / GROUP;
+        var x = 0.0;
+        if (it < bq * GROUP && r < p.rows) { x = q[(r * p.hq + h0 + it % GROUP) * HEAD_DIM + e % HEAD_DIM]; }
+        qs[e] = x;
+    }
+    var acc: array<f32, 64>; // HEAD_DIM / LANES <= 64 columns
     var m = -3.0e38;
     var l = 0.0;
-    for (var j = start[i]; j <= i; j++) {
-        let ko = j * p.hkv * p.d + kvh * p.d;
-        var s = 0.0;
-        for (var t = 0u; t < p.d; t++) { s = fma(q[qo + t], k[ko + t], s); }
-        s *= p.scale;
-        let m_new = max(m, s);
-        let corr = exp(m - m_new);
-        let e = exp(s - m_new);
-        l = l * corr + e;
-        for (var t = 0u; t < p.d; t++) { acc[t] = acc[t] * corr + e * v[ko + t]; }
-        m = m_new;
+    for (var kt = k_begin; kt <= last; kt += KV_TILE) {
+        for (var e = t; e < KV_TILE * HEAD_DIM; e += WG) {
+            let j = kt + e / HEAD_DIM;
+            var kx = 0.0;
+            var vx = 0.0;
+            if (j <= last) {
+                let o = (j * p.hkv + kvh) * HEAD_DIM + e % HEAD_DIM;
+                kx = k[o];
+                vx = v[o];
+            }
+            ks[e] = kx;
+            vs[e] = vx;
+        }
+        workgroupBarrier();
+        for (var jj = lane; jj < KV_TILE; jj += LANES) {
+            let j = kt + jj;
+            var s = -3.0e38;
+            if (live && j >= first && j <= row) {
+                var dot = 0.0;
+                for (var x = 0u; x < HEAD_DIM; x++) { dot = fma(qs[item * HEAD_DIM + x], ks[jj * HEAD_DIM + x], dot); }
+                s = dot * p.scale;
+            }
+            scores[item * KV_TILE + jj] = s;
+        }
+        workgroupBarrier();
+        if (live) {
+            var mx = m;
+            for (var jj = 0u; jj < KV_TILE; jj++) { mx = max(mx, scores[item * KV_TILE + jj]); }
+            // Tiles with no visible key for this row (mx still -3e38) leave it as it was.
+            if (mx > -1.0e38) {
+                let corr = exp(m - mx);
+                l *= corr;
+                for (var c = 0u; c < HEAD_DIM / LANES; c++) { acc[c] *= corr; }
+                for (var jj = 0u; jj < KV_TILE; jj++) {
+                    let s = scores[item * KV_TILE + jj];
+                    if (s > -1.0e38) {
+                        let w = exp(s - mx);
+                        l += w;
+                        for (var c = 0u; c < HEAD_DIM / LANES; c++) { acc[c] = fma(w, vs[jj * HEAD_DIM + lane + c * LANES], acc[c]); }
+                    }
+                }
+                m = mx;
+            }
+        }
+        workgroupBarrier();
     }
-    for (var t = 0u; t < p.d; t++) { out[qo + t] = acc[t] / l; }
-    lse[item] = m + log(l);
+    if (live) {
+        for (var c = 0u; c < HEAD_DIM / LANES; c++) { out[(row * p.hq + head) * HEAD_DIM + lane + c * LANES] = acc[c] / l; }
+        if (lane == 0u) { lse[row * p.hq + head] = m + log(l); }
+    }
 }

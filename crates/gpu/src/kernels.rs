@@ -95,6 +95,7 @@ kernels! {
     ATTENTION_BACKWARD_DQ => "attention_backward_dq",
     ATTENTION_BACKWARD_DKDV => "attention_backward_dkdv",
     ATTENTION_DECODE => "attention_decode",
+    ATTENTION_DECODE_COMBINE => "attention_decode_combine",
     KV_WRITE => "kv_write",
     LOGPROB_FORWARD => "logprob_forward",
     LOGPROB_BACKWARD => "logprob_backward",

@@ -16,6 +16,8 @@ pub(crate) const BLOCK: usize = 16;
 /// and the block tables.
 struct StepPlan {
     rows: usize,
+    /// The longest row's context.
+    max_len: usize,
     slots: Tensor,
     positions: Tensor,
     lens: Tensor,
@@ -197,7 +199,7 @@ impl GpuModel {
         }
         cache.used += needed;
         let gpu = &*self.gpu;
-        Ok(StepPlan { rows: needed, slots: gpu.upload_u32(&slots), positions: gpu.upload_u32(&positions), lens: gpu.upload_u32(&row_lens), table_off: gpu.upload_u32(&table_off), table: gpu.upload_u32(&table) })
+        Ok(StepPlan { rows: needed, max_len: row_lens.iter().max().map_or(0, |&l| l as usize), slots: gpu.upload_u32(&slots), positions: gpu.upload_u32(&positions), lens: gpu.upload_u32(&row_lens), table_off: gpu.upload_u32(&table_off), table: gpu.upload_u32(&table) })
     }
 
     /// The layers over a step's rows (token ids `ids[r * id_stride]`), keys and values into the
@@ -209,7 +211,7 @@ impl GpuModel {
         let (n, d, f, v) = (plan.rows, c.hidden_size, c.intermediate_size, c.vocab_size);
         let (qd, kd) = (heads.q * heads.dim, heads.kv * heads.dim);
         let eps = c.rms_norm_eps as f32;
-        let StepPlan { slots, positions, lens: row_lens, table_off, table, .. } = plan;
+        let StepPlan { slots, positions, lens: row_lens, table_off, table, max_len, .. } = plan;
         let lens_t = row_lens;
         let w = |i: usize| &self.params[i];
         let wo = |i: Option<usize>| i.map(|i| &self.params[i]);
@@ -231,7 +233,7 @@ impl GpuModel {
                 ops::decode_qkv(gpu, &qkv, &h, [lw(li.q), lw(li.k), lw(li.v)], biases, n, d, qd, kd);
                 let qk_norm = li.qn.zip(li.kn).map(|(a, b)| (w(a), w(b)));
                 ops::decode_rope_kv(gpu, &q, &cache.k[l], &cache.v[l], &qkv, positions, slots, &self.rope, qk_norm, n, heads, eps);
-                ops::attention_decode(gpu, &att, &q, &cache.k[l], &cache.v[l], table, table_off, lens_t, n, heads);
+                ops::attention_decode(gpu, &att, &q, &cache.k[l], &cache.v[l], table, table_off, lens_t, n, *max_len, heads);
                 ops::decode_linear(gpu, &x, &att, lw(li.o), wo(li.ob), n, d, qd, true);
                 ops::rmsnorm_forward(gpu, &h, &rstd, &x, w(li.ln2), n, d, eps);
                 ops::decode_gate_up(gpu, &act, &h, lw(li.gate), lw(li.up), n, f, d);
@@ -260,7 +262,7 @@ impl GpuModel {
                 ops::rope_forward(gpu, q, positions, &self.rope, n, heads.q);
                 ops::rope_forward(gpu, k, positions, &self.rope, n, heads.kv);
                 ops::kv_write(gpu, &cache.k[l], &cache.v[l], k, &vv, slots, n, kd);
-                ops::attention_decode(gpu, &att, q, &cache.k[l], &cache.v[l], table, table_off, lens_t, n, heads);
+                ops::attention_decode(gpu, &att, q, &cache.k[l], &cache.v[l], table, table_off, lens_t, n, *max_len, heads);
                 ops::linear_forward(gpu, &o, &att, lw(li.o), wo(li.ob), n, qd, d);
                 ops::residual_forward(gpu, &x2, &x, &o, n * d);
                 ops::rmsnorm_forward(gpu, &h, &rstd, &x2, w(li.ln2), n, d, eps);

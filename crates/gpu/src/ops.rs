@@ -492,7 +492,16 @@ fn attention_params(rows: usize, heads: Heads) -> [u32; 5] {
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward(gpu: &Gpu, out: &Tensor, lse: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, start: &Tensor, rows: usize, heads: Heads) {
     check("attention_forward", "lse", lse, rows * heads.q);
-    gpu.dispatch(&kernels::ATTENTION_FORWARD, &[], &[out, lse, q, k, v, start], &attention_params(rows, heads), grid(gpu, rows * heads.q, 64));
+    assert!(heads.dim <= 256 && heads.dim % 4 == 0, "attention_forward takes heads of at most 256 values, a multiple of 4; this model has {}", heads.dim);
+    if rows == 0 {
+        return;
+    }
+    // 16 (row, head) items per workgroup: the group's query heads (at most 8) times the rows.
+    let group = decode_group(heads);
+    let block_rows = 16 / group;
+    let constants = [("HEAD_DIM", heads.dim as f64), ("GROUP", group as f64), ("KV_TILE", (1024 / heads.dim).clamp(4, 32) as f64)];
+    let params = [u(rows), u(heads.q), u(heads.kv), f(1.0 / (heads.dim as f32).sqrt())];
+    gpu.dispatch(&kernels::ATTENTION_FORWARD, &constants, &[out, lse, q, k, v, start], &params, [u(rows.div_ceil(block_rows)), u(heads.q / group), 1]);
 }
 
 /// dq, dk, dv (overwrite); end[r] is one past the last row of r's sequence.
@@ -519,10 +528,44 @@ pub fn attention_backward(
     gpu.dispatch(&kernels::ATTENTION_BACKWARD_DKDV, &[], &[dk, dv, dout, q, k, v, &delta, lse, end], &p, grid(gpu, rows * heads.kv, 64));
 }
 
-/// Attention of rows against the paged cache (see `attention_decode.wgsl`).
+/// Attention of rows against the paged cache (see `attention_decode.wgsl`); `max_len` is the
+/// longest row's context. The context is split in chunks where the rows and KV heads alone
+/// would leave a real GPU idle (flash decoding), else taken whole.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_decode(gpu: &Gpu, out: &Tensor, q: &Tensor, cache_k: &Tensor, cache_v: &Tensor, table: &Tensor, table_off: &Tensor, len: &Tensor, rows: usize, heads: Heads) {
-    gpu.dispatch(&kernels::ATTENTION_DECODE, &[], &[out, q, cache_k, cache_v, table, table_off, len], &attention_params(rows, heads), grid(gpu, rows * heads.q, 64));
+pub fn attention_decode(gpu: &Gpu, out: &Tensor, q: &Tensor, cache_k: &Tensor, cache_v: &Tensor, table: &Tensor, table_off: &Tensor, len: &Tensor, rows: usize, max_len: usize, heads: Heads) {
+    let groups = rows * heads.q / decode_group(heads);
+    let wanted = if gpu.is_software() { 1 } else { BUSY_WORKGROUPS.div_ceil(groups.max(1)) };
+    // Chunks of at least 256 keys: shorter ones cost more in the combine than they gain.
+    let chunk_len = max_len.div_ceil(wanted).max(256).next_multiple_of(64);
+    attention_decode_chunked(gpu, chunk_len, out, q, cache_k, cache_v, table, table_off, len, rows, max_len, heads);
+}
+
+/// Query heads per workgroup of `attention_decode`: the largest divisor of a KV head's group
+/// of at most 8.
+fn decode_group(heads: Heads) -> usize {
+    let group = heads.q / heads.kv;
+    (1..=group.min(8)).rev().find(|g| group % g == 0).expect("1 divides")
+}
+
+/// [`attention_decode`] with the context cut into chunks of `chunk_len` keys (a multiple of 64).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode_chunked(gpu: &Gpu, chunk_len: usize, out: &Tensor, q: &Tensor, cache_k: &Tensor, cache_v: &Tensor, table: &Tensor, table_off: &Tensor, len: &Tensor, rows: usize, max_len: usize, heads: Heads) {
+    assert!(heads.dim <= 256, "attention kernels hold a head of at most 256 values, this model has {}", heads.dim);
+    assert!(chunk_len > 0 && chunk_len % 64 == 0, "chunk_len {chunk_len}: a positive multiple of 64");
+    if rows == 0 {
+        return;
+    }
+    let chunks = max_len.div_ceil(chunk_len).max(1);
+    let group = decode_group(heads);
+    let constants = [("HEAD_DIM", heads.dim as f64), ("GROUP", group as f64)];
+    let outputs = rows * heads.q * heads.dim;
+    let lse_at = if chunks > 1 { outputs * chunks } else { 0 };
+    let part = gpu.alloc(if chunks > 1 { lse_at + rows * heads.q * chunks } else { 1 });
+    let params = [u(rows), u(heads.q), u(heads.kv), f(1.0 / (heads.dim as f32).sqrt()), u(chunk_len), u(chunks), u(lse_at)];
+    gpu.dispatch(&kernels::ATTENTION_DECODE, &constants, &[out, &part, q, cache_k, cache_v, table, table_off, len], &params, [u(chunks), u(heads.q / group), u(rows)]);
+    if chunks > 1 {
+        gpu.dispatch(&kernels::ATTENTION_DECODE_COMBINE, &[], &[out, &part], &[u(rows), u(heads.q), u(heads.dim), u(chunks), u(lse_at)], grid(gpu, outputs, 64));
+    }
 }
 
 /// cache[slot[r]] = x[r] for keys and values, rows of `width`.

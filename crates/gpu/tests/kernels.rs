@@ -252,35 +252,44 @@ fn swiglu_and_residual() {
 fn attention_packed_causal_gqa_forward_backward() {
     let Some(g) = gpu() else { return };
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let heads = Heads { q: 4, kv: 2, dim: 8 };
-    let lens = [5usize, 3, 7];
-    let rows: usize = lens.iter().sum();
-    let (mut starts, mut ends) = (Vec::new(), Vec::new());
-    let mut s = 0;
-    for &l in &lens {
-        starts.extend(std::iter::repeat_n(s, l));
-        ends.extend(std::iter::repeat_n(s + l, l));
-        s += l;
-    }
-    let (qd, kd) = (heads.q * heads.dim, heads.kv * heads.dim);
-    let (q, k, v, dout) = (rand_vec(&mut rng, rows * qd, 1.0), rand_vec(&mut rng, rows * kd, 1.0), rand_vec(&mut rng, rows * kd, 1.0), rand_vec(&mut rng, rows * qd, 1.0));
-    let (tq, tk, tv) = (g.upload(&q), g.upload(&k), g.upload(&v));
-    let to_u32 = |x: &[usize]| x.iter().map(|&s| s as u32).collect::<Vec<u32>>();
-    let (tstart, tend) = (g.upload_u32(&to_u32(&starts)), g.upload_u32(&to_u32(&ends)));
-    let (out, lse) = (g.alloc(rows * qd), g.alloc(rows * heads.q));
-    ops::attention_forward(&g, &out, &lse, &tq, &tk, &tv, &tstart, rows, heads);
-    let (mut wout, mut wlse) = (vec![0.0; rows * qd], vec![0.0; rows * heads.q]);
-    cpu::attention::attention_forward(&mut wout, &mut wlse, &q, &k, &v, &starts, heads);
-    assert_close(&g.read(&out), &wout, 1e-5, "attention out");
-    assert_close(&g.read(&lse), &wlse, 1e-5, "attention lse");
+    // Query blocks that span sequences, sequences longer than a K/V tile, every tile size
+    // (KV_TILE 32, 16, 4) and query heads per workgroup of 2, 3, 8 (a group of 16 split in two).
+    let cases: [(Heads, &[usize]); 4] = [
+        (Heads { q: 4, kv: 2, dim: 8 }, &[5, 3, 7]),
+        (Heads { q: 9, kv: 3, dim: 64 }, &[40, 1, 23]),
+        (Heads { q: 16, kv: 1, dim: 80 }, &[19, 6]),
+        (Heads { q: 2, kv: 1, dim: 256 }, &[11, 9]),
+    ];
+    for (heads, lens) in cases {
+        let what = format!("{}/{} heads of {}", heads.q, heads.kv, heads.dim);
+        let rows: usize = lens.iter().sum();
+        let (mut starts, mut ends) = (Vec::new(), Vec::new());
+        let mut s = 0;
+        for &l in lens {
+            starts.extend(std::iter::repeat_n(s, l));
+            ends.extend(std::iter::repeat_n(s + l, l));
+            s += l;
+        }
+        let (qd, kd) = (heads.q * heads.dim, heads.kv * heads.dim);
+        let (q, k, v, dout) = (rand_vec(&mut rng, rows * qd, 1.0), rand_vec(&mut rng, rows * kd, 1.0), rand_vec(&mut rng, rows * kd, 1.0), rand_vec(&mut rng, rows * qd, 1.0));
+        let (tq, tk, tv) = (g.upload(&q), g.upload(&k), g.upload(&v));
+        let to_u32 = |x: &[usize]| x.iter().map(|&s| s as u32).collect::<Vec<u32>>();
+        let (tstart, tend) = (g.upload_u32(&to_u32(&starts)), g.upload_u32(&to_u32(&ends)));
+        let (out, lse) = (g.alloc(rows * qd), g.alloc(rows * heads.q));
+        ops::attention_forward(&g, &out, &lse, &tq, &tk, &tv, &tstart, rows, heads);
+        let (mut wout, mut wlse) = (vec![0.0; rows * qd], vec![0.0; rows * heads.q]);
+        cpu::attention::attention_forward(&mut wout, &mut wlse, &q, &k, &v, &starts, heads);
+        assert_close(&g.read(&out), &wout, 1e-5, &format!("attention out, {what}"));
+        assert_close(&g.read(&lse), &wlse, 1e-5, &format!("attention lse, {what}"));
 
-    let (dq, dk, dv) = (g.alloc(rows * qd), g.alloc(rows * kd), g.alloc(rows * kd));
-    ops::attention_backward(&g, &dq, &dk, &dv, &g.upload(&dout), &tq, &tk, &tv, &out, &lse, &tstart, &tend, rows, heads);
-    let (mut wdq, mut wdk, mut wdv) = (vec![0.0; rows * qd], vec![0.0; rows * kd], vec![0.0; rows * kd]);
-    cpu::attention::attention_backward(&mut wdq, &mut wdk, &mut wdv, &dout, &q, &k, &v, &wout, &wlse, &starts, heads);
-    assert_close(&g.read(&dq), &wdq, 1e-4, "attention dq");
-    assert_close(&g.read(&dk), &wdk, 1e-4, "attention dk");
-    assert_close(&g.read(&dv), &wdv, 1e-4, "attention dv");
+        let (dq, dk, dv) = (g.alloc(rows * qd), g.alloc(rows * kd), g.alloc(rows * kd));
+        ops::attention_backward(&g, &dq, &dk, &dv, &g.upload(&dout), &tq, &tk, &tv, &out, &lse, &tstart, &tend, rows, heads);
+        let (mut wdq, mut wdk, mut wdv) = (vec![0.0; rows * qd], vec![0.0; rows * kd], vec![0.0; rows * kd]);
+        cpu::attention::attention_backward(&mut wdq, &mut wdk, &mut wdv, &dout, &q, &k, &v, &wout, &wlse, &starts, heads);
+        assert_close(&g.read(&dq), &wdq, 1e-4, &format!("attention dq, {what}"));
+        assert_close(&g.read(&dk), &wdk, 1e-4, &format!("attention dk, {what}"));
+        assert_close(&g.read(&dv), &wdv, 1e-4, &format!("attention dv, {what}"));
+    }
 }
 
 #[test]
@@ -492,4 +501,62 @@ fn reductions_without_subgroups() {
     check_logprob(&g);
     check_adamw_and_clipping(&g);
     check_linear_with_bias(&g);
+}
+
+/// Decoding attention against the paged cache, whole and split into chunks (flash decoding,
+/// with the combine kernel), against a float64 reference: GQA groups of 3 and 16 (two
+/// workgroups of 8 query heads per KV head), head sizes 64, 80 (a ragged share per thread)
+/// and 256, rows of different lengths (one shorter than a chunk, so some chunks are empty),
+/// blocks scattered over the cache.
+#[test]
+fn attention_decode_paged_and_split() {
+    let Some(g) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    const BLOCK: usize = 16;
+    for (hq, hkv, dim) in [(9, 3, 64), (16, 1, 80), (2, 1, 256)] {
+        let heads = Heads { q: hq, kv: hkv, dim };
+        let lens = [150usize, 1, 64, 97];
+        let blocks_total = lens.iter().map(|l| l.div_ceil(BLOCK)).sum::<usize>() + 3;
+        let slots = blocks_total * BLOCK;
+        let (ck, cv) = (rand_vec(&mut rng, slots * hkv * dim, 1.0), rand_vec(&mut rng, slots * hkv * dim, 1.0));
+        // Blocks handed out in a scrambled order.
+        let mut free: Vec<u32> = (0..blocks_total as u32).collect();
+        for i in (1..free.len()).rev() {
+            free.swap(i, rng.random_range(0..=i));
+        }
+        let (mut table, mut table_off) = (Vec::new(), Vec::new());
+        for &l in &lens {
+            table_off.push(table.len() as u32);
+            for _ in 0..l.div_ceil(BLOCK) {
+                table.push(free.pop().unwrap());
+            }
+        }
+        let rows = lens.len();
+        let q = rand_vec(&mut rng, rows * hq * dim, 1.0);
+        let mut want = vec![0.0f32; rows * hq * dim];
+        let scale = 1.0 / (dim as f64).sqrt();
+        for r in 0..rows {
+            for h in 0..hq {
+                let kvh = h / (hq / hkv);
+                let at = |j: usize| ((table[table_off[r] as usize + j / BLOCK] as usize * BLOCK + j % BLOCK) * hkv + kvh) * dim;
+                let s: Vec<f64> = (0..lens[r]).map(|j| (0..dim).map(|x| f64::from(q[(r * hq + h) * dim + x]) * f64::from(ck[at(j) + x])).sum::<f64>() * scale).collect();
+                let mx = s.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = s.iter().map(|v| (v - mx).exp()).sum();
+                for x in 0..dim {
+                    want[(r * hq + h) * dim + x] = ((0..lens[r]).map(|j| (s[j] - mx).exp() * f64::from(cv[at(j) + x])).sum::<f64>() / z) as f32;
+                }
+            }
+        }
+        let (tq, tk, tv) = (g.upload(&q), g.upload(&ck), g.upload(&cv));
+        let (tt, toff, tlen) = (g.upload_u32(&table), g.upload_u32(&table_off), g.upload_u32(&lens.iter().map(|&l| l as u32).collect::<Vec<_>>()));
+        let max_len = *lens.iter().max().unwrap();
+        for chunk_len in [64, 128, 256] {
+            let out = g.alloc(rows * hq * dim);
+            ops::attention_decode_chunked(&g, chunk_len, &out, &tq, &tk, &tv, &tt, &toff, &tlen, rows, max_len, heads);
+            assert_close(&g.read(&out), &want, 1e-5, &format!("attention_decode {hq}/{hkv} heads of {dim}, chunks of {chunk_len}"));
+        }
+        let out = g.alloc(rows * hq * dim);
+        ops::attention_decode(&g, &out, &tq, &tk, &tv, &tt, &toff, &tlen, rows, max_len, heads);
+        assert_close(&g.read(&out), &want, 1e-5, &format!("attention_decode {hq}/{hkv} heads of {dim}"));
+    }
 }
