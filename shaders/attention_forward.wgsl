@@ -4,15 +4,16 @@
 // of the scaled scores, saved for backward.
 // Workgroup (b, y): ITEMS (row, head) pairs, BQ consecutive rows x the GROUP query heads
 // y GROUP .. that share one KV head. The keys the block sees go through workgroup memory in
-// tiles of KV_TILE rows of K and V, read once for all its items; four threads per item: each
-// scores a quarter of the tile's keys against the item's query (kept in workgroup memory),
-// then all four update the item's online softmax (identically) and accumulate a quarter of its
-// head dimensions (columns lane, lane + 4, ...).
+// tiles of KV_TILE rows of K and V, read once for all its items; LANES threads per item: each
+// scores its share of the tile's keys against the item's query (kept in workgroup memory),
+// then all of them update the item's online softmax (identically) and accumulate their share
+// of its head dimensions (columns lane, lane + LANES, ...).
 const WG: u32 = 64u;
-const LANES: u32 = 4u;
-const ITEMS: u32 = 16u;
 
 override HEAD_DIM: u32 = 64u;
+// Threads per (row, head) item: 4, or 8 for heads over 128 values; ITEMS of them per workgroup.
+override LANES: u32 = 4u;
+override ITEMS: u32 = 64u / LANES;
 override GROUP: u32 = 1u;
 // Keys per tile: KV_TILE * HEAD_DIM <= 1024 keeps K and V tiles at 8 KiB.
 override KV_TILE: u32 = 16u;
@@ -56,7 +57,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         if (it < bq * GROUP && r < p.rows) { x = q[(r * p.hq + h0 + it % GROUP) * HEAD_DIM + e % HEAD_DIM]; }
         qs[e] = x;
     }
-    var acc: array<f32, 64>; // HEAD_DIM / LANES <= 64 columns
+    var acc: array<f32, 32>; // HEAD_DIM / LANES <= 32 columns
     var m = -3.0e38;
     var l = 0.0;
     for (var kt = k_begin; kt <= last; kt += KV_TILE) {

@@ -9,9 +9,14 @@ pub struct KernelBenchArgs {
     /// adapter (a software one gives CPU-emulation figures, useful only as a smoke test).
     #[arg(long)]
     adapter: Option<usize>,
-    /// The card's fp32 peak in GFLOP/s, to print matmul as a share of it.
+    /// The card's fp32 peak in GFLOP/s, to print compute-bound kernels as a share of it
+    /// (default: from a table of known cards, when the adapter is one).
     #[arg(long)]
     peak_gflops: Option<f64>,
+    /// The card's memory bandwidth in GB/s, to print memory-bound kernels and decoding against
+    /// it (default: from the same table).
+    #[arg(long)]
+    peak_gbs: Option<f64>,
     /// Shapes: `small` (what a software adapter finishes in a minute) or `full`; default: full
     /// on a real GPU, small otherwise.
     #[arg(long)]
@@ -24,6 +29,6 @@ pub struct KernelBenchArgs {
 }
 
 pub fn run(args: KernelBenchArgs) -> anyhow::Result<()> {
-    let bench = rstar2_gpu::bench::BenchArgs { adapter: args.adapter, peak_gflops: args.peak_gflops, size: args.size, profile: args.profile };
+    let bench = rstar2_gpu::bench::BenchArgs { adapter: args.adapter, peak_gflops: args.peak_gflops, peak_gbs: args.peak_gbs, size: args.size, profile: args.profile };
     rstar2_gpu::bench::run(&bench, &workspace_root()).map_err(|e| anyhow::anyhow!("{e}"))
 }

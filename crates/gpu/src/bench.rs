@@ -23,8 +23,12 @@ pub struct BenchArgs {
     /// Adapter index (`cargo xtask devices`); default: the first real GPU, else the first
     /// adapter (a software one gives CPU-emulation figures, useful only as a smoke test).
     pub adapter: Option<usize>,
-    /// The card's fp32 peak in GFLOP/s, to print matmul as a share of it.
+    /// The card's fp32 peak in GFLOP/s, to print compute-bound kernels as a share of it;
+    /// default: the known-adapter table's figure, if the adapter is in it.
     pub peak_gflops: Option<f64>,
+    /// The card's memory bandwidth in GB/s, for memory-bound kernels and the decode bound;
+    /// default: the known-adapter table's figure.
+    pub peak_gbs: Option<f64>,
     /// Shapes: `small` (what a software adapter finishes in a minute) or `full`; default: full
     /// on a real GPU, small otherwise.
     pub size: Option<String>,
@@ -187,6 +191,39 @@ fn seeded(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// Published fp32 (non-tensor-core) peaks and memory bandwidths of common cards, by a piece of
+/// the adapter name, most specific first: (name contains, GFLOP/s, GB/s).
+const KNOWN_ADAPTERS: &[(&str, f64, f64)] = &[
+    ("H100 PCIe", 51_200.0, 2_000.0),
+    ("H100 NVL", 60_000.0, 3_900.0),
+    ("H100", 66_900.0, 3_350.0),
+    ("H200", 66_900.0, 4_800.0),
+    ("A100", 19_500.0, 2_039.0),
+    ("L40S", 91_600.0, 864.0),
+    ("L4", 30_300.0, 300.0),
+    ("RTX 4090", 82_600.0, 1_008.0),
+    ("RTX 3090", 35_600.0, 936.0),
+    ("Radeon RX 7900 XTX", 61_400.0, 960.0),
+];
+
+/// The adapter's peaks: given ones first, else the table's.
+fn peaks(name: &str, args: &BenchArgs) -> (Option<f64>, Option<f64>, &'static str) {
+    let known = KNOWN_ADAPTERS.iter().find(|(n, _, _)| name.contains(n));
+    let flops = args.peak_gflops.or(known.map(|k| k.1));
+    let gbs = args.peak_gbs.or(known.map(|k| k.2));
+    let from = match (args.peak_gflops.is_some() || args.peak_gbs.is_some(), known) {
+        (true, _) => "given",
+        (false, Some(_)) => "known-adapter table",
+        (false, None) => "unknown: pass --peak-gflops and --peak-gbs",
+    };
+    (flops, gbs, from)
+}
+
+/// " (N% of peak)" when the peak is known.
+fn share(value: f64, peak: Option<f64>) -> String {
+    peak.map_or(String::new(), |p| format!(" ({:.0}% of peak)", 100.0 * value / p))
+}
+
 struct Row {
     what: String,
     unit: &'static str,
@@ -195,9 +232,9 @@ struct Row {
 }
 
 fn print(rows: &[Row]) {
-    println!("{:<52} {:>14} {:>14} {:>10}", "kernel / work", "GPU", "CPU backend", "GPU/CPU");
+    println!("{:<84} {:>14} {:>14} {:>10}", "kernel / work", "GPU", "CPU backend", "GPU/CPU");
     for r in rows {
-        println!("{:<52} {:>9.2} {:<4} {:>9.2} {:<4} {:>9.2}x", r.what, r.gpu, r.unit, r.cpu, r.unit, r.gpu / r.cpu);
+        println!("{:<84} {:>9.2} {:<4} {:>9.2} {:<4} {:>9.2}x", r.what, r.gpu, r.unit, r.cpu, r.unit, r.gpu / r.cpu);
     }
 }
 
@@ -230,9 +267,31 @@ pub fn run(args: &BenchArgs, root: &Path) -> BenchResult {
     let reps = if full { 10 } else { 3 };
     let mut rows = Vec::new();
 
-    // Matmul, prefill/training shapes and decode shapes (M <= 8 takes the matvec kernel).
-    let shapes: Vec<(usize, usize, usize)> =
-        if full { vec![(4096, 4096, 4096), (2048, 2048, 2048), (512, 576, 1536), (512, 1536, 576), (8, 576, 1536), (8, 576, 49152), (8, 4096, 4096)] } else { vec![(256, 256, 256), (128, 576, 192), (8, 576, 1536)] };
+    let (peak_flops, peak_gbs, from) = peaks(&gpu.info.name, args);
+    let fmt_peak = |p: Option<f64>, unit: &str| p.map_or("?".to_string(), |p| format!("{p:.0} {unit}"));
+    println!("peaks: {} fp32, {} ({from}); matmul tiles {}", fmt_peak(peak_flops, "GFLOP/s"), fmt_peak(peak_gbs, "GB/s"), if gpu.autotunes() { "autotuned per shape" } else { "by heuristic (RSTAR2_GPU_AUTOTUNE=1 to tune)" });
+    println!();
+
+    // Matmul at x·Wᵀ: square, SmolLM2-135M and Qwen2.5-0.5B training shapes (2,048 tokens:
+    // q/o, k/v, gate/up, down, output layer), decode shapes (M <= 8 takes the matvec kernel).
+    let shapes: Vec<(usize, usize, usize)> = if full {
+        vec![
+            (4096, 4096, 4096),
+            (2048, 576, 576),
+            (2048, 576, 192),
+            (2048, 576, 1536),
+            (2048, 1536, 576),
+            (2048, 576, 49152),
+            (2048, 896, 4864),
+            (2048, 4864, 896),
+            (2048, 896, 128),
+            (8, 576, 1536),
+            (32, 576, 1536),
+            (8, 576, 49152),
+        ]
+    } else {
+        vec![(256, 256, 256), (128, 576, 192), (8, 576, 1536)]
+    };
     for (m, k, n) in shapes {
         let (a, b) = (seeded(m * k, 1), seeded(n * k, 2));
         let (ta, tb, tc) = (gpu.upload(&a), gpu.upload(&b), gpu.alloc(m * n));
@@ -241,13 +300,10 @@ pub fn run(args: &BenchArgs, root: &Path) -> BenchResult {
             gpu.sync();
         });
         let mut c = vec![0.0; m * n];
-        let cs = median_secs(reps, || cpu::matmul::matmul_nt(&mut c, &a, &b, m, n, k, false));
+        let cs = median_secs(reps.min(5), || cpu::matmul::matmul_nt(&mut c, &a, &b, m, n, k, false));
         let flop = 2.0 * (m * n * k) as f64 / 1e9;
-        let mut what = format!("matmul [{m} x {k}] @ [{k} x {n}]");
-        if let Some(p) = args.peak_gflops {
-            what.push_str(&format!(" ({:.0}% of peak)", 100.0 * flop / g / p));
-        }
-        rows.push(Row { what, unit: "GF/s", gpu: flop / g, cpu: flop / cs });
+        let tile = if m <= 8 { "matvec".to_string() } else { ops::matmul_tile(&gpu, m, n, k).to_string() };
+        rows.push(Row { what: format!("matmul [{m} x {k}] @ [{k} x {n}], {tile}{}", share(flop / g, peak_flops)), unit: "GF/s", gpu: flop / g, cpu: flop / cs });
     }
 
     // Memory-bound kernels: GB/s of their essential reads and writes.
@@ -261,7 +317,7 @@ pub fn run(args: &BenchArgs, root: &Path) -> BenchResult {
     let (mut out, mut rstd) = (vec![0.0; rows_n * d], vec![0.0; rows_n]);
     let cs = median_secs(reps, || cpu::rmsnorm::rmsnorm_forward(&mut out, &mut rstd, &x, &w, d, 1e-6));
     let gb = (2 * rows_n * d * 4) as f64 / 1e9;
-    rows.push(Row { what: format!("rmsnorm_forward [{rows_n} x {d}]"), unit: "GB/s", gpu: gb / g, cpu: gb / cs });
+    rows.push(Row { what: format!("rmsnorm_forward [{rows_n} x {d}]{}", share(gb / g, peak_gbs)), unit: "GB/s", gpu: gb / g, cpu: gb / cs });
 
     let n = rows_n * d;
     let (gate, up) = (seeded(n, 5), seeded(n, 6));
@@ -272,7 +328,7 @@ pub fn run(args: &BenchArgs, root: &Path) -> BenchResult {
     });
     let cs = median_secs(reps, || cpu::swiglu::swiglu_forward(&mut out, &gate, &up));
     let gb = (3 * n * 4) as f64 / 1e9;
-    rows.push(Row { what: format!("swiglu_forward [{n}]"), unit: "GB/s", gpu: gb / g, cpu: gb / cs });
+    rows.push(Row { what: format!("swiglu_forward [{n}]{}", share(gb / g, peak_gbs)), unit: "GB/s", gpu: gb / g, cpu: gb / cs });
 
     // AdamW over every parameter of a model (one dispatch per window of its flat buffers).
     let preset = if full { "smollm2-135m" } else { "tiny" };
@@ -306,28 +362,40 @@ pub fn run(args: &BenchArgs, root: &Path) -> BenchResult {
     let gb = (lrows * vocab * 4) as f64 / 1e9;
     rows.push(Row { what: format!("logprob_forward [{lrows} x {vocab}]"), unit: "GB/s", gpu: gb / g, cpu: gb / cs });
 
-    // Attention over one packed batch of causal sequences (SmolLM2 heads).
+    // Attention over one packed batch of causal sequences (SmolLM2 heads), forward and backward.
     let heads = Heads { q: 9, kv: 3, dim: 64 };
-    let (seqs, len) = if full { (8, 512) } else { (2, 64) };
+    let (seqs, len) = if full { (4, 2048) } else { (2, 64) };
     let rows_a = seqs * len;
-    let (q, k, v) = (seeded(rows_a * 576, 8), seeded(rows_a * 192, 9), seeded(rows_a * 192, 10));
+    let (qd, kd) = (heads.q * heads.dim, heads.kv * heads.dim);
+    let (q, k, v, dout) = (seeded(rows_a * qd, 8), seeded(rows_a * kd, 9), seeded(rows_a * kd, 10), seeded(rows_a * qd, 11));
     let starts: Vec<usize> = (0..rows_a).map(|r| r / len * len).collect();
-    let (tq, tk, tv) = (gpu.upload(&q), gpu.upload(&k), gpu.upload(&v));
+    let (tq, tk, tv, tdout) = (gpu.upload(&q), gpu.upload(&k), gpu.upload(&v), gpu.upload(&dout));
     let tstart = gpu.upload_u32(&starts.iter().map(|&s| s as u32).collect::<Vec<_>>());
-    let (tatt, talse) = (gpu.alloc(rows_a * 576), gpu.alloc(rows_a * 9));
+    let tend = gpu.upload_u32(&starts.iter().map(|&s| (s + len) as u32).collect::<Vec<_>>());
+    let (tatt, talse) = (gpu.alloc(rows_a * qd), gpu.alloc(rows_a * heads.q));
     let g = median_secs(reps, || {
         ops::attention_forward(&gpu, &tatt, &talse, &tq, &tk, &tv, &tstart, rows_a, heads);
         gpu.sync();
     });
-    let (mut att, mut alse) = (vec![0.0; rows_a * 576], vec![0.0; rows_a * 9]);
-    let cs = median_secs(reps, || cpu::attention::attention_forward(&mut att, &mut alse, &q, &k, &v, &starts, heads));
+    let (mut att, mut alse) = (vec![0.0; rows_a * qd], vec![0.0; rows_a * heads.q]);
+    let cs = median_secs(reps.min(3), || cpu::attention::attention_forward(&mut att, &mut alse, &q, &k, &v, &starts, heads));
     // Causal: half of the len x len scores per head, 2 matmuls of head_dim.
     let flop = (seqs * heads.q * len * (len + 1) / 2 * heads.dim * 4) as f64 / 1e9;
-    rows.push(Row { what: format!("attention_forward {seqs} x {len} tokens, 9/3 heads"), unit: "GF/s", gpu: flop / g, cpu: flop / cs });
+    rows.push(Row { what: format!("attention_forward {seqs} x {len} tokens, 9/3 heads{}", share(flop / g, peak_flops)), unit: "GF/s", gpu: flop / g, cpu: flop / cs });
+    let (tdq, tdk, tdv) = (gpu.alloc(rows_a * qd), gpu.alloc(rows_a * kd), gpu.alloc(rows_a * kd));
+    let g = median_secs(reps, || {
+        ops::attention_backward(&gpu, &tdq, &tdk, &tdv, &tdout, &tq, &tk, &tv, &tatt, &talse, &tstart, &tend, rows_a, heads);
+        gpu.sync();
+    });
+    let (mut dq, mut dk, mut dv) = (vec![0.0; rows_a * qd], vec![0.0; rows_a * kd], vec![0.0; rows_a * kd]);
+    let cs = median_secs(reps.min(3), || cpu::attention::attention_backward(&mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &att, &alse, &starts, heads));
+    // Recomputed scores, dP, dQ, dK, dV: 5 products of head_dim per visible score (2.5x forward).
+    let flop = flop * 2.5;
+    rows.push(Row { what: format!("attention_backward {seqs} x {len} tokens, 9/3 heads{}", share(flop / g, peak_flops)), unit: "GF/s", gpu: flop / g, cpu: flop / cs });
 
     // Whole model: a training step and batched decoding.
-    let presets: Vec<(&str, usize, usize, usize, usize)> = if full { vec![("tiny", 4, 256, 32, 64), ("smollm2-135m", 4, 512, 32, 64)] } else { vec![("tiny", 2, 64, 8, 16)] };
-    for (preset, batch, len, decode_batch, steps) in presets {
+    let presets: Vec<(&str, usize, usize, &[usize], usize)> = if full { vec![("tiny", 4, 256, &[32], 64), ("smollm2-135m", 4, 512, &[8, 32], 64)] } else { vec![("tiny", 2, 64, &[8], 16)] };
+    for (preset, batch, len, decode_batches, steps) in presets {
         let config = preset_config(root, preset)?;
         let mut model = Model::new(config.clone(), Params::random(&config, 0));
         let seqs: Vec<Vec<u32>> = (0..batch).map(|b| (0..len).map(|i| ((b * 7919 + i * 104_729) % config.vocab_size) as u32).collect()).collect();
@@ -352,29 +420,47 @@ pub fn run(args: &BenchArgs, root: &Path) -> BenchResult {
         let tokens = (batch * len) as f64;
         rows.push(Row { what: format!("{preset}: train step {batch}x{len} (fwd+bwd+clip+AdamW)"), unit: "tok/s", gpu: tokens / g, cpu: tokens / cs });
 
-        let prompt_len = 32;
-        let (ids, prompts, next) = decode_inputs(decode_batch, prompt_len, config.vocab_size);
-        let chunks: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
-        let next_chunks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
-        let capacity = decode_batch * (prompt_len + steps + 1);
-        let g = gpu_decode_seconds(&gm, capacity, &ids, &chunks, &next_chunks, steps);
-        let cpu_decode = || {
-            let mut cache = KvCache::new(capacity);
-            model.extend(&mut cache, &ids, &chunks).expect("sized");
-            let t = Instant::now();
-            for _ in 0..steps {
-                model.extend(&mut cache, &ids, &next_chunks).expect("sized");
+        // Decoding beside its bandwidth bound: the projection and output weights plus the KV
+        // cache at the mean context, read once per step.
+        let weight_values: usize = model.linear_weights().iter().map(|&i| model.params.data[i].len()).sum();
+        let kv_values_per_position = 2 * config.num_hidden_layers * config.kv_heads() * config.head_dim();
+        for &decode_batch in decode_batches {
+            let prompt_len = 32;
+            let (ids, prompts, next) = decode_inputs(decode_batch, prompt_len, config.vocab_size);
+            let chunks: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+            let next_chunks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
+            let capacity = decode_batch * (prompt_len + steps + 1);
+            let cpu_decode = || {
+                let mut cache = KvCache::new(capacity);
+                model.extend(&mut cache, &ids, &chunks).expect("sized");
+                let t = Instant::now();
+                for _ in 0..steps {
+                    model.extend(&mut cache, &ids, &next_chunks).expect("sized");
+                }
+                t.elapsed().as_secs_f64()
+            };
+            cpu_decode();
+            let cs = cpu_decode();
+            let tokens = (decode_batch * steps) as f64;
+            let kv_bytes = decode_batch * (prompt_len + steps / 2) * kv_values_per_position * 4;
+            for f16 in [false, true] {
+                if f16 && !gpu.has_f16() {
+                    continue;
+                }
+                if f16 {
+                    gm.enable_f16_decode()?;
+                } else {
+                    gm.disable_f16_decode();
+                }
+                let g = gpu_decode_seconds(&gm, capacity, &ids, &chunks, &next_chunks, steps);
+                let bytes = weight_values * if f16 { 2 } else { 4 } + kv_bytes;
+                let bound = peak_gbs.map_or(String::new(), |bw| {
+                    let bound = decode_batch as f64 * bw * 1e9 / bytes as f64;
+                    format!(" ({:.0}% of the {bound:.0} tok/s bound)", 100.0 * tokens / g / bound)
+                });
+                rows.push(Row { what: format!("{preset}: decode, batch {decode_batch}, {} weights{bound}", if f16 { "f16" } else { "f32" }), unit: "tok/s", gpu: tokens / g, cpu: tokens / cs });
             }
-            t.elapsed().as_secs_f64()
-        };
-        cpu_decode();
-        let cs = cpu_decode();
-        let tokens = (decode_batch * steps) as f64;
-        rows.push(Row { what: format!("{preset}: batched decode, batch {decode_batch}, KV cache"), unit: "tok/s", gpu: tokens / g, cpu: tokens / cs });
-        if gpu.has_f16() {
-            gm.enable_f16_decode()?;
-            let g16 = gpu_decode_seconds(&gm, capacity, &ids, &chunks, &next_chunks, steps);
-            rows.push(Row { what: format!("{preset}: batched decode, batch {decode_batch}, f16 weights"), unit: "tok/s", gpu: tokens / g16, cpu: tokens / cs });
+            gm.disable_f16_decode();
         }
     }
     print(&rows);

@@ -262,6 +262,13 @@ fn choose_tile(gpu: &Gpu, shape: MatmulShape, a: &View<'_>, b: &View<'_>, [ash, 
     best.1
 }
 
+/// The tile an x·Wᵀ product of this shape gets with f32 weights: the autotuned one once tuned,
+/// else the heuristic's (for reports).
+pub fn matmul_tile(gpu: &Gpu, m: usize, n: usize, k: usize) -> MatmulTile {
+    let shape = MatmulShape { m, n, k, a_k_major: true, b_k_major: true, b_f16: false };
+    gpu.matmul_tiles.lock().expect("tile cache").get(&shape.key()).copied().unwrap_or_else(|| heuristic_tile(gpu, shape))
+}
+
 /// Records the tiled kernel (and the split-K sum) for one product whose operands are bound.
 #[allow(clippy::too_many_arguments)]
 fn dispatch_matmul(gpu: &Gpu, tile: MatmulTile, shape: MatmulShape, c: &View<'_>, a: &View<'_>, b: &View<'_>, s: &Strides, [csh, ash, bsh]: [usize; 3], accumulate: bool) {
@@ -482,9 +489,17 @@ pub fn residual_backward(gpu: &Gpu, da: &Tensor, dout: &Tensor, n: usize) {
     elementwise(gpu, &kernels::RESIDUAL_BACKWARD, &[da, dout], n, &[]);
 }
 
-fn attention_params(rows: usize, heads: Heads) -> [u32; 5] {
-    assert!(heads.dim <= 256, "attention kernels hold a head of at most 256 values, this model has {}", heads.dim);
-    [u(rows), u(heads.q), u(heads.kv), u(heads.dim), f(1.0 / (heads.dim as f32).sqrt())]
+/// The tiling of the flash-attention kernels (forward and dq): override constants and
+/// workgroups. A workgroup holds 64 / LANES (row, head) items, LANES threads each: the query
+/// heads of a KV head's group (at most 8 per workgroup) times consecutive rows; K/V tiles of
+/// KV_TILE keys (KV_TILE x HEAD_DIM at most 1024 values).
+fn flash_layout(heads: Heads, rows: usize) -> ([(&'static str, f64); 4], [u32; 3]) {
+    let lanes = if heads.dim > 128 { 8 } else { 4 };
+    assert!(heads.dim <= 256 && heads.dim % lanes == 0, "attention kernels take heads of at most 256 values, a multiple of 4 (of 8 past 128); this model has {}", heads.dim);
+    let group = decode_group(heads);
+    let block_rows = 64 / lanes / group;
+    let constants = [("HEAD_DIM", heads.dim as f64), ("GROUP", group as f64), ("KV_TILE", (1024 / heads.dim).clamp(4, 32) as f64), ("LANES", lanes as f64)];
+    (constants, [u(rows.div_ceil(block_rows)), u(heads.q / group), 1])
 }
 
 /// Causal attention over packed sequences: out [rows, q*dim], lse [rows, q] saved; start[r] is
@@ -492,16 +507,12 @@ fn attention_params(rows: usize, heads: Heads) -> [u32; 5] {
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward(gpu: &Gpu, out: &Tensor, lse: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, start: &Tensor, rows: usize, heads: Heads) {
     check("attention_forward", "lse", lse, rows * heads.q);
-    assert!(heads.dim <= 256 && heads.dim % 4 == 0, "attention_forward takes heads of at most 256 values, a multiple of 4; this model has {}", heads.dim);
     if rows == 0 {
         return;
     }
-    // 16 (row, head) items per workgroup: the group's query heads (at most 8) times the rows.
-    let group = decode_group(heads);
-    let block_rows = 16 / group;
-    let constants = [("HEAD_DIM", heads.dim as f64), ("GROUP", group as f64), ("KV_TILE", (1024 / heads.dim).clamp(4, 32) as f64)];
+    let (constants, groups) = flash_layout(heads, rows);
     let params = [u(rows), u(heads.q), u(heads.kv), f(1.0 / (heads.dim as f32).sqrt())];
-    gpu.dispatch(&kernels::ATTENTION_FORWARD, &constants, &[out, lse, q, k, v, start], &params, [u(rows.div_ceil(block_rows)), u(heads.q / group), 1]);
+    gpu.dispatch(&kernels::ATTENTION_FORWARD, &constants, &[out, lse, q, k, v, start], &params, groups);
 }
 
 /// dq, dk, dv (overwrite); end[r] is one past the last row of r's sequence.
@@ -522,10 +533,17 @@ pub fn attention_backward(
     rows: usize,
     heads: Heads,
 ) {
+    if rows == 0 {
+        return;
+    }
     let delta = gpu.alloc(rows * heads.q);
-    let p = attention_params(rows, heads);
-    gpu.dispatch(&kernels::ATTENTION_BACKWARD_DQ, &[], &[dq, &delta, dout, q, k, v, out, lse, start], &p, grid(gpu, rows * heads.q, 64));
-    gpu.dispatch(&kernels::ATTENTION_BACKWARD_DKDV, &[], &[dk, dv, dout, q, k, v, &delta, lse, end], &p, grid(gpu, rows * heads.kv, 64));
+    let p = [u(rows), u(heads.q), u(heads.kv), f(1.0 / (heads.dim as f32).sqrt())];
+    let (constants, groups) = flash_layout(heads, rows);
+    gpu.dispatch(&kernels::ATTENTION_BACKWARD_DQ, &constants, &[dq, &delta, dout, q, k, v, out, lse, start], &p, groups);
+    // Key blocks of 64 / LANES rows, query tiles as deep as the forward's K/V tiles.
+    let [(_, dim), _, (_, tile), (_, lanes)] = constants;
+    let keys_per_group = 64 / lanes as usize;
+    gpu.dispatch(&kernels::ATTENTION_BACKWARD_DKDV, &[("HEAD_DIM", dim), ("Q_TILE", tile), ("LANES", lanes)], &[dk, dv, dout, q, k, v, &delta, lse, end], &p, [u(rows.div_ceil(keys_per_group)), u(heads.kv), 1]);
 }
 
 /// Attention of rows against the paged cache (see `attention_decode.wgsl`); `max_len` is the
