@@ -1,13 +1,17 @@
 // Decoding's linear layer: C[m, n] = A[m, k] · Wᵀ (+ bias[n]) for few rows (m <= ROWS), or
 // C += that (RESIDUAL: the o and down projections add into the residual stream in place).
-// One invocation per output column j: W's row j is read once, as vec4, for every row of A, and
-// no workgroup barrier is needed. W is [n, k] row-major; k is a multiple of 4.
+// SPLIT threads per output column j stride along W's row j (read once, as vec4, for every row
+// of A), then sum their partials (include/split_reduce.wgsl). W is [n, k] row-major; k is a
+// multiple of 4.
 // The f16-weights variant (see kernels.rs) stores W in f16; products and sums stay f32.
 alias WT = f32;
 
 override ROWS: u32 = 8u;
 override BIAS: bool = false;
 override RESIDUAL: bool = false;
+// Threads per output column: 16 on GPUs (coalesced weight reads), 1 on CPU adapters.
+override SPLIT: u32 = 1u;
+#include "split_reduce"
 
 // Windows of a large W: columns j of this dispatch are W rows from w_off (in vec4), written to
 // c[c_off + row * ldc + j]; bias[j] from b_off.
@@ -20,17 +24,21 @@ struct Params { m: u32, n: u32, k4: u32, ldc: u32, w_off: u32, c_off: u32, b_off
 @group(0) @binding(4) var<uniform> p: Params;
 
 @compute @workgroup_size(64, 1, 1)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let j = gid.x + gid.y * nwg.x * 64u;
-    if (j >= p.n) { return; }
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = lid.x;
+    let j = (wg.x + wg.y * nwg.x) * (64u / SPLIT) + t / SPLIT;
     var acc: array<f32, 32>;
-    let row = p.w_off + j * p.k4;
-    for (var q = 0u; q < p.k4; q++) {
-        let wv = vec4<f32>(w[row + q]);
-        for (var r = 0u; r < ROWS; r++) {
-            if (r < p.m) { acc[r] += dot(a[r * p.k4 + q], wv); }
+    if (j < p.n) {
+        let row = p.w_off + j * p.k4;
+        for (var q = t % SPLIT; q < p.k4; q += SPLIT) {
+            let wv = vec4<f32>(w[row + q]);
+            for (var r = 0u; r < ROWS; r++) {
+                if (r < p.m) { acc[r] += dot(a[r * p.k4 + q], wv); }
+            }
         }
     }
+    split_reduce(t, &acc);
+    if (j >= p.n || t % SPLIT != 0u) { return; }
     var b = 0.0;
     if (BIAS) { b = bias[p.b_off + j]; }
     for (var r = 0u; r < ROWS; r++) {

@@ -1,11 +1,14 @@
 // Decoding's attention input: qkv[m, qd + 2 kd] = A · [Wq; Wk; Wv]ᵀ (+ [bq; bk; bv]) for few
-// rows (m <= ROWS), the three projections in one pass. Column j < qd reads Wq's row j, then Wk's,
-// then Wv's, once each, as vec4, for every row of A; k a multiple of 4.
+// rows (m <= ROWS), the three projections in one pass: column j reads row j of [Wq; Wk; Wv]
+// once, as vec4, for every row of A, split over SPLIT threads (include/split_reduce.wgsl); k a
+// multiple of 4.
 // The f16-weights variant stores the weights in f16; products and sums stay f32.
 alias WT = f32;
 
 override ROWS: u32 = 8u;
 override BIAS: bool = false;
+override SPLIT: u32 = 1u;
+#include "split_reduce"
 
 struct Params { m: u32, qd: u32, kd: u32, k4: u32 }
 
@@ -32,17 +35,21 @@ fn bias(j: u32) -> f32 {
 }
 
 @compute @workgroup_size(64, 1, 1)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let j = gid.x + gid.y * nwg.x * 64u;
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = lid.x;
+    let j = (wg.x + wg.y * nwg.x) * (64u / SPLIT) + t / SPLIT;
     let width = p.qd + 2u * p.kd;
-    if (j >= width) { return; }
     var acc: array<f32, 32>;
-    for (var q = 0u; q < p.k4; q++) {
-        let wv4 = weight(j, q);
-        for (var r = 0u; r < ROWS; r++) {
-            if (r < p.m) { acc[r] += dot(a[r * p.k4 + q], wv4); }
+    if (j < width) {
+        for (var q = t % SPLIT; q < p.k4; q += SPLIT) {
+            let wv4 = weight(j, q);
+            for (var r = 0u; r < ROWS; r++) {
+                if (r < p.m) { acc[r] += dot(a[r * p.k4 + q], wv4); }
+            }
         }
     }
+    split_reduce(t, &acc);
+    if (j >= width || t % SPLIT != 0u) { return; }
     var b = 0.0;
     if (BIAS) { b = bias(j); }
     for (var r = 0u; r < ROWS; r++) {

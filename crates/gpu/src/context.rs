@@ -286,6 +286,8 @@ pub struct Gpu {
     subgroups: bool,
     /// Whether matmul tiles are chosen by timing the candidates once per shape.
     autotune: std::sync::atomic::AtomicBool,
+    /// Threads per output column in the decode kernels.
+    decode_split: std::sync::atomic::AtomicUsize,
     /// Autotuned matmul tiles by shape.
     pub(crate) matmul_tiles: Mutex<HashMap<crate::ops::MatmulShape, crate::ops::MatmulTile>>,
     layouts: Mutex<HashMap<Vec<Slot>, Arc<Layout>>>,
@@ -352,6 +354,7 @@ impl Gpu {
             subgroups,
             autotune: std::sync::atomic::AtomicBool::new(std::env::var("RSTAR2_GPU_AUTOTUNE").map_or(is_real_gpu(&info), |v| v != "0")),
             matmul_tiles: Mutex::new(HashMap::new()),
+            decode_split: std::sync::atomic::AtomicUsize::new(if is_real_gpu(&info) { 16 } else { 1 }),
             layouts: Mutex::new(HashMap::new()),
             bind_groups: Mutex::new(HashMap::new()),
             pool: Arc::new(Pool::default()),
@@ -589,6 +592,20 @@ impl Gpu {
         let mut v: Vec<_> = self.matmul_tiles.lock().expect("tile cache").iter().map(|(s, t)| (s.m, s.n, s.k, *t)).collect();
         v.sort_by_key(|x| (x.0, x.1, x.2));
         v
+    }
+
+    /// Threads that share each output column of the decode kernels (`decode_linear`, `_qkv`,
+    /// `_gate_up`): 16 on real GPUs, so neighbouring threads read neighbouring parts of a weight
+    /// row; 1 on CPU adapters, where a thread streaming a whole row needs no reduction.
+    pub fn decode_split(&self) -> usize {
+        self.decode_split.load(Ordering::Relaxed)
+    }
+
+    /// Sets the decode kernels' threads per column (a power of two up to 64), e.g. so tests on a
+    /// CPU adapter run the GPU layout.
+    pub fn set_decode_split(&self, split: usize) {
+        assert!(split.is_power_of_two() && split <= 64, "decode split {split}: a power of two up to 64");
+        self.decode_split.store(split, Ordering::Relaxed);
     }
 
     /// Whether kernels reduce with subgroup operations on this device.

@@ -16,7 +16,10 @@ const PRODUCT_F32: &str = "fn product(a: f32, w: WT) -> f32 { return a * w; }";
 
 /// Pieces of WGSL written once and spliced in where a kernel has the line `#include "name"`
 /// (WGSL has no includes): (name, workgroup-memory version, subgroup version if any).
-const INCLUDES: &[(&str, &str, Option<&str>)] = &[("reduce", include_str!("../../../shaders/include/reduce.wgsl"), Some(include_str!("../../../shaders/include/reduce_subgroup.wgsl")))];
+const INCLUDES: &[(&str, &str, Option<&str>)] = &[
+    ("reduce", include_str!("../../../shaders/include/reduce.wgsl"), Some(include_str!("../../../shaders/include/reduce_subgroup.wgsl"))),
+    ("split_reduce", include_str!("../../../shaders/include/split_reduce.wgsl"), None),
+];
 
 /// Which variant of a kernel to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -687,7 +687,8 @@ pub fn decode_linear(gpu: &Gpu, c: &Tensor, a: &Tensor, w: &Tensor, bias: Option
     check("decode_linear", "C", c, m * n);
     check("decode_linear", "A", a, m * k);
     check("decode_linear", "W", w, n * k);
-    let constants = [("ROWS", rows_bucket(m)), ("BIAS", f64::from(u8::from(bias.is_some()))), ("RESIDUAL", f64::from(u8::from(residual)))];
+    let split = gpu.decode_split();
+    let constants = [("ROWS", rows_bucket(m)), ("BIAS", f64::from(u8::from(bias.is_some()))), ("RESIDUAL", f64::from(u8::from(residual))), ("SPLIT", split as f64)];
     let per = (gpu.window_elems() / k).max(1).min(n);
     let mut j0 = 0;
     while j0 < n {
@@ -701,9 +702,9 @@ pub fn decode_linear(gpu: &Gpu, c: &Tensor, a: &Tensor, w: &Tensor, bias: Option
         let views = [cv, gpu.window(a, 0, m * k).0, wv, bv];
         let params = [u(m), u(nb), u(k / 4), u(n), u(wsh / 4), u(csh), u(bsh)];
         if w.is_f16() {
-            gpu.dispatch_views_f16_weights(&kernels::DECODE_LINEAR, &constants, &views, &params, grid(gpu, nb, 64));
+            gpu.dispatch_views_f16_weights(&kernels::DECODE_LINEAR, &constants, &views, &params, grid(gpu, nb, 64 / split));
         } else {
-            gpu.dispatch_views(&kernels::DECODE_LINEAR, &constants, &views, &params, grid(gpu, nb, 64));
+            gpu.dispatch_views(&kernels::DECODE_LINEAR, &constants, &views, &params, grid(gpu, nb, 64 / split));
         }
         j0 += nb;
     }
@@ -714,15 +715,16 @@ pub fn decode_linear(gpu: &Gpu, c: &Tensor, a: &Tensor, w: &Tensor, bias: Option
 pub fn decode_qkv(gpu: &Gpu, qkv: &Tensor, a: &Tensor, w: [&Tensor; 3], bias: Option<[&Tensor; 3]>, m: usize, d: usize, qd: usize, kd: usize) {
     assert!(d.is_multiple_of(4), "decode_qkv: hidden size {d} is not a multiple of 4");
     check("decode_qkv", "qkv", qkv, m * (qd + 2 * kd));
-    let constants = [("ROWS", rows_bucket(m)), ("BIAS", f64::from(u8::from(bias.is_some())))];
+    let split = gpu.decode_split();
+    let constants = [("ROWS", rows_bucket(m)), ("BIAS", f64::from(u8::from(bias.is_some()))), ("SPLIT", split as f64)];
     let b = bias.unwrap_or([a, a, a]);
     let storage = [qkv, a, w[0], w[1], w[2], b[0], b[1], b[2]];
     let views: Vec<View<'_>> = storage.iter().map(|t| gpu.window(t, 0, t.len()).0).collect();
     let params = [u(m), u(qd), u(kd), u(d / 4)];
     if w[0].is_f16() {
-        gpu.dispatch_views_f16_weights(&kernels::DECODE_QKV, &constants, &views, &params, grid(gpu, qd + 2 * kd, 64));
+        gpu.dispatch_views_f16_weights(&kernels::DECODE_QKV, &constants, &views, &params, grid(gpu, qd + 2 * kd, 64 / split));
     } else {
-        gpu.dispatch_views(&kernels::DECODE_QKV, &constants, &views, &params, grid(gpu, qd + 2 * kd, 64));
+        gpu.dispatch_views(&kernels::DECODE_QKV, &constants, &views, &params, grid(gpu, qd + 2 * kd, 64 / split));
     }
 }
 
@@ -749,10 +751,11 @@ pub fn decode_gate_up(gpu: &Gpu, out: &Tensor, a: &Tensor, w_gate: &Tensor, w_up
     check("decode_gate_up", "out", out, m * f);
     let storage = [out, a, w_gate, w_up];
     let views: Vec<View<'_>> = storage.iter().map(|t| gpu.window(t, 0, t.len()).0).collect();
-    let (constants, params) = ([("ROWS", rows_bucket(m))], [u(m), u(f), u(k / 4)]);
+    let split = gpu.decode_split();
+    let (constants, params) = ([("ROWS", rows_bucket(m)), ("SPLIT", split as f64)], [u(m), u(f), u(k / 4)]);
     if w_gate.is_f16() {
-        gpu.dispatch_views_f16_weights(&kernels::DECODE_GATE_UP, &constants, &views, &params, grid(gpu, f, 64));
+        gpu.dispatch_views_f16_weights(&kernels::DECODE_GATE_UP, &constants, &views, &params, grid(gpu, f, 64 / split));
     } else {
-        gpu.dispatch_views(&kernels::DECODE_GATE_UP, &constants, &views, &params, grid(gpu, f, 64));
+        gpu.dispatch_views(&kernels::DECODE_GATE_UP, &constants, &views, &params, grid(gpu, f, 64 / split));
     }
 }
