@@ -495,7 +495,7 @@ pub fn residual_backward(gpu: &Gpu, da: &Tensor, dout: &Tensor, n: usize) {
 /// KV_TILE keys (KV_TILE x HEAD_DIM at most 1024 values).
 fn flash_layout(heads: Heads, rows: usize) -> ([(&'static str, f64); 4], [u32; 3]) {
     let lanes = if heads.dim > 128 { 8 } else { 4 };
-    assert!(heads.dim <= 256 && heads.dim % lanes == 0, "attention kernels take heads of at most 256 values, a multiple of 4 (of 8 past 128); this model has {}", heads.dim);
+    assert!(heads.dim <= 256 && heads.dim.is_multiple_of(lanes), "attention kernels take heads of at most 256 values, a multiple of 4 (of 8 past 128); this model has {}", heads.dim);
     let group = decode_group(heads);
     let block_rows = 64 / lanes / group;
     let constants = [("HEAD_DIM", heads.dim as f64), ("GROUP", group as f64), ("KV_TILE", (1024 / heads.dim).clamp(4, 32) as f64), ("LANES", lanes as f64)];
@@ -562,14 +562,14 @@ pub fn attention_decode(gpu: &Gpu, out: &Tensor, q: &Tensor, cache_k: &Tensor, c
 /// of at most 8.
 fn decode_group(heads: Heads) -> usize {
     let group = heads.q / heads.kv;
-    (1..=group.min(8)).rev().find(|g| group % g == 0).expect("1 divides")
+    (1..=group.min(8)).rev().find(|g| group.is_multiple_of(*g)).expect("1 divides")
 }
 
 /// [`attention_decode`] with the context cut into chunks of `chunk_len` keys (a multiple of 64).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_decode_chunked(gpu: &Gpu, chunk_len: usize, out: &Tensor, q: &Tensor, cache_k: &Tensor, cache_v: &Tensor, table: &Tensor, table_off: &Tensor, len: &Tensor, rows: usize, max_len: usize, heads: Heads) {
     assert!(heads.dim <= 256, "attention kernels hold a head of at most 256 values, this model has {}", heads.dim);
-    assert!(chunk_len > 0 && chunk_len % 64 == 0, "chunk_len {chunk_len}: a positive multiple of 64");
+    assert!(chunk_len > 0 && chunk_len.is_multiple_of(64), "chunk_len {chunk_len}: a positive multiple of 64");
     if rows == 0 {
         return;
     }
