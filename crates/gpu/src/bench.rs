@@ -270,6 +270,7 @@ pub fn run(args: &BenchArgs, root: &Path) -> BenchResult {
     let (peak_flops, peak_gbs, from) = peaks(&gpu.info.name, args);
     let fmt_peak = |p: Option<f64>, unit: &str| p.map_or("?".to_string(), |p| format!("{p:.0} {unit}"));
     println!("peaks: {} fp32, {} ({from}); matmul tiles {}", fmt_peak(peak_flops, "GFLOP/s"), fmt_peak(peak_gbs, "GB/s"), if gpu.autotunes() { "autotuned per shape" } else { "by heuristic (RSTAR2_GPU_AUTOTUNE=1 to tune)" });
+    println!("subgroup reductions: {}; cooperative matrices: {}; decode kernels: {} threads per output column", if gpu.uses_subgroups() { "yes" } else { "no" }, if gpu.has_coop_matrix() { "yes (8x8 f32, checked on the device)" } else { "no" }, gpu.decode_split());
     println!();
 
     // Matmul at x·Wᵀ: square, SmolLM2-135M and Qwen2.5-0.5B training shapes (2,048 tokens:

@@ -38,6 +38,10 @@ pub struct AdapterSummary {
     pub is_real_gpu: bool,
     /// Whether it has `SHADER_F16`.
     pub shader_f16: bool,
+    /// Subgroup sizes (smallest, largest) where it has `SUBGROUP`.
+    pub subgroups: Option<(u32, u32)>,
+    /// Whether it exposes wgpu's cooperative matrices (`EXPERIMENTAL_COOPERATIVE_MATRIX`).
+    pub coop_matrix: bool,
     /// Largest storage binding in bytes.
     pub max_storage_binding: u64,
 }
@@ -100,6 +104,8 @@ pub fn list_adapters() -> Vec<AdapterSummary> {
                 driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
                 is_real_gpu: is_real_gpu(&info),
                 shader_f16: a.features().contains(wgpu::Features::SHADER_F16),
+                subgroups: a.features().contains(wgpu::Features::SUBGROUP).then_some((info.subgroup_min_size, info.subgroup_max_size)),
+                coop_matrix: a.features().contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
                 max_storage_binding: a.limits().max_storage_buffer_binding_size,
             }
         })
@@ -286,6 +292,9 @@ pub struct Gpu {
     subgroups: bool,
     /// Whether matmul tiles are chosen by timing the candidates once per shape.
     autotune: std::sync::atomic::AtomicBool,
+    /// Whether matmul may use the cooperative-matrix kernel (the adapter has it and it passed
+    /// the check against the tiled kernel).
+    coop_matrix: std::sync::atomic::AtomicBool,
     /// Threads per output column in the decode kernels.
     decode_split: std::sync::atomic::AtomicUsize,
     /// Autotuned matmul tiles by shape.
@@ -334,11 +343,25 @@ impl Gpu {
         let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
         // Subgroup reductions assume a subgroup fits in a 64-invocation workgroup.
         let subgroups = adapter.features().contains(wgpu::Features::SUBGROUP) && (1..=64).contains(&info.subgroup_max_size) && std::env::var_os("RSTAR2_GPU_SUBGROUPS").is_none_or(|v| v != "0");
+        // Cooperative matrices where the adapter has wgpu's one configuration (8x8x8, f32 in
+        // and out) and every subgroup has the same size (the kernel's workgroup is one subgroup).
+        let coop = adapter.features().contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+            && info.subgroup_min_size == info.subgroup_max_size
+            && adapter.cooperative_matrix_properties().iter().any(|p| (p.m_size, p.n_size, p.k_size) == (8, 8, 8) && p.ab_type == wgpu::CooperativeScalarType::F32 && p.cr_type == wgpu::CooperativeScalarType::F32)
+            && std::env::var_os("RSTAR2_GPU_COOP").is_none_or(|v| v != "0");
+        let (features, experimental) = if coop {
+            // SAFETY: wgpu's experimental features may have bugs; the one requested is
+            // cooperative matrices, used by one kernel that is checked against the tiled kernel
+            // on this device before any use (and turned off if it disagrees).
+            (adapter.features() & wanted | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX, unsafe { wgpu::ExperimentalFeatures::enabled() })
+        } else {
+            (adapter.features() & wanted, wgpu::ExperimentalFeatures::disabled())
+        };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("rstar2"),
-            required_features: adapter.features() & wanted,
+            required_features: features,
             required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            experimental_features: experimental,
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
@@ -354,6 +377,7 @@ impl Gpu {
             subgroups,
             autotune: std::sync::atomic::AtomicBool::new(std::env::var("RSTAR2_GPU_AUTOTUNE").map_or(is_real_gpu(&info), |v| v != "0")),
             matmul_tiles: Mutex::new(HashMap::new()),
+            coop_matrix: std::sync::atomic::AtomicBool::new(coop),
             decode_split: std::sync::atomic::AtomicUsize::new(if is_real_gpu(&info) { 16 } else { 1 }),
             layouts: Mutex::new(HashMap::new()),
             bind_groups: Mutex::new(HashMap::new()),
@@ -375,6 +399,13 @@ impl Gpu {
             info,
         };
         gpu.pool.created.fetch_add(2, Ordering::Relaxed);
+        if coop {
+            let err = crate::ops::coop_matrix_error(&gpu);
+            if !(err < 1e-4) {
+                eprintln!("rstar2-gpu: {}: cooperative-matrix matmul differs from the tiled kernel by {err:.2e} of the largest output; not used", gpu.describe());
+                gpu.coop_matrix.store(false, Ordering::Relaxed);
+            }
+        }
         if std::env::var_os("RSTAR2_GPU_PROFILE").is_some_and(|v| v != "0") {
             gpu.enable_profiling();
         }
@@ -592,6 +623,16 @@ impl Gpu {
         let mut v: Vec<_> = self.matmul_tiles.lock().expect("tile cache").iter().map(|(s, t)| (s.m, s.n, s.k, *t)).collect();
         v.sort_by_key(|x| (x.0, x.1, x.2));
         v
+    }
+
+    /// Whether matmul may use cooperative matrices here (see [`crate::ops::MatmulTile::COOP`]).
+    pub fn has_coop_matrix(&self) -> bool {
+        self.coop_matrix.load(Ordering::Relaxed)
+    }
+
+    /// The adapter's subgroup size (its largest, where it has several).
+    pub fn subgroup_size(&self) -> u32 {
+        self.info.subgroup_max_size
     }
 
     /// Threads that share each output column of the decode kernels (`decode_linear`, `_qkv`,

@@ -77,6 +77,7 @@ macro_rules! kernels {
 kernels! {
     MATMUL => "matmul",
     MATMUL_REDUCE => "matmul_reduce",
+    MATMUL_COOP => "matmul_coop",
     MATVEC => "matvec",
     DECODE_LINEAR => "decode_linear",
     DECODE_QKV => "decode_qkv",

@@ -155,10 +155,21 @@ pub struct MatmulTile {
     pub tn4: u32,
     /// K ranges computed by separate workgroups, 1 for none.
     pub splits: u32,
+    /// The cooperative-matrix kernel (`matmul_coop.wgsl`, 16x16 per subgroup) instead; the
+    /// other fields are then unused.
+    pub coop: bool,
+}
+
+impl MatmulTile {
+    /// The cooperative-matrix kernel.
+    pub const COOP: MatmulTile = MatmulTile { tm4: 0, tn4: 0, splits: 1, coop: true };
 }
 
 impl std::fmt::Display for MatmulTile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.coop {
+            return write!(f, "cooperative 8x8 f32 matrices");
+        }
         write!(f, "{}x{}", 64 * self.tm4, 64 * self.tn4)?;
         if self.splits > 1 {
             write!(f, " split-K {}", self.splits)?;
@@ -199,13 +210,16 @@ pub fn matmul_candidates(gpu: &Gpu, m: usize, n: usize, k: usize) -> Vec<MatmulT
     let mut out = Vec::new();
     for (tm4, tn4) in [(1, 1), (2, 2), (2, 1), (1, 2)] {
         for splits in [1u32, 2, 4, 8, 16] {
-            let tile = MatmulTile { tm4, tn4, splits };
+            let tile = MatmulTile { tm4, tn4, splits, coop: false };
             let shape = MatmulShape { m, n, k, a_k_major: true, b_k_major: true, b_f16: false };
             let fills = shape.workgroups(MatmulTile { splits: 1, ..tile }) >= BUSY_WORKGROUPS;
             if splits == 1 || (!fills && k / splits as usize >= 128 && m * n * splits as usize <= gpu.window_elems()) {
                 out.push(tile);
             }
         }
+    }
+    if gpu.has_coop_matrix() && coop_fits(m, n, k) {
+        out.push(MatmulTile::COOP);
     }
     out
 }
@@ -214,8 +228,8 @@ pub fn matmul_candidates(gpu: &Gpu, m: usize, n: usize, k: usize) -> Vec<MatmulT
 /// split-K for small outputs with a deep K on real GPUs (on a CPU adapter more workgroups only
 /// add work).
 fn heuristic_tile(gpu: &Gpu, shape: MatmulShape) -> MatmulTile {
-    let large = MatmulTile { tm4: 2, tn4: 2, splits: 1 };
-    let small = MatmulTile { tm4: 1, tn4: 1, splits: 1 };
+    let large = MatmulTile { tm4: 2, tn4: 2, splits: 1, coop: false };
+    let small = MatmulTile { tm4: 1, tn4: 1, splits: 1, coop: false };
     if shape.workgroups(large) >= BUSY_WORKGROUPS / 2 {
         return large;
     }
@@ -245,7 +259,8 @@ fn choose_tile(gpu: &Gpu, shape: MatmulShape, a: &View<'_>, b: &View<'_>, [ash, 
     let st = Strides { c_off: 0, ldc: shape.n, ..*s };
     gpu.sync();
     let mut best = (f64::INFINITY, heuristic_tile(gpu, shape));
-    for tile in matmul_candidates(gpu, shape.m, shape.n, shape.k) {
+    // The cooperative kernel has no f16-weights variant.
+    for tile in matmul_candidates(gpu, shape.m, shape.n, shape.k).into_iter().filter(|t| !(t.coop && shape.b_f16)) {
         dispatch_matmul(gpu, tile, shape, &cv, a, b, &st, [0, ash, bsh], false);
         gpu.sync();
         let start = std::time::Instant::now();
@@ -269,10 +284,46 @@ pub fn matmul_tile(gpu: &Gpu, m: usize, n: usize, k: usize) -> MatmulTile {
     gpu.matmul_tiles.lock().expect("tile cache").get(&shape.key()).copied().unwrap_or_else(|| heuristic_tile(gpu, shape))
 }
 
+/// Whether the cooperative-matrix kernel takes a shape (16x16 blocks of C, K in steps of 8).
+fn coop_fits(m: usize, n: usize, k: usize) -> bool {
+    m.is_multiple_of(16) && n.is_multiple_of(16) && k.is_multiple_of(8)
+}
+
+/// Checks the cooperative-matrix kernel against the tiled one on this device, in the three
+/// operand layouts; the largest difference relative to the largest output.
+pub(crate) fn coop_matrix_error(gpu: &Gpu) -> f32 {
+    let (m, n, k) = (32, 48, 40);
+    let values = |len: usize, seed: usize| -> Vec<f32> { (0..len).map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0) - 1.0).collect() };
+    let (ta, tb) = (gpu.upload(&values(m * k, 1)), gpu.upload(&values(n * k, 2)));
+    let layouts = [
+        Strides { a_rs: k, a_cs: 1, b_rs: 1, b_cs: k, a_off: 0, b_off: 0, c_off: 0, ldc: n },
+        Strides { a_rs: k, a_cs: 1, b_rs: n, b_cs: 1, a_off: 0, b_off: 0, c_off: 0, ldc: n },
+        Strides { a_rs: 1, a_cs: m, b_rs: n, b_cs: 1, a_off: 0, b_off: 0, c_off: 0, ldc: n },
+    ];
+    let mut worst = 0.0f32;
+    for s in layouts {
+        let (want, got) = (gpu.alloc(m * n), gpu.alloc(m * n));
+        matmul_with_tile(gpu, MatmulTile { tm4: 1, tn4: 1, splits: 1, coop: false }, &want, &ta, &tb, s, m, n, k, false);
+        matmul_with_tile(gpu, MatmulTile::COOP, &got, &ta, &tb, s, m, n, k, false);
+        let (want, got) = (gpu.read(&want), gpu.read(&got));
+        let scale = want.iter().fold(0.0f32, |x, v| x.max(v.abs())).max(1e-6);
+        worst = worst.max(want.iter().zip(&got).map(|(w, g)| (w - g).abs()).fold(0.0, f32::max) / scale);
+    }
+    worst
+}
+
 /// Records the tiled kernel (and the split-K sum) for one product whose operands are bound.
 #[allow(clippy::too_many_arguments)]
 fn dispatch_matmul(gpu: &Gpu, tile: MatmulTile, shape: MatmulShape, c: &View<'_>, a: &View<'_>, b: &View<'_>, s: &Strides, [csh, ash, bsh]: [usize; 3], accumulate: bool) {
     let MatmulShape { m, n, k, .. } = shape;
+    if tile.coop {
+        assert!(coop_fits(m, n, k) && !shape.b_f16, "matmul_coop: {m}x{n}x{k} (f16 weights {})", shape.b_f16);
+        assert!((s.a_cs == 1 || s.a_rs == 1) && (s.b_rs == 1 || s.b_cs == 1), "matmul_coop: an operand contiguous along neither dimension");
+        let constants = [("SG", gpu.subgroup_size() as f64), ("A_K_MAJOR", f64::from(u8::from(shape.a_k_major))), ("B_K_MAJOR", f64::from(u8::from(shape.b_k_major)))];
+        let params = [u(m), u(n), u(k), u32::from(accumulate), u(s.a_rs), u(s.a_cs), u(s.b_rs), u(s.b_cs), u(ash), u(bsh), u(csh), u(s.ldc), 0];
+        gpu.dispatch_views(&kernels::MATMUL_COOP, &constants, &[*c, *a, *b], &params, [u(n / 16), u(m / 16), 1]);
+        return;
+    }
     let splits = tile.splits.max(1) as usize;
     let k_chunk = k.div_ceil(splits).div_ceil(16) * 16;
     let splits = k.div_ceil(k_chunk);
