@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 pub mod loss;
+pub mod math;
 pub mod penalty;
 pub mod reward;
 pub mod select;
