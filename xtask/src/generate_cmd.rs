@@ -19,9 +19,10 @@ pub struct GenerateArgs {
     /// HF model folder (config.json, tokenizer.json, safetensors; chat.json if trained here).
     #[arg(long)]
     pub model: PathBuf,
-    /// JSONL problems (question in prompt/problem/question; answer optional).
+    /// JSONL problems (question in prompt/problem/question; answer optional), or a data set
+    /// name: gsm8k, math500, math-train (after `cargo xtask fetch-data`).
     #[arg(long)]
-    pub data: PathBuf,
+    pub data: String,
     /// Episodes per problem.
     #[arg(long, default_value_t = 1)]
     pub samples: usize,
@@ -56,7 +57,8 @@ pub struct EvalArgs {
     /// HF model folder.
     #[arg(long)]
     pub model: PathBuf,
-    /// JSONL problems with answers, or `synthetic` for the built-in held-out split.
+    /// JSONL problems with answers; a data set name: gsm8k, math500, math-train (after `cargo
+    /// xtask fetch-data`); or `synthetic` for the built-in held-out split.
     #[arg(long)]
     pub data: String,
     /// k: pass@1 is averaged over k samples per problem.
@@ -65,9 +67,13 @@ pub struct EvalArgs {
     /// Difficulty levels of the synthetic problems.
     #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
     pub levels: Vec<u8>,
-    /// Problems at most (synthetic: how many to generate).
-    #[arg(long, default_value_t = 96)]
-    pub problems: usize,
+    /// Problems at most, the first of the file (synthetic: how many to generate).
+    #[arg(long, alias = "problems", default_value_t = 96)]
+    pub limit: usize,
+    /// Without the tool: no tool section in the system prompt and no call executed, to show
+    /// what the tool is worth.
+    #[arg(long)]
+    pub no_tool: bool,
     /// auto, cpu, gpu or gpu:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -119,13 +125,14 @@ pub fn load_model(dir: &Path, devices: &str, decode_weights: Option<DecodeWeight
 }
 
 pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
+    let data = rstar2_tasks::real::resolve(&args.data, &crate::test_cmd::workspace_root())?;
     let loaded = load_model(&args.model, &args.device, args.decode_weights)?;
-    let (requests, skipped) = rstar2_tasks::jsonl::load_requests(&args.data)?;
+    let (requests, skipped) = rstar2_tasks::jsonl::load_requests(&data)?;
     for s in &skipped {
-        eprintln!("{}: line {} skipped: {}", args.data.display(), s.line, s.reason);
+        eprintln!("{}: line {} skipped: {}", data.display(), s.line, s.reason);
     }
     if requests.is_empty() {
-        bail!("{}: no problems to generate for", args.data.display());
+        bail!("{}: no problems to generate for", data.display());
     }
     let config = RolloutConfig {
         chat: loaded.chat.clone(),
@@ -180,24 +187,45 @@ pub fn print_gpu_profiles(policies: &[Policy]) {
 }
 
 pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
-    let loaded = load_model(&args.model, &args.device, args.decode_weights)?;
     let tasks = if args.data == "synthetic" {
-        rstar2_tasks::synth::generate(&rstar2_tasks::synth::SynthConfig { levels: args.levels.clone(), ..Default::default() }, rstar2_tasks::synth::Split::Test, args.problems, 1)?
+        rstar2_tasks::synth::generate(&rstar2_tasks::synth::SynthConfig { levels: args.levels.clone(), ..Default::default() }, rstar2_tasks::synth::Split::Test, args.limit, 1)?
     } else {
-        let (tasks, skipped) = rstar2_tasks::jsonl::load_jsonl(Path::new(&args.data))?;
+        let data = rstar2_tasks::real::resolve(&args.data, &crate::test_cmd::workspace_root())?;
+        let (tasks, skipped) = rstar2_tasks::jsonl::load_jsonl(&data)?;
         for s in &skipped {
-            eprintln!("{}: line {} skipped: {}", args.data, s.line, s.reason);
+            eprintln!("{}: line {} skipped: {}", data.display(), s.line, s.reason);
         }
-        tasks.into_iter().take(args.problems).collect()
+        if !skipped.is_empty() {
+            eprintln!("{}: {} rows skipped, never scored", data.display(), skipped.len());
+        }
+        tasks.into_iter().take(args.limit).collect()
     };
     if tasks.is_empty() {
         bail!("{}: no problems with answers to evaluate", args.data);
     }
+    let loaded = load_model(&args.model, &args.device, args.decode_weights)?;
     let sandbox = crate::train::sandbox()?;
+    let chat = if args.no_tool { loaded.chat.without_tool() } else { loaded.chat.clone() };
     let config = EvalConfig { samples: args.samples, temperature: args.temperature, max_response_tokens: args.max_tokens, max_turns: args.max_turns };
-    let r = eval::evaluate(&loaded.policies[0], &loaded.tokenizer, &sandbox, &loaded.chat, &tasks, &config, args.seed, "")?;
+    let r = eval::evaluate(&loaded.policies[0], &loaded.tokenizer, &sandbox, &chat, &tasks, &config, args.seed, "")?;
     println!("{}", serde_json::to_string(&r)?);
-    eprintln!("pass@1 {:.3} ± {:.3} (k={}, {} problems), tool calls/episode {:.2}, tool-error ratio {:.2}", r.pass_at_1, r.stderr, r.k, r.problems, r.tool_calls_per_episode, r.tool_error_ratio);
+    eprintln!(
+        "pass@1 {:.3} ± {:.3} (k={}, {} problems{}), tool calls/episode {:.2}, tool-error ratio {:.2}, response {:.0} tokens",
+        r.pass_at_1,
+        r.stderr,
+        r.k,
+        r.problems,
+        if args.no_tool { ", no tool" } else { "" },
+        r.tool_calls_per_episode,
+        r.tool_error_ratio,
+        r.response_tokens
+    );
+    if r.per_kind.len() > 1 {
+        eprintln!("by kind: {}", r.per_kind.iter().map(|(k, v)| format!("{k} {v:.3}")).collect::<Vec<_>>().join(", "));
+    }
+    if !r.per_level.is_empty() {
+        eprintln!("by level: {}", r.per_level.iter().map(|(k, v)| format!("{k}: {v:.3}")).collect::<Vec<_>>().join(", "));
+    }
     print_gpu_profiles(&loaded.policies);
     Ok(())
 }

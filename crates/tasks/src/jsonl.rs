@@ -1,6 +1,7 @@
 //! Real data sets as JSONL: one problem per line. The question is the first of `prompt`,
 //! `problem`, `question` (a string, or a chat list whose last user message is taken, as in
-//! DAPO-Math-17k); the answer the first of `answer`, `solution`, `reward_model.ground_truth`.
+//! DAPO-Math-17k); the answer the first of `answer`, `solution`, `reward_model.ground_truth`;
+//! the kind the first of `data_source`, `subject`, `type`; the level `level` when a number.
 
 use std::path::Path;
 
@@ -31,7 +32,7 @@ pub fn load_jsonl(path: &Path) -> Result<(Vec<Task>, Vec<Skipped>), TaskError> {
             skipped.push(Skipped { line: row.line, reason: "no answer (fields answer, solution, reward_model.ground_truth)".into() });
             continue;
         };
-        tasks.push(Task { id: row.id, kind: row.kind, level: 0, question, answer, code: None });
+        tasks.push(Task { id: row.id, kind: row.kind, level: row.level, question, answer, code: None });
     }
     Ok((tasks, skipped))
 }
@@ -54,6 +55,7 @@ struct Row {
     line: usize,
     id: String,
     kind: String,
+    level: u8,
     question: Option<String>,
     answer: Option<String>,
 }
@@ -71,8 +73,9 @@ fn read_rows(path: &Path) -> Result<Vec<Row>, TaskError> {
             return Err(TaskError::Malformed { path: path.display().to_string(), line: number, message: "not a JSON object".into() });
         }
         let id = row.get("id").map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).unwrap_or_else(|| format!("line-{number}"));
-        let kind = row.get("data_source").or_else(|| row.get("type")).and_then(Value::as_str).unwrap_or("data").to_string();
-        rows.push(Row { line: number, id, kind, question: question_of(&row), answer: answer_of(&row) });
+        let kind = ["data_source", "subject", "type"].iter().find_map(|f| row.get(*f).and_then(Value::as_str)).unwrap_or("data").to_string();
+        let level = row.get("level").and_then(Value::as_u64).and_then(|l| u8::try_from(l).ok()).unwrap_or(0);
+        rows.push(Row { line: number, id, kind, level, question: question_of(&row), answer: answer_of(&row) });
     }
     Ok(rows)
 }

@@ -12,6 +12,7 @@
 
 pub mod bpe;
 pub mod jsonl;
+pub mod real;
 pub mod sft;
 pub mod synth;
 
@@ -24,7 +25,7 @@ pub struct Task {
     pub id: String,
     /// Problem type (`product`, `modpow`, ... or the data set's `data_source`).
     pub kind: String,
-    /// Difficulty 1..=3 (0 for loaded data).
+    /// Difficulty: 1..=3 for synthetic problems, a data set's own `level` (MATH: 1..=5), else 0.
     pub level: u8,
     /// The question.
     pub question: String,

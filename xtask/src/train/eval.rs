@@ -22,6 +22,9 @@ pub struct EvalResult {
     pub k: usize,
     pub problems: usize,
     pub per_kind: BTreeMap<String, f64>,
+    /// pass@1 by the data set's difficulty level (MATH: 1..=5), where rows have one.
+    #[serde(default)]
+    pub per_level: BTreeMap<u8, f64>,
     pub tool_calls_per_episode: f64,
     /// Failed calls / calls, over all episodes.
     pub tool_error_ratio: f64,
@@ -98,10 +101,16 @@ pub fn summarize(episodes: &[Episode], tasks: &[Task], k: usize, seconds: f64) -
     let mean = per_problem.iter().sum::<f64>() / per_problem.len().max(1) as f64;
     let var = per_problem.iter().map(|p| (p - mean).powi(2)).sum::<f64>() / (per_problem.len().max(2) - 1) as f64;
     let mut per_kind: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    let mut per_level: BTreeMap<u8, (f64, usize)> = BTreeMap::new();
     for (task, p) in tasks.iter().zip(&per_problem) {
         let slot = per_kind.entry(task.kind.clone()).or_default();
         slot.0 += p;
         slot.1 += 1;
+        if task.level > 0 {
+            let slot = per_level.entry(task.level).or_default();
+            slot.0 += p;
+            slot.1 += 1;
+        }
     }
     EvalResult {
         pass_at_1: mean,
@@ -109,6 +118,7 @@ pub fn summarize(episodes: &[Episode], tasks: &[Task], k: usize, seconds: f64) -
         k,
         problems: per_problem.len(),
         per_kind: per_kind.into_iter().map(|(k, (s, c))| (k, s / c as f64)).collect(),
+        per_level: per_level.into_iter().map(|(k, (s, c))| (k, s / c as f64)).collect(),
         tool_calls_per_episode: episodes.iter().map(|e| e.tool_calls.len() as f64).sum::<f64>() / n,
         tool_error_ratio: tool_error_ratio(episodes.iter()),
         positive_tool_error_ratio: tool_error_ratio(episodes.iter().filter(|e| reward(e) > 0.0)),

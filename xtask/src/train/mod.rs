@@ -137,12 +137,14 @@ fn load_tasks(config: &TrainConfig) -> anyhow::Result<(Vec<Task>, Vec<Task>)> {
         if source == "synthetic" {
             return Ok(rstar2_tasks::synth::generate(&synth, split, count, seed)?);
         }
-        let path = Path::new(source);
-        let (tasks, skipped) = rstar2_tasks::jsonl::load_jsonl(path)?;
+        let path = rstar2_tasks::real::resolve(source, &crate::test_cmd::workspace_root())?;
+        let (tasks, skipped) = rstar2_tasks::jsonl::load_jsonl(&path)?;
         if !skipped.is_empty() {
             eprintln!("{}: skipped {} rows (first: line {}: {})", path.display(), skipped.len(), skipped[0].line, skipped[0].reason);
         }
-        let picked: Vec<Task> = tasks.into_iter().filter(|t| rstar2_tasks::synth::split_of(&t.question) == split).take(count).collect();
+        // One file for both: split it by a hash of the question; two files are their own splits.
+        let same_file = d.train == d.test;
+        let picked: Vec<Task> = tasks.into_iter().filter(|t| !same_file || rstar2_tasks::synth::split_of(&t.question) == split).take(count).collect();
         if picked.is_empty() {
             bail!("{}: no usable {split:?} problems (rows need a question and an answer)", path.display());
         }
