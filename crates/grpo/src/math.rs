@@ -451,6 +451,10 @@ pub fn eval(e: &Expr, env: &[(String, f64)]) -> f64 {
 fn clean(s: &str) -> String {
     // Row breaks (\\) kept apart from the spacing commands below.
     let mut s = s.trim().replace("\\\\", "\u{1}");
+    // ",\!" is how MATH writes a thousands separator (11,\! 111,\! 100): one number.
+    if s.contains(",\\!") {
+        s = s.replace("\\!", "").split(',').map(str::trim).collect::<Vec<_>>().join(",");
+    }
     for (from, to) in [
         ("\\displaystyle", ""),
         ("\\dfrac", "\\frac"),
@@ -1094,6 +1098,8 @@ mod tests {
             ("\\frac{\\sqrt{3}}{2}", "\\frac{1}{2}\\sqrt3"),
             ("3+4i", "4i+3"),
             ("\\sqrt[3]{-8}", "-2"),
+            ("11,\\! 111,\\! 100", "11111100"),
+            ("10{,}080", "10080"),
         ] {
             assert!(equivalent(a, b), "{a:?} should equal {b:?}: {:?} vs {:?}", parse_answer(a), parse_answer(b));
         }
@@ -1117,6 +1123,10 @@ mod tests {
             ("3+4i", "3+4j"),
             ("2\\frac{1}{2}", "1"),
             ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 2 \\\\ 1 \\end{pmatrix}"),
+            ("11,\\! 111,\\! 100", "100, 111, 11"),
+            ("52_8", "52_9"),
+            ("(-\\infty, 0]", "[-\\infty, 0]"),
+            (".0000672", ".0000673"),
         ] {
             assert!(!equivalent(a, b), "{a:?} must not equal {b:?}");
         }

@@ -93,3 +93,32 @@ fn extraction_rules() {
     // Empty answers never match.
     assert!(!answers_equal("", ""));
 }
+
+/// The agreement corpus built from MATH-500's gold answers by `scripts/verifier_corpus.py`
+/// (equivalent rewrites and near misses, labelled by construction): at least 98% of the
+/// rewrites accepted and no near miss accepted. Disagreements are printed.
+#[test]
+fn agreement_corpus_from_math500_golds() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/verifier_corpus.jsonl");
+    let text = std::fs::read_to_string(&path).expect("the committed corpus");
+    let (mut eq, mut eq_ok, mut ne, mut ne_accepted) = (0, 0, 0, 0);
+    for line in text.lines() {
+        let p: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (gold, cand, equal) = (p["gold"].as_str().unwrap(), p["candidate"].as_str().unwrap(), p["equal"].as_bool().unwrap());
+        let got = answers_equal(cand, gold);
+        if got != equal {
+            eprintln!("{}: gold {gold:?} candidate {cand:?}: labelled {equal}, verifier {got}", p["rule"]);
+        }
+        if equal {
+            eq += 1;
+            eq_ok += usize::from(got);
+        } else {
+            ne += 1;
+            ne_accepted += usize::from(got);
+        }
+    }
+    eprintln!("equivalent rewrites accepted {eq_ok}/{eq}, near misses accepted {ne_accepted}/{ne}");
+    assert!(eq > 1000 && ne > 1000, "corpus of {eq} + {ne} pairs");
+    assert!(eq_ok * 100 >= eq * 98, "{eq_ok}/{eq} equivalent rewrites accepted");
+    assert_eq!(ne_accepted, 0, "false positives");
+}
