@@ -74,6 +74,9 @@ pub fn fetch(args: FetchDataArgs) -> anyhow::Result<()> {
         write_rows(&data.join("math500.jsonl"), &math500)?;
         write_rows(&data.join("math-train.jsonl"), &rest)?;
     }
+    // The tool environment of real-math runs imports sympy and mpmath.
+    let pylib = crate::test_cmd::ensure_pylib()?;
+    println!("sympy and mpmath for the tool environment: {}", pylib.display());
     println!("use them as --data gsm8k, math500 or math-train (or the files' paths)");
     Ok(())
 }

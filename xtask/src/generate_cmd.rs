@@ -143,7 +143,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         seed: args.seed,
         ..RolloutConfig::default()
     };
-    let sandbox = crate::train::sandbox()?;
+    let sandbox = crate::train::sandbox(true)?;
     let bar = progress::bar((requests.len() * args.samples) as u64, "episodes");
     let on_episode = |_: &Episode, tokens: usize| {
         bar.inc(1);
@@ -204,7 +204,7 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         bail!("{}: no problems with answers to evaluate", args.data);
     }
     let loaded = load_model(&args.model, &args.device, args.decode_weights)?;
-    let sandbox = crate::train::sandbox()?;
+    let sandbox = crate::train::sandbox(crate::train::is_real_data(&args.data))?;
     let chat = if args.no_tool { loaded.chat.without_tool() } else { loaded.chat.clone() };
     let config = EvalConfig { samples: args.samples, temperature: args.temperature, max_response_tokens: args.max_tokens, max_turns: args.max_turns };
     let r = eval::evaluate(&loaded.policies[0], &loaded.tokenizer, &sandbox, &chat, &tasks, &config, args.seed, "")?;

@@ -219,6 +219,16 @@ mod tests {
     }
 
     #[test]
+    fn without_the_tool_the_prompt_has_no_tool_section_and_no_call_runs() {
+        let chat = ChatFormat::rstar2();
+        let plain = chat.without_tool();
+        assert!(chat.system.contains("# Tools") && !plain.system.contains("# Tools") && !plain.system.contains("<tools>"));
+        assert!(plain.system.starts_with("<|im_start|>system\n") && plain.system.ends_with("<|im_end|>\n"));
+        assert_eq!((plain.max_calls_per_turn, &plain.user_prefix), (0, &chat.user_prefix));
+        assert!(parse_tool_calls("<tool_call>{\"name\": \"python_code_with_standard_io\", \"arguments\": {\"code\": \"print(1)\"}}</tool_call>", plain.max_calls_per_turn).is_empty());
+    }
+
+    #[test]
     fn tool_response_segment() {
         let f = ChatFormat::rstar2();
         assert_eq!(

@@ -130,6 +130,18 @@ mod tests {
     }
 
     #[test]
+    fn names_resolve_to_data_files_or_name_the_fetch_command() {
+        let root = std::env::temp_dir().join(format!("rstar2-real-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        let err = resolve("math500", &root).unwrap_err().to_string();
+        assert!(err.contains("data/math500.jsonl") && err.contains("cargo xtask fetch-data math"), "{err}");
+        std::fs::write(root.join("data/gsm8k-test.jsonl"), "").unwrap();
+        assert_eq!(resolve("gsm8k", &root).unwrap(), root.join("data/gsm8k-test.jsonl"));
+        assert_eq!(resolve("my/file.jsonl", &root).unwrap(), PathBuf::from("my/file.jsonl"));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
     fn math500_split_keeps_order_and_reports_missing() {
         let row = |q: &str| Row { id: format!("math-x-{q}"), question: q.into(), answer: "1".into(), solution: String::new(), level: Some(1), subject: Some("x".into()) };
         let (sub, rest, missing) = split_math500(vec![row("a"), row("b"), row("c")], &["c".into(), "a".into(), "z".into()]);

@@ -214,4 +214,19 @@ mod tests {
         assert!(TrainConfig::load(Some(&f)).unwrap_err().to_string().contains("not valid TOML"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn every_shipped_config_loads() {
+        let dir = crate::test_cmd::workspace_root().join("configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let c = TrainConfig::load(Some(&path)).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                assert!(!c.rl.stages.is_empty(), "{}", path.display());
+                n += 1;
+            }
+        }
+        assert!(n >= 4, "{n} configs");
+    }
 }

@@ -153,10 +153,22 @@ fn load_tasks(config: &TrainConfig) -> anyhow::Result<(Vec<Task>, Vec<Task>)> {
     Ok((from(&d.train, Split::Train, d.train_problems, config.seed)?, from(&d.test, Split::Test, d.test_problems, config.seed)?))
 }
 
-pub fn sandbox() -> anyhow::Result<Sandbox> {
+/// The tool environment. With `real_math` (runs on a real data set) sympy and mpmath are
+/// importable (fetched into target/pylib once, as `fetch-data` and the tests do) and imported
+/// when each worker starts, so no call pays the import.
+pub fn sandbox(real_math: bool) -> anyhow::Result<Sandbox> {
     let mut c = SandboxConfig::process(WorkerCommand::current_exe()?);
     c.workers = c.workers.max(2);
+    if real_math {
+        c.interpreter.pylib = Some(crate::test_cmd::ensure_pylib()?);
+        c.interpreter.preload = vec!["sympy".into(), "mpmath".into()];
+    }
     Ok(Sandbox::new(c)?)
+}
+
+/// Whether a data set is a real one (not the built-in synthetic problems).
+pub fn is_real_data(data: &str) -> bool {
+    data != "synthetic"
 }
 
 impl Run {
@@ -235,7 +247,8 @@ impl Run {
         );
         let policy = training_policy(&device, Model::new(model_config, params), optimizer)?;
         let state = State { phase: Phase::Sft, stage: 0, stage_step: 0, rl_step: 0, adam_step: 0, pool: Vec::new(), evals: BTreeMap::new(), stages: Vec::new(), metric_lines: 0, wall_seconds: 0.0 };
-        Ok(Run { dir, config, tokenizer, tokenizer_path, policy, sandbox: sandbox()?, train, test, state, started: Instant::now(), wall_before: 0.0 })
+        let sandbox = sandbox(is_real_data(&config.data.train) || is_real_data(&config.data.test))?;
+        Ok(Run { dir, config, tokenizer, tokenizer_path, policy, sandbox, train, test, state, started: Instant::now(), wall_before: 0.0 })
     }
 
     fn resume(dir: &Path) -> anyhow::Result<Run> {
@@ -259,13 +272,14 @@ impl Run {
         let device = open_device(&config.device)?;
         println!("rstar2 train: resuming {} at {:?} stage {} step {}", dir.display(), state.phase, state.stage + 1, state.stage_step);
         let wall_before = state.wall_seconds;
+        let sandbox = sandbox(is_real_data(&config.data.train) || is_real_data(&config.data.test))?;
         Ok(Run {
             dir: dir.to_path_buf(),
             config,
             tokenizer,
             tokenizer_path,
             policy: training_policy(&device, Model::new(model_config, params), optimizer)?,
-            sandbox: sandbox()?,
+            sandbox,
             train,
             test,
             state,
