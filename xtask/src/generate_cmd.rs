@@ -74,6 +74,10 @@ pub struct EvalArgs {
     /// what the tool is worth.
     #[arg(long)]
     pub no_tool: bool,
+    /// Score the last `\boxed{}` anywhere in the response, not only inside <answer>...</answer>
+    /// (the rStar2 format): for models not trained on that format.
+    #[arg(long)]
+    pub anywhere: bool,
     /// auto, cpu, gpu or gpu:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -206,7 +210,7 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let loaded = load_model(&args.model, &args.device, args.decode_weights)?;
     let sandbox = crate::train::sandbox(crate::train::is_real_data(&args.data))?;
     let chat = if args.no_tool { loaded.chat.without_tool() } else { loaded.chat.clone() };
-    let config = EvalConfig { samples: args.samples, temperature: args.temperature, max_response_tokens: args.max_tokens, max_turns: args.max_turns };
+    let config = EvalConfig { samples: args.samples, temperature: args.temperature, max_response_tokens: args.max_tokens, max_turns: args.max_turns, answer_anywhere: args.anywhere };
     let r = eval::evaluate(&loaded.policies[0], &loaded.tokenizer, &sandbox, &chat, &tasks, &config, args.seed, "")?;
     println!("{}", serde_json::to_string(&r)?);
     eprintln!(

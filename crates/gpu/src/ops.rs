@@ -324,7 +324,9 @@ fn dispatch_matmul(gpu: &Gpu, tile: MatmulTile, shape: MatmulShape, c: &View<'_>
         gpu.dispatch_views(&kernels::MATMUL_COOP, &constants, &[*c, *a, *b], &params, [u(n / 16), u(m / 16), 1]);
         return;
     }
-    let splits = tile.splits.max(1) as usize;
+    // A tile tuned for the smaller shapes of its bucket may split more than this one's scratch
+    // can bind.
+    let splits = (tile.splits.max(1) as usize).min((gpu.window_elems() / (m * n)).max(1));
     let k_chunk = k.div_ceil(splits).div_ceil(16) * 16;
     let splits = k.div_ceil(k_chunk);
     let constants = [("TM4", f64::from(tile.tm4)), ("TN4", f64::from(tile.tn4)), ("SPLIT_K", if splits > 1 { 1.0 } else { 0.0 })];

@@ -117,6 +117,10 @@ pub struct EvalConfig {
     pub temperature: f32,
     pub max_response_tokens: usize,
     pub max_turns: u32,
+    /// Score the last `\boxed{}` anywhere in the response (the release's PRIME grader), not
+    /// only inside `<answer>...</answer>`: for models not trained on the rStar2 format.
+    #[serde(default)]
+    pub answer_anywhere: bool,
 }
 
 /// Whether the config file (if any) has the top-level table `name`.

@@ -72,6 +72,7 @@ pub fn evaluate(policy: &Policy, tokenizer: &Tokenizer, sandbox: &Sandbox, chat:
         max_turns: config.max_turns,
         seed,
         dispatch: ToolDispatch::Lockstep,
+        answer_scope: if config.answer_anywhere { rstar2_grpo::reward::AnswerScope::Anywhere } else { rstar2_grpo::reward::AnswerScope::AnswerTag },
         ..RolloutConfig::default()
     };
     let requests: Vec<_> = tasks.iter().map(Task::request).collect();

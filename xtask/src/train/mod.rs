@@ -429,7 +429,7 @@ impl Run {
         if let Some(f) = stage.filter_solved {
             pool.truncate(f.problems.max(1));
             let tasks: Vec<Task> = pool.iter().map(|&i| self.train[i].clone()).collect();
-            let eval_config = config::EvalConfig { samples: f.samples, temperature: self.config.rl.temperature, max_response_tokens: stage.max_response_tokens, max_turns: stage.max_turns };
+            let eval_config = config::EvalConfig { samples: f.samples, temperature: self.config.rl.temperature, max_response_tokens: stage.max_response_tokens, max_turns: stage.max_turns, answer_anywhere: false };
             let seed = mix_seed(self.config.seed, 0xf117, self.state.stage as u64);
             let rollout = self.rollout_config(&stage, f.samples, seed);
             let requests: Vec<_> = tasks.iter().map(Task::request).collect();
