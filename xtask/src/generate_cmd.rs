@@ -78,6 +78,11 @@ pub struct EvalArgs {
     /// (the rStar2 format): for models not trained on that format.
     #[arg(long)]
     pub anywhere: bool,
+    /// The chat format: a chat.json, or a training config (TOML) whose [chat] is taken, e.g. to
+    /// evaluate a model before training in the format its recipe trains it in. Default: the
+    /// model folder's chat.json, else the original rStar2 format.
+    #[arg(long)]
+    pub chat: Option<PathBuf>,
     /// auto, cpu, gpu or gpu:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -209,7 +214,12 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     let loaded = load_model(&args.model, &args.device, args.decode_weights)?;
     let sandbox = crate::train::sandbox(crate::train::is_real_data(&args.data))?;
-    let chat = if args.no_tool { loaded.chat.without_tool() } else { loaded.chat.clone() };
+    let chat = match &args.chat {
+        Some(path) if path.extension().is_some_and(|e| e == "toml") => crate::train::config::TrainConfig::load(Some(path))?.chat,
+        Some(path) => serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?).with_context(|| format!("{} is not a chat format", path.display()))?,
+        None => loaded.chat.clone(),
+    };
+    let chat = if args.no_tool { chat.without_tool() } else { chat };
     let config = EvalConfig { samples: args.samples, temperature: args.temperature, max_response_tokens: args.max_tokens, max_turns: args.max_turns, answer_anywhere: args.anywhere };
     let r = eval::evaluate(&loaded.policies[0], &loaded.tokenizer, &sandbox, &chat, &tasks, &config, args.seed, "")?;
     println!("{}", serde_json::to_string(&r)?);
