@@ -57,6 +57,13 @@ pub enum Expr {
     PlusMinus(Box<Expr>, Box<Expr>),
 }
 
+/// Longer answers are compared as text only.
+const MAX_ANSWER_BYTES: usize = 2000;
+/// Deepest nesting of groups the parser follows.
+const MAX_DEPTH: usize = 64;
+/// Largest exact power, in bits of the result.
+const MAX_POW_BITS: u64 = 1 << 20;
+
 /// A parsed answer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
@@ -81,6 +88,12 @@ pub enum Answer {
 /// Whether two answers are the same (see the module doc). Unparseable answers compare as
 /// normalized text.
 pub fn equivalent(answer: &str, truth: &str) -> bool {
+    // Answers are model output: bounded work per comparison (length here, nesting depth in the
+    // parser, sizes of exact powers, factorials and binomials in `exact`).
+    if answer.len() > MAX_ANSWER_BYTES || truth.len() > MAX_ANSWER_BYTES {
+        let (x, y) = (normalize_text(answer), normalize_text(truth));
+        return !x.is_empty() && x == y;
+    }
     let (a, b) = (canonical(parse_answer(answer)), canonical(parse_answer(truth)));
     if matches!(a, Answer::Text(_)) || matches!(b, Answer::Text(_)) {
         // Words, choices ("(C)", "\text{(C)}"), or what the parser does not take.
@@ -256,6 +269,9 @@ pub fn exact(e: &Expr) -> Option<BigRational> {
                     return None;
                 }
                 let (n, k) = (n.to_integer().to_u64()?, k.to_integer().to_u64()?);
+                if k.min(n - k) > 10_000 {
+                    return None;
+                }
                 let mut c = BigInt::one();
                 for i in 0..k.min(n - k) {
                     c = c * BigInt::from(n - i) / BigInt::from(i + 1);
@@ -270,7 +286,8 @@ pub fn exact(e: &Expr) -> Option<BigRational> {
 
 fn pow_exact(base: BigRational, exp: BigInt) -> Option<BigRational> {
     let e: i64 = exp.try_into().ok()?;
-    if e.unsigned_abs() > 20_000 || (base.is_zero() && e < 0) {
+    let bits = base.numer().bits().max(base.denom().bits()).max(1);
+    if bits.saturating_mul(e.unsigned_abs()) > MAX_POW_BITS || (base.is_zero() && e < 0) {
         return None;
     }
     let b = if e < 0 { base.recip() } else { base };
@@ -585,6 +602,12 @@ fn parse_structure(s: &str) -> Option<Answer> {
             return Some(Answer::Matrix(rows));
         }
     }
+    // "x \in [2, 5)": the set itself.
+    if let Some(rest) = s.strip_prefix(|c: char| c.is_ascii_alphabetic()).map(str::trim_start).and_then(|t| t.strip_prefix("\\in"))
+        && !rest.starts_with(|c: char| c.is_ascii_alphabetic())
+    {
+        return parse_structure(rest);
+    }
     // Unions of intervals or sets.
     let union = split_top(s, "\\cup");
     if union.len() > 1 {
@@ -732,7 +755,7 @@ fn tokenize(s: &str) -> Option<Vec<Tok>> {
 /// Parses one expression (no top-level commas).
 pub fn parse_expr(s: &str) -> Option<Expr> {
     let toks = tokenize(s)?;
-    let mut p = Parser { toks, pos: 0 };
+    let mut p = Parser { toks, pos: 0, depth: 0 };
     let e = p.sum()?;
     // Trailing units: \text{cm}, \mbox{ dollars}, \mathrm{m}.
     while p.pos < p.toks.len() {
@@ -746,6 +769,7 @@ pub fn parse_expr(s: &str) -> Option<Expr> {
 struct Parser {
     toks: Vec<Tok>,
     pos: usize,
+    depth: usize,
 }
 
 const FUNCTIONS: &[&str] = &["sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "ln", "log", "exp"];
@@ -802,6 +826,13 @@ impl Parser {
     }
 
     fn sum(&mut self) -> Option<Expr> {
+        self.depth += 1;
+        let e = if self.depth > MAX_DEPTH { None } else { self.sum_inner() };
+        self.depth -= 1;
+        e
+    }
+
+    fn sum_inner(&mut self) -> Option<Expr> {
         if self.eat_cmd("pm") || self.eat_cmd("mp") {
             let t = self.product()?;
             return self.sum_rest(vec![], Some(Expr::PlusMinus(Box::new(Expr::Num(BigRational::zero())), Box::new(t))));
@@ -873,7 +904,10 @@ impl Parser {
 
     fn unary(&mut self) -> Option<Expr> {
         if self.eat_sym('-') {
-            return Some(Expr::Neg(Box::new(self.unary()?)));
+            self.depth += 1;
+            let e = if self.depth > MAX_DEPTH { None } else { self.unary() };
+            self.depth -= 1;
+            return Some(Expr::Neg(Box::new(e?)));
         }
         if self.eat_sym('+') {
             return self.unary();
@@ -1100,9 +1134,29 @@ mod tests {
             ("\\sqrt[3]{-8}", "-2"),
             ("11,\\! 111,\\! 100", "11111100"),
             ("10{,}080", "10080"),
+            ("x \\in [2, 5)", "[2,5)"),
+            ("\\frac{x+1}{2}", "(x+1)/2"),
+            ("\\dfrac{\\sqrt{3}}{3}", "\\frac{1}{\\sqrt3}"),
+            ("2^{-1}", "0.5"),
+            ("\\frac{3}{\\sqrt{2}}", "\\frac{3\\sqrt2}{2}"),
+            ("\\textbf{(A)}", "A"),
+            ("50\\%", "50"),
         ] {
             assert!(equivalent(a, b), "{a:?} should equal {b:?}: {:?} vs {:?}", parse_answer(a), parse_answer(b));
         }
+    }
+
+    #[test]
+    fn hostile_answers_are_bounded() {
+        let t = std::time::Instant::now();
+        assert!(!equivalent("2^{2^{2^{30}}}", "1"));
+        assert!(!equivalent("(10^{1000})^{100000}", "1"));
+        assert!(!equivalent("\\binom{1000000000}{500000000}", "1"));
+        assert!(!equivalent("100000000!", "1"));
+        assert!(!equivalent(&"{".repeat(100_000), "1"));
+        assert!(!equivalent(&format!("{}1{}", "(".repeat(1500), ")".repeat(1500)), "2"));
+        assert!(!equivalent(&"-".repeat(1900), "1"));
+        assert!(equivalent("(((((1)))))", "1"));
     }
 
     #[test]
