@@ -401,7 +401,7 @@ impl Gpu {
         gpu.pool.created.fetch_add(2, Ordering::Relaxed);
         if coop {
             let err = crate::ops::coop_matrix_error(&gpu);
-            if !(err < 1e-4) {
+            if err.is_nan() || err >= 1e-4 {
                 eprintln!("rstar2-gpu: {}: cooperative-matrix matmul differs from the tiled kernel by {err:.2e} of the largest output; not used", gpu.describe());
                 gpu.coop_matrix.store(false, Ordering::Relaxed);
             }
