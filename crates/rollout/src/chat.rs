@@ -35,6 +35,10 @@ pub struct ChatFormat {
     /// Append `execution time: 0.01s` to tool responses, as the release does. Off makes
     /// responses (and so whole runs) reproducible.
     pub show_execution_time: bool,
+    /// The system turn used without the tool (`eval --no-tool`); none: the system turn with its
+    /// `# Tools` section removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_without_tool: Option<String>,
 }
 
 impl Default for ChatFormat {
@@ -58,15 +62,18 @@ impl ChatFormat {
             max_calls_per_turn: 1,
             max_tool_response_chars: 256,
             show_execution_time: true,
+            system_without_tool: None,
         }
     }
 
-    /// The same format without the tool: the system turn's tool section (from `# Tools` to
-    /// its end) removed and no call executed, to measure what the tool is worth.
+    /// The same format without the tool, to measure what the tool is worth: the system turn
+    /// `system_without_tool`, else the system turn with its tool section (from `# Tools` to its
+    /// end) removed; no call executed.
     pub fn without_tool(&self) -> ChatFormat {
-        let system = match self.system.find("\n\n# Tools") {
-            Some(i) => format!("{}{}\n", &self.system[..i], self.end_of_turn),
-            None => self.system.clone(),
+        let system = match (&self.system_without_tool, self.system.find("\n\n# Tools")) {
+            (Some(s), _) => s.clone(),
+            (None, Some(i)) => format!("{}{}\n", &self.system[..i], self.end_of_turn),
+            (None, None) => self.system.clone(),
         };
         ChatFormat { system, max_calls_per_turn: 0, ..self.clone() }
     }
@@ -225,6 +232,8 @@ mod tests {
         assert!(chat.system.contains("# Tools") && !plain.system.contains("# Tools") && !plain.system.contains("<tools>"));
         assert!(plain.system.starts_with("<|im_start|>system\n") && plain.system.ends_with("<|im_end|>\n"));
         assert_eq!((plain.max_calls_per_turn, &plain.user_prefix), (0, &chat.user_prefix));
+        let custom = ChatFormat { system: "S with tool".into(), system_without_tool: Some("S".into()), ..ChatFormat::rstar2() };
+        assert_eq!(custom.without_tool().system, "S");
         assert!(parse_tool_calls("<tool_call>{\"name\": \"python_code_with_standard_io\", \"arguments\": {\"code\": \"print(1)\"}}</tool_call>", plain.max_calls_per_turn).is_empty());
     }
 
