@@ -370,10 +370,13 @@ impl Run {
         if c.epochs == 0 || c.examples == 0 {
             return Ok(());
         }
-        let tasks: Vec<Task> = self.train.iter().filter(|t| t.code.is_some() && c.levels.contains(&t.level)).take(c.examples).cloned().collect();
+        let mut tasks: Vec<Task> = self.train.iter().filter(|t| t.code.is_some() && c.levels.contains(&t.level)).take(c.examples).cloned().collect();
         if tasks.is_empty() {
-            println!("SFT skipped: the training data has no synthetic problems with solutions");
-            return Ok(());
+            // A real data set has no code solutions to build traces from: the format SFT (the
+            // tool-call and answer format, not math) uses synthetic problems of sft.levels.
+            let synth = SynthConfig { levels: c.levels.clone(), ..Default::default() };
+            tasks = rstar2_tasks::synth::generate(&synth, Split::Train, c.examples, mix_seed(self.config.seed, 0x5f7, 1))?;
+            println!("SFT on {} synthetic problems' tool-format traces (the RL data has no code solutions)", tasks.len());
         }
         let traces = rstar2_tasks::sft::build_traces(&tasks, &self.sandbox, &self.config.chat, &c.mix, mix_seed(self.config.seed, 0x5f7, 0))?;
         let examples: Vec<_> = traces.iter().map(|t| t.tokenize(&self.tokenizer)).collect();
