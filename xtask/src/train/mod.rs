@@ -154,14 +154,20 @@ fn load_tasks(config: &TrainConfig) -> anyhow::Result<(Vec<Task>, Vec<Task>)> {
 }
 
 /// The tool environment. With `real_math` (runs on a real data set) sympy and mpmath are
-/// importable (fetched into target/pylib once, as `fetch-data` and the tests do) and imported
-/// when each worker starts, so no call pays the import.
+/// importable, from target/pylib where `fetch-data` (or the tests) put them, and imported when
+/// each worker starts so no call pays the import; without them (nothing is downloaded at run
+/// time) it says so and runs without.
 pub fn sandbox(real_math: bool) -> anyhow::Result<Sandbox> {
     let mut c = SandboxConfig::process(WorkerCommand::current_exe()?);
     c.workers = c.workers.max(2);
     if real_math {
-        c.interpreter.pylib = Some(crate::test_cmd::ensure_pylib()?);
-        c.interpreter.preload = vec!["sympy".into(), "mpmath".into()];
+        let pylib = crate::test_cmd::pylib_dir();
+        if pylib.join("sympy").join("__init__.py").is_file() && pylib.join("mpmath").join("__init__.py").is_file() {
+            c.interpreter.pylib = Some(pylib);
+            c.interpreter.preload = vec!["sympy".into(), "mpmath".into()];
+        } else {
+            eprintln!("note: the tool environment has no sympy/mpmath ({} is empty; `cargo xtask fetch-data math` puts them there)", pylib.display());
+        }
     }
     Ok(Sandbox::new(c)?)
 }
