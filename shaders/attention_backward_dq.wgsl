@@ -31,6 +31,7 @@ var<workgroup> qs: array<f32, ITEMS * HEAD_DIM>;
 var<workgroup> dos: array<f32, ITEMS * HEAD_DIM>;
 var<workgroup> ks: array<f32, KV_TILE * HEAD_DIM>;
 var<workgroup> vs: array<f32, KV_TILE * HEAD_DIM>;
+#include "kv_tile"
 var<workgroup> ds: array<f32, ITEMS * KV_TILE>;
 
 @compute @workgroup_size(64, 1, 1)
@@ -72,18 +73,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     }
     var acc: array<f32, 32>; // HEAD_DIM / LANES <= 32 columns
     for (var kt = k_begin; kt <= last; kt += KV_TILE) {
-        for (var e = t; e < KV_TILE * HEAD_DIM; e += WG) {
-            let j = kt + e / HEAD_DIM;
-            var kx = 0.0;
-            var vx = 0.0;
-            if (j <= last) {
-                let o = (j * p.hkv + kvh) * HEAD_DIM + e % HEAD_DIM;
-                kx = k[o];
-                vx = v[o];
-            }
-            ks[e] = kx;
-            vs[e] = vx;
-        }
+        load_kv_tile(t, kt, last, kvh);
         workgroupBarrier();
         for (var jj = lane; jj < KV_TILE; jj += LANES) {
             let j = kt + jj;

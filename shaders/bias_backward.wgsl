@@ -7,9 +7,7 @@ struct Params { rows: u32, n: u32 }
 @group(0) @binding(1) var<storage, read> dout: array<f32>;
 @group(0) @binding(2) var<uniform> p: Params;
 
-const COLS: u32 = 32u;
-const LANES: u32 = 8u;
-var<workgroup> lane_sums: array<f32, 256>; // [LANES][COLS]
+#include "column_sum"
 
 @compute @workgroup_size(32, 8, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -18,11 +16,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if (j < p.n) {
         for (var r = lid.y; r < p.rows; r += LANES) { acc += dout[r * p.n + j]; }
     }
-    lane_sums[lid.y * COLS + lid.x] = acc;
-    workgroupBarrier();
-    if (lid.y == 0u && j < p.n) {
-        var total = 0.0;
-        for (var l = 0u; l < LANES; l++) { total += lane_sums[l * COLS + lid.x]; }
-        dbias[j] += total;
-    }
+    let total = column_total(lid, acc);
+    if (lid.y == 0u && j < p.n) { dbias[j] += total; }
 }

@@ -15,12 +15,7 @@
 // The f16-weights variant (see kernels.rs) stores B in f16; tiles and sums are f32.
 alias WT = f32;
 
-struct Params {
-    m: u32, n: u32, k: u32, accumulate: u32,
-    a_rs: u32, a_cs: u32, b_rs: u32, b_cs: u32,
-    a_off: u32, b_off: u32, c_off: u32, ldc: u32,
-    k_chunk: u32,
-}
+#include "matmul_params"
 
 @group(0) @binding(0) var<storage, read_write> c: array<f32>;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -38,6 +33,35 @@ const MAX4: u32 = 2u;
 var<workgroup> ta: array<vec4<f32>, BK * (16u * TM4 + 1u)>;
 var<workgroup> tb: array<vec4<f32>, BK * (16u * TN4 + 1u)>;
 
+// Where element idx of a thread block's share of the A tile goes: (row in the tile, k in the
+// tile), walking memory contiguously: along K when A's rows are contiguous (reads of 16
+// consecutive floats), else along M. b_slot likewise for B's (column, k).
+fn a_slot(idx: u32) -> vec2<u32> {
+    if (p.a_cs == 1u) { return vec2<u32>(idx / BK, idx % BK); }
+    return vec2<u32>(idx % (64u * TM4), idx / (64u * TM4));
+}
+
+fn b_slot(idx: u32) -> vec2<u32> {
+    if (p.b_rs == 1u) { return vec2<u32>(idx / BK, idx % BK); }
+    return vec2<u32>(idx % (64u * TN4), idx / (64u * TN4));
+}
+
+// This thread's share of the A and B tiles at K offset k0 into registers, zeros outside.
+fn load_tiles(tid: u32, row0: u32, col0: u32, k0: u32, k_end: u32, ra: ptr<function, array<f32, 8>>, rb: ptr<function, array<f32, 8>>) {
+    for (var e = 0u; e < 4u * TM4; e++) {
+        let at = a_slot(tid + e * 256u);
+        var v = 0.0;
+        if (row0 + at.x < p.m && k0 + at.y < k_end) { v = a[p.a_off + (row0 + at.x) * p.a_rs + (k0 + at.y) * p.a_cs]; }
+        (*ra)[e] = v;
+    }
+    for (var e = 0u; e < 4u * TN4; e++) {
+        let at = b_slot(tid + e * 256u);
+        var v = 0.0;
+        if (col0 + at.x < p.n && k0 + at.y < k_end) { v = f32(b[p.b_off + (k0 + at.y) * p.b_rs + (col0 + at.x) * p.b_cs]); }
+        (*rb)[e] = v;
+    }
+}
+
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let bm = 64u * TM4;
@@ -53,69 +77,25 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         k_begin = wg.z * p.k_chunk;
         k_end = min(p.k, k_begin + p.k_chunk);
     }
-    // Along K when an operand's K is contiguous (reads of 16 consecutive floats), else along
-    // M or N (reads of BM or BN consecutive floats).
-    let a_k_major = p.a_cs == 1u;
-    let b_k_major = p.b_rs == 1u;
-
     var ra: array<f32, 8>; // BM * BK / 256 = 4 TM4 elements of A per thread
     var rb: array<f32, 8>;
     var acc: array<vec4<f32>, 16>; // [4 TM4 rows][TN4 vec4 of columns]
 
-    // Load K tile k0 into registers.
     var k0 = k_begin;
-    for (var e = 0u; e < 4u * TM4; e++) {
-        let idx = tid + e * 256u;
-        var r: u32; var kk: u32;
-        if (a_k_major) { r = idx / BK; kk = idx % BK; } else { r = idx % bm; kk = idx / bm; }
-        var v = 0.0;
-        if (row0 + r < p.m && k0 + kk < k_end) { v = a[p.a_off + (row0 + r) * p.a_rs + (k0 + kk) * p.a_cs]; }
-        ra[e] = v;
-    }
-    for (var e = 0u; e < 4u * TN4; e++) {
-        let idx = tid + e * 256u;
-        var cb: u32; var kb: u32;
-        if (b_k_major) { cb = idx / BK; kb = idx % BK; } else { cb = idx % bn; kb = idx / bn; }
-        var v = 0.0;
-        if (col0 + cb < p.n && k0 + kb < k_end) { v = f32(b[p.b_off + (k0 + kb) * p.b_rs + (col0 + cb) * p.b_cs]); }
-        rb[e] = v;
-    }
-
+    load_tiles(tid, row0, col0, k0, k_end, &ra, &rb);
     for (; k0 < k_end; k0 += BK) {
         // Registers -> workgroup memory.
         for (var e = 0u; e < 4u * TM4; e++) {
-            let idx = tid + e * 256u;
-            var r: u32; var kk: u32;
-            if (a_k_major) { r = idx / BK; kk = idx % BK; } else { r = idx % bm; kk = idx / bm; }
-            ta[kk * a_stride + r / 4u][r % 4u] = ra[e];
+            let at = a_slot(tid + e * 256u);
+            ta[at.y * a_stride + at.x / 4u][at.x % 4u] = ra[e];
         }
         for (var e = 0u; e < 4u * TN4; e++) {
-            let idx = tid + e * 256u;
-            var cb: u32; var kb: u32;
-            if (b_k_major) { cb = idx / BK; kb = idx % BK; } else { cb = idx % bn; kb = idx / bn; }
-            tb[kb * b_stride + cb / 4u][cb % 4u] = rb[e];
+            let at = b_slot(tid + e * 256u);
+            tb[at.y * b_stride + at.x / 4u][at.x % 4u] = rb[e];
         }
         workgroupBarrier();
         // Start the next tile's global loads; they land while this tile is multiplied.
-        let k1 = k0 + BK;
-        if (k1 < k_end) {
-            for (var e = 0u; e < 4u * TM4; e++) {
-                let idx = tid + e * 256u;
-                var r: u32; var kk: u32;
-                if (a_k_major) { r = idx / BK; kk = idx % BK; } else { r = idx % bm; kk = idx / bm; }
-                var v = 0.0;
-                if (row0 + r < p.m && k1 + kk < k_end) { v = a[p.a_off + (row0 + r) * p.a_rs + (k1 + kk) * p.a_cs]; }
-                ra[e] = v;
-            }
-            for (var e = 0u; e < 4u * TN4; e++) {
-                let idx = tid + e * 256u;
-                var cb: u32; var kb: u32;
-                if (b_k_major) { cb = idx / BK; kb = idx % BK; } else { cb = idx % bn; kb = idx / bn; }
-                var v = 0.0;
-                if (col0 + cb < p.n && k1 + kb < k_end) { v = f32(b[p.b_off + (k1 + kb) * p.b_rs + (col0 + cb) * p.b_cs]); }
-                rb[e] = v;
-            }
-        }
+        if (k0 + BK < k_end) { load_tiles(tid, row0, col0, k0 + BK, k_end, &ra, &rb); }
         for (var kk = 0u; kk < BK; kk++) {
             var av: array<vec4<f32>, MAX4>;
             var bv: array<vec4<f32>, MAX4>;

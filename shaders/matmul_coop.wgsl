@@ -12,12 +12,7 @@ override A_K_MAJOR: bool = true;
 // B[p, j] at b[b_off + p + j b_cs] (column-major: x·Wᵀ), else at b[b_off + p b_rs + j].
 override B_K_MAJOR: bool = true;
 
-struct Params {
-    m: u32, n: u32, k: u32, accumulate: u32,
-    a_rs: u32, a_cs: u32, b_rs: u32, b_cs: u32,
-    a_off: u32, b_off: u32, c_off: u32, ldc: u32,
-    k_chunk: u32,
-}
+#include "matmul_params"
 
 @group(0) @binding(0) var<storage, read_write> c: array<f32>;
 @group(0) @binding(1) var<storage, read> a: array<f32>;

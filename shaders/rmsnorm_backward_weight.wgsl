@@ -10,9 +10,7 @@ struct Params { rows: u32, d: u32 }
 @group(0) @binding(3) var<storage, read> rstd: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
 
-const COLS: u32 = 32u;
-const LANES: u32 = 8u;
-var<workgroup> lane_sums: array<f32, 256>; // [LANES][COLS]
+#include "column_sum"
 
 @compute @workgroup_size(32, 8, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -21,11 +19,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if (j < p.d) {
         for (var r = lid.y; r < p.rows; r += LANES) { acc = fma(dout[r * p.d + j] * x[r * p.d + j], rstd[r], acc); }
     }
-    lane_sums[lid.y * COLS + lid.x] = acc;
-    workgroupBarrier();
-    if (lid.y == 0u && j < p.d) {
-        var total = 0.0;
-        for (var l = 0u; l < LANES; l++) { total += lane_sums[l * COLS + lid.x]; }
-        dw[j] += total;
-    }
+    let total = column_total(lid, acc);
+    if (lid.y == 0u && j < p.d) { dw[j] += total; }
 }

@@ -19,6 +19,9 @@ const PRODUCT_F32: &str = "fn product(a: f32, w: WT) -> f32 { return a * w; }";
 const INCLUDES: &[(&str, &str, Option<&str>)] = &[
     ("reduce", include_str!("../../../shaders/include/reduce.wgsl"), Some(include_str!("../../../shaders/include/reduce_subgroup.wgsl"))),
     ("split_reduce", include_str!("../../../shaders/include/split_reduce.wgsl"), None),
+    ("kv_tile", include_str!("../../../shaders/include/kv_tile.wgsl"), None),
+    ("matmul_params", include_str!("../../../shaders/include/matmul_params.wgsl"), None),
+    ("column_sum", include_str!("../../../shaders/include/column_sum.wgsl"), None),
 ];
 
 /// Which variant of a kernel to build.

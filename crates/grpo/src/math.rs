@@ -804,21 +804,33 @@ impl Parser {
             && matches!(n.as_str(), "text" | "mbox" | "mathrm" | "textbf" | "textit")
         {
             self.pos += 1;
-            if self.eat_sym('{') {
-                let mut depth = 1;
-                while let Some(t) = self.toks.get(self.pos) {
-                    self.pos += 1;
-                    match t {
-                        Tok::Sym('{') => depth += 1,
-                        Tok::Sym('}') => {
-                            depth -= 1;
-                            if depth == 0 {
-                                return true;
-                            }
-                        }
-                        _ => {}
+            if self.skip_group() {
+                return true;
+            }
+        }
+        self.pos = save;
+        false
+    }
+
+    /// Consumes a brace group `{...}` (nested braces included); false, having consumed
+    /// nothing, when there is no complete one here.
+    fn skip_group(&mut self) -> bool {
+        if self.peek() != Some(&Tok::Sym('{')) {
+            return false;
+        }
+        let save = self.pos;
+        let mut depth = 0;
+        while let Some(t) = self.toks.get(self.pos) {
+            self.pos += 1;
+            match t {
+                Tok::Sym('{') => depth += 1,
+                Tok::Sym('}') => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return true;
                     }
                 }
+                _ => {}
             }
         }
         self.pos = save;
@@ -982,19 +994,8 @@ impl Parser {
                         }
                         Tok::Sym('{') => {
                             let start = self.pos;
-                            let mut depth = 0;
-                            while let Some(t) = self.toks.get(self.pos) {
-                                self.pos += 1;
-                                match t {
-                                    Tok::Sym('{') => depth += 1,
-                                    Tok::Sym('}') => {
-                                        depth -= 1;
-                                        if depth == 0 {
-                                            break;
-                                        }
-                                    }
-                                    _ => {}
-                                }
+                            if !self.skip_group() {
+                                return None;
                             }
                             name += &format!("_{:?}", &self.toks[start..self.pos]);
                         }
