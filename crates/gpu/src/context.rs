@@ -400,8 +400,16 @@ impl Gpu {
         };
         gpu.pool.created.fetch_add(2, Ordering::Relaxed);
         if coop {
+            // An experimental feature: a driver or wgpu that rejects the kernel must not take
+            // the device down, so the check runs inside error scopes.
+            let validation = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let internal = gpu.device.push_error_scope(wgpu::ErrorFilter::Internal);
             let err = crate::ops::coop_matrix_error(&gpu);
-            if err.is_nan() || err >= 1e-4 {
+            let failure = pollster::block_on(internal.pop()).or_else(|| pollster::block_on(validation.pop()));
+            if let Some(e) = failure {
+                eprintln!("rstar2-gpu: {}: the cooperative-matrix kernel failed ({e}); not used", gpu.describe());
+                gpu.coop_matrix.store(false, Ordering::Relaxed);
+            } else if err.is_nan() || err >= 1e-4 {
                 eprintln!("rstar2-gpu: {}: cooperative-matrix matmul differs from the tiled kernel by {err:.2e} of the largest output; not used", gpu.describe());
                 gpu.coop_matrix.store(false, Ordering::Relaxed);
             }

@@ -163,6 +163,12 @@ pub struct MatmulTile {
 impl MatmulTile {
     /// The cooperative-matrix kernel.
     pub const COOP: MatmulTile = MatmulTile { tm4: 0, tn4: 0, splits: 1, coop: true };
+
+    /// Whether the tiled kernel's workgroup arrays for this tile (16 rows of K, each 64·tm4 +
+    /// 64·tn4 values plus a vec4 of padding per operand) fit the adapter.
+    fn fits(&self, gpu: &Gpu) -> bool {
+        self.coop || 16 * 16 * (16 * (self.tm4 + self.tn4) as usize + 2) <= gpu.limits.max_compute_workgroup_storage_size as usize
+    }
 }
 
 impl std::fmt::Display for MatmulTile {
@@ -213,7 +219,7 @@ pub fn matmul_candidates(gpu: &Gpu, m: usize, n: usize, k: usize) -> Vec<MatmulT
             let tile = MatmulTile { tm4, tn4, splits, coop: false };
             let shape = MatmulShape { m, n, k, a_k_major: true, b_k_major: true, b_f16: false };
             let fills = shape.workgroups(MatmulTile { splits: 1, ..tile }) >= BUSY_WORKGROUPS;
-            if splits == 1 || (!fills && k / splits as usize >= 128 && m * n * splits as usize <= gpu.window_elems()) {
+            if tile.fits(gpu) && (splits == 1 || (!fills && k / splits as usize >= 128 && m * n * splits as usize <= gpu.window_elems())) {
                 out.push(tile);
             }
         }
@@ -228,8 +234,9 @@ pub fn matmul_candidates(gpu: &Gpu, m: usize, n: usize, k: usize) -> Vec<MatmulT
 /// split-K for small outputs with a deep K on real GPUs (on a CPU adapter more workgroups only
 /// add work).
 fn heuristic_tile(gpu: &Gpu, shape: MatmulShape) -> MatmulTile {
-    let large = MatmulTile { tm4: 2, tn4: 2, splits: 1, coop: false };
     let small = MatmulTile { tm4: 1, tn4: 1, splits: 1, coop: false };
+    // 128x128 where its 16.5 KiB of workgroup memory fits (WebGPU's floor is 16 KiB).
+    let large = Some(MatmulTile { tm4: 2, tn4: 2, splits: 1, coop: false }).filter(|t| t.fits(gpu)).unwrap_or(small);
     if shape.workgroups(large) >= BUSY_WORKGROUPS / 2 {
         return large;
     }
@@ -542,17 +549,42 @@ pub fn residual_backward(gpu: &Gpu, da: &Tensor, dout: &Tensor, n: usize) {
     elementwise(gpu, &kernels::RESIDUAL_BACKWARD, &[da, dout], n, &[]);
 }
 
-/// The tiling of the flash-attention kernels (forward and dq): override constants and
-/// workgroups. A workgroup holds 64 / LANES (row, head) items, LANES threads each: the query
-/// heads of a KV head's group (at most 8 per workgroup) times consecutive rows; K/V tiles of
-/// KV_TILE keys (KV_TILE x HEAD_DIM at most 1024 values).
-fn flash_layout(heads: Heads, rows: usize) -> ([(&'static str, f64); 4], [u32; 3]) {
+/// The tiling of the flash-attention kernels: override constants and workgroups. A forward or
+/// dq workgroup holds 64 / LANES (row, head) items, LANES threads each: the query heads of a KV
+/// head's group (at most 8 per workgroup) times consecutive rows, with K/V tiles of KV_TILE
+/// keys; a dk/dv workgroup holds 64 / LANES keys of one KV head, with query tiles as deep.
+fn flash_layout(gpu: &Gpu, heads: Heads, rows: usize, kernel: Flash) -> ([(&'static str, f64); 4], [u32; 3]) {
     let lanes = if heads.dim > 128 { 8 } else { 4 };
     assert!(heads.dim <= 256 && heads.dim.is_multiple_of(lanes), "attention kernels take heads of at most 256 values, a multiple of 4 (of 8 past 128); this model has {}", heads.dim);
     let group = decode_group(heads);
-    let block_rows = 64 / lanes / group;
-    let constants = [("HEAD_DIM", heads.dim as f64), ("GROUP", group as f64), ("KV_TILE", (1024 / heads.dim).clamp(4, 32) as f64), ("LANES", lanes as f64)];
-    (constants, [u(rows.div_ceil(block_rows)), u(heads.q / group), 1])
+    let items = 64 / lanes;
+    let block_rows = items / group;
+    // The deepest tile (a power of two, 4 to 32, at most 1024 values of K) whose workgroup
+    // arrays fit the adapter.
+    let limit = gpu.limits.max_compute_workgroup_storage_size as usize;
+    let bytes = |tile: usize| {
+        4 * match kernel {
+            Flash::Forward => items * heads.dim + 2 * tile * heads.dim + items * tile,
+            Flash::Dq => 2 * items * heads.dim + 2 * tile * heads.dim + items * tile,
+            Flash::Dkdv => 2 * items * heads.dim + 2 * tile * heads.dim + 2 * tile + 2 * items * tile,
+        }
+    };
+    let tile = [32, 16, 8, 4].into_iter().filter(|&t| t * heads.dim <= 1024.max(4 * heads.dim)).find(|&t| bytes(t) <= limit);
+    let tile = tile.unwrap_or_else(|| panic!("{kernel:?} attention with heads of {} values needs {} bytes of workgroup memory; this adapter has {limit}", heads.dim, bytes(4)));
+    let constants = [("HEAD_DIM", heads.dim as f64), ("GROUP", group as f64), ("KV_TILE", tile as f64), ("LANES", lanes as f64)];
+    let groups = match kernel {
+        Flash::Dkdv => [u(rows.div_ceil(items)), u(heads.kv), 1],
+        _ => [u(rows.div_ceil(block_rows)), u(heads.q / group), 1],
+    };
+    (constants, groups)
+}
+
+/// The flash-attention kernels, for their tiling.
+#[derive(Debug, Clone, Copy)]
+enum Flash {
+    Forward,
+    Dq,
+    Dkdv,
 }
 
 /// Causal attention over packed sequences: out [rows, q*dim], lse [rows, q] saved; start[r] is
@@ -563,7 +595,7 @@ pub fn attention_forward(gpu: &Gpu, out: &Tensor, lse: &Tensor, q: &Tensor, k: &
     if rows == 0 {
         return;
     }
-    let (constants, groups) = flash_layout(heads, rows);
+    let (constants, groups) = flash_layout(gpu, heads, rows, Flash::Forward);
     let params = [u(rows), u(heads.q), u(heads.kv), f(1.0 / (heads.dim as f32).sqrt())];
     gpu.dispatch(&kernels::ATTENTION_FORWARD, &constants, &[out, lse, q, k, v, start], &params, groups);
 }
@@ -591,12 +623,10 @@ pub fn attention_backward(
     }
     let delta = gpu.alloc(rows * heads.q);
     let p = [u(rows), u(heads.q), u(heads.kv), f(1.0 / (heads.dim as f32).sqrt())];
-    let (constants, groups) = flash_layout(heads, rows);
+    let (constants, groups) = flash_layout(gpu, heads, rows, Flash::Dq);
     gpu.dispatch(&kernels::ATTENTION_BACKWARD_DQ, &constants, &[dq, &delta, dout, q, k, v, out, lse, start], &p, groups);
-    // Key blocks of 64 / LANES rows, query tiles as deep as the forward's K/V tiles.
-    let [(_, dim), _, (_, tile), (_, lanes)] = constants;
-    let keys_per_group = 64 / lanes as usize;
-    gpu.dispatch(&kernels::ATTENTION_BACKWARD_DKDV, &[("HEAD_DIM", dim), ("Q_TILE", tile), ("LANES", lanes)], &[dk, dv, dout, q, k, v, &delta, lse, end], &p, [u(rows.div_ceil(keys_per_group)), u(heads.kv), 1]);
+    let ([dim, _, (_, tile), lanes], groups) = flash_layout(gpu, heads, rows, Flash::Dkdv);
+    gpu.dispatch(&kernels::ATTENTION_BACKWARD_DKDV, &[dim, ("Q_TILE", tile), lanes], &[dk, dv, dout, q, k, v, &delta, lse, end], &p, groups);
 }
 
 /// Attention of rows against the paged cache (see `attention_decode.wgsl`); `max_len` is the
