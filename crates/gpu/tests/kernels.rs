@@ -560,3 +560,43 @@ fn attention_decode_paged_and_split() {
         assert_close(&g.read(&out), &want, 1e-5, &format!("attention_decode {hq}/{hkv} heads of {dim}"));
     }
 }
+
+/// On an adapter with WebGPU's minimum of 16 KiB of workgroup memory, matmul leaves out its
+/// 128x128 tile and the attention kernels take shallower K/V and query tiles, with the same
+/// results.
+#[test]
+fn tiles_fit_a_16_kib_workgroup_memory_budget() {
+    if gpu().is_none() {
+        return;
+    }
+    let mut g = Gpu::open(rstar2_gpu::AdapterChoice::Any).unwrap().expect("an adapter");
+    g.limits.max_compute_workgroup_storage_size = 16 * 1024;
+    let tiles = ops::matmul_candidates(&g, 512, 512, 512);
+    assert!(!tiles.iter().any(|t| t.tm4 == 2 && t.tn4 == 2) && tiles.iter().any(|t| t.tm4 == 2 && t.tn4 == 1), "{tiles:?}");
+    assert!(!(ops::matmul_tile(&g, 512, 512, 512).tm4 == 2 && ops::matmul_tile(&g, 512, 512, 512).tn4 == 2));
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    for (heads, backward) in [(Heads { q: 6, kv: 2, dim: 64 }, true), (Heads { q: 2, kv: 1, dim: 128 }, false)] {
+        let lens = [21usize, 14];
+        let rows: usize = lens.iter().sum();
+        let starts: Vec<usize> = lens.iter().scan(0, |s, &l| { let v = vec![*s; l]; *s += l; Some(v) }).flatten().collect();
+        let ends: Vec<usize> = starts.iter().zip(lens.iter().flat_map(|&l| std::iter::repeat_n(l, l))).map(|(s, l)| s + l).collect();
+        let (qd, kd) = (heads.q * heads.dim, heads.kv * heads.dim);
+        let (q, k, v, dout) = (rand_vec(&mut rng, rows * qd, 1.0), rand_vec(&mut rng, rows * kd, 1.0), rand_vec(&mut rng, rows * kd, 1.0), rand_vec(&mut rng, rows * qd, 1.0));
+        let to_u32 = |x: &[usize]| x.iter().map(|&s| s as u32).collect::<Vec<u32>>();
+        let (tq, tk, tv, tstart) = (g.upload(&q), g.upload(&k), g.upload(&v), g.upload_u32(&to_u32(&starts)));
+        let (out, lse) = (g.alloc(rows * qd), g.alloc(rows * heads.q));
+        ops::attention_forward(&g, &out, &lse, &tq, &tk, &tv, &tstart, rows, heads);
+        let (mut wout, mut wlse) = (vec![0.0; rows * qd], vec![0.0; rows * heads.q]);
+        cpu::attention::attention_forward(&mut wout, &mut wlse, &q, &k, &v, &starts, heads);
+        assert_close(&g.read(&out), &wout, 1e-5, &format!("attention out, heads of {} in 16 KiB", heads.dim));
+        if backward {
+            let (dq, dk, dv) = (g.alloc(rows * qd), g.alloc(rows * kd), g.alloc(rows * kd));
+            ops::attention_backward(&g, &dq, &dk, &dv, &g.upload(&dout), &tq, &tk, &tv, &out, &lse, &tstart, &g.upload_u32(&to_u32(&ends)), rows, heads);
+            let (mut wdq, mut wdk, mut wdv) = (vec![0.0; rows * qd], vec![0.0; rows * kd], vec![0.0; rows * kd]);
+            cpu::attention::attention_backward(&mut wdq, &mut wdk, &mut wdv, &dout, &q, &k, &v, &wout, &wlse, &starts, heads);
+            assert_close(&g.read(&dq), &wdq, 1e-4, "dq in 16 KiB");
+            assert_close(&g.read(&dk), &wdk, 1e-4, "dk in 16 KiB");
+            assert_close(&g.read(&dv), &wdv, 1e-4, "dv in 16 KiB");
+        }
+    }
+}
