@@ -53,6 +53,14 @@ pub enum TaskError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A named data set whose file has not been fetched yet.
+    #[error("{path} is not there yet: run `{command}`")]
+    NotFetched {
+        /// The file the name stands for.
+        path: String,
+        /// The command that writes it.
+        command: String,
+    },
     /// A line of a data set is not a JSON object.
     #[error("{path}: line {line}: {message}")]
     Malformed {

@@ -50,7 +50,7 @@ pub fn resolve(data: &str, root: &Path) -> Result<PathBuf, TaskError> {
             if path.is_file() {
                 Ok(path)
             } else {
-                Err(TaskError::Io { path: path.display().to_string(), source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("not fetched yet: run `cargo xtask fetch-data {fetch}`")) })
+                Err(TaskError::NotFetched { path: path.display().to_string(), command: format!("cargo xtask fetch-data {fetch}") })
             }
         }
         None => Ok(PathBuf::from(data)),
