@@ -299,6 +299,8 @@ pub struct Gpu {
     decode_split: std::sync::atomic::AtomicUsize,
     /// Autotuned matmul tiles by shape.
     pub(crate) matmul_tiles: Mutex<HashMap<crate::ops::MatmulShape, crate::ops::MatmulTile>>,
+    /// The file autotuned tiles persist in, by adapter, across runs.
+    autotune_cache: Mutex<Option<std::path::PathBuf>>,
     layouts: Mutex<HashMap<Vec<Slot>, Arc<Layout>>>,
     bind_groups: Mutex<HashMap<u64, Vec<(BindKey, wgpu::BindGroup)>>>,
     pub(crate) pool: Arc<Pool>,
@@ -377,6 +379,7 @@ impl Gpu {
             subgroups,
             autotune: std::sync::atomic::AtomicBool::new(std::env::var("RSTAR2_GPU_AUTOTUNE").map_or(is_real_gpu(&info), |v| v != "0")),
             matmul_tiles: Mutex::new(HashMap::new()),
+            autotune_cache: Mutex::new(None),
             coop_matrix: std::sync::atomic::AtomicBool::new(coop),
             decode_split: std::sync::atomic::AtomicUsize::new(if is_real_gpu(&info) { 16 } else { 1 }),
             layouts: Mutex::new(HashMap::new()),
@@ -399,6 +402,7 @@ impl Gpu {
             info,
         };
         gpu.pool.created.fetch_add(2, Ordering::Relaxed);
+        gpu.set_autotune_cache(default_autotune_cache());
         if coop {
             // An experimental feature: a driver or wgpu that rejects the kernel must not take
             // the device down, so the check runs inside error scopes.
@@ -624,6 +628,43 @@ impl Gpu {
     /// Turns matmul autotuning on or off from now on (tiles already tuned stay cached).
     pub fn set_autotune(&self, on: bool) {
         self.autotune.store(on, Ordering::Relaxed);
+    }
+
+    /// Where autotuned tiles persist from now on (`None`: nowhere); the tiles known are then
+    /// the ones this adapter has there. The default is `RSTAR2_GPU_AUTOTUNE_CACHE`, else
+    /// `$XDG_CACHE_HOME/rstar2/gpu-autotune.json` or `~/.cache/rstar2/gpu-autotune.json`. An
+    /// unreadable or malformed file is ignored (and rewritten by the next tuning).
+    pub fn set_autotune_cache(&self, path: Option<std::path::PathBuf>) {
+        let known = path.as_deref().map(|p| read_autotune_cache(p).remove(&self.adapter_key()).unwrap_or_default()).unwrap_or_default();
+        let mut tiles = self.matmul_tiles.lock().expect("tile cache");
+        tiles.clear();
+        tiles.extend(known);
+        *self.autotune_cache.lock().expect("autotune cache") = path;
+    }
+
+    /// Writes this adapter's tuned tiles into the cache file (other adapters' entries kept),
+    /// atomically; a failure only costs retuning next time, so it is reported and ignored.
+    pub(crate) fn save_autotune(&self) {
+        let Some(path) = self.autotune_cache.lock().expect("autotune cache").clone() else { return };
+        let mut all = read_autotune_cache(&path);
+        all.insert(self.adapter_key(), self.matmul_tiles.lock().expect("tile cache").iter().map(|(s, t)| (*s, *t)).collect());
+        let written = (|| -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = path.with_extension("json.partial");
+            std::fs::write(&tmp, serde_json::to_vec(&all.into_iter().collect::<Vec<_>>()).map_err(std::io::Error::other)?)?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = written {
+            eprintln!("rstar2-gpu: could not save autotuned tiles to {}: {e}", path.display());
+        }
+    }
+
+    /// Identifies the adapter and driver the tuned tiles were measured on.
+    fn adapter_key(&self) -> String {
+        let i = &self.info;
+        format!("{} | {:?} | {:04x}:{:04x} | {} {}", i.name, i.backend, i.vendor, i.device, i.driver, i.driver_info)
     }
 
     /// The autotuned matmul tiles so far: (m rounded up to a power of two, n, k, tile).
@@ -962,6 +1003,28 @@ impl Gpu {
         self.staging.lock().expect("staging pool").entry(class).or_default().push(staging);
         bytes
     }
+}
+
+/// Tuned tiles by adapter key, as the cache file holds them.
+type TunedTiles = HashMap<String, Vec<(crate::ops::MatmulShape, crate::ops::MatmulTile)>>;
+
+fn read_autotune_cache(path: &std::path::Path) -> TunedTiles {
+    let Ok(bytes) = std::fs::read(path) else { return HashMap::new() };
+    match serde_json::from_slice::<Vec<(String, Vec<(crate::ops::MatmulShape, crate::ops::MatmulTile)>)>>(&bytes) {
+        Ok(entries) => entries.into_iter().collect(),
+        Err(e) => {
+            eprintln!("rstar2-gpu: ignoring the autotune cache {}: {e}", path.display());
+            HashMap::new()
+        }
+    }
+}
+
+fn default_autotune_cache() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("RSTAR2_GPU_AUTOTUNE_CACHE") {
+        return Some(p.into());
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME").map(std::path::PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
+    Some(base.join("rstar2").join("gpu-autotune.json"))
 }
 
 #[cfg(test)]

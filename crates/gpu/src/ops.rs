@@ -147,7 +147,7 @@ fn matmul_block(gpu: &Gpu, c: &Tensor, a: &Tensor, b: &Tensor, s: &Strides, rows
 /// A configuration of the tiled matmul kernel: each workgroup computes 64·tm4 x 64·tn4 outputs
 /// (tm4, tn4 in 1..=2), and K is cut into `splits` ranges whose partial products
 /// `matmul_reduce` sums (split-K, for outputs too small to fill the device).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct MatmulTile {
     /// vec4 groups of output rows per thread (tile height 64·tm4).
     pub tm4: u32,
@@ -185,7 +185,7 @@ impl std::fmt::Display for MatmulTile {
 }
 
 /// What a matmul's tile choice depends on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub(crate) struct MatmulShape {
     pub m: usize,
     pub n: usize,
@@ -281,6 +281,7 @@ fn choose_tile(gpu: &Gpu, shape: MatmulShape, a: &View<'_>, b: &View<'_>, [ash, 
         }
     }
     gpu.matmul_tiles.lock().expect("tile cache").insert(shape.key(), best.1);
+    gpu.save_autotune();
     best.1
 }
 

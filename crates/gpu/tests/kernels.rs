@@ -101,6 +101,11 @@ fn matmul_every_tile_and_layout() {
 fn matmul_autotune_caches_one_tile_per_shape() {
     let Some(shared) = gpu() else { return };
     let g = Gpu::open(rstar2_gpu::AdapterChoice::Any).unwrap().expect("an adapter");
+    // A cache file of this test's own, so nothing tuned elsewhere is read and nothing is left
+    // in the user's cache.
+    let cache = std::env::temp_dir().join(format!("rstar2-autotune-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&cache);
+    g.set_autotune_cache(Some(cache.clone()));
     g.set_autotune(true);
     let mut rng = ChaCha8Rng::seed_from_u64(22);
     let (m, n, k) = (90, 200, 260);
@@ -117,6 +122,15 @@ fn matmul_autotune_caches_one_tile_per_shape() {
     assert_eq!((tuned[0].0, tuned[0].1, tuned[0].2), (128, 200, 260));
     assert!(ops::matmul_candidates(&g, m, n, k).contains(&tuned[0].3));
     assert!(!shared.autotunes() || !shared.is_software(), "software adapters do not autotune by default");
+    // The next run on this adapter starts with the tile (nothing timed), and a malformed cache
+    // is ignored.
+    let again = Gpu::open(rstar2_gpu::AdapterChoice::Any).unwrap().expect("an adapter");
+    again.set_autotune_cache(Some(cache.clone()));
+    assert_eq!(again.tuned_matmul_tiles(), tuned);
+    std::fs::write(&cache, "not json").unwrap();
+    again.set_autotune_cache(Some(cache.clone()));
+    assert!(again.tuned_matmul_tiles().is_empty());
+    std::fs::remove_file(&cache).unwrap();
 }
 
 #[test]
