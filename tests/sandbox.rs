@@ -328,6 +328,25 @@ fn sympy_imports_from_a_read_only_folder() {
     assert_eq!(r.stdout, "None None None True\n", "{r:?}");
 }
 
+/// Preloading sympy takes seconds; it happens before a worker takes calls (at start and after
+/// every interpreter rebuild), so a call with a 300 ms limit never pays for it.
+#[test]
+fn preloads_never_count_against_a_call() {
+    let Some(pylib) = std::env::var_os("RSTAR2_TEST_PYLIB") else {
+        panic!("RSTAR2_TEST_PYLIB is not set: run the tests with `cargo xtask test`, which fetches sympy and mpmath");
+    };
+    let mut config = SandboxConfig::process(worker());
+    config.workers = 1;
+    config.interpreter.pylib = Some(pylib.into());
+    config.interpreter.preload = vec!["sympy".into()];
+    config.interpreter.limits.timeout = Duration::from_millis(300);
+    let sb = Sandbox::new(config).unwrap();
+    for code in ["print(1)", "import os\nos.environ['X'] = '1'\nprint(2)", "import sympy\nprint(sympy.Integer(2) ** 10)", "print(3)"] {
+        let r = sb.run_blocking(ToolCall::new(code));
+        assert_eq!(r.status, Status::Ok, "{code:?}: {r:?}");
+    }
+}
+
 fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     write!(stream, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();

@@ -95,7 +95,10 @@ fn deterministic(v: &Value) -> Value {
 fn short_run_then_resume_matches_an_uninterrupted_run() {
     let dir = scratch("run");
     let config = dir.join("short.toml");
-    std::fs::write(&config, SHORT).unwrap();
+    // The final model is also evaluated on a small file of its own.
+    let extra = dir.join("extra.jsonl");
+    std::fs::write(&extra, "{\"question\": \"What is 17 * 3?\", \"answer\": \"51\"}\n{\"question\": \"What is 2 ** 10?\", \"answer\": \"1024\"}\n").unwrap();
+    std::fs::write(&config, SHORT.replace("[data]\n", &format!("[data]\nalso_test = [{:?}]\n", extra.to_str().unwrap()))).unwrap();
     let runs = dir.join("runs");
     let (runs_s, config_s) = (runs.to_str().unwrap(), config.to_str().unwrap());
 
@@ -116,6 +119,8 @@ fn short_run_then_resume_matches_an_uninterrupted_run() {
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png}");
     }
     assert!(std::fs::read_to_string(whole.join("report.md")).unwrap().contains("| after SFT |"));
+    assert_eq!(summary["evals"]["final_extra"]["problems"], 2, "the also_test evaluation");
+    assert!(std::fs::read_to_string(whole.join("report.md")).unwrap().contains("| extra | 2 |"));
     let lines = rl_lines(&whole);
     assert_eq!(lines.iter().filter(|v| v["phase"] == "rl").count(), 4);
     // The final model folder is a loadable HF folder: evaluate it with `cargo xtask eval`.

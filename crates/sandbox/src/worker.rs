@@ -44,7 +44,18 @@ struct Reply {
     result: Option<ToolResult>,
     /// The worker is about to exit (to return leaked memory); start a new one.
     exiting: bool,
+    /// The worker builds a fresh interpreter next and says [`READY`] when it has.
+    #[serde(default)]
+    rebuilding: bool,
 }
+
+/// The line a worker writes once its interpreter (and its preloaded modules) is built, so that
+/// building it never counts against a call's time limit.
+const READY: &str = "{\"ready\":true}";
+
+/// How long a worker may take to build an interpreter (RustPython and preloads such as sympy,
+/// a few seconds; much more on a loaded machine).
+const STARTUP: Duration = Duration::from_secs(300);
 
 /// If the process was started as a sandbox worker (`args[1] == WORKER_ARG`), serves requests on
 /// stdin/stdout until stdin closes and then exits the process; otherwise returns. Call it first
@@ -77,6 +88,9 @@ pub fn serve_stdio(config: &InterpreterConfig) {
     let mut recycles = 0u32;
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout().lock();
+    if writeln!(stdout, "{READY}").and_then(|()| stdout.flush()).is_err() {
+        return;
+    }
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
         let mut crashed = false;
@@ -95,14 +109,18 @@ pub fn serve_stdio(config: &InterpreterConfig) {
         }
         // A VM panic (crafted bytecode) can leave the heap corrupted: never reuse this process.
         let exiting = crashed || recycles > MAX_RECYCLES;
-        let reply = serde_json::to_string(&Reply { result, exiting }).expect("replies serialize");
+        let reply = serde_json::to_string(&Reply { result, exiting, rebuilding: replace && !exiting }).expect("replies serialize");
         if writeln!(stdout, "{reply}").and_then(|()| stdout.flush()).is_err() || exiting {
             break;
         }
         if replace {
-            // Replaced after replying, so the caller never waits for interpreter start-up.
+            // Replaced after replying, and READY said when done: the parent waits for it
+            // outside any call's time limit.
             drop(runner.take());
             runner = Some(Runner::new(config).expect("an interpreter was created before"));
+            if writeln!(stdout, "{READY}").and_then(|()| stdout.flush()).is_err() {
+                break;
+            }
         }
     }
 }
@@ -170,7 +188,19 @@ impl ProcessWorker {
                 }
             }
         });
-        Ok(ProcessWorker { command: command.clone(), config: config.clone(), child, stdin, stdout, pending: Vec::new(), stderr })
+        let mut worker = ProcessWorker { command: command.clone(), config: config.clone(), child, stdin, stdout, pending: Vec::new(), stderr };
+        if worker.await_ready().is_err() {
+            let log = worker.stderr.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let why = format!("the worker did not finish building its interpreter within {} s: {}", STARTUP.as_secs(), log.lines().last().unwrap_or("no message"));
+            return Err(SpawnError { program: command.program.display().to_string(), source: std::io::Error::other(why) });
+        }
+        Ok(worker)
+    }
+
+    /// Waits for the worker to say its interpreter is built.
+    fn await_ready(&mut self) -> Result<(), Failure> {
+        let line = self.read_line(Instant::now() + STARTUP)?;
+        if line == READY.as_bytes() { Ok(()) } else { Err(Failure::Died) }
     }
 
     /// Runs one call, killing and respawning the process when it overruns, dies or asks to exit.
@@ -179,8 +209,8 @@ impl ProcessWorker {
         let request = Request::Run { call: call.clone(), independent };
         let wait = self.config.limits.timeout + kill_grace(self.config.limits.timeout);
         match self.exchange(&request, wait) {
-            Ok(Reply { result: Some(result), exiting }) => {
-                if exiting {
+            Ok(Reply { result: Some(result), exiting, rebuilding }) => {
+                if exiting || (rebuilding && self.await_ready().is_err()) {
                     self.respawn();
                 }
                 result
@@ -215,8 +245,9 @@ impl ProcessWorker {
     /// Drops all interpreter state (end of a session).
     pub(crate) fn reset(&mut self) {
         let wait = Duration::from_secs(60);
-        if self.exchange(&Request::Reset, wait).is_err() {
-            self.respawn();
+        match self.exchange(&Request::Reset, wait) {
+            Ok(Reply { rebuilding: true, .. }) if self.await_ready().is_ok() => {}
+            _ => self.respawn(),
         }
     }
 

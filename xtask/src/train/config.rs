@@ -51,6 +51,10 @@ pub struct DataConfig {
     pub train_problems: usize,
     pub test_problems: usize,
     pub levels: Vec<u8>,
+    /// More data sets (names such as gsm8k, or paths) the final model is evaluated on, on
+    /// their first test_problems problems.
+    #[serde(default)]
+    pub also_test: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -157,6 +157,20 @@ fn load_tasks(config: &TrainConfig) -> anyhow::Result<(Vec<Task>, Vec<Task>)> {
 /// importable, from target/pylib where `fetch-data` (or the tests) put them, and imported when
 /// each worker starts so no call pays the import; without them (nothing is downloaded at run
 /// time) it says so and runs without.
+/// The first `count` problems of a data set given by name or path (for evaluations only).
+fn load_named(data: &str, count: usize) -> anyhow::Result<Vec<Task>> {
+    let path = rstar2_tasks::real::resolve(data, &crate::test_cmd::workspace_root())?;
+    let (tasks, skipped) = rstar2_tasks::jsonl::load_jsonl(&path)?;
+    if !skipped.is_empty() {
+        eprintln!("{}: skipped {} rows (first: line {}: {})", path.display(), skipped.len(), skipped[0].line, skipped[0].reason);
+    }
+    let tasks: Vec<Task> = tasks.into_iter().take(count).collect();
+    if tasks.is_empty() {
+        bail!("{}: no problems with answers to evaluate", path.display());
+    }
+    Ok(tasks)
+}
+
 pub fn sandbox(real_math: bool) -> anyhow::Result<Sandbox> {
     let mut c = SandboxConfig::process(WorkerCommand::current_exe()?);
     c.workers = c.workers.max(2);
@@ -253,7 +267,7 @@ impl Run {
         );
         let policy = training_policy(&device, Model::new(model_config, params), optimizer)?;
         let state = State { phase: Phase::Sft, stage: 0, stage_step: 0, rl_step: 0, adam_step: 0, pool: Vec::new(), evals: BTreeMap::new(), stages: Vec::new(), metric_lines: 0, wall_seconds: 0.0 };
-        let sandbox = sandbox(is_real_data(&config.data.train) || is_real_data(&config.data.test))?;
+        let sandbox = sandbox(is_real_data(&config.data.train) || is_real_data(&config.data.test) || !config.data.also_test.is_empty())?;
         Ok(Run { dir, config, tokenizer, tokenizer_path, policy, sandbox, train, test, state, started: Instant::now(), wall_before: 0.0 })
     }
 
@@ -278,7 +292,7 @@ impl Run {
         let device = open_device(&config.device)?;
         println!("rstar2 train: resuming {} at {:?} stage {} step {}", dir.display(), state.phase, state.stage + 1, state.stage_step);
         let wall_before = state.wall_seconds;
-        let sandbox = sandbox(is_real_data(&config.data.train) || is_real_data(&config.data.test))?;
+        let sandbox = sandbox(is_real_data(&config.data.train) || is_real_data(&config.data.test) || !config.data.also_test.is_empty())?;
         Ok(Run {
             dir: dir.to_path_buf(),
             config,
@@ -344,6 +358,13 @@ impl Run {
             self.state.pool.clear();
             self.checkpoint()?;
         }
+        for data in self.config.data.also_test.clone() {
+            let label = format!("final_{}", Path::new(&data).file_stem().map_or(data.clone(), |s| s.to_string_lossy().into_owned()));
+            if !self.state.evals.contains_key(&label) {
+                let tasks = load_named(&data, self.config.data.test_problems)?;
+                self.eval_on(&label, &tasks)?;
+            }
+        }
         let final_dir = self.dir.join("model");
         self.save_model(&final_dir)?;
         let summary = report::write(&self.dir, &self.config, &self.state.evals, &self.state.stages, self.wall())?;
@@ -352,9 +373,16 @@ impl Run {
     }
 
     fn eval_into(&mut self, label: &str) -> anyhow::Result<()> {
+        let test = std::mem::take(&mut self.test);
+        let result = self.eval_on(label, &test);
+        self.test = test;
+        result
+    }
+
+    fn eval_on(&mut self, label: &str, tasks: &[Task]) -> anyhow::Result<()> {
         let seed = mix_seed(self.config.seed, 0xe7a1, self.state.evals.len() as u64);
         self.policy.refresh_decode_weights()?;
-        let r = evaluate(&self.policy, &self.tokenizer, &self.sandbox, &self.config.chat, &self.test, &self.config.eval, seed, label)?;
+        let r = evaluate(&self.policy, &self.tokenizer, &self.sandbox, &self.config.chat, tasks, &self.config.eval, seed, label)?;
         println!(
             "eval {label:<18} pass@1 {:.3} ± {:.3} (k={}, {} problems)  tool calls/ep {:.2}  tool errors {:.2} (in correct: {:.2})  length {:.0}",
             r.pass_at_1, r.stderr, r.k, r.problems, r.tool_calls_per_episode, r.tool_error_ratio, r.positive_tool_error_ratio, r.response_tokens

@@ -176,6 +176,13 @@ pub fn write(dir: &Path, config: &TrainConfig, evals: &BTreeMap<String, EvalResu
             md += &format!("\nRL minus SFT on the same problems (paired): {d:+.3} ± {se:.3} pass@1.\n");
         }
     }
+    let others: Vec<_> = evals.iter().filter(|(k, _)| k.starts_with("final_")).collect();
+    if !others.is_empty() {
+        md += "\n## The final model on other data sets\n\n| data | problems | pass@1 | tool use | calls / episode | tool-error ratio | … in correct episodes | response tokens |\n|---|---|---|---|---|---|---|---|\n";
+        for (label, e) in others {
+            md += &row(&format!("{} | {}", label.trim_start_matches("final_"), e.problems), Some(e));
+        }
+    }
     md += "\n## RL stages\n\n| stage | steps | max tokens | max turns | reward (first quarter → last quarter) | tool-error ratio in correct rollouts (first → last) | mean length | minutes |\n|---|---|---|---|---|---|---|---|\n";
     for s in stages {
         md += &format!(
