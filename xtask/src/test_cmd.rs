@@ -24,10 +24,15 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
+/// Whether `dir` holds the unpacked sympy and mpmath.
+pub fn has_pylib(dir: &Path) -> bool {
+    dir.join("sympy").join("__init__.py").is_file() && dir.join("mpmath").join("__init__.py").is_file()
+}
+
 /// Downloads the wheels with pip (once) and unpacks them into `target/pylib`.
 pub fn ensure_pylib() -> anyhow::Result<PathBuf> {
     let dir = pylib_dir();
-    if dir.join("sympy").join("__init__.py").is_file() && dir.join("mpmath").join("__init__.py").is_file() {
+    if has_pylib(&dir) {
         return Ok(dir);
     }
     let wheels = workspace_root().join("target").join("pylib-wheels");

@@ -545,7 +545,8 @@ impl Gpu {
     fn pipeline(&self, kernel: &Kernel, f16_weights: bool, constants: &[(&'static str, f64)]) -> Arc<Pipeline> {
         let same = |c: &[(&'static str, u64)]| c.len() == constants.len() && c.iter().zip(constants).all(|(a, b)| a.0 == b.0 && a.1 == b.1.to_bits());
         let mut cache = self.pipelines.lock().expect("pipeline cache");
-        let variant = crate::kernels::Variant { f16_weights, subgroups: self.subgroups && kernel.uses_subgroups() };
+        // The subgroup flag is the device's: kernels without a subgroup snippet build the same.
+        let variant = crate::kernels::Variant { f16_weights, subgroups: self.subgroups };
         let variants = cache.entry((kernel.name, variant)).or_default();
         if let Some((_, p)) = variants.iter().find(|(c, _)| same(c)) {
             return p.clone();

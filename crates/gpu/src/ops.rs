@@ -106,7 +106,7 @@ fn matmul_block(gpu: &Gpu, c: &Tensor, a: &Tensor, b: &Tensor, s: &Strides, rows
     if !(a_big || b_big || c_big) {
         let ((av, ash), (bv, bsh), (cv, csh)) = (gpu.window(a, a_start, a_len), gpu.window(b, b_start, b_len), gpu.window(c, c_start, c_len));
         let (m, n, k) = (rows.1, cols.1, ks.1);
-        let shape = MatmulShape { m, n, k, a_k_major: s.a_cs == 1, b_k_major: s.b_rs == 1, b_f16: b.is_f16() };
+        let shape = MatmulShape::of(s, m, n, k, b);
         let tile = choose_tile(gpu, shape, &av, &bv, [ash, bsh], s);
         dispatch_matmul(gpu, tile, shape, &cv, &av, &bv, s, [csh, ash, bsh], accumulate);
         return;
@@ -196,6 +196,16 @@ pub(crate) struct MatmulShape {
 }
 
 impl MatmulShape {
+    /// The product C[m, n] = A·B read through `s`, B being `b`.
+    fn of(s: &Strides, m: usize, n: usize, k: usize, b: &Tensor) -> MatmulShape {
+        MatmulShape { m, n, k, a_k_major: s.a_cs == 1, b_k_major: s.b_rs == 1, b_f16: b.is_f16() }
+    }
+
+    /// x·Wᵀ with f32 weights (both operands K-contiguous).
+    fn x_wt(m: usize, n: usize, k: usize) -> MatmulShape {
+        MatmulShape { m, n, k, a_k_major: true, b_k_major: true, b_f16: false }
+    }
+
     /// The autotune cache key: rows by power of two (RL batches change their token count every
     /// step), the rest exact.
     fn key(&self) -> MatmulShape {
@@ -217,7 +227,7 @@ pub fn matmul_candidates(gpu: &Gpu, m: usize, n: usize, k: usize) -> Vec<MatmulT
     for (tm4, tn4) in [(1, 1), (2, 2), (2, 1), (1, 2)] {
         for splits in [1u32, 2, 4, 8, 16] {
             let tile = MatmulTile { tm4, tn4, splits, coop: false };
-            let shape = MatmulShape { m, n, k, a_k_major: true, b_k_major: true, b_f16: false };
+            let shape = MatmulShape::x_wt(m, n, k);
             let fills = shape.workgroups(MatmulTile { splits: 1, ..tile }) >= BUSY_WORKGROUPS;
             if tile.fits(gpu) && (splits == 1 || (!fills && k / splits as usize >= 128 && m * n * splits as usize <= gpu.window_elems())) {
                 out.push(tile);
@@ -288,7 +298,7 @@ fn choose_tile(gpu: &Gpu, shape: MatmulShape, a: &View<'_>, b: &View<'_>, [ash, 
 /// The tile an x·Wᵀ product of this shape gets with f32 weights: the autotuned one once tuned,
 /// else the heuristic's (for reports).
 pub fn matmul_tile(gpu: &Gpu, m: usize, n: usize, k: usize) -> MatmulTile {
-    let shape = MatmulShape { m, n, k, a_k_major: true, b_k_major: true, b_f16: false };
+    let shape = MatmulShape::x_wt(m, n, k);
     gpu.matmul_tiles.lock().expect("tile cache").get(&shape.key()).copied().unwrap_or_else(|| heuristic_tile(gpu, shape))
 }
 
@@ -365,7 +375,7 @@ pub fn matmul_with_tile(gpu: &Gpu, tile: MatmulTile, c: &Tensor, a: &Tensor, b: 
     let (b_start, b_len) = span(s.b_off, s.b_rs, s.b_cs, (0, k), (0, n));
     let (c_start, c_len) = span(s.c_off, s.ldc, 1, (0, m), (0, n));
     let ((av, ash), (bv, bsh), (cv, csh)) = (gpu.window(a, a_start, a_len), gpu.window(b, b_start, b_len), gpu.window(c, c_start, c_len));
-    let shape = MatmulShape { m, n, k, a_k_major: s.a_cs == 1, b_k_major: s.b_rs == 1, b_f16: b.is_f16() };
+    let shape = MatmulShape::of(&s, m, n, k, b);
     dispatch_matmul(gpu, tile, shape, &cv, &av, &bv, &s, [csh, ash, bsh], accumulate);
 }
 

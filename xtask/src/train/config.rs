@@ -57,6 +57,13 @@ pub struct DataConfig {
     pub also_test: Vec<String>,
 }
 
+impl DataConfig {
+    /// Whether the run touches a real data set (then its tool environment has sympy).
+    pub fn uses_real_data(&self) -> bool {
+        super::is_real_data(&self.train) || super::is_real_data(&self.test) || !self.also_test.is_empty()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SftConfig {

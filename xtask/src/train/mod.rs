@@ -137,11 +137,7 @@ fn load_tasks(config: &TrainConfig) -> anyhow::Result<(Vec<Task>, Vec<Task>)> {
         if source == "synthetic" {
             return Ok(rstar2_tasks::synth::generate(&synth, split, count, seed)?);
         }
-        let path = rstar2_tasks::real::resolve(source, &crate::test_cmd::workspace_root())?;
-        let (tasks, skipped) = rstar2_tasks::jsonl::load_jsonl(&path)?;
-        if !skipped.is_empty() {
-            eprintln!("{}: skipped {} rows (first: line {}: {})", path.display(), skipped.len(), skipped[0].line, skipped[0].reason);
-        }
+        let (path, tasks) = load_file(source)?;
         // One file for both: split it by a hash of the question; two files are their own splits.
         let same_file = d.train == d.test;
         let picked: Vec<Task> = tasks.into_iter().filter(|t| !same_file || rstar2_tasks::synth::split_of(&t.question) == split).take(count).collect();
@@ -153,17 +149,19 @@ fn load_tasks(config: &TrainConfig) -> anyhow::Result<(Vec<Task>, Vec<Task>)> {
     Ok((from(&d.train, Split::Train, d.train_problems, config.seed)?, from(&d.test, Split::Test, d.test_problems, config.seed)?))
 }
 
-/// The tool environment. With `real_math` (runs on a real data set) sympy and mpmath are
-/// importable, from target/pylib where `fetch-data` (or the tests) put them, and imported when
-/// each worker starts so no call pays the import; without them (nothing is downloaded at run
-/// time) it says so and runs without.
-/// The first `count` problems of a data set given by name or path (for evaluations only).
-fn load_named(data: &str, count: usize) -> anyhow::Result<Vec<Task>> {
-    let path = rstar2_tasks::real::resolve(data, &crate::test_cmd::workspace_root())?;
+/// The problems of a data set given by name (gsm8k, ...) or path, the rows it skipped reported.
+fn load_file(source: &str) -> anyhow::Result<(PathBuf, Vec<Task>)> {
+    let path = rstar2_tasks::real::resolve(source, &crate::test_cmd::workspace_root())?;
     let (tasks, skipped) = rstar2_tasks::jsonl::load_jsonl(&path)?;
     if !skipped.is_empty() {
         eprintln!("{}: skipped {} rows (first: line {}: {})", path.display(), skipped.len(), skipped[0].line, skipped[0].reason);
     }
+    Ok((path, tasks))
+}
+
+/// The first `count` problems of a data set given by name or path (for evaluations only).
+fn load_named(data: &str, count: usize) -> anyhow::Result<Vec<Task>> {
+    let (path, tasks) = load_file(data)?;
     let tasks: Vec<Task> = tasks.into_iter().take(count).collect();
     if tasks.is_empty() {
         bail!("{}: no problems with answers to evaluate", path.display());
@@ -171,12 +169,16 @@ fn load_named(data: &str, count: usize) -> anyhow::Result<Vec<Task>> {
     Ok(tasks)
 }
 
+/// The tool environment. With `real_math` (runs on a real data set) sympy and mpmath are
+/// importable, from target/pylib where `fetch-data` (or the tests) put them, and imported when
+/// each worker starts so no call pays the import; without them (nothing is downloaded at run
+/// time) it says so and runs without.
 pub fn sandbox(real_math: bool) -> anyhow::Result<Sandbox> {
     let mut c = SandboxConfig::process(WorkerCommand::current_exe()?);
     c.workers = c.workers.max(2);
     if real_math {
         let pylib = crate::test_cmd::pylib_dir();
-        if pylib.join("sympy").join("__init__.py").is_file() && pylib.join("mpmath").join("__init__.py").is_file() {
+        if crate::test_cmd::has_pylib(&pylib) {
             c.interpreter.pylib = Some(pylib);
             c.interpreter.preload = vec!["sympy".into(), "mpmath".into()];
         } else {
@@ -267,7 +269,7 @@ impl Run {
         );
         let policy = training_policy(&device, Model::new(model_config, params), optimizer)?;
         let state = State { phase: Phase::Sft, stage: 0, stage_step: 0, rl_step: 0, adam_step: 0, pool: Vec::new(), evals: BTreeMap::new(), stages: Vec::new(), metric_lines: 0, wall_seconds: 0.0 };
-        let sandbox = sandbox(is_real_data(&config.data.train) || is_real_data(&config.data.test) || !config.data.also_test.is_empty())?;
+        let sandbox = sandbox(config.data.uses_real_data())?;
         Ok(Run { dir, config, tokenizer, tokenizer_path, policy, sandbox, train, test, state, started: Instant::now(), wall_before: 0.0 })
     }
 
@@ -292,7 +294,7 @@ impl Run {
         let device = open_device(&config.device)?;
         println!("rstar2 train: resuming {} at {:?} stage {} step {}", dir.display(), state.phase, state.stage + 1, state.stage_step);
         let wall_before = state.wall_seconds;
-        let sandbox = sandbox(is_real_data(&config.data.train) || is_real_data(&config.data.test) || !config.data.also_test.is_empty())?;
+        let sandbox = sandbox(config.data.uses_real_data())?;
         Ok(Run {
             dir: dir.to_path_buf(),
             config,
