@@ -81,13 +81,18 @@ fn golden_llama_untied() {
 fn kv_cache_matches_full_forward() {
     for name in ["qwen3-untied", "qwen2-tied", "llama-untied"] {
         let mut model = load(name);
-        for weights in [None, Some(DecodeWeights::F32), Some(DecodeWeights::F16)] {
+        for weights in [None, Some(DecodeWeights::F32), Some(DecodeWeights::F16), Some(DecodeWeights::Bf16)] {
             if let Some(w) = weights {
                 model.set_decode_weights(w);
             }
             let err = kv_cache_against_forward(&model);
-            // f16 weights: 11 significant bits, so about 5e-4 of the largest logit per product.
-            let budget = if weights == Some(DecodeWeights::F16) { 5e-3 } else { 1e-5 };
+            // f16 weights: 11 significant bits, so about 5e-4 of the largest logit per product;
+            // bf16 (AMX tiles where usable, else f16): 8 bits in weights and activations.
+            let budget = match weights.map(DecodeWeights::on_this_cpu) {
+                Some(DecodeWeights::F16) => 5e-3,
+                Some(DecodeWeights::Bf16) => 5e-2,
+                _ => 1e-5,
+            };
             eprintln!("{name}, decode weights {weights:?}: largest logit error {err:.2e} of the largest logit");
             assert!(err < budget, "{name} {weights:?}: {err}");
         }
@@ -123,7 +128,8 @@ fn kv_cache_against_forward(model: &Model) -> f32 {
 }
 
 /// The imported SmolLM2-135M (`cargo xtask fetch-model smollm2-135m`; not in CI): a chat
-/// prompt's greedy continuation with f16 decode weights against f32, and their logit error.
+/// prompt's greedy continuation with f16 and bf16 decode weights against f32, and their logit
+/// error.
 #[test]
 fn smollm2_f16_decoding_follows_f32() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/smollm2-135m");
@@ -136,7 +142,7 @@ fn smollm2_f16_decoding_follows_f32() {
     let prompt = tokenizer.encode("<|im_start|>user\nWrite a short story about a robot who learns to paint.<|im_end|>\n<|im_start|>assistant\n");
     let mut model = Model::new(config.clone(), Params::load(&dir, &config).unwrap());
     let mut runs = Vec::new();
-    for weights in [DecodeWeights::F32, DecodeWeights::F16] {
+    for weights in [DecodeWeights::F32, DecodeWeights::F16, DecodeWeights::Bf16] {
         model.set_decode_weights(weights);
         let mut cache = KvCache::new(1024);
         let mut logits = model.extend(&mut cache, &[0], &[&prompt]).unwrap().remove(0);
@@ -149,12 +155,14 @@ fn smollm2_f16_decoding_follows_f32() {
         }
         runs.push((tokens, all));
     }
-    let same = runs[0].0.iter().zip(&runs[1].0).take_while(|(a, b)| a == b).count();
-    // Logit error while the two decodes see the same tokens.
-    let err = runs[0].1[..same].iter().zip(&runs[1].1[..same]).map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max) / a.iter().fold(0.0f32, |m, x| m.max(x.abs()))).fold(0.0f32, f32::max);
-    eprintln!("SmolLM2-135M greedy decoding, f16 against f32 weights: first {same} of 128 tokens equal, largest logit error {err:.2e} of the largest logit over them");
-    assert!(same >= 64, "f16 decoding left the f32 tokens after {same}");
-    assert!(err < 2e-2, "logit error {err}");
+    for (half, name) in [(&runs[1], "f16"), (&runs[2], DecodeWeights::Bf16.on_this_cpu().name())] {
+        let same = runs[0].0.iter().zip(&half.0).take_while(|(a, b)| a == b).count();
+        // Logit error while the two decodes see the same tokens.
+        let err = runs[0].1[..same].iter().zip(&half.1[..same]).map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max) / a.iter().fold(0.0f32, |m, x| m.max(x.abs()))).fold(0.0f32, f32::max);
+        eprintln!("SmolLM2-135M greedy decoding, {name} against f32 weights: first {same} of 128 tokens equal, largest logit error {err:.2e} of the largest logit over them");
+        assert!(same >= 64, "{name} decoding left the f32 tokens after {same}");
+        assert!(err < 2e-2, "{name}: logit error {err}");
+    }
 }
 
 #[test]
@@ -302,9 +310,14 @@ fn run_numeric_tests(wrapper: &[&str], env: &[(&str, &str)]) -> (bool, String) {
 }
 
 /// The AVX2 and portable kernels (RSTAR2_CPU_ISA narrows this crate's choice) pass the same
-/// numeric tests as the widest ones, on any machine.
+/// numeric tests as the widest ones, on any machine; on a CPU with AMX, so does AVX-512 alone
+/// (RSTAR2_CPU_AMX=0: bf16 decode weights are then stored as f16).
 #[test]
 fn narrower_instruction_sets_pass_the_numeric_tests() {
+    if rstar2::model::cpu::amx() {
+        let (ok, text) = run_numeric_tests(&[], &[("RSTAR2_CPU_AMX", "0")]);
+        assert!(ok, "RSTAR2_CPU_AMX=0:\n{text}");
+    }
     for isa in ["avx2", "generic"] {
         if isa == "avx2" && !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
             eprintln!("!!! no AVX2 on this CPU: the AVX2 run is left to the qemu test");

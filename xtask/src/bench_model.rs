@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Instant;
 
-use rstar2_model::cpu::{Isa, fma_peak_gflops, isa, read_bandwidth_gbs};
+use rstar2_model::cpu::{Isa, amx_peak_gflops, fma_peak_gflops, isa, read_bandwidth_gbs};
 use rstar2_model::ops::gemv::{PackedWeight, matmul_packed};
 use rstar2_model::ops::matmul::{chosen_splits, matmul_nt};
 use rstar2_model::{AdamW, AdamWConfig, Batch, Config, DecodeWeights, KvCache, Model, Params};
@@ -117,6 +117,16 @@ pub fn run(python: &str) -> anyhow::Result<()> {
         println!("FMA-loop peak, {} ({} bits), all threads: {p:.1} GFLOP/s", i.name(), i.vector_bits());
     }
     let peak = peaks.iter().map(|p| p.1).fold(f64::NAN, f64::max);
+    let amx_peak = amx_peak_gflops(0.5);
+    match amx_peak {
+        Some(p) => println!("AMX bf16 tile peak, all threads: {p:.1} GFLOP/s (bf16 decode weights multiply on it)"),
+        None => println!("AMX: not usable on this CPU (bf16 decode weights are packed as f16)"),
+    }
+    // The half-precision types this CPU decodes in (bf16 only with AMX).
+    let mut decode_types = vec![DecodeWeights::F32, DecodeWeights::F16];
+    if amx_peak.is_some() {
+        decode_types.push(DecodeWeights::Bf16);
+    }
     let copy = copy_bandwidth();
     let bandwidth = read_bandwidth_gbs(512 << 20);
     println!("memory bandwidth, all threads: copy {copy:.1} GB/s (bytes read + written), read {bandwidth:.1} GB/s (the decode bound below uses the read figure)\n");
@@ -147,8 +157,10 @@ pub fn run(python: &str) -> anyhow::Result<()> {
     }
     // Decode shapes through the packed small-m kernel (what cached inference uses), weights read
     // from memory: one copy per layer of SmolLM2-135M (30), cycled.
-    for dtype in [DecodeWeights::F32, DecodeWeights::F16] {
-        for (m, k, n) in [(8usize, 576usize, 1536usize), (32, 576, 1536), (8, 576, 49152)] {
+    for &dtype in &decode_types {
+        // bf16 rows as a share of the AMX peak, the others of the FMA peak.
+        let peak = if dtype == DecodeWeights::Bf16 { amx_peak.unwrap_or(peak) } else { peak };
+        for (m, k, n) in [(8usize, 576usize, 1536usize), (32, 576, 1536), (8, 576, 49152), (32, 576, 49152)] {
             let copies = if n > 4096 { 2 } else { 30 };
             let packed: Vec<PackedWeight> = (0..copies).map(|l| PackedWeight::pack(&vec![0.25 + l as f32 * 1e-3; n * k], n, k, dtype)).collect();
             let (x, mut c) = (vec![0.5f32; m * k], vec![0.0f32; m * n]);
@@ -187,7 +199,7 @@ pub fn run(python: &str) -> anyhow::Result<()> {
     let kv_bytes_per_token = 2 * c.num_hidden_layers * c.kv_heads() * c.head_dim() * 4;
     println!("\nsmollm2-135m ({}) greedy decoding, prompt {prompt_len}, {steps} steps", if pretrained { "imported weights" } else { "random weights" });
     println!("{:<8} {:<8} {:>10} {:>12} {:>10} {:>12} {:>8}", "batch", "weights", "tok/s", "bound tok/s", "of bound", "PyTorch f32", "ratio");
-    for dtype in [DecodeWeights::F32, DecodeWeights::F16] {
+    for &dtype in &decode_types {
         model.set_decode_weights(dtype);
         for (i, &b) in batches.iter().enumerate() {
             let ours = decode_tokens_per_s(&model, b, prompt_len, steps);

@@ -33,8 +33,9 @@ pub struct GenerateArgs {
     /// device, and the scheduler spreads the episodes over them.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Weights decoding reads: f16 (half the bytes per token; the default where the device
-    /// supports it: the CPU, GPUs with SHADER_F16) or f32.
+    /// Weights decoding reads: bf16 (on CPUs with AMX: tile products, the default there), f16
+    /// (half the bytes per token; the default on other CPUs and on GPUs with SHADER_F16) or
+    /// f32.
     #[arg(long)]
     pub decode_weights: Option<DecodeWeights>,
     /// Response budget in tokens, tool output included.
@@ -86,8 +87,9 @@ pub struct EvalArgs {
     /// auto, cpu, gpu or gpu:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Weights decoding reads: f16 (half the bytes per token; the default where the device
-    /// supports it: the CPU, GPUs with SHADER_F16) or f32.
+    /// Weights decoding reads: bf16 (on CPUs with AMX: tile products, the default there), f16
+    /// (half the bytes per token; the default on other CPUs and on GPUs with SHADER_F16) or
+    /// f32.
     #[arg(long)]
     pub decode_weights: Option<DecodeWeights>,
     /// Response budget in tokens, tool output included.
@@ -125,9 +127,15 @@ pub fn load_model(dir: &Path, devices: &str, decode_weights: Option<DecodeWeight
     for spec in devices.split(',') {
         let device = crate::train::open_device(spec.trim())?;
         let mut policy = Policy::new(&device, Model::new(config.clone(), params.clone()), None);
-        let weights = decode_weights.unwrap_or(if policy.supports_f16_decode() { DecodeWeights::F16 } else { DecodeWeights::F32 });
+        let weights = decode_weights.unwrap_or_else(|| policy.default_decode_weights());
         policy.set_decode_weights(weights)?;
-        eprintln!("{}: decoding reads {} weights", spec.trim(), weights.name());
+        // bf16 needs AMX on the CPU; GPUs read f16 for it.
+        let stored = if policy.gpu().is_some() && weights == DecodeWeights::Bf16 { DecodeWeights::F16 } else { weights.on_this_cpu() };
+        if stored == weights {
+            eprintln!("{}: decoding reads {} weights", spec.trim(), weights.name());
+        } else {
+            eprintln!("{}: decoding reads {} weights ({} asked for: it needs a CPU with AMX)", spec.trim(), stored.name(), weights.name());
+        }
         policies.push(policy);
     }
     Ok(Loaded { policies, tokenizer, chat })

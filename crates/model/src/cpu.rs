@@ -7,6 +7,10 @@
 //! and tested on a wider machine. The `gemm` crate picks its own kernels by the same detection
 //! and has no such switch; a test runs the suite's CPU checks under `qemu-x86_64 -cpu Haswell`
 //! (no AVX-512) to cover it.
+//!
+//! Intel's AMX tile unit (Sapphire Rapids and later) is a matrix engine beside the vector unit:
+//! [`amx`] says whether this process may use it for bf16 products (`RSTAR2_CPU_AMX=0`, or a
+//! narrower `RSTAR2_CPU_ISA`, turns it off).
 
 use std::sync::OnceLock;
 
@@ -91,6 +95,61 @@ pub fn isa() -> Isa {
             },
         }
     })
+}
+
+/// Whether bf16 tile products (AMX-TILE + AMX-BF16) are usable: the CPU has them, Linux granted
+/// this process the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), [`isa`] is AVX-512, and
+/// `RSTAR2_CPU_AMX` is not `0`. Decided once.
+pub fn amx() -> bool {
+    static USABLE: OnceLock<bool> = OnceLock::new();
+    *USABLE.get_or_init(|| {
+        let off = std::env::var("RSTAR2_CPU_AMX").is_ok_and(|v| v.trim() == "0");
+        !off && isa() == Isa::Avx512 && amx_detected()
+    })
+}
+
+/// CPUID leaf 7 (AMX-BF16 is EDX bit 22, AMX-TILE bit 24) and the kernel's permission for the
+/// 8 KiB of tile registers (XFEATURE_XTILEDATA, number 18), which Linux hands out per process.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn amx_detected() -> bool {
+    // CPUID leaf 7 exists on every x86-64 CPU that reaches here (AVX-512 was detected).
+    let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+    if edx & (1 << 22) == 0 || edx & (1 << 24) == 0 {
+        return false;
+    }
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: a plain system call with integer arguments.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn amx_detected() -> bool {
+    false
+}
+
+/// Measured bf16 tile throughput in GFLOP/s with every rayon thread running dependent-free tile
+/// products (no memory traffic), or None without [`amx`]. Takes about `seconds`.
+#[cfg(target_arch = "x86_64")]
+pub fn amx_peak_gflops(seconds: f64) -> Option<f64> {
+    use rayon::prelude::*;
+    if !amx() {
+        return None;
+    }
+    let threads = rayon::current_num_threads();
+    let probe = 100_000u64;
+    let t = std::time::Instant::now();
+    crate::ops::amx::peak_loop(probe);
+    let iters = ((seconds / (t.elapsed().as_secs_f64() / probe as f64).max(1e-12)) as u64).max(probe);
+    let t = std::time::Instant::now();
+    (0..threads).into_par_iter().for_each(|_| crate::ops::amx::peak_loop(iters));
+    Some((threads as u64 * iters * crate::ops::amx::FLOPS_PER_STEP) as f64 / t.elapsed().as_secs_f64() / 1e9)
+}
+
+/// No AMX off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn amx_peak_gflops(_seconds: f64) -> Option<f64> {
+    None
 }
 
 /// Measured fp32 FMA throughput of `isa`'s vectors in GFLOP/s, every rayon thread running twelve
@@ -197,5 +256,20 @@ mod tests {
         assert!(Isa::Generic.vector_bits() < Isa::Avx2.vector_bits() && Isa::Avx2.vector_bits() < Isa::Avx512.vector_bits());
         assert!(Isa::available().contains(&Isa::detected()) && Isa::available()[0] == Isa::Generic);
         assert!(isa() <= Isa::detected());
+    }
+
+    /// AMX is used exactly where CPUID lists AMX-TILE and AMX-BF16 (Linux grants the tile state
+    /// to any process that asks), unless switched off.
+    #[test]
+    fn amx_follows_cpuid() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+            let listed = edx & (1 << 22) != 0 && edx & (1 << 24) != 0 && cfg!(target_os = "linux");
+            let off = std::env::var("RSTAR2_CPU_AMX").is_ok_and(|v| v.trim() == "0") || isa() != Isa::Avx512;
+            eprintln!("CPUID lists AMX: {listed}; usable: {}", amx());
+            assert_eq!(amx(), listed && !off);
+            assert_eq!(amx_peak_gflops(0.01).is_some(), amx());
+        }
     }
 }

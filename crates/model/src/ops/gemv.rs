@@ -6,7 +6,8 @@
 //! the work is split over panels (the output layer's 1,536 of them included).
 //!
 //! Kernels per instruction set ([`crate::cpu::isa`]): AVX-512 (2 vectors of 16 columns x 12
-//! rows per pass), AVX2 (4 of 8 x 2), portable Rust.
+//! rows per pass), AVX2 (4 of 8 x 2), portable Rust; bf16 weights are multiplied on AMX tiles
+//! instead ([`crate::ops::amx`], its own packed layout).
 
 // Kernels index their register arrays by lane and row on purpose.
 #![allow(clippy::needless_range_loop)]
@@ -37,12 +38,19 @@ pub struct PackedWeight {
 enum Packed {
     F32(Vec<f32>),
     F16(Vec<f16>),
+    /// AMX tiles ([`crate::ops::amx::pack`]), only where [`crate::cpu::amx`] is true.
+    Bf16(Vec<u16>),
 }
 
 impl PackedWeight {
-    /// Packs `w` (`[n, k]` row-major) in the given type (f16 rounds to nearest even).
+    /// Packs `w` (`[n, k]` row-major) in the given type (f16 and bf16 round to nearest even;
+    /// bf16 becomes f16 where AMX is not usable: [`DecodeWeights::on_this_cpu`]).
     pub fn pack(w: &[f32], n: usize, k: usize, dtype: DecodeWeights) -> Self {
         assert_eq!(w.len(), n * k, "PackedWeight::pack: {} values for {n}x{k}", w.len());
+        #[cfg(target_arch = "x86_64")]
+        if dtype.on_this_cpu() == DecodeWeights::Bf16 {
+            return PackedWeight { n, k, data: Packed::Bf16(crate::ops::amx::pack(w, n, k)) };
+        }
         let panels = n.div_ceil(PANEL);
         // Panel p, row t, column c = w[(32p + c) * k + t].
         let value = |i: usize| -> f32 {
@@ -54,7 +62,7 @@ impl PackedWeight {
         let len = panels * k * PANEL;
         let data = match dtype {
             DecodeWeights::F32 => Packed::F32((0..len).into_par_iter().map(value).collect()),
-            DecodeWeights::F16 => Packed::F16((0..len).into_par_iter().map(|i| f16::from_f32(value(i))).collect()),
+            DecodeWeights::F16 | DecodeWeights::Bf16 => Packed::F16((0..len).into_par_iter().map(|i| f16::from_f32(value(i))).collect()),
         };
         PackedWeight { n, k, data }
     }
@@ -74,6 +82,7 @@ impl PackedWeight {
         match self.data {
             Packed::F32(_) => DecodeWeights::F32,
             Packed::F16(_) => DecodeWeights::F16,
+            Packed::Bf16(_) => DecodeWeights::Bf16,
         }
     }
 
@@ -82,6 +91,7 @@ impl PackedWeight {
         match &self.data {
             Packed::F32(d) => d.len() * 4,
             Packed::F16(d) => d.len() * 2,
+            Packed::Bf16(d) => d.len() * 2,
         }
     }
 }
@@ -98,6 +108,13 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// The pointer (a method, so closures capture the Sync wrapper, not the raw field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// [`matmul_packed`] on a given instruction set (which the CPU must have: tests compare them).
 pub fn matmul_packed_on(isa: Isa, out: &mut [f32], x: &[f32], w: &PackedWeight, m: usize) {
     let (n, k) = (w.n, w.k);
@@ -113,9 +130,20 @@ pub fn matmul_packed_on(isa: Isa, out: &mut [f32], x: &[f32], w: &PackedWeight, 
     let per_task = panels.div_ceil(threads * 4).max(1);
     let tasks = panels.div_ceil(per_task);
     let dst = OutPtr(out.as_mut_ptr());
+    #[cfg(target_arch = "x86_64")]
+    let rows = match &w.data {
+        Packed::Bf16(_) => crate::ops::amx::activation_tiles(x, m, k),
+        _ => Vec::new(),
+    };
     let run = |t: usize| {
         let (p0, p1) = (t * per_task, ((t + 1) * per_task).min(panels));
-        dispatch(isa, Panels { out: dst, x, w, m, p0, p1 });
+        match &w.data {
+            // SAFETY: bf16 tiles exist only where AMX is usable; `rows` and `tiles` have the
+            // layouts for m, n, k; tasks write disjoint panels of `out` (checked size above).
+            #[cfg(target_arch = "x86_64")]
+            Packed::Bf16(tiles) => unsafe { crate::ops::amx::panels(dst.get(), &rows, tiles, m, n, k, p0, p1) },
+            _ => dispatch(isa, Panels { out: dst, x, w, m, p0, p1 }),
+        }
     };
     if threads < 2 || tasks < 2 || m * n * k < 1 << 15 || rayon::current_thread_index().is_some() {
         (0..tasks).for_each(run);
@@ -159,6 +187,7 @@ impl Kernel for Panels<'_> {
             let src = match &w.data {
                 Packed::F32(d) => Src::F32(d[p * panel_len..].as_ptr()),
                 Packed::F16(d) => Src::F16(d[p * panel_len..].as_ptr()),
+                Packed::Bf16(_) => unreachable!("bf16 weights run on AMX tiles"),
             };
             let cols = PANEL.min(n - p * PANEL);
             // Activation rows in near-equal passes (13 rows as 7 + 6, not 12 + 1).
@@ -265,15 +294,18 @@ mod tests {
             .collect()
     }
 
-    /// Every instruction set against an f64 triple loop, f32 and f16 weights, shapes that leave
-    /// remainders everywhere (a partial last panel, passes of unequal rows, tiny k).
+    /// Every instruction set against an f64 triple loop, f32, f16 and bf16 weights (AMX tiles
+    /// where usable), shapes that leave remainders everywhere (a partial last panel, passes of
+    /// unequal rows, k not a multiple of the tile depth, tiny k).
     #[test]
     fn every_isa_matches_a_naive_product() {
-        for &(m, n, k) in &[(1usize, 1usize, 1usize), (1, 7, 19), (3, 50, 33), (8, 130, 576), (13, 64, 100), (12, 32, 16), (32, 21, 47), (64, 97, 5)] {
+        for &(m, n, k) in &[(1usize, 1usize, 1usize), (1, 7, 19), (3, 50, 33), (8, 130, 576), (13, 64, 100), (12, 32, 16), (32, 21, 47), (64, 97, 5), (17, 40, 70), (9, 33, 64)] {
             let x = fill(m * k, 1);
             let w = fill(n * k, 2);
             let rounded: Vec<f32> = w.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
-            let reference = |w: &[f32]| -> Vec<f64> {
+            let rounded_bf16: Vec<f32> = w.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
+            let x_bf16: Vec<f32> = x.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
+            let reference_of = |x: &[f32], w: &[f32]| -> Vec<f64> {
                 let mut c = vec![0.0f64; m * n];
                 for i in 0..m {
                     for j in 0..n {
@@ -282,9 +314,14 @@ mod tests {
                 }
                 c
             };
-            for (dtype, want) in [(DecodeWeights::F32, reference(&w)), (DecodeWeights::F16, reference(&rounded))] {
+            let reference = |w: &[f32]| reference_of(&x, w);
+            // AMX multiplies bf16 activations by bf16 weights.
+            let bf16 = (DecodeWeights::Bf16, if crate::cpu::amx() { reference_of(&x_bf16, &rounded_bf16) } else { reference(&rounded) });
+            for (dtype, want) in [(DecodeWeights::F32, reference(&w)), (DecodeWeights::F16, reference(&rounded)), bf16] {
                 let packed = PackedWeight::pack(&w, n, k, dtype);
-                assert_eq!(packed.bytes(), n.div_ceil(PANEL) * PANEL * k * if dtype == DecodeWeights::F16 { 2 } else { 4 });
+                assert_eq!(packed.dtype(), dtype.on_this_cpu());
+                let padded_k = if packed.dtype() == DecodeWeights::Bf16 { k.next_multiple_of(32) } else { k };
+                assert_eq!(packed.bytes(), n.div_ceil(PANEL) * PANEL * padded_k * if dtype == DecodeWeights::F32 { 4 } else { 2 });
                 for isa in Isa::available() {
                     let mut out = vec![f32::NAN; m * n];
                     matmul_packed_on(isa, &mut out, &x, &packed, m);

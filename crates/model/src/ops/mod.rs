@@ -3,6 +3,8 @@
 //! gradients overwrite. These are the CPU backend and the reference the WGSL kernels are checked
 //! against.
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod attention;
 pub mod embedding;
 pub mod gemv;

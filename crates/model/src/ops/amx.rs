@@ -1,0 +1,233 @@
+//! The small-m matmul of decoding on Intel's AMX tiles (Sapphire Rapids and later), for bf16
+//! decode weights: `out[m, n] = x[m, k] · w[n, k]ᵀ`. One `tdpbf16ps` multiplies a 16x32 bf16
+//! tile by a 32x16 one into 16x16 f32 sums (16,384 flops, about 16 cycles): some ten times the
+//! AVX-512 FMA rate, so a batch of decoding sequences is bound by reading the weights again,
+//! not by arithmetic.
+//!
+//! Weights are packed once ([`pack`]): panels of 32 output columns, each panel `kp / 32`
+//! k-blocks (k rounded up to 32, zero-padded) of two 16x32 tiles (columns 0..16 and 16..32) in
+//! the pair-interleaved layout the instruction reads as its second operand: row r of a tile
+//! holds, for each column c, `w[c][2r]` and `w[c][2r + 1]` of that k-block.
+//!
+//! Activations are rounded to bf16 too, as PyTorch's bf16 inference does: splitting each into
+//! bf16 `hi + lo` kept them to 16 bits but doubled the tile loads, and tile loads (about 20 ns
+//! each on a Sapphire Rapids VM, against 7 ns per product) are what bounds this kernel.
+//!
+//! Tile registers are not known to the compiler: the kernels configure them (`ldtilecfg`) at the
+//! start of each task and release them (`tilerelease`) at its end, and no Rust code runs between
+//! an `asm!` block that writes a tile and the one that reads it that could use them.
+
+use std::arch::asm;
+
+use half::bf16;
+
+/// Output columns per panel (two 16-column tiles).
+pub const PANEL: usize = 32;
+/// Inputs per k-block (one tile row of bf16 pairs).
+const KBLOCK: usize = 32;
+/// bf16 values in one packed weight tile (16 rows of 32).
+const TILE: usize = 16 * KBLOCK;
+/// How far ahead of the k-block being multiplied the weights are prefetched, in bytes.
+const PREFETCH: usize = 16384;
+/// Flops of one step of [`peak_loop`]: four 16x16x32 tile products.
+pub const FLOPS_PER_STEP: u64 = 4 * 16 * 16 * 32 * 2;
+
+/// The tile configuration: palette 1, all eight tiles 16 rows of 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    bytes_per_row: [u16; 16],
+    rows: [u8; 16],
+}
+
+/// Loads the configuration every kernel here uses.
+///
+/// # Safety
+/// The CPU must have AMX and the process the tile permission ([`crate::cpu::amx`]).
+unsafe fn configure() {
+    let mut config = TileConfig { palette: 1, start_row: 0, reserved: [0; 14], bytes_per_row: [0; 16], rows: [0; 16] };
+    for t in 0..8 {
+        config.bytes_per_row[t] = 64;
+        config.rows[t] = 16;
+    }
+    // SAFETY: the caller's guarantee; the configuration is 64 valid bytes.
+    unsafe { asm!("ldtilecfg [{}]", in(reg) &config as *const TileConfig, options(nostack, readonly)) };
+}
+
+/// Frees the tile state (the kernel need not save it on a context switch).
+unsafe fn release() {
+    // SAFETY: valid whenever tiles are configured.
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+}
+
+/// Padded input width.
+pub fn padded_k(k: usize) -> usize {
+    k.next_multiple_of(KBLOCK)
+}
+
+/// Packs `w` (`[n, k]` row-major) into bf16 tiles (round to nearest even), layout above.
+pub fn pack(w: &[f32], n: usize, k: usize) -> Vec<u16> {
+    use rayon::prelude::*;
+    let kp = padded_k(k);
+    let panels = n.div_ceil(PANEL);
+    let mut out = vec![0u16; panels * kp * PANEL];
+    out.par_chunks_mut(kp * PANEL).enumerate().for_each(|(p, panel)| {
+        for (b, block) in panel.chunks_mut(2 * TILE).enumerate() {
+            for (half, tile) in block.chunks_mut(TILE).enumerate() {
+                for r in 0..16 {
+                    for c in 0..16 {
+                        let col = p * PANEL + half * 16 + c;
+                        for e in 0..2 {
+                            let t = b * KBLOCK + 2 * r + e;
+                            if col < n && t < k {
+                                tile[r * KBLOCK + 2 * c + e] = bf16::from_f32(w[col * k + t]).to_bits();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+/// The activations as A tiles: x rounded to bf16 (nearest even), `kp` values per row
+/// (zero-padded), rows padded to a multiple of 16 (one tile per 16 rows).
+pub fn activation_tiles(x: &[f32], m: usize, k: usize) -> Vec<u16> {
+    let kp = padded_k(k);
+    let mut a = vec![0u16; m.next_multiple_of(16) * kp];
+    for i in 0..m {
+        // SAFETY: AMX implies AVX-512 F and BW (the kernels here run only where it is usable).
+        unsafe { round_row(&x[i * k..(i + 1) * k], &mut a[i * kp..i * kp + k]) };
+    }
+    a
+}
+
+/// Rounds to bf16 (nearest even) as integer arithmetic the compiler vectorizes (a scalar
+/// `bf16::from_f32` per value cost as much as the tile products at decode shapes). Finite
+/// inputs: activations.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn round_row(x: &[f32], out: &mut [u16]) {
+    for (&v, o) in x.iter().zip(out.iter_mut()) {
+        let b = v.to_bits();
+        *o = ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+    }
+}
+
+/// Panels `p0..p1` of `out[m, n]` from the A tiles of [`activation_tiles`] and the weight
+/// tiles of [`pack`].
+///
+/// # Safety
+/// [`crate::cpu::amx`] is true; `a` and `w` come from [`activation_tiles`] (for these m, k)
+/// and [`pack`] (for these n, k); `out` points at `m x n` values of which this call alone
+/// writes columns `32 p0 .. min(32 p1, n)`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn panels(out: *mut f32, a: &[u16], w: &[u16], m: usize, n: usize, k: usize, p0: usize, p1: usize) {
+    let kp = padded_k(k);
+    let blocks = kp / KBLOCK;
+    let groups = m.div_ceil(16);
+    debug_assert!(a.len() >= groups * 16 * kp && w.len() >= p1 * kp * PANEL);
+    let a_stride = kp * 2;
+    // Sums of one pass: up to 32 rows (two A tiles) x 32 columns.
+    let mut sums = [0.0f32; 32 * PANEL];
+    // SAFETY: the caller's guarantees; every tile load reads 16 rows of 64 bytes inside `a` or
+    // `w` (offsets from the layouts above), every store 16 rows of 64 bytes inside `sums`.
+    unsafe {
+        configure();
+        for p in p0..p1 {
+            let panel = w.as_ptr().add(p * kp * PANEL);
+            let cols = PANEL.min(n - p * PANEL);
+            // A tiles two at a time (each weight tile loaded feeds two products), an odd last
+            // one alone.
+            for g in (0..groups).step_by(2) {
+                let a0 = a.as_ptr().add(g * 16 * kp);
+                let pair = g + 1 < groups;
+                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+                for b in 0..blocks {
+                    let w0 = panel.add(b * 2 * TILE);
+                    // Tile loads from memory stall the products; the block PREFETCH bytes
+                    // ahead is asked for into L2 (the first pass over the panel reads it from
+                    // memory). Into L2 at 16 KiB measured best among L1 and L2 at 1 to 64 KiB.
+                    if g == 0 {
+                        let ahead = w0.cast::<u8>().wrapping_add(PREFETCH);
+                        for line in 0..2 * TILE * 2 / 64 {
+                            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(ahead.wrapping_add(line * 64).cast());
+                        }
+                    }
+                    if pair {
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {sa}*1]",
+                            "tileloadd tmm5, [{a1} + {sa}*1]",
+                            "tileloadd tmm6, [{w0} + {sw}*1]",
+                            "tileloadd tmm7, [{w1} + {sw}*1]",
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            "tdpbf16ps tmm1, tmm4, tmm7",
+                            "tdpbf16ps tmm2, tmm5, tmm6",
+                            "tdpbf16ps tmm3, tmm5, tmm7",
+                            a0 = in(reg) a0.add(b * KBLOCK),
+                            a1 = in(reg) a0.add(16 * kp + b * KBLOCK),
+                            sa = in(reg) a_stride,
+                            w0 = in(reg) w0,
+                            w1 = in(reg) w0.add(TILE),
+                            sw = in(reg) KBLOCK * 2,
+                            options(nostack, readonly),
+                        );
+                    } else {
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {sa}*1]",
+                            "tileloadd tmm6, [{w0} + {sw}*1]",
+                            "tileloadd tmm7, [{w1} + {sw}*1]",
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            "tdpbf16ps tmm1, tmm4, tmm7",
+                            a0 = in(reg) a0.add(b * KBLOCK),
+                            sa = in(reg) a_stride,
+                            w0 = in(reg) w0,
+                            w1 = in(reg) w0.add(TILE),
+                            sw = in(reg) KBLOCK * 2,
+                            options(nostack, readonly),
+                        );
+                    }
+                }
+                let c = sums.as_mut_ptr();
+                asm!(
+                    "tilestored [{c0} + {s}*1], tmm0",
+                    "tilestored [{c1} + {s}*1], tmm1",
+                    "tilestored [{c2} + {s}*1], tmm2",
+                    "tilestored [{c3} + {s}*1], tmm3",
+                    c0 = in(reg) c,
+                    c1 = in(reg) c.add(16),
+                    c2 = in(reg) c.add(16 * PANEL),
+                    c3 = in(reg) c.add(16 * PANEL + 16),
+                    s = in(reg) PANEL * 4,
+                    options(nostack),
+                );
+                for i in 0..32.min(m - g * 16) {
+                    std::ptr::copy_nonoverlapping(sums.as_ptr().add(i * PANEL), out.add((g * 16 + i) * n + p * PANEL), cols);
+                }
+            }
+        }
+        release();
+    }
+}
+
+/// `steps` x four independent tile products on zeroed tiles (the bench's AMX peak).
+pub fn peak_loop(steps: u64) {
+    assert!(crate::cpu::amx(), "peak_loop: no usable AMX");
+    // SAFETY: AMX is usable; register-only tile arithmetic.
+    unsafe {
+        configure();
+        asm!("tilezero tmm4", "tilezero tmm5", "tilezero tmm6", "tilezero tmm7", options(nostack, nomem));
+        for _ in 0..steps {
+            asm!(
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                options(nostack, nomem),
+            );
+        }
+        release();
+    }
+}
