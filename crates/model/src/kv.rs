@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use crate::model::Model;
 use crate::ops::attention::{attention_decode, write_key};
 use crate::ops::embedding::embedding_forward;
-use crate::ops::matmul::linear_forward_packed;
+use crate::ops::matmul::{linear_forward_packed, linear_forward_stacked};
 use crate::ops::rmsnorm::rmsnorm_forward;
 use crate::ops::rope::rope_forward;
 use crate::ops::swiglu::swiglu_forward;
@@ -140,14 +140,13 @@ impl Model {
         let mut att = vec![0.0; n * qd];
         let mut o = vec![0.0; n * d];
         let (mut gate, mut up, mut act) = (vec![0.0; n * f], vec![0.0; n * f], vec![0.0; n * f]);
+        let mut stacked = Vec::new();
         let w = |i: usize| self.params.data[i].as_slice();
         let wo = |i: Option<usize>| i.map(|i| self.params.data[i].as_slice());
         let hw = |i: usize| self.packed_weight(i);
         for (l, li) in self.layers.iter().enumerate() {
             rmsnorm_forward(&mut h, &mut rstd, &x, w(li.ln1), d, eps);
-            linear_forward_packed(&mut q, &h, w(li.q), hw(li.q), wo(li.qb), n, d, qd);
-            linear_forward_packed(&mut k, &h, w(li.k), hw(li.k), wo(li.kb), n, d, kd);
-            linear_forward_packed(&mut vv, &h, w(li.v), hw(li.v), wo(li.vb), n, d, kd);
+            linear_forward_stacked(&mut [&mut q, &mut k, &mut vv], &h, &[w(li.q), w(li.k), w(li.v)], hw(li.q), &[wo(li.qb), wo(li.kb), wo(li.vb)], n, d, &mut stacked);
             if let (Some(qn), Some(kn)) = (li.qn, li.kn) {
                 let (qr, kr) = (q.clone(), k.clone());
                 let (mut rq, mut rk) = (vec![0.0; n * heads.q], vec![0.0; n * heads.kv]);
@@ -175,8 +174,7 @@ impl Model {
                 *xi += oi;
             }
             rmsnorm_forward(&mut h, &mut rstd, &x, w(li.ln2), d, eps);
-            linear_forward_packed(&mut gate, &h, w(li.gate), hw(li.gate), None, n, d, f);
-            linear_forward_packed(&mut up, &h, w(li.up), hw(li.up), None, n, d, f);
+            linear_forward_stacked(&mut [&mut gate, &mut up], &h, &[w(li.gate), w(li.up)], hw(li.gate), &[None, None], n, d, &mut stacked);
             swiglu_forward(&mut act, &gate, &up);
             linear_forward_packed(&mut o, &act, w(li.down), hw(li.down), None, n, f, d);
             for (xi, oi) in x.iter_mut().zip(&o) {

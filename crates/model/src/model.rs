@@ -288,27 +288,49 @@ impl Model {
     }
 
     /// Packs the linear weights in the type set by [`Model::set_decode_weights`] unless they
-    /// are packed already.
+    /// are packed already. Projections that read the same input are packed as one weight (a
+    /// layer's q, k and v; its gate and up), filed under the first of them, so decoding makes
+    /// one pass over them: one parallel region, one conversion of the activations.
     pub fn refresh_decode_weights(&mut self) {
         let Some(dtype) = self.decode.map(DecodeWeights::on_this_cpu) else { return };
         if !self.packed.is_empty() {
             return;
         }
         let mut packed: Vec<Option<PackedWeight>> = (0..self.params.data.len()).map(|_| None).collect();
-        for i in self.linear_weights() {
-            let (w, shape) = (&self.params.data[i], &self.params.specs[i].1);
+        for group in self.decode_groups() {
+            let k = self.params.specs[group[0]].1[1];
+            let rows: usize = group.iter().map(|&i| self.params.specs[i].1[0]).sum();
+            let joined: Vec<f32>;
+            let w = if group.len() == 1 {
+                &self.params.data[group[0]]
+            } else {
+                joined = group.iter().flat_map(|&i| self.params.data[i].iter().copied()).collect();
+                &joined
+            };
             let fits = dtype != DecodeWeights::F16 || w.iter().all(|x| x.abs() <= f32::from(f16::MAX));
-            packed[i] = Some(PackedWeight::pack(w, shape[0], shape[1], if fits { dtype } else { DecodeWeights::F32 }));
+            packed[group[0]] = Some(PackedWeight::pack(w, rows, k, if fits { dtype } else { DecodeWeights::F32 }));
         }
         self.packed = packed;
     }
 
-    /// Bytes of weights one decoding step reads (the packed linear weights, or the f32 ones).
-    pub fn decode_bytes(&self) -> usize {
-        self.linear_weights().iter().map(|&i| self.packed_weight(i).map_or(self.params.data[i].len() * 4, PackedWeight::bytes)).sum()
+    /// The linear weights as decoding reads them: per layer [q, k, v], [o], [gate, up], [down];
+    /// then the output layer.
+    fn decode_groups(&self) -> Vec<Vec<usize>> {
+        let mut groups: Vec<Vec<usize>> = self.layers.iter().flat_map(|l| [vec![l.q, l.k, l.v], vec![l.o], vec![l.gate, l.up], vec![l.down]]).collect();
+        groups.push(vec![self.lm_head]);
+        groups
     }
 
-    /// The packed copy of parameter `i` that cached inference reads, if any.
+    /// Bytes of weights one decoding step reads (the packed linear weights, or the f32 ones).
+    pub fn decode_bytes(&self) -> usize {
+        if self.packed.is_empty() {
+            return self.linear_weights().iter().map(|&i| self.params.data[i].len() * 4).sum();
+        }
+        self.packed.iter().flatten().map(PackedWeight::bytes).sum()
+    }
+
+    /// The packed copy that cached inference reads for the group of weights starting at
+    /// parameter `i` (see [`Model::refresh_decode_weights`]), if any.
     pub(crate) fn packed_weight(&self, i: usize) -> Option<&PackedWeight> {
         self.packed.get(i).and_then(Option::as_ref)
     }

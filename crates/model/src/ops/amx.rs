@@ -93,14 +93,20 @@ pub fn pack(w: &[f32], n: usize, k: usize) -> Vec<u16> {
     out
 }
 
-/// The activations as A tiles: x rounded to bf16 (nearest even), `kp` values per row
-/// (zero-padded), rows padded to a multiple of 16 (one tile per 16 rows).
+/// The activations as A tiles: x rounded to bf16 (nearest even), rows in groups of 16 (the
+/// last zero-padded), each group `kp / 32` tiles of 16 rows x 32 values stored contiguously
+/// (a tile load then reads 1 KiB in a row rather than 16 lines a row of x apart).
 pub fn activation_tiles(x: &[f32], m: usize, k: usize) -> Vec<u16> {
-    let kp = padded_k(k);
-    let mut a = vec![0u16; m.next_multiple_of(16) * kp];
+    let blocks = padded_k(k) / KBLOCK;
+    let mut a = vec![0u16; m.div_ceil(16) * blocks * TILE];
     for i in 0..m {
-        // SAFETY: AMX implies AVX-512 F and BW (the kernels here run only where it is usable).
-        unsafe { round_row(&x[i * k..(i + 1) * k], &mut a[i * kp..i * kp + k]) };
+        let (g, r) = (i / 16, i % 16);
+        for b in 0..blocks {
+            let (t0, t1) = (b * KBLOCK, ((b + 1) * KBLOCK).min(k));
+            let at = (g * blocks + b) * TILE + r * KBLOCK;
+            // SAFETY: AMX implies AVX-512 F and BW (the kernels here run only where it is usable).
+            unsafe { round_row(&x[i * k + t0..i * k + t1], &mut a[at..at + t1 - t0]) };
+        }
     }
     a
 }
@@ -128,8 +134,7 @@ pub unsafe fn panels(out: *mut f32, a: &[u16], w: &[u16], m: usize, n: usize, k:
     let kp = padded_k(k);
     let blocks = kp / KBLOCK;
     let groups = m.div_ceil(16);
-    debug_assert!(a.len() >= groups * 16 * kp && w.len() >= p1 * kp * PANEL);
-    let a_stride = kp * 2;
+    debug_assert!(a.len() >= groups * blocks * TILE && w.len() >= p1 * kp * PANEL);
     // Sums of one pass: up to 32 rows (two A tiles) x 32 columns.
     let mut sums = [0.0f32; 32 * PANEL];
     // SAFETY: the caller's guarantees; every tile load reads 16 rows of 64 bytes inside `a` or
@@ -142,7 +147,7 @@ pub unsafe fn panels(out: *mut f32, a: &[u16], w: &[u16], m: usize, n: usize, k:
             // A tiles two at a time (each weight tile loaded feeds two products), an odd last
             // one alone.
             for g in (0..groups).step_by(2) {
-                let a0 = a.as_ptr().add(g * 16 * kp);
+                let a0 = a.as_ptr().add(g * blocks * TILE);
                 let pair = g + 1 < groups;
                 asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
                 for b in 0..blocks {
@@ -166,9 +171,9 @@ pub unsafe fn panels(out: *mut f32, a: &[u16], w: &[u16], m: usize, n: usize, k:
                             "tdpbf16ps tmm1, tmm4, tmm7",
                             "tdpbf16ps tmm2, tmm5, tmm6",
                             "tdpbf16ps tmm3, tmm5, tmm7",
-                            a0 = in(reg) a0.add(b * KBLOCK),
-                            a1 = in(reg) a0.add(16 * kp + b * KBLOCK),
-                            sa = in(reg) a_stride,
+                            a0 = in(reg) a0.add(b * TILE),
+                            a1 = in(reg) a0.add((blocks + b) * TILE),
+                            sa = in(reg) KBLOCK * 2,
                             w0 = in(reg) w0,
                             w1 = in(reg) w0.add(TILE),
                             sw = in(reg) KBLOCK * 2,
@@ -181,8 +186,8 @@ pub unsafe fn panels(out: *mut f32, a: &[u16], w: &[u16], m: usize, n: usize, k:
                             "tileloadd tmm7, [{w1} + {sw}*1]",
                             "tdpbf16ps tmm0, tmm4, tmm6",
                             "tdpbf16ps tmm1, tmm4, tmm7",
-                            a0 = in(reg) a0.add(b * KBLOCK),
-                            sa = in(reg) a_stride,
+                            a0 = in(reg) a0.add(b * TILE),
+                            sa = in(reg) KBLOCK * 2,
                             w0 = in(reg) w0,
                             w1 = in(reg) w0.add(TILE),
                             sw = in(reg) KBLOCK * 2,

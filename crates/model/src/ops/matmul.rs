@@ -228,6 +228,39 @@ pub fn linear_forward_packed(out: &mut [f32], x: &[f32], w: &[f32], packed: Opti
     }
 }
 
+/// Linear layers that read the same input (a layer's q, k and v; its gate and up):
+/// `outs[j][N, O_j] = x[N,I] @ ws[j][O_j,I]^T + bs[j]`. With N small and `packed` holding the
+/// weights stacked as one (rows of `ws[0]`, then `ws[1]`, ...), one product into `scratch` and a
+/// copy out per layer; otherwise [`linear_forward`] each.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_forward_stacked(outs: &mut [&mut [f32]], x: &[f32], ws: &[&[f32]], packed: Option<&PackedWeight>, bs: &[Option<&[f32]>], n: usize, i: usize, scratch: &mut Vec<f32>) {
+    let widths: Vec<usize> = ws.iter().map(|w| w.len() / i).collect();
+    let total: usize = widths.iter().sum();
+    match packed {
+        Some(p) if n <= SMALL_M => {
+            assert_eq!((p.n(), p.k()), (total, i), "linear: packed weight is {}x{}, layers are {total}x{i}", p.n(), p.k());
+            scratch.resize(n * total, 0.0);
+            matmul_packed(scratch, x, p, n);
+            let mut col = 0;
+            for ((out, &o), b) in outs.iter_mut().zip(&widths).zip(bs) {
+                for (dst, src) in out[..n * o].chunks_exact_mut(o).zip(scratch.chunks_exact(total)) {
+                    let src = &src[col..col + o];
+                    match b {
+                        Some(b) => dst.iter_mut().zip(src).zip(b.iter()).for_each(|((y, s), b)| *y = s + b),
+                        None => dst.copy_from_slice(src),
+                    }
+                }
+                col += o;
+            }
+        }
+        _ => {
+            for ((out, w), (&o, b)) in outs.iter_mut().zip(ws).zip(widths.iter().zip(bs)) {
+                linear_forward(out, x, w, *b, n, i, o);
+            }
+        }
+    }
+}
+
 /// dx[N,I] = dout @ w (overwrite); dw[O,I] += dout^T @ x; db[O] += sum_n dout.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward(
