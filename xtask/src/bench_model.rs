@@ -75,7 +75,8 @@ fn train_tokens_per_s(model: &mut Model, batch: usize, len: usize) -> f64 {
 }
 
 /// Greedy decoding of `batch` sequences after a prompt of `prompt_len`: tokens/s over `steps`
-/// steps (the second of two runs).
+/// steps, the best of three runs after a warm-up (PyTorch's figure is taken the same way: on a
+/// shared machine the best run is the one least disturbed by neighbours).
 fn decode_tokens_per_s(model: &Model, batch: usize, prompt_len: usize, steps: usize) -> f64 {
     let v = model.config.vocab_size as u32;
     let seqs: Vec<u64> = (0..batch as u64).collect();
@@ -93,7 +94,8 @@ fn decode_tokens_per_s(model: &Model, batch: usize, prompt_len: usize, steps: us
         start.elapsed().as_secs_f64()
     };
     run();
-    (batch * steps) as f64 / run()
+    let best = (0..3).map(|_| run()).fold(f64::INFINITY, f64::min);
+    (batch * steps) as f64 / best
 }
 
 fn argmax(v: &[f32]) -> u32 {
@@ -197,7 +199,7 @@ pub fn run(python: &str) -> anyhow::Result<()> {
     };
     let c = &model.config;
     let kv_bytes_per_token = 2 * c.num_hidden_layers * c.kv_heads() * c.head_dim() * 4;
-    println!("\nsmollm2-135m ({}) greedy decoding, prompt {prompt_len}, {steps} steps", if pretrained { "imported weights" } else { "random weights" });
+    println!("\nsmollm2-135m ({}) greedy decoding, prompt {prompt_len}, {steps} steps (best of 3 runs, both sides)", if pretrained { "imported weights" } else { "random weights" });
     println!("{:<8} {:<8} {:>10} {:>12} {:>10} {:>12} {:>8}", "batch", "weights", "tok/s", "bound tok/s", "of bound", "PyTorch f32", "ratio");
     for &dtype in &decode_types {
         model.set_decode_weights(dtype);
