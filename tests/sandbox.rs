@@ -202,9 +202,11 @@ fn hostile_code_never_hangs_or_crashes_the_host() {
 #[test]
 fn nothing_on_the_host_is_reachable() {
     for (code, expect) in [
-        ("open('/etc/passwd').read()", "UnsupportedOperation"),
-        ("open('/tmp/rstar2-sandbox-probe', 'w')", "UnsupportedOperation"),
-        ("import os\nos.listdir('/')", "PermissionError"),
+        // Paths name files of the call's in-memory working directory, never the host's.
+        ("open('/etc/passwd').read()", "FileNotFoundError"),
+        ("open('/tmp/rstar2-sandbox-probe', 'w')", "FileNotFoundError"),
+        ("import os\nos.listdir('/etc')", "FileNotFoundError"),
+        ("import os\nos.open('/etc/passwd', os.O_RDONLY)", "Error"),
         ("import os\nos.system('true')", "AttributeError"),
         ("import socket", "ModuleNotFoundError"),
         ("import subprocess\nsubprocess.run(['ls'])", "Error"),
@@ -218,6 +220,73 @@ fn nothing_on_the_host_is_reachable() {
     let r = run("import os\nprint(dict(os.environ))");
     assert_eq!(r.stdout, "{}\n");
     assert!(!std::path::Path::new("/tmp/rstar2-sandbox-probe").exists());
+}
+
+/// Each call gets a private in-memory working directory (code-judge gives each submission a
+/// temporary folder): files written there can be read back, listed and removed through open,
+/// os, os.path and pathlib; escapes land inside it; its size is capped; the next independent
+/// call starts empty; a session keeps its files; nothing reaches the host's disk. Both kinds of
+/// pool.
+#[test]
+fn calls_get_a_private_in_memory_working_directory() {
+    let mut config = SandboxConfig::in_process();
+    config.workers = 1;
+    let in_process = Sandbox::new(config).unwrap();
+    let probe = format!("/tmp/rstar2-scratch-probe-{}", std::process::id());
+    for sb in [sandbox(), &in_process] {
+        let code = r#"
+import os, pathlib
+with open('test.txt', 'w') as f:
+    f.write('Hello, world!')
+print(open('test.txt').read(), os.getcwd(), os.listdir('.'), os.path.getsize('test.txt'), os.path.isfile('test.txt'))
+d = pathlib.Path('data')
+d.mkdir()
+(d / 'x.bin').write_bytes(b'\x00\x01')
+(d / 'y.txt').write_text('line\n')
+print(sorted(p.name for p in d.iterdir()), (d / 'x.bin').read_bytes(), (d / 'y.txt').read_text() == 'line\n', pathlib.Path('.').resolve())
+open('log', 'a').write('1\n')
+open('log', 'a').write('2\n')
+print(repr(open('log').read()))
+os.remove('log')
+print(os.path.exists('log'), sorted(os.listdir('.')))
+with open('../escape.txt', 'w') as f:
+    f.write('x')
+print(sorted(os.listdir('/')))
+"#;
+        let r = sb.run_blocking(ToolCall::new(code));
+        assert_eq!(r.status, Status::Ok, "{r:?}");
+        assert_eq!(
+            r.stdout,
+            "Hello, world! /sandbox ['test.txt'] 13 True\n['x.bin', 'y.txt'] b'\\x00\\x01' True /sandbox\n'1\\n2\\n'\nFalse ['data', 'test.txt']\n['escape.txt', 'sandbox']\n"
+        );
+        // Errors as CPython gives them.
+        for (code, expect) in [
+            ("open('missing.txt')", "FileNotFoundError: [Errno 2] No such file or directory: 'missing.txt'"),
+            ("open('a', 'w').close()\nopen('a', 'x')", "FileExistsError"),
+            ("import os\nos.mkdir('d')\nopen('d')", "IsADirectoryError"),
+            ("open('a', 'r+')", "FileNotFoundError"),
+            ("open('a', 'w').read()", "UnsupportedOperation: not readable"),
+            ("open('a', 'rw')", "ValueError: invalid mode"),
+            ("open('nested/a.txt', 'w')", "FileNotFoundError"),
+        ] {
+            let r = sb.run_blocking(ToolCall::new(code));
+            assert!(r.status == Status::Error && r.stderr.contains(expect), "{code:?}: {r:?}");
+        }
+        // 16 MiB in all.
+        let r = sb.run_blocking(ToolCall::new("f = open('big', 'wb')\ntry:\n    for i in range(40):\n        f.write(b'x' * (1 << 20))\nexcept OSError as e:\n    print(e.errno, i)"));
+        assert_eq!(r.stdout, "28 16\n", "{r:?}");
+        // The next call starts empty; the host never saw a file.
+        let r = sb.run_blocking(ToolCall::new(format!("import os\nopen('{probe}', 'w') if os.path.isdir('/tmp') else None\nprint(os.listdir('.'), os.path.exists('/escape.txt'))")));
+        assert_eq!(r.stdout, "[] False\n", "{r:?}");
+        assert!(!std::path::Path::new(&probe).exists() && !std::path::Path::new("/sandbox").exists());
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let session = sb.session();
+            session.run(ToolCall::new("open('notes.txt', 'w').write('kept')")).await;
+            assert_eq!(session.run(ToolCall::new("print(open('notes.txt').read())")).await.stdout, "kept\n");
+        });
+        assert_eq!(sb.run_blocking(ToolCall::new("import os\nprint(os.listdir('.'))")).stdout, "[]\n");
+    }
 }
 
 #[test]
@@ -318,9 +387,10 @@ fn sympy_imports_from_a_read_only_folder() {
     ));
     assert_eq!(r.status, Status::Ok, "{r:?}");
     assert_eq!(r.stdout, "[2, 3] True True 1/3 100891344545564193334812497256\n");
-    let r = sb.run_blocking(ToolCall::new("import sympy, os\nos.listdir('.')"));
-    assert!(r.stderr.contains("PermissionError"), "{r:?}");
     let root = std::fs::canonicalize(&pylib).unwrap().display().to_string();
+    // The package folder serves imports only: to the code it is not there.
+    let r = sb.run_blocking(ToolCall::new(format!("import sympy, os\nos.listdir({root:?})")));
+    assert!(r.stderr.contains("FileNotFoundError"), "{r:?}");
     let probe = format!(
         "import _sandbox_fs as fs\nprint(fs.read('/', 'etc/passwd'), fs.read({root:?}, '../../etc/passwd'), fs.read({root:?}, '/etc/passwd'), len(fs.read({root:?}, 'sympy/__init__.py')) > 0)"
     );
@@ -391,6 +461,53 @@ fn code_judge_http_api() {
         assert_eq!(results[3]["reason"], "invalid_input");
         assert_eq!(results[4]["reason"], "invalid_input");
     }
-    let (code, _) = http(addr, "POST", "/run", "not json");
-    assert!(code >= 400 && code < 500);
+    // code-judge's own cases (tests/test_main.py, the Python ones), on both route families.
+    for route in ["/run", "/judge"] {
+        let verdict_only = route == "/judge";
+        let post = |body: &str| http(addr, "POST", route, body).1;
+        let r = post(r#"{"type": "python", "solution": "print(input())", "input": "a", "expected_output": "a"}"#);
+        assert_eq!((r["success"].as_bool(), r["run_success"].as_bool()), (Some(true), Some(true)), "{r}");
+        assert_eq!(r.get("stdout").is_none(), verdict_only, "{r}");
+        let r = post(r#"{"type": "python", "solution": "print(input())", "input": "a", "expected_output": "b"}"#);
+        assert_eq!((r["success"].as_bool(), r["run_success"].as_bool()), (Some(false), Some(true)), "{r}");
+        let r = post(r#"{"type": "python", "solution": "print(input())", "input": "", "expected_output": "a"}"#);
+        assert_eq!((r["success"].as_bool(), r["run_success"].as_bool()), (Some(false), Some(false)), "{r}");
+        let r = post(r#"{"type": "python", "solution": "from time import sleep\nsleep(10)", "input": "a", "expected_output": "a"}"#);
+        assert_eq!((r["success"].as_bool(), r["run_success"].as_bool(), r["reason"].as_str()), (Some(false), Some(false), Some("worker_timeout")), "{r}");
+        if !verdict_only {
+            assert_eq!(r["stdout"].as_str().unwrap().trim(), "Suicide from timeout.", "{r}");
+        }
+        // A scratch file in the submission's own working directory; `../` stays inside it.
+        let r = post(r#"{"type": "python", "solution": "with open('test.txt', 'w') as f:\n    f.write('Hello, world!')", "input": "", "expected_output": ""}"#);
+        assert_eq!((r["success"].as_bool(), r["run_success"].as_bool()), (Some(true), Some(true)), "{r}");
+        let r = post(r#"{"type": "python", "solution": "import pathlib\nprint(pathlib.Path('.').resolve())\nwith open('../test.txt', 'w') as f:\n    f.write('Hello, world!')", "input": "", "expected_output": ""}"#);
+        assert_eq!(r["run_success"].as_bool(), Some(true), "{r}");
+        let r = post(r#"{"type": "python", "solution": "from multiprocessing import Process\np = Process(target=print)\np.start()", "expected_output": "a"}"#);
+        assert_eq!((r["success"].as_bool(), r["run_success"].as_bool()), (Some(false), Some(false)), "{r}");
+        let r = post(r#"{"type": "cpp", "solution": "int main(){return 0;}", "expected_output": ""}"#);
+        assert_eq!((r["run_success"].as_bool(), r["reason"].as_str()), (Some(false), Some("invalid_input")), "{r}");
+        for batch in ["batch", "long-batch"] {
+            let body = r#"{"type": "batch", "submissions": [
+                {"type": "python", "solution": "print(input())", "input": "", "expected_output": "b"},
+                {"type": "python", "solution": "print(input())", "input": "a", "expected_output": "a"},
+                {"type": "python", "solution": "print(input())", "input": "a", "expected_output": "b"}]}"#;
+            let (code, r) = http(addr, "POST", &format!("{route}/{batch}"), body);
+            assert_eq!(code, 200, "{r}");
+            let got: Vec<(bool, bool, bool)> = r["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| (x["success"].as_bool().unwrap(), x["run_success"].as_bool().unwrap(), x.get("stdout").is_some()))
+                .collect();
+            assert_eq!(got, [(false, false, !verdict_only), (true, true, !verdict_only), (false, true, !verdict_only)], "{route}/{batch}");
+        }
+    }
+    // Bodies that are not a submission: 422 with a JSON detail, as FastAPI answers.
+    for (path, body) in [("/run", "not json"), ("/judge", "[1, 2]"), ("/judge/batch", r#"{"type": "batch", "submissions": []}"#), ("/run/batch", r#"{"submissions": 3}"#)] {
+        let (code, r) = http(addr, "POST", path, body);
+        assert_eq!(code, 422, "{path} {body}: {r}");
+        assert!(r["detail"].is_string(), "{path} {body}: {r}");
+    }
+    let (code, r) = http(addr, "GET", "/status", "");
+    assert_eq!((code, r["num_workers"].as_u64(), r["queue"].as_u64()), (200, Some(2), Some(0)), "{r}");
 }

@@ -34,8 +34,8 @@ pub enum SandboxCommand {
         #[command(flatten)]
         opts: PoolOptions,
     },
-    /// Serves the code-judge HTTP API (POST /run, /run/batch, /run/long-batch; GET /ping,
-    /// /status), so Python RL stacks can use this sandbox unchanged.
+    /// Serves the code-judge HTTP API (POST /run and /judge, each also /batch and /long-batch;
+    /// GET /ping, /status), so Python RL stacks can use this sandbox unchanged.
     Serve {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8088")]
@@ -182,7 +182,7 @@ fn serve(addr: SocketAddr, opts: &PoolOptions) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-        eprintln!("rstar2 sandbox serving the code-judge API on http://{addr} (POST /run, /run/batch, /run/long-batch)");
+        eprintln!("rstar2 sandbox serving the code-judge API on http://{addr} (POST /run, /judge and their /batch, /long-batch)");
         axum::serve(listener, rstar2_sandbox::http::router(sandbox)).await.context("serving HTTP")
     })
 }

@@ -21,6 +21,7 @@ use crate::shims;
 use crate::watchdog::{StuckHandler, Watchdog};
 
 const PRELUDE: &str = include_str!("py/prelude.py");
+const SCRATCH_FS: &str = include_str!("py/scratch_fs.py");
 const IMPORTER: &str = include_str!("py/importer.py");
 
 /// Why an interpreter could not be built.
@@ -110,6 +111,7 @@ impl Runner {
             let fail = |stage: &'static str| move |exc| InterpreterError { stage, message: format_exception(vm, exc) };
             let scope = vm.new_scope_with_builtins();
             vm.run_string(scope.clone(), PRELUDE, "<rstar2-prelude>").map_err(fail("running the prelude"))?;
+            vm.run_string(scope.clone(), SCRATCH_FS, "<rstar2-scratch-fs>").map_err(fail("setting up the working directory"))?;
             let setup = format!("import sys\nsys.setrecursionlimit({})\n", config.limits.recursion_limit);
             vm.run_string(scope.clone(), &setup, "<rstar2-setup>").map_err(fail("setting limits"))?;
             if let Some(root) = &config.pylib {
@@ -212,7 +214,7 @@ impl Runner {
     ) -> Result<(String, String, String), String> {
         let internal = |exc| format!("sandbox internal error: {}", format_exception(vm, exc));
         let limit = vm.ctx.new_int(self.config.limits.max_stream_chars);
-        let streams = self.begin.call((vm.ctx.new_str(stdin), limit), vm).map_err(internal)?;
+        let streams = self.begin.call((vm.ctx.new_str(stdin), limit, vm.ctx.new_bool(!in_session)), vm).map_err(internal)?;
         let mode = if echo { Mode::BlockExpr } else { Mode::Exec };
         let (value, exc) = match vm.compile(&call.code, mode, "<snippet>".to_owned()) {
             Err(err) => (vm.ctx.none(), Some(err.into_pyexception(vm, Some(&call.code)))),

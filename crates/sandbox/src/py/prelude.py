@@ -49,7 +49,15 @@ _null = Capture(0)
 sys.__stdout__ = sys.__stderr__ = None
 sys.stdin = sys.__stdin__ = io.StringIO("")
 
-def begin(stdin, limit):
+_keep_files = False
+
+def begin(stdin, limit, fresh_files):
+    """Captures the streams; a call outside a session starts with an empty working directory
+    (scratch_fs.py) and leaves none behind."""
+    global _keep_files
+    _keep_files = not fresh_files
+    if fresh_files:
+        _fs_reset()
     out, err = Capture(limit), Capture(limit)
     sys.stdout, sys.stderr = out, err
     sys.stdin = io.StringIO(stdin)
@@ -106,6 +114,8 @@ def finish(streams, value, exc):
         kind = "output_limit"
     sys.stdout = sys.stderr = _null
     sys.stdin = io.StringIO("")
+    if not _keep_files:
+        _fs_reset()
     return (kind, out.getvalue(), err.getvalue())
 
 # time.sleep blocks in native code and cannot be interrupted: sleep in short slices instead.
