@@ -99,7 +99,31 @@ class _Handle:
             if self in _fs.live:
                 _fs.live.remove(self)
 
-class _BinaryFile(_io.BytesIO, _Handle):
+    # Reads check the mode; close writes back. `_base` is the in-memory stream underneath.
+    def read(self, size=-1):
+        self._check_read()
+        return self._base.read(self, size)
+    def readline(self, size=-1):
+        self._check_read()
+        return self._base.readline(self, size)
+    def readlines(self, hint=-1):
+        self._check_read()
+        return self._base.readlines(self, hint)
+    def __iter__(self):
+        self._check_read()
+        return self._base.__iter__(self)
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+    def close(self):
+        if not self.closed:
+            self._store()
+        self._base.close(self)
+    def __del__(self):
+        self.close()
+
+class _BinaryFile(_Handle, _io.BytesIO):
+    _base = _io.BytesIO
     def __init__(self, path, mode, data, readable, writable, append):
         _io.BytesIO.__init__(self, data)
         self._setup(path, mode, readable, writable, append)
@@ -110,26 +134,9 @@ class _BinaryFile(_io.BytesIO, _Handle):
     def write(self, b):
         self._check_write(len(memoryview(b).cast("B")))
         return _io.BytesIO.write(self, b)
-    def writelines(self, lines):
-        for line in lines:
-            self.write(line)
-    def read(self, size=-1):
-        self._check_read()
-        return _io.BytesIO.read(self, size)
-    def readline(self, size=-1):
-        self._check_read()
-        return _io.BytesIO.readline(self, size)
-    def readlines(self, hint=-1):
-        self._check_read()
-        return _io.BytesIO.readlines(self, hint)
-    def close(self):
-        if not self.closed:
-            self._store()
-        _io.BytesIO.close(self)
-    def __del__(self):
-        self.close()
 
-class _TextFile(_io.StringIO, _Handle):
+class _TextFile(_Handle, _io.StringIO):
+    _base = _io.StringIO
     def __init__(self, path, mode, text, readable, writable, append, encoding, errors, newline):
         _io.StringIO.__init__(self, text, newline)
         self._encoding, self._errors = encoding, errors
@@ -147,27 +154,6 @@ class _TextFile(_io.StringIO, _Handle):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
         self._check_write(len(s))
         return _io.StringIO.write(self, s)
-    def writelines(self, lines):
-        for line in lines:
-            self.write(line)
-    def read(self, size=-1):
-        self._check_read()
-        return _io.StringIO.read(self, size)
-    def readline(self, size=-1):
-        self._check_read()
-        return _io.StringIO.readline(self, size)
-    def readlines(self, hint=-1):
-        self._check_read()
-        return _io.StringIO.readlines(self, hint)
-    def __iter__(self):
-        self._check_read()
-        return _io.StringIO.__iter__(self)
-    def close(self):
-        if not self.closed:
-            self._store()
-        _io.StringIO.close(self)
-    def __del__(self):
-        self.close()
 
 def _open(file, mode="r", buffering=-1, encoding=None, errors=None, newline=None, closefd=True, opener=None):
     if isinstance(file, int):
