@@ -83,6 +83,11 @@ impl Runner {
     /// Builds an interpreter: stdlib without any host access, the `posix` shim, threads and
     /// sub-interpreters disabled, the prelude, the optional package folder and preloads.
     pub fn new(config: &InterpreterConfig) -> Result<Self, InterpreterError> {
+        // Builds import modules through RustPython's process-global import lock. A suite run
+        // once hung with two in-process builds on different threads waiting on that lock, so
+        // builds in one process take turns (a build is tens of milliseconds, once per worker).
+        static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _turn = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
         let (sender, receiver) = user_signal_channel();
         let mut settings = Settings::default();
         settings.install_signal_handlers = false;
@@ -214,7 +219,9 @@ impl Runner {
     ) -> Result<(String, String, String), String> {
         let internal = |exc| format!("sandbox internal error: {}", format_exception(vm, exc));
         let limit = vm.ctx.new_int(self.config.limits.max_stream_chars);
-        let streams = self.begin.call((vm.ctx.new_str(stdin), limit, vm.ctx.new_bool(!in_session)), vm).map_err(internal)?;
+        // Files live for one independent call, or for a whole session from its first call on.
+        let fresh_files = !in_session || self.session_globals.borrow().is_none();
+        let streams = self.begin.call((vm.ctx.new_str(stdin), limit, vm.ctx.new_bool(fresh_files)), vm).map_err(internal)?;
         let mode = if echo { Mode::BlockExpr } else { Mode::Exec };
         let (value, exc) = match vm.compile(&call.code, mode, "<snippet>".to_owned()) {
             Err(err) => (vm.ctx.none(), Some(err.into_pyexception(vm, Some(&call.code)))),
