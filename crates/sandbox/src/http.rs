@@ -134,15 +134,15 @@ fn unprocessable(detail: String) -> Response {
     (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "detail": detail }))).into_response()
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| unprocessable(format!("invalid request body: {e}")))
+fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))
 }
 
 async fn single(sandbox: Arc<Sandbox>, body: Bytes, verdicts_only: bool) -> Response {
     let submission: Value = match parse_body(&body) {
         Ok(v @ Value::Object(_)) => v,
         Ok(_) => return unprocessable("a submission is a JSON object".into()),
-        Err(e) => return e,
+        Err(e) => return unprocessable(e),
     };
     let result = judge(&sandbox, submission).await;
     Json(if verdicts_only { result.verdict() } else { result }).into_response()
@@ -151,7 +151,7 @@ async fn single(sandbox: Arc<Sandbox>, body: Bytes, verdicts_only: bool) -> Resp
 async fn batch(sandbox: Arc<Sandbox>, body: Bytes, verdicts_only: bool) -> Response {
     let batch: BatchSubmission = match parse_body(&body) {
         Ok(b) => b,
-        Err(e) => return e,
+        Err(e) => return unprocessable(e),
     };
     if batch.submissions.is_empty() {
         return unprocessable("a batch needs at least one submission".into());
