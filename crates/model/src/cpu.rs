@@ -108,13 +108,15 @@ pub fn amx() -> bool {
     })
 }
 
-/// CPUID leaf 7 (AMX-BF16 is EDX bit 22, AMX-TILE bit 24) and the kernel's permission for the
-/// 8 KiB of tile registers (XFEATURE_XTILEDATA, number 18), which Linux hands out per process.
+/// CPUID leaf 7 (AMX-BF16 is EDX bit 22, AMX-TILE bit 24), AVX-512 BW, and the kernel's
+/// permission for the 8 KiB of tile registers (XFEATURE_XTILEDATA, number 18), which Linux
+/// hands out per process.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn amx_detected() -> bool {
     // CPUID leaf 7 exists on every x86-64 CPU that reaches here (AVX-512 was detected).
     let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
-    if edx & (1 << 22) == 0 || edx & (1 << 24) == 0 {
+    // The kernels convert activations with AVX-512 BW (every AMX CPU has it; checked anyway).
+    if edx & (1 << 22) == 0 || edx & (1 << 24) == 0 || !is_x86_feature_detected!("avx512bw") {
         return false;
     }
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
@@ -279,7 +281,7 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         {
             let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
-            let listed = edx & (1 << 22) != 0 && edx & (1 << 24) != 0 && cfg!(target_os = "linux");
+            let listed = edx & (1 << 22) != 0 && edx & (1 << 24) != 0 && std::is_x86_feature_detected!("avx512bw") && cfg!(target_os = "linux");
             let off = std::env::var("RSTAR2_CPU_AMX").is_ok_and(|v| v.trim() == "0") || isa() != Isa::Avx512;
             eprintln!("CPUID lists AMX: {listed}; usable: {}", amx());
             assert_eq!(amx(), listed && !off);

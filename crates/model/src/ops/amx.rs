@@ -9,9 +9,11 @@
 //! the pair-interleaved layout the instruction reads as its second operand: row r of a tile
 //! holds, for each column c, `w[c][2r]` and `w[c][2r + 1]` of that k-block.
 //!
-//! Activations are rounded to bf16 too, as PyTorch's bf16 inference does: splitting each into
-//! bf16 `hi + lo` kept them to 16 bits but doubled the tile loads, and tile loads (about 20 ns
-//! each on a Sapphire Rapids VM, against 7 ns per product) are what bounds this kernel.
+//! Activations are rounded to bf16 too, as PyTorch's bf16 inference does (an earlier version
+//! split each into bf16 `hi + lo`, 16 bits, at twice the tile loads and products; the weights'
+//! own 8 bits dominate the error either way). What bounds the kernel at decode shapes is
+//! bringing weight tiles in from memory: a tile load costs about 20 ns even from L1 on a
+//! Sapphire Rapids VM (against 7 ns per product) and waits on memory unless prefetched.
 //!
 //! Tile registers are not known to the compiler: the kernels configure them (`ldtilecfg`) at the
 //! start of each task and release them (`tilerelease`) at its end, and no Rust code runs between
