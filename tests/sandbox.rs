@@ -372,11 +372,14 @@ fn in_process_pool_runs_and_times_out() {
     }
 }
 
+/// The sympy + mpmath folder `cargo xtask test` fetches and names in RSTAR2_TEST_PYLIB.
+fn test_pylib() -> std::ffi::OsString {
+    std::env::var_os("RSTAR2_TEST_PYLIB").expect("RSTAR2_TEST_PYLIB is not set: run the tests with `cargo xtask test`, which fetches sympy and mpmath")
+}
+
 #[test]
 fn sympy_imports_from_a_read_only_folder() {
-    let Some(pylib) = std::env::var_os("RSTAR2_TEST_PYLIB") else {
-        panic!("RSTAR2_TEST_PYLIB is not set: run the tests with `cargo xtask test`, which fetches sympy and mpmath");
-    };
+    let pylib = test_pylib();
     let mut config = SandboxConfig::process(worker());
     config.workers = 1;
     config.interpreter.pylib = Some(pylib.clone().into());
@@ -402,9 +405,7 @@ fn sympy_imports_from_a_read_only_folder() {
 /// every interpreter rebuild), so a call with a 300 ms limit never pays for it.
 #[test]
 fn preloads_never_count_against_a_call() {
-    let Some(pylib) = std::env::var_os("RSTAR2_TEST_PYLIB") else {
-        panic!("RSTAR2_TEST_PYLIB is not set: run the tests with `cargo xtask test`, which fetches sympy and mpmath");
-    };
+    let pylib = test_pylib();
     let mut config = SandboxConfig::process(worker());
     config.workers = 1;
     config.interpreter.pylib = Some(pylib.into());

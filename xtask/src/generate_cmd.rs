@@ -129,12 +129,11 @@ pub fn load_model(dir: &Path, devices: &str, decode_weights: Option<DecodeWeight
         let mut policy = Policy::new(&device, Model::new(config.clone(), params.clone()), None);
         let weights = decode_weights.unwrap_or_else(|| policy.default_decode_weights());
         policy.set_decode_weights(weights)?;
-        // bf16 needs AMX on the CPU; GPUs read f16 for it.
-        let stored = if policy.gpu().is_some() && weights == DecodeWeights::Bf16 { DecodeWeights::F16 } else { weights.on_this_cpu() };
+        let stored = policy.stored_decode_weights(weights);
         if stored == weights {
             eprintln!("{}: decoding reads {} weights", spec.trim(), weights.name());
         } else {
-            eprintln!("{}: decoding reads {} weights ({} asked for: it needs a CPU with AMX)", spec.trim(), stored.name(), weights.name());
+            eprintln!("{}: decoding reads {} weights ({} asked for: bf16 runs on CPUs with AMX)", spec.trim(), stored.name(), weights.name());
         }
         policies.push(policy);
     }

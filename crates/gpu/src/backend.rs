@@ -163,6 +163,15 @@ impl Policy {
         }
     }
 
+    /// The type decoding actually reads when `weights` is asked for: bf16 needs AMX on the CPU
+    /// (f16 otherwise), and GPUs read f16 for it.
+    pub fn stored_decode_weights(&self, weights: DecodeWeights) -> DecodeWeights {
+        match (self, weights) {
+            (Policy::Gpu { .. }, DecodeWeights::Bf16) => DecodeWeights::F16,
+            (Policy::Gpu { .. }, w) => w,
+            (Policy::Cpu { .. }, w) => w.on_this_cpu(),
+        }
+    }
 
     /// Makes the decode copies again after optimizer steps (nothing to do if they are fresh).
     pub fn refresh_decode_weights(&mut self) -> Result<(), GpuError> {

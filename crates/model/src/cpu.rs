@@ -140,17 +140,9 @@ pub fn amx_peak_gflops(seconds: f64) -> Option<f64> {
         return None;
     }
     let threads = rayon::current_num_threads();
-    let probe = 100_000u64;
-    let t = std::time::Instant::now();
-    crate::ops::amx::peak_loop(probe);
-    let iters = ((seconds / 3.0 / (t.elapsed().as_secs_f64() / probe as f64).max(1e-12)) as u64).max(probe);
-    let best = (0..3)
-        .map(|_| {
-            let t = std::time::Instant::now();
-            (0..threads).into_par_iter().for_each(|_| crate::ops::amx::peak_loop(iters));
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min);
+    let (iters, best) = best_of_three(seconds, crate::ops::amx::peak_loop, |iters| {
+        (0..threads).into_par_iter().for_each(|_| crate::ops::amx::peak_loop(iters));
+    });
     Some((threads as u64 * iters * crate::ops::amx::FLOPS_PER_STEP) as f64 / best / 1e9)
 }
 
@@ -168,25 +160,39 @@ pub fn fma_peak_gflops(isa: Isa, seconds: f64) -> f64 {
     use rayon::prelude::*;
     use crate::simd::dispatch;
     let threads = rayon::current_num_threads();
-    // Calibrate the iteration count on one short run, then time all threads together.
-    let probe = 100_000u64;
-    let t = std::time::Instant::now();
-    std::hint::black_box(dispatch(isa, FmaChains(probe)));
-    let per_iter = t.elapsed().as_secs_f64() / probe as f64;
-    // Three runs of a third of the time each; the best counts (a peak is what the unit can do,
-    // and a shared machine's neighbours only ever take from it).
-    let iters = ((seconds / 3.0 / per_iter.max(1e-12)) as u64).max(probe);
+    let (iters, best) = best_of_three(
+        seconds,
+        |iters| {
+            std::hint::black_box(dispatch(isa, FmaChains(iters)));
+        },
+        |iters| {
+            let sums: f32 = (0..threads).into_par_iter().map(|_| dispatch(isa, FmaChains(iters))).sum();
+            std::hint::black_box(sums);
+        },
+    );
     let lanes = isa.vector_bits() / 32;
     let lanes = if isa == Isa::Generic { 1 } else { lanes };
+    (threads as u64 * iters * 12 * lanes as u64 * 2) as f64 / best / 1e9
+}
+
+/// Times a peak loop: calibrates the iteration count on one thread (`probe(iters)`), then runs
+/// `all(iters)` (every thread) three times for a third of `seconds` each. Returns the
+/// iterations and the best time: a peak is what the unit can do, and a shared machine's
+/// neighbours only ever take from it.
+fn best_of_three(seconds: f64, probe: impl Fn(u64), all: impl Fn(u64)) -> (u64, f64) {
+    let probe_iters = 100_000u64;
+    let t = std::time::Instant::now();
+    probe(probe_iters);
+    let per_iter = t.elapsed().as_secs_f64() / probe_iters as f64;
+    let iters = ((seconds / 3.0 / per_iter.max(1e-12)) as u64).max(probe_iters);
     let best = (0..3)
         .map(|_| {
             let t = std::time::Instant::now();
-            let sums: f32 = (0..threads).into_par_iter().map(|_| dispatch(isa, FmaChains(iters))).sum();
-            std::hint::black_box(sums);
+            all(iters);
             t.elapsed().as_secs_f64()
         })
         .fold(f64::INFINITY, f64::min);
-    (threads as u64 * iters * 12 * lanes as u64 * 2) as f64 / best / 1e9
+    (iters, best)
 }
 
 /// Memory read bandwidth in GB/s: every rayon thread summing its part of a `bytes`-long buffer

@@ -75,9 +75,9 @@ pub enum DecodeWeights {
     /// f16 copies (half the bytes per decoded token; sums stay f32).
     F16,
     /// bf16 copies multiplied on the CPU's AMX tiles ([`crate::cpu::amx`]: Intel Sapphire
-    /// Rapids and later), activations kept to 16 significant bits, sums f32: as many bytes as
-    /// f16 with 3 fewer significant bits, and arithmetic ten times the vector unit's, which
-    /// large decoding batches need. Where AMX is not usable the copies are f16 instead (the
+    /// Rapids and later), activations rounded to bf16 too, sums f32: as many bytes as f16 with
+    /// 3 fewer significant bits, and arithmetic ten times the vector unit's, which large
+    /// decoding batches need. Where AMX is not usable the copies are f16 instead (the
     /// nearest type the vector kernels read); GPUs read f16.
     Bf16,
 }
