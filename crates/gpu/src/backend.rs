@@ -152,8 +152,9 @@ impl Policy {
     }
 
     /// The fastest decode weights within the error budget this device has: on the CPU, bf16
-    /// where AMX is usable (tile products: a batch of 32 decodes about 1.5x faster than with
-    /// f16) and f16 elsewhere; on a GPU, f16 with SHADER_F16, else f32.
+    /// where AMX is usable (tile products: a batch of 32 decoded 1.1-1.6x faster than with f16
+    /// in `bench model` runs on a Sapphire Rapids Xeon) and f16 elsewhere; on a GPU, f16 with
+    /// SHADER_F16, else f32.
     pub fn default_decode_weights(&self) -> DecodeWeights {
         match self {
             Policy::Cpu { .. } if rstar2_model::cpu::amx() => DecodeWeights::Bf16,
