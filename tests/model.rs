@@ -87,7 +87,8 @@ fn kv_cache_matches_full_forward() {
             }
             let err = kv_cache_against_forward(&model);
             // f16 weights: 11 significant bits, so about 5e-4 of the largest logit per product;
-            // bf16 (AMX tiles where usable, else f16): 8 bits in weights and activations.
+            // bf16 (AMX tiles or AVX-512 BF16 where usable, else f16): 8 bits in weights and
+            // activations.
             let budget = match weights.map(DecodeWeights::on_this_cpu) {
                 Some(DecodeWeights::F16) => 5e-3,
                 Some(DecodeWeights::Bf16) => 5e-2,
@@ -311,7 +312,8 @@ fn run_numeric_tests(wrapper: &[&str], env: &[(&str, &str)]) -> (bool, String) {
 
 /// The AVX2 and portable kernels (RSTAR2_CPU_ISA narrows this crate's choice) pass the same
 /// numeric tests as the widest ones, on any machine; on a CPU with AMX, so does AVX-512 alone
-/// (RSTAR2_CPU_AMX=0: bf16 decode weights are then stored as f16).
+/// (RSTAR2_CPU_AMX=0: bf16 decode weights then run on AVX-512 BF16 dot products where the CPU
+/// has them, as on AMD Zen 4, else they are stored as f16).
 #[test]
 fn narrower_instruction_sets_pass_the_numeric_tests() {
     if rstar2::model::cpu::amx() {

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Instant;
 
-use rstar2_model::cpu::{Isa, amx_peak_gflops, fma_peak_gflops, isa, read_bandwidth_gbs};
+use rstar2_model::cpu::{Isa, amx_peak_gflops, bf16_dot_peak_gflops, fma_peak_gflops, isa, read_bandwidth_gbs};
 use rstar2_model::ops::gemv::{PackedWeight, matmul_packed};
 use rstar2_model::ops::matmul::{chosen_splits, matmul_nt};
 use rstar2_model::{AdamW, AdamWConfig, Batch, Config, DecodeWeights, KvCache, Model, Params};
@@ -120,13 +120,16 @@ pub fn run(python: &str) -> anyhow::Result<()> {
     }
     let peak = peaks.iter().map(|p| p.1).fold(f64::NAN, f64::max);
     let amx_peak = amx_peak_gflops(0.5);
-    match amx_peak {
-        Some(p) => println!("AMX bf16 tile peak, all threads: {p:.1} GFLOP/s (bf16 decode weights multiply on it)"),
-        None => println!("AMX: not usable on this CPU (bf16 decode weights are packed as f16)"),
+    let dot_peak = bf16_dot_peak_gflops(0.5);
+    match (amx_peak, dot_peak) {
+        (Some(p), _) => println!("AMX bf16 tile peak, all threads: {p:.1} GFLOP/s (bf16 decode weights multiply on it)"),
+        (None, Some(p)) => println!("AVX-512 BF16 dot-product peak, all threads: {p:.1} GFLOP/s (no AMX: bf16 decode weights multiply on it)"),
+        (None, None) => println!("AMX and AVX-512 BF16: not usable on this CPU (bf16 decode weights are packed as f16)"),
     }
-    // The half-precision types this CPU decodes in (bf16 only with AMX).
+    // The bf16 products' peak, where the CPU has them.
+    let bf16_peak = amx_peak.or(dot_peak);
     let mut decode_types = vec![DecodeWeights::F32, DecodeWeights::F16];
-    if amx_peak.is_some() {
+    if bf16_peak.is_some() {
         decode_types.push(DecodeWeights::Bf16);
     }
     let copy = copy_bandwidth();
@@ -160,8 +163,8 @@ pub fn run(python: &str) -> anyhow::Result<()> {
     // Decode shapes through the packed small-m kernel (what cached inference uses), weights read
     // from memory: one copy per layer of SmolLM2-135M (30), cycled.
     for &dtype in &decode_types {
-        // bf16 rows as a share of the AMX peak, the others of the FMA peak.
-        let peak = if dtype == DecodeWeights::Bf16 { amx_peak.unwrap_or(peak) } else { peak };
+        // bf16 rows as a share of the bf16 products' peak, the others of the FMA peak.
+        let peak = if dtype == DecodeWeights::Bf16 { bf16_peak.unwrap_or(peak) } else { peak };
         for (m, k, n) in [(8usize, 576usize, 1536usize), (32, 576, 1536), (8, 576, 49152), (32, 576, 49152)] {
             let copies = if n > 4096 { 2 } else { 30 };
             let packed: Vec<PackedWeight> = (0..copies).map(|l| PackedWeight::pack(&vec![0.25 + l as f32 * 1e-3; n * k], n, k, dtype)).collect();

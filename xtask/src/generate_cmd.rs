@@ -33,7 +33,8 @@ pub struct GenerateArgs {
     /// device, and the scheduler spreads the episodes over them.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Weights decoding reads: bf16 (on CPUs with AMX: tile products, the default there), f16
+    /// Weights decoding reads: bf16 (on CPUs with AMX tiles or AVX-512 BF16 dot products; the
+    /// default where those are faster than f32 arithmetic, as on Sapphire Rapids and Zen 4), f16
     /// (half the bytes per token; the default on other CPUs and on GPUs with SHADER_F16) or
     /// f32.
     #[arg(long)]
@@ -87,7 +88,8 @@ pub struct EvalArgs {
     /// auto, cpu, gpu or gpu:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Weights decoding reads: bf16 (on CPUs with AMX: tile products, the default there), f16
+    /// Weights decoding reads: bf16 (on CPUs with AMX tiles or AVX-512 BF16 dot products; the
+    /// default where those are faster than f32 arithmetic, as on Sapphire Rapids and Zen 4), f16
     /// (half the bytes per token; the default on other CPUs and on GPUs with SHADER_F16) or
     /// f32.
     #[arg(long)]
@@ -133,7 +135,7 @@ pub fn load_model(dir: &Path, devices: &str, decode_weights: Option<DecodeWeight
         if stored == weights {
             eprintln!("{}: decoding reads {} weights", spec.trim(), weights.name());
         } else {
-            eprintln!("{}: decoding reads {} weights ({} asked for: bf16 runs on CPUs with AMX)", spec.trim(), stored.name(), weights.name());
+            eprintln!("{}: decoding reads {} weights ({} asked for: bf16 needs AMX or AVX-512 BF16)", spec.trim(), stored.name(), weights.name());
         }
         policies.push(policy);
     }

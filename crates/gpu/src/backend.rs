@@ -98,7 +98,7 @@ impl Policy {
     }
 
     /// The weights cached inference reads: on the CPU, copies repacked for the decode kernel in
-    /// f32, f16 or bf16 (AMX); on a GPU, its f32 weights or f16 copies (SHADER_F16 needed; bf16
+    /// f32, f16 or bf16 (AMX or AVX-512 BF16); on a GPU, its f32 weights or f16 copies (SHADER_F16 needed; bf16
     /// asks for half precision, and GPUs read f16). Kept across
     /// optimizer steps: [`Policy::clip_and_step`] drops stale copies and
     /// [`Policy::refresh_decode_weights`] makes them again.
@@ -152,20 +152,21 @@ impl Policy {
     }
 
     /// The fastest decode weights within the error budget this device has: on the CPU, bf16
-    /// where AMX is usable (tile products: a batch of 32 decoded 1.1-1.6x faster than with f16
-    /// in `bench model` runs on a Sapphire Rapids Xeon) and f16 elsewhere; on a GPU, f16 with
-    /// SHADER_F16, else f32.
+    /// where its products pay ([`rstar2_model::cpu::bf16_products_pay`]: AMX tiles, a batch of
+    /// 32 decoded 1.1-1.6x faster than with f16 in `bench model` runs on a Sapphire Rapids Xeon;
+    /// AVX-512 BF16 dot products on Zen 4) and f16 elsewhere; on a GPU, f16 with SHADER_F16,
+    /// else f32.
     pub fn default_decode_weights(&self) -> DecodeWeights {
         match self {
-            Policy::Cpu { .. } if rstar2_model::cpu::amx() => DecodeWeights::Bf16,
+            Policy::Cpu { .. } if rstar2_model::cpu::bf16_products_pay() => DecodeWeights::Bf16,
             Policy::Cpu { .. } => DecodeWeights::F16,
             Policy::Gpu { model, .. } if model.gpu.has_f16() => DecodeWeights::F16,
             Policy::Gpu { .. } => DecodeWeights::F32,
         }
     }
 
-    /// The type decoding actually reads when `weights` is asked for: bf16 needs AMX on the CPU
-    /// (f16 otherwise), and GPUs read f16 for it.
+    /// The type decoding actually reads when `weights` is asked for: bf16 needs AMX or AVX-512
+    /// BF16 on the CPU (f16 otherwise), and GPUs read f16 for it.
     pub fn stored_decode_weights(&self, weights: DecodeWeights) -> DecodeWeights {
         match (self, weights) {
             (Policy::Gpu { .. }, DecodeWeights::Bf16) => DecodeWeights::F16,

@@ -10,7 +10,8 @@
 //!
 //! Intel's AMX tile unit (Sapphire Rapids and later) is a matrix engine beside the vector unit:
 //! [`amx`] says whether this process may use it for bf16 products (`RSTAR2_CPU_AMX=0`, or a
-//! narrower `RSTAR2_CPU_ISA`, turns it off).
+//! narrower `RSTAR2_CPU_ISA`, turns it off). Elsewhere bf16 products run on the vector unit's
+//! AVX-512 BF16 dot products where the CPU has them ([`avx512_bf16`]: AMD Zen 4 and later).
 
 use std::sync::OnceLock;
 
@@ -106,6 +107,88 @@ pub fn amx() -> bool {
         let off = std::env::var("RSTAR2_CPU_AMX").is_ok_and(|v| v.trim() == "0");
         !off && isa() == Isa::Avx512 && amx_detected()
     })
+}
+
+/// Whether AVX-512 BF16 dot products (`vdpbf16ps`) are usable: the CPU lists AVX512-BF16 and
+/// AVX-512 BW, and [`isa`] is AVX-512. The kernel for bf16 decode weights where AMX is not
+/// usable ([`crate::ops::bf16`]). Decided once.
+pub fn avx512_bf16() -> bool {
+    static USABLE: OnceLock<bool> = OnceLock::new();
+    *USABLE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            isa() == Isa::Avx512 && is_x86_feature_detected!("avx512bf16") && is_x86_feature_detected!("avx512bw")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
+/// Whether bf16 products are the faster half-precision arithmetic here: AMX is usable, or AVX-512
+/// BF16 dot products run at least 1.5x the flops of f32 FMAs on this CPU (about 2x on Zen 4,
+/// about half on Sapphire Rapids), timed once on one thread (a few milliseconds). What
+/// inference picks its default decode weights by.
+pub fn bf16_products_pay() -> bool {
+    static PAYS: OnceLock<bool> = OnceLock::new();
+    *PAYS.get_or_init(|| {
+        if amx() {
+            return true;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if avx512_bf16() {
+            use crate::simd::dispatch;
+            let iters = 200_000u64;
+            let best = |f: &dyn Fn()| {
+                (0..3)
+                    .map(|_| {
+                        let t = std::time::Instant::now();
+                        f();
+                        t.elapsed().as_secs_f64()
+                    })
+                    .fold(f64::INFINITY, f64::min)
+            };
+            // Each run's count is opaque, so the compiler cannot run a loop once for all three.
+            let fma = best(&|| {
+                std::hint::black_box(dispatch(Isa::Avx512, FmaChains(std::hint::black_box(iters))));
+            });
+            let dot = best(&|| {
+                std::hint::black_box(crate::ops::bf16::peak_loop(std::hint::black_box(iters)));
+            });
+            let fma_flops = (iters * 12 * 16 * 2) as f64 / fma;
+            let dot_flops = (iters * crate::ops::bf16::FLOPS_PER_STEP) as f64 / dot;
+            return dot_flops >= 1.5 * fma_flops;
+        }
+        false
+    })
+}
+
+/// Measured AVX-512 BF16 dot-product throughput in GFLOP/s, every rayon thread running twelve
+/// independent `vdpbf16ps` chains (the best of three runs), or None without [`avx512_bf16`].
+/// Takes about `seconds`.
+#[cfg(target_arch = "x86_64")]
+pub fn bf16_dot_peak_gflops(seconds: f64) -> Option<f64> {
+    use rayon::prelude::*;
+    if !avx512_bf16() {
+        return None;
+    }
+    let threads = rayon::current_num_threads();
+    let (iters, best) = best_of_three(
+        seconds,
+        |iters| {
+            std::hint::black_box(crate::ops::bf16::peak_loop(iters));
+        },
+        |iters| {
+            let sums: f32 = (0..threads).into_par_iter().map(|_| crate::ops::bf16::peak_loop(iters)).sum();
+            std::hint::black_box(sums);
+        },
+    );
+    Some((threads as u64 * iters * crate::ops::bf16::FLOPS_PER_STEP) as f64 / best / 1e9)
+}
+
+/// No AVX-512 BF16 off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn bf16_dot_peak_gflops(_seconds: f64) -> Option<f64> {
+    None
 }
 
 /// CPUID leaf 7 (AMX-BF16 is EDX bit 22, AMX-TILE bit 24), AVX-512 BW, and the kernel's
@@ -293,5 +376,19 @@ mod tests {
             assert_eq!(amx(), listed && !off);
             assert_eq!(amx_peak_gflops(0.01).is_some(), amx());
         }
+    }
+
+    /// AVX-512 BF16 dot products are used exactly where CPUID lists them (with AVX-512 BW) and
+    /// the kernels are AVX-512; bf16 decoding is preferred only where a bf16 unit exists.
+    #[test]
+    fn bf16_dot_products_follow_cpuid() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let listed = std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512bw");
+            eprintln!("CPUID lists AVX512-BF16: {listed}; usable: {}; bf16 products pay: {}", avx512_bf16(), bf16_products_pay());
+            assert_eq!(avx512_bf16(), listed && isa() == Isa::Avx512);
+            assert_eq!(bf16_dot_peak_gflops(0.01).is_some(), avx512_bf16());
+        }
+        assert!(!bf16_products_pay() || amx() || avx512_bf16());
     }
 }

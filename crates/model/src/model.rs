@@ -75,10 +75,12 @@ pub enum DecodeWeights {
     /// f16 copies (half the bytes per decoded token; sums stay f32).
     F16,
     /// bf16 copies multiplied on the CPU's AMX tiles ([`crate::cpu::amx`]: Intel Sapphire
-    /// Rapids and later), activations rounded to bf16 too, sums f32: as many bytes as f16 with
-    /// 3 fewer significant bits, and arithmetic ten times the vector unit's, which large
-    /// decoding batches need. Where AMX is not usable the copies are f16 instead (the
-    /// nearest type the vector kernels read); GPUs read f16.
+    /// Rapids and later) or, without AMX, its AVX-512 BF16 dot products
+    /// ([`crate::cpu::avx512_bf16`]: AMD Zen 4 and later); activations rounded to bf16 too, sums
+    /// f32: as many bytes as f16 with 3 fewer significant bits, and twice (vector) to ten times
+    /// (AMX) the f32 arithmetic rate, which large decoding batches need. Where neither is
+    /// usable the copies are f16 instead (the nearest type the vector kernels read); GPUs read
+    /// f16.
     Bf16,
 }
 
@@ -92,10 +94,11 @@ impl DecodeWeights {
         }
     }
 
-    /// The type the CPU's kernels store it in: bf16 only where AMX is usable, else f16.
+    /// The type the CPU's kernels store it in: bf16 only where AMX or AVX-512 BF16 is usable,
+    /// else f16.
     pub fn on_this_cpu(self) -> DecodeWeights {
         match self {
-            DecodeWeights::Bf16 if !crate::cpu::amx() => DecodeWeights::F16,
+            DecodeWeights::Bf16 if !crate::cpu::amx() && !crate::cpu::avx512_bf16() => DecodeWeights::F16,
             other => other,
         }
     }

@@ -4,10 +4,9 @@
 //! AVX-512 FMA rate, so a batch of decoding sequences is bound by reading the weights again,
 //! not by arithmetic.
 //!
-//! Weights are packed once ([`pack`]): panels of 32 output columns, each panel `kp / 32`
-//! k-blocks (k rounded up to 32, zero-padded) of two 16x32 tiles (columns 0..16 and 16..32) in
-//! the pair-interleaved layout the instruction reads as its second operand: row r of a tile
-//! holds, for each column c, `w[c][2r]` and `w[c][2r + 1]` of that k-block.
+//! Weights are the pair-interleaved panels of [`crate::ops::bf16::pack`]: a panel is its
+//! columns 0..16 then its columns 16..32, each `kp / 32` tiles of 16x32 (one per k-block) in
+//! exactly the layout the instruction reads as its second operand.
 //!
 //! Activations are rounded to bf16 too, as PyTorch's bf16 inference does (an earlier version
 //! split each into bf16 `hi + lo`, 16 bits, at twice the tile loads and products; the weights'
@@ -21,16 +20,11 @@
 
 use std::arch::asm;
 
-use half::bf16;
+use crate::ops::bf16::{KBLOCK, PANEL, TILE, padded_k, round_row};
 
-/// Output columns per panel (two 16-column tiles).
-pub const PANEL: usize = 32;
-/// Inputs per k-block (one tile row of bf16 pairs).
-const KBLOCK: usize = 32;
-/// bf16 values in one packed weight tile (16 rows of 32).
-const TILE: usize = 16 * KBLOCK;
-/// How far ahead of the k-block being multiplied the weights are prefetched, in bytes.
-const PREFETCH: usize = 16384;
+/// How far ahead of the k-block being multiplied each half's weights are prefetched, in bytes
+/// (8 k-blocks).
+const PREFETCH: usize = 8 * TILE * 2;
 /// Flops of one step of [`peak_loop`]: four 16x16x32 tile products.
 pub const FLOPS_PER_STEP: u64 = 4 * 16 * 16 * 32 * 2;
 
@@ -64,38 +58,7 @@ unsafe fn release() {
     unsafe { asm!("tilerelease", options(nostack, nomem)) };
 }
 
-/// Padded input width.
-pub fn padded_k(k: usize) -> usize {
-    k.next_multiple_of(KBLOCK)
-}
-
-/// Packs `w` (`[n, k]` row-major) into bf16 tiles (round to nearest even), layout above.
-pub fn pack(w: &[f32], n: usize, k: usize) -> Vec<u16> {
-    use rayon::prelude::*;
-    let kp = padded_k(k);
-    let panels = n.div_ceil(PANEL);
-    let mut out = vec![0u16; panels * kp * PANEL];
-    out.par_chunks_mut(kp * PANEL).enumerate().for_each(|(p, panel)| {
-        for (b, block) in panel.chunks_mut(2 * TILE).enumerate() {
-            for (half, tile) in block.chunks_mut(TILE).enumerate() {
-                for r in 0..16 {
-                    for c in 0..16 {
-                        let col = p * PANEL + half * 16 + c;
-                        for e in 0..2 {
-                            let t = b * KBLOCK + 2 * r + e;
-                            if col < n && t < k {
-                                tile[r * KBLOCK + 2 * c + e] = bf16::from_f32(w[col * k + t]).to_bits();
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    });
-    out
-}
-
-/// The activations as A tiles: x rounded to bf16 (nearest even), rows in groups of 16 (the
+/// The activations as A tiles: x rounded to bf16 (nearest even, [`round_row`]), rows in groups of 16 (the
 /// last zero-padded), each group `kp / 32` tiles of 16 rows x 32 values stored contiguously
 /// (a tile load then reads 1 KiB in a row rather than 16 lines a row of x apart).
 pub fn activation_tiles(x: &[f32], m: usize, k: usize) -> Vec<u16> {
@@ -113,23 +76,12 @@ pub fn activation_tiles(x: &[f32], m: usize, k: usize) -> Vec<u16> {
     a
 }
 
-/// Rounds to bf16 (nearest even) as integer arithmetic the compiler vectorizes (a scalar
-/// `bf16::from_f32` per value cost as much as the tile products at decode shapes). Finite
-/// inputs: activations.
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn round_row(x: &[f32], out: &mut [u16]) {
-    for (&v, o) in x.iter().zip(out.iter_mut()) {
-        let b = v.to_bits();
-        *o = ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16;
-    }
-}
-
 /// Panels `p0..p1` of `out[m, n]` from the A tiles of [`activation_tiles`] and the weight
-/// tiles of [`pack`].
+/// tiles of [`crate::ops::bf16::pack`].
 ///
 /// # Safety
 /// [`crate::cpu::amx`] is true; `a` and `w` come from [`activation_tiles`] (for these m, k)
-/// and [`pack`] (for these n, k); `out` points at `m x n` values of which this call alone
+/// and [`crate::ops::bf16::pack`] (for these n, k); `out` points at `m x n` values of which this call alone
 /// writes columns `32 p0 .. min(32 p1, n)`.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn panels(out: *mut f32, a: &[u16], w: &[u16], m: usize, n: usize, k: usize, p0: usize, p1: usize) {
@@ -153,14 +105,18 @@ pub unsafe fn panels(out: *mut f32, a: &[u16], w: &[u16], m: usize, n: usize, k:
                 let pair = g + 1 < groups;
                 asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
                 for b in 0..blocks {
-                    let w0 = panel.add(b * 2 * TILE);
-                    // Tile loads from memory stall the products; the block PREFETCH bytes
-                    // ahead is asked for into L2 (the first pass over the panel reads it from
-                    // memory). Into L2 at 16 KiB measured best among L1 and L2 at 1 to 64 KiB.
+                    // This k-block's tiles of the panel's two halves.
+                    let (w0, w1) = (panel.add(b * TILE), panel.add((blocks + b) * TILE));
+                    // Tile loads from memory stall the products; the tiles 8 blocks ahead in
+                    // both halves are asked for into L2 (the first pass over the panel reads
+                    // it from memory). 8 blocks (16 KiB of both halves) into L2 measured best
+                    // among L1 and L2 at 1 to 64 KiB.
                     if g == 0 {
-                        let ahead = w0.cast::<u8>().wrapping_add(PREFETCH);
-                        for line in 0..2 * TILE * 2 / 64 {
-                            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(ahead.wrapping_add(line * 64).cast());
+                        for half in [w0, w1] {
+                            let ahead = half.cast::<u8>().wrapping_add(PREFETCH);
+                            for line in 0..TILE * 2 / 64 {
+                                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(ahead.wrapping_add(line * 64).cast());
+                            }
                         }
                     }
                     if pair {
@@ -177,7 +133,7 @@ pub unsafe fn panels(out: *mut f32, a: &[u16], w: &[u16], m: usize, n: usize, k:
                             a1 = in(reg) a0.add((blocks + b) * TILE),
                             sa = in(reg) KBLOCK * 2,
                             w0 = in(reg) w0,
-                            w1 = in(reg) w0.add(TILE),
+                            w1 = in(reg) w1,
                             sw = in(reg) KBLOCK * 2,
                             options(nostack, readonly),
                         );
@@ -191,7 +147,7 @@ pub unsafe fn panels(out: *mut f32, a: &[u16], w: &[u16], m: usize, n: usize, k:
                             a0 = in(reg) a0.add(b * TILE),
                             sa = in(reg) KBLOCK * 2,
                             w0 = in(reg) w0,
-                            w1 = in(reg) w0.add(TILE),
+                            w1 = in(reg) w1,
                             sw = in(reg) KBLOCK * 2,
                             options(nostack, readonly),
                         );

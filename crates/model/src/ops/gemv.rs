@@ -6,8 +6,9 @@
 //! the work is split over panels (the output layer's 1,536 of them included).
 //!
 //! Kernels per instruction set ([`crate::cpu::isa`]): AVX-512 (2 vectors of 16 columns x 12
-//! rows per pass), AVX2 (4 of 8 x 2), portable Rust; bf16 weights are multiplied on AMX tiles
-//! instead ([`crate::ops::amx`], its own packed layout).
+//! rows per pass), AVX2 (4 of 8 x 2), portable Rust; bf16 weights have their own packed layout
+//! ([`crate::ops::bf16`]) and are multiplied on AMX tiles ([`crate::ops::amx`]) or AVX-512 BF16
+//! dot products.
 
 // Kernels index their register arrays by lane and row on purpose.
 #![allow(clippy::needless_range_loop)]
@@ -38,18 +39,19 @@ pub struct PackedWeight {
 enum Packed {
     F32(Vec<f32>),
     F16(Vec<f16>),
-    /// AMX tiles ([`crate::ops::amx::pack`]), only where [`crate::cpu::amx`] is true.
+    /// Pair-interleaved bf16 panels ([`crate::ops::bf16::pack`]), only where
+    /// [`crate::cpu::amx`] or [`crate::cpu::avx512_bf16`] is true.
     Bf16(Vec<u16>),
 }
 
 impl PackedWeight {
     /// Packs `w` (`[n, k]` row-major) in the given type (f16 and bf16 round to nearest even;
-    /// bf16 becomes f16 where AMX is not usable: [`DecodeWeights::on_this_cpu`]).
+    /// bf16 becomes f16 where the CPU has no bf16 products: [`DecodeWeights::on_this_cpu`]).
     pub fn pack(w: &[f32], n: usize, k: usize, dtype: DecodeWeights) -> Self {
         assert_eq!(w.len(), n * k, "PackedWeight::pack: {} values for {n}x{k}", w.len());
         #[cfg(target_arch = "x86_64")]
         if dtype.on_this_cpu() == DecodeWeights::Bf16 {
-            return PackedWeight { n, k, data: Packed::Bf16(crate::ops::amx::pack(w, n, k)) };
+            return PackedWeight { n, k, data: Packed::Bf16(crate::ops::bf16::pack(w, n, k)) };
         }
         let panels = n.div_ceil(PANEL);
         // Panel p, row t, column c = w[(32p + c) * k + t].
@@ -130,18 +132,26 @@ pub fn matmul_packed_on(isa: Isa, out: &mut [f32], x: &[f32], w: &PackedWeight, 
     let per_task = panels.div_ceil(threads * 4).max(1);
     let tasks = panels.div_ceil(per_task);
     let dst = OutPtr(out.as_mut_ptr());
+    // bf16 weights exist only where AMX or AVX-512 BF16 is usable; their activations are
+    // rounded once per product, as AMX tiles or as pairs for the dot products.
     #[cfg(target_arch = "x86_64")]
-    let rows = match &w.data {
-        Packed::Bf16(_) => crate::ops::amx::activation_tiles(x, m, k),
-        _ => Vec::new(),
+    let amx = crate::cpu::amx();
+    #[cfg(target_arch = "x86_64")]
+    let (tiles, pairs) = match &w.data {
+        Packed::Bf16(_) if amx => (crate::ops::amx::activation_tiles(x, m, k), Vec::new()),
+        // SAFETY: bf16 weights without AMX mean AVX-512 BF16 (and BW) is usable.
+        Packed::Bf16(_) => (Vec::new(), unsafe { crate::ops::bf16::activation_pairs(x, m, k) }),
+        _ => (Vec::new(), Vec::new()),
     };
     let run = |t: usize| {
         let (p0, p1) = (t * per_task, ((t + 1) * per_task).min(panels));
         match &w.data {
-            // SAFETY: bf16 tiles exist only where AMX is usable; `rows` and `tiles` have the
-            // layouts for m, n, k; tasks write disjoint panels of `out` (checked size above).
+            // SAFETY: as above; `tiles`/`pairs` and the weights have the layouts for m, n, k;
+            // tasks write disjoint panels of `out` (checked size above).
             #[cfg(target_arch = "x86_64")]
-            Packed::Bf16(tiles) => unsafe { crate::ops::amx::panels(dst.get(), &rows, tiles, m, n, k, p0, p1) },
+            Packed::Bf16(weights) if amx => unsafe { crate::ops::amx::panels(dst.get(), &tiles, weights, m, n, k, p0, p1) },
+            #[cfg(target_arch = "x86_64")]
+            Packed::Bf16(weights) => unsafe { crate::ops::bf16::panels(dst.get(), &pairs, weights, m, n, k, p0, p1) },
             _ => dispatch(isa, Panels { out: dst, x, w, m, p0, p1 }),
         }
     };
@@ -187,7 +197,7 @@ impl Kernel for Panels<'_> {
             let src = match &w.data {
                 Packed::F32(d) => Src::F32(d[p * panel_len..].as_ptr()),
                 Packed::F16(d) => Src::F16(d[p * panel_len..].as_ptr()),
-                Packed::Bf16(_) => unreachable!("bf16 weights run on AMX tiles"),
+                Packed::Bf16(_) => unreachable!("bf16 weights run on AMX tiles or bf16 dot products"),
             };
             let cols = PANEL.min(n - p * PANEL);
             // Activation rows in near-equal passes (13 rows as 7 + 6, not 12 + 1).
@@ -294,12 +304,13 @@ mod tests {
             .collect()
     }
 
-    /// Every instruction set against an f64 triple loop, f32, f16 and bf16 weights (AMX tiles
-    /// where usable), shapes that leave remainders everywhere (a partial last panel, passes of
-    /// unequal rows, k not a multiple of the tile depth, tiny k).
+    /// Every instruction set against an f64 triple loop, f32, f16 and bf16 weights (AMX tiles or
+    /// AVX-512 BF16 where usable), shapes that leave remainders everywhere (a partial last panel, passes of
+    /// unequal rows, k not a multiple of the tile depth, tiny k, bf16 passes of both sizes and a
+    /// last half-panel of one column).
     #[test]
     fn every_isa_matches_a_naive_product() {
-        for &(m, n, k) in &[(1usize, 1usize, 1usize), (1, 7, 19), (3, 50, 33), (8, 130, 576), (13, 64, 100), (12, 32, 16), (32, 21, 47), (64, 97, 5), (17, 40, 70), (9, 33, 64)] {
+        for &(m, n, k) in &[(1usize, 1usize, 1usize), (1, 7, 19), (3, 50, 33), (8, 130, 576), (13, 64, 100), (12, 32, 16), (32, 21, 47), (64, 97, 5), (17, 40, 70), (9, 33, 64), (25, 17, 40)] {
             let x = fill(m * k, 1);
             let w = fill(n * k, 2);
             let rounded: Vec<f32> = w.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
@@ -315,8 +326,9 @@ mod tests {
                 c
             };
             let reference = |w: &[f32]| reference_of(&x, w);
-            // AMX multiplies bf16 activations by bf16 weights.
-            let bf16 = (DecodeWeights::Bf16, if crate::cpu::amx() { reference_of(&x_bf16, &rounded_bf16) } else { reference(&rounded) });
+            // AMX and the bf16 dot products multiply bf16 activations by bf16 weights.
+            let bf16_products = crate::cpu::amx() || crate::cpu::avx512_bf16();
+            let bf16 = (DecodeWeights::Bf16, if bf16_products { reference_of(&x_bf16, &rounded_bf16) } else { reference(&rounded) });
             for (dtype, want) in [(DecodeWeights::F32, reference(&w)), (DecodeWeights::F16, reference(&rounded)), bf16] {
                 let packed = PackedWeight::pack(&w, n, k, dtype);
                 assert_eq!(packed.dtype(), dtype.on_this_cpu());

@@ -6,6 +6,8 @@
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+pub mod bf16;
 pub mod embedding;
 pub mod gemv;
 pub mod logprob;
