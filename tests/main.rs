@@ -2,5 +2,6 @@
 
 mod gguf;
 mod model;
+mod queue;
 mod sandbox;
 mod support;

@@ -7,13 +7,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use rstar2_sandbox::queue::{QueueClient, QueueConfig};
 use rstar2_sandbox::{InterpreterConfig, Runner, Sandbox, SandboxConfig, Status, ToolCall, Watchdog, WorkerCommand};
 
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {
     /// Tool latency and throughput: warm calls (in-process and worker processes), a fresh
     /// interpreter, CPython subprocess and persistent-worker baselines, calls/s on all cores,
-    /// and 45,000 calls submitted at once.
+    /// 45,000 calls submitted at once, and calls/s and the burst through code-judge's Redis queue
+    /// with 1 and 2 worker processes (needs `redis-server`).
     Sandbox {
         /// Warm calls timed per row.
         #[arg(long, default_value_t = 2000)]
@@ -232,14 +234,27 @@ fn bench_sandbox(calls: usize, burst: usize) -> anyhow::Result<()> {
 
     println!("\n{burst} calls submitted at once (worker processes, {cores} workers; mixed snippets):");
     let sandbox = sandbox_with(cores, false)?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    let calls: Vec<ToolCall> = (0..burst)
+    burst_run(&sandbox, burst)?;
+    drop(sandbox);
+    bench_queue(burst)
+}
+
+/// Mixed snippets whose outputs [`burst_correct`] checks.
+fn burst_calls(n: usize) -> Vec<ToolCall> {
+    (0..n)
         .map(|i| match i % 3 {
             0 => ToolCall::new(TYPICAL),
             1 => ToolCall::new(format!("print({i} ** 3 % 97)")),
             _ => ToolCall::with_stdin("n = int(input())\nprint(n * 2)", i.to_string()),
         })
-        .collect();
+        .collect()
+}
+
+/// Submits [`burst_calls`] at once and prints how many came back, right, how fast, and the peak
+/// memory of this process tree.
+fn burst_run(sandbox: &Sandbox, burst: usize) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let calls = burst_calls(burst);
     let peak = Arc::new(AtomicU64::new(tree_rss()));
     let done = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -266,3 +281,72 @@ fn bench_sandbox(calls: usize, burst: usize) -> anyhow::Result<()> {
         results.len(), burst as f64 / wall, peak.load(Ordering::Relaxed) as f64 / (1 << 20) as f64);
     Ok(())
 }
+
+/// Children killed when the benchmark ends.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Calls through code-judge's Redis queue on this machine: a `redis-server` on a unix socket,
+/// 1 then 2 `sandbox worker --redis` processes of one interpreter each, the same client a training
+/// run uses ([`Sandbox::queue`]), and the burst through 2 workers. Skipped, saying so, without
+/// `redis-server`.
+fn bench_queue(burst: usize) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("rstar2-bench-redis-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let socket = dir.join("redis.sock");
+    let server = Command::new("redis-server")
+        .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
+        .arg(&socket)
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .spawn();
+    let Ok(server) = server else {
+        println!("\nThrough code-judge's Redis queue: skipped (no redis-server; apt-get install redis-server)");
+        return Ok(());
+    };
+    let mut children = Children(vec![server]);
+    let t = Instant::now();
+    while !socket.exists() {
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(10), "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let uri = format!("redis+unix://{}", socket.display());
+    let client = QueueClient::connect(QueueConfig::new(uri.clone()))?;
+    let sandbox = Sandbox::queue(client.clone());
+    let runtime = tokio::runtime::Runtime::new()?;
+    println!("\nThrough code-judge's Redis queue (redis-server on a unix socket, `sandbox worker --redis` processes of 1 interpreter each):");
+    for workers in [1, 2] {
+        while children.0.len() < 1 + workers {
+            let exe = std::env::current_exe()?;
+            children.0.push(Command::new(exe).args(["sandbox", "worker", "--workers", "1", "--redis", &uri]).stderr(Stdio::null()).spawn()?);
+        }
+        let t = Instant::now();
+        while client.status()?.1 < workers {
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(30), "queue workers did not register");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for (label, code, n) in [("print(1+1)", TINY, 5_000), ("typical math snippet", TYPICAL, 2_000)] {
+            let t = Instant::now();
+            let results = runtime.block_on(sandbox.run_batch(vec![ToolCall::new(code); n]));
+            let secs = t.elapsed().as_secs_f64();
+            anyhow::ensure!(results.iter().all(|r| r.status == Status::Ok), "a call through the queue failed");
+            println!("  {workers} worker process{}  {label:<22} {:>9.0} calls/s", if workers == 1 { " " } else { "es" }, n as f64 / secs);
+        }
+    }
+    println!("\n{burst} calls submitted at once through the queue (2 worker processes):");
+    burst_run(&sandbox, burst)?;
+    println!("  resubmitted after no answer: {}", client.resubmitted());
+    drop(children);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+

@@ -1,13 +1,15 @@
-//! `cargo xtask sandbox exec | batch | serve`.
+//! `cargo xtask sandbox exec | batch | serve | worker`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufWriter, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use rstar2_sandbox::queue::{QueueClient, QueueConfig, WorkerStats, serve_queue};
 use rstar2_sandbox::{Sandbox, SandboxConfig, Status, ToolCall, ToolResult, WorkerCommand};
 use serde_json::Value;
 
@@ -40,6 +42,27 @@ pub enum SandboxCommand {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8088")]
         addr: SocketAddr,
+        /// Be code-judge's front end instead: submissions go to the Redis work queue at this URI
+        /// (redis://HOST:PORT, redis+unix:///PATH) for `sandbox worker --redis` or code-judge's
+        /// own workers, and no interpreters run here.
+        #[arg(long, value_name = "URI")]
+        redis: Option<String>,
+        /// The key prefix of the queue (code-judge's REDIS_KEY_PREFIX).
+        #[arg(long, default_value = "js")]
+        key_prefix: String,
+        #[command(flatten)]
+        opts: PoolOptions,
+    },
+    /// Serves code-judge's Redis work queue as its workers do: --workers interpreters here take
+    /// submissions from the queue until stopped, for code-judge's front end, `sandbox serve
+    /// --redis`, or training runs whose [sandbox] redis points at the same server.
+    Worker {
+        /// The Redis server (redis://HOST:PORT[/DB], redis+unix:///PATH).
+        #[arg(long, value_name = "URI")]
+        redis: String,
+        /// The key prefix of the queue (code-judge's REDIS_KEY_PREFIX).
+        #[arg(long, default_value = "js")]
+        key_prefix: String,
         #[command(flatten)]
         opts: PoolOptions,
     },
@@ -98,8 +121,19 @@ pub fn run(cmd: SandboxCommand) -> anyhow::Result<()> {
             Ok(())
         }
         SandboxCommand::Batch { input, output, opts } => batch(&input, &output, &opts),
-        SandboxCommand::Serve { addr, opts } => serve(addr, &opts),
+        SandboxCommand::Serve { addr, redis, key_prefix, opts } => serve(addr, redis.map(|uri| queue_config(uri, key_prefix)), &opts),
+        SandboxCommand::Worker { redis, key_prefix, opts } => {
+            let config = queue_config(redis, key_prefix);
+            let sandbox = opts.build()?;
+            eprintln!("serving code-judge's queue {} at {} with {} interpreters", config.work_queue(), config.uri, sandbox.workers());
+            let stats = WorkerStats::default();
+            serve_queue(&config, &sandbox, sandbox.workers(), &AtomicBool::new(false), &stats).context("serving the queue")
+        }
     }
+}
+
+fn queue_config(uri: String, key_prefix: String) -> QueueConfig {
+    QueueConfig { key_prefix, ..QueueConfig::new(uri) }
 }
 
 /// One parsed input line of `sandbox batch`: the call, or why the line is unusable.
@@ -177,12 +211,22 @@ fn batch(input: &PathBuf, output: &PathBuf, opts: &PoolOptions) -> anyhow::Resul
     Ok(())
 }
 
-fn serve(addr: SocketAddr, opts: &PoolOptions) -> anyhow::Result<()> {
-    let sandbox = opts.build()?;
+fn serve(addr: SocketAddr, queue: Option<QueueConfig>, opts: &PoolOptions) -> anyhow::Result<()> {
+    let (sandbox, behind) = match queue {
+        Some(config) => {
+            let behind = format!("workers of the queue {} at {}", config.work_queue(), config.uri);
+            (Sandbox::queue(QueueClient::connect(config).context("connecting to the queue")?), behind)
+        }
+        None => {
+            let sandbox = opts.build()?;
+            let behind = format!("{} local interpreters", sandbox.workers());
+            (sandbox, behind)
+        }
+    };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-        eprintln!("rstar2 sandbox serving the code-judge API on http://{addr} (POST /run, /judge and their /batch, /long-batch)");
+        eprintln!("rstar2 sandbox serving the code-judge API on http://{addr} (POST /run, /judge and their /batch, /long-batch) with {behind}");
         axum::serve(listener, rstar2_sandbox::http::router(sandbox)).await.context("serving HTTP")
     })
 }

@@ -10,7 +10,8 @@
 //! The default isolation runs interpreters in worker processes of your own binary, so code stuck
 //! in native work (a catastrophic regex, `7 ** 10**8`) can be killed; call
 //! [`worker::dispatch_worker`] first thing in `main`. [`Isolation::InProcess`] trades that for
-//! lower latency.
+//! lower latency. Past one machine, [`queue`] speaks code-judge's Redis queue: these pools serve
+//! it as workers, and [`Sandbox::queue`] sends calls to workers elsewhere.
 //!
 //! ```no_run
 //! use rstar2_sandbox::{Sandbox, SandboxConfig, Status, ToolCall, WorkerCommand};
@@ -28,8 +29,10 @@ mod analysis;
 mod config;
 pub mod http;
 mod interp;
+mod judge;
 mod outcome;
 mod pool;
+pub mod queue;
 mod shims;
 mod watchdog;
 pub mod worker;
@@ -37,6 +40,7 @@ pub mod worker;
 pub use analysis::{Analysis, analyze};
 pub use config::{InterpreterConfig, Isolation, Limits, SandboxConfig, WorkerCommand};
 pub use interp::{InterpreterError, Runner};
+pub use judge::SubmissionResult;
 pub use outcome::{Status, ToolCall, ToolResult, truncate_middle};
 pub use pool::{Sandbox, SandboxError, Session};
 pub use watchdog::Watchdog;

@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 use crate::config::{Isolation, SandboxConfig};
 use crate::interp::{InterpreterError, Runner};
 use crate::outcome::{Status, ToolCall, ToolResult};
+use crate::queue::QueueClient;
 use crate::watchdog::Watchdog;
 use crate::worker::{ProcessWorker, SpawnError, kill_grace};
 
@@ -39,8 +40,9 @@ struct Shared {
     watchdog: Watchdog,
 }
 
-/// A pool of warm Python interpreters. Cheap to clone; all clones share the pool, which shuts
-/// down when the last clone is dropped.
+/// A pool of warm Python interpreters, or ([`Sandbox::queue`]) code-judge workers on other
+/// machines reached through Redis. Cheap to clone; all clones share the pool, which shuts down
+/// when the last clone is dropped.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), rstar2_sandbox::SandboxError> {
@@ -52,9 +54,18 @@ struct Shared {
 /// ```
 #[derive(Clone)]
 pub struct Sandbox {
-    jobs: crossbeam_channel::Sender<Job>,
-    workers: usize,
+    backend: Backend,
 }
+
+#[derive(Clone)]
+enum Backend {
+    Local { jobs: crossbeam_channel::Sender<Job>, workers: usize },
+    Queue(QueueClient),
+}
+
+/// How many times a call sent through the queue is submitted before it is given up as lost
+/// (code-judge's client: 4).
+const QUEUE_TRIES: usize = 4;
 
 impl Sandbox {
     /// Starts the pool. Every worker has its interpreter ready when this returns, so the first
@@ -73,21 +84,46 @@ impl Sandbox {
         for ready in ready_rx {
             ready?;
         }
-        Ok(Sandbox { jobs: tx, workers: shared.config.workers })
+        Ok(Sandbox { backend: Backend::Local { jobs: tx, workers: shared.config.workers } })
     }
 
-    /// Interpreters in the pool.
+    /// Tool calls run by code-judge workers (ours, `sandbox worker --redis`, or code-judge's own)
+    /// that pull from the Redis queue `client` submits to: independent calls only (code-judge
+    /// keeps no state between submissions), each submitted as part of a long batch (no age
+    /// limit) and submitted again if no worker answered, up to 4 times.
+    pub fn queue(client: QueueClient) -> Self {
+        Sandbox { backend: Backend::Queue(client) }
+    }
+
+    /// The queue this sandbox submits to, if it is one.
+    pub fn queue_client(&self) -> Option<&QueueClient> {
+        match &self.backend {
+            Backend::Queue(client) => Some(client),
+            Backend::Local { .. } => None,
+        }
+    }
+
+    /// Interpreters in the pool (for a queue: the workers registered now, 0 if Redis fails).
     pub fn workers(&self) -> usize {
-        self.workers
+        match &self.backend {
+            Backend::Local { workers, .. } => *workers,
+            Backend::Queue(client) => client.status().map_or(0, |(_, workers)| workers),
+        }
     }
 
-    /// Calls and sessions waiting for a free interpreter.
+    /// Calls and sessions waiting for a free interpreter (for a queue: work items waiting).
     pub fn queued(&self) -> usize {
-        self.jobs.len()
+        match &self.backend {
+            Backend::Local { jobs, .. } => jobs.len(),
+            Backend::Queue(client) => client.status().map_or(0, |(queued, _)| queued),
+        }
     }
 
     /// Runs one independent call; it queues while every interpreter is busy.
     pub async fn run(&self, call: ToolCall) -> ToolResult {
+        if let Backend::Queue(_) = &self.backend {
+            return self.run_batch(vec![call]).await.pop().unwrap_or_else(lost);
+        }
         let (reply, result) = oneshot::channel();
         self.submit(Job::Call { call, reply });
         result.await.unwrap_or_else(|_| lost())
@@ -95,6 +131,9 @@ impl Sandbox {
 
     /// Runs one independent call from synchronous code.
     pub fn run_blocking(&self, call: ToolCall) -> ToolResult {
+        if let Backend::Queue(client) = &self.backend {
+            return remote(client, vec![call]).pop().unwrap_or_else(lost);
+        }
         let (reply, result) = oneshot::channel();
         self.submit(Job::Call { call, reply });
         result.blocking_recv().unwrap_or_else(|_| lost())
@@ -102,6 +141,11 @@ impl Sandbox {
 
     /// Submits all calls at once and returns their results in order.
     pub async fn run_batch(&self, calls: Vec<ToolCall>) -> Vec<ToolResult> {
+        if let Backend::Queue(client) = &self.backend {
+            let client = client.clone();
+            let n = calls.len();
+            return tokio::task::spawn_blocking(move || remote(&client, calls)).await.unwrap_or_else(|_| (0..n).map(|_| lost()).collect());
+        }
         let pending: Vec<_> = calls
             .into_iter()
             .map(|call| {
@@ -120,29 +164,45 @@ impl Sandbox {
     /// Opens a session: its calls run one after another on one interpreter and share its state
     /// (like Jupyter cells); the interpreter is replaced when the session is dropped. A session
     /// holds a worker while it lives, so keep fewer open sessions than workers busy waiting.
+    /// A queue sandbox has no sessions: their calls are answered `invalid_input`.
     pub fn session(&self) -> Session {
+        if let Backend::Queue(_) = &self.backend {
+            return Session { calls: None };
+        }
         let (tx, calls) = mpsc::channel();
         self.submit(Job::Session { calls });
-        Session { calls: tx }
+        Session { calls: Some(tx) }
     }
 
     fn submit(&self, job: Job) {
         // The receiving side lives as long as any worker; a send can only fail during shutdown,
         // and then the reply channel is dropped and the caller gets `lost()`.
-        let _ = self.jobs.send(job);
+        if let Backend::Local { jobs, .. } = &self.backend {
+            let _ = jobs.send(job);
+        }
     }
+}
+
+/// Calls through code-judge's queue, as a long batch, retried while no worker answers.
+fn remote(client: &QueueClient, calls: Vec<ToolCall>) -> Vec<ToolResult> {
+    let submissions = calls.iter().map(crate::judge::submission_of).collect();
+    client.judge_retrying(submissions, true, QUEUE_TRIES).iter().map(|r| r.to_tool_result()).collect()
 }
 
 /// A trajectory's own interpreter; see [`Sandbox::session`].
 pub struct Session {
-    calls: mpsc::Sender<(ToolCall, Reply)>,
+    /// None for a queue sandbox.
+    calls: Option<mpsc::Sender<(ToolCall, Reply)>>,
 }
 
 impl Session {
     /// Runs a call that sees the globals, imports and definitions of this session's earlier calls.
     pub async fn run(&self, call: ToolCall) -> ToolResult {
+        let Some(calls) = &self.calls else {
+            return ToolResult::failure(Status::InvalidInput, "sessions need a local sandbox: code-judge's queue runs every call on its own", 0);
+        };
         let (reply, result) = oneshot::channel();
-        if self.calls.send((call, reply)).is_err() {
+        if calls.send((call, reply)).is_err() {
             return lost();
         }
         result.await.unwrap_or_else(|_| lost())

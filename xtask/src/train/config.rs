@@ -41,6 +41,24 @@ pub struct TrainConfig {
     pub sft: SftConfig,
     pub rl: RlConfig,
     pub eval: EvalConfig,
+    /// Where the tool calls run (default: a pool of worker processes on this machine).
+    #[serde(default)]
+    pub sandbox: ToolsConfig,
+}
+
+/// `[sandbox]`: tool calls on this machine, or on other machines' code-judge workers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsConfig {
+    /// A Redis server (redis://HOST:PORT, redis+unix:///PATH) whose code-judge work queue
+    /// `sandbox worker --redis` (or code-judge's own workers) serve: rollouts send their tool
+    /// calls there instead of running them here. Those workers must have sympy for real-data
+    /// runs (`--pylib target/pylib --preload sympy,mpmath`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
+    /// The queue's key prefix (code-judge's REDIS_KEY_PREFIX, default "js").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -26,6 +26,7 @@ use rstar2_gpu::{Device, Policy};
 use rstar2_model::{AdamW, AdamWConfig, Batch, Config, DecodeWeights, LrSchedule, Model, Params, Tokenizer};
 use rstar2_rollout::engine::policy_engine;
 use rstar2_rollout::{RolloutConfig, SamplingConfig, generate};
+use rstar2_sandbox::queue::{QueueClient, QueueConfig};
 use rstar2_sandbox::{Sandbox, SandboxConfig, WorkerCommand};
 use rstar2_tasks::Task;
 use rstar2_tasks::synth::{Split, SynthConfig};
@@ -188,6 +189,23 @@ pub fn sandbox(real_math: bool) -> anyhow::Result<Sandbox> {
     Ok(Sandbox::new(c)?)
 }
 
+/// The tool environment of a training run: [`sandbox`], or the Redis queue `[sandbox] redis`
+/// names (checked to answer now).
+pub fn run_tools(config: &TrainConfig) -> anyhow::Result<Sandbox> {
+    let Some(uri) = &config.sandbox.redis else { return sandbox(config.data.uses_real_data()) };
+    let mut queue = QueueConfig::new(uri.clone());
+    if let Some(prefix) = &config.sandbox.key_prefix {
+        queue.key_prefix = prefix.clone();
+    }
+    let client = QueueClient::connect(queue).context("[sandbox] redis")?;
+    let (queued, workers) = client.status().context("[sandbox] redis")?;
+    println!("tools: code-judge queue {} at {uri} ({workers} workers registered, {queued} items waiting)", client.config().work_queue());
+    if workers == 0 {
+        eprintln!("note: no worker is registered on {uri} yet; tool calls wait for one (`cargo xtask sandbox worker --redis {uri}`)");
+    }
+    Ok(Sandbox::queue(client))
+}
+
 /// Whether a data set is a real one (not the built-in synthetic problems).
 pub fn is_real_data(data: &str) -> bool {
     data != "synthetic"
@@ -269,7 +287,7 @@ impl Run {
         );
         let policy = training_policy(&device, Model::new(model_config, params), optimizer)?;
         let state = State { phase: Phase::Sft, stage: 0, stage_step: 0, rl_step: 0, adam_step: 0, pool: Vec::new(), evals: BTreeMap::new(), stages: Vec::new(), metric_lines: 0, wall_seconds: 0.0 };
-        let sandbox = sandbox(config.data.uses_real_data())?;
+        let sandbox = run_tools(&config)?;
         Ok(Run { dir, config, tokenizer, tokenizer_path, policy, sandbox, train, test, state, started: Instant::now(), wall_before: 0.0 })
     }
 
@@ -294,7 +312,7 @@ impl Run {
         let device = open_device(&config.device)?;
         println!("rstar2 train: resuming {} at {:?} stage {} step {}", dir.display(), state.phase, state.stage + 1, state.stage_step);
         let wall_before = state.wall_seconds;
-        let sandbox = sandbox(config.data.uses_real_data())?;
+        let sandbox = run_tools(&config)?;
         Ok(Run {
             dir: dir.to_path_buf(),
             config,
