@@ -557,7 +557,9 @@ fn normalize_text(s: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Parsing
 
-/// Splits at top-level occurrences of `sep` (outside (), [], {}, \{ \}).
+/// Splits at top-level occurrences of `sep` (outside (), [], {}, \{ \}). The scan is over bytes;
+/// `sep` and the brackets are ASCII, which never occurs inside a multi-byte character, so every
+/// cut is at a character boundary whatever else the text holds.
 fn split_top(s: &str, sep: &str) -> Vec<String> {
     let mut parts = Vec::new();
     let mut depth = 0i32;
@@ -576,7 +578,7 @@ fn split_top(s: &str, sep: &str) -> Vec<String> {
             b')' | b']' | b'}' => depth -= 1,
             _ => {}
         }
-        if depth == 0 && s[i..].starts_with(sep) {
+        if depth == 0 && bytes[i..].starts_with(sep.as_bytes()) {
             parts.push(s[start..i].to_string());
             i += sep.len();
             start = i;
@@ -1155,6 +1157,19 @@ mod tests {
         assert!(!equivalent(&format!("{}1{}", "(".repeat(1500), ")".repeat(1500)), "2"));
         assert!(!equivalent(&"-".repeat(1900), "1"));
         assert!(equivalent("(((((1)))))", "1"));
+    }
+
+    /// Model text may hold any character (a `cargo xtask train` run once sampled U+FFFD before a
+    /// number, and the top-level splitter cut inside it and panicked): splitting and parsing
+    /// never cut inside a character, and answers around such characters still compare.
+    #[test]
+    fn answers_with_multibyte_characters() {
+        for text in ["\u{fffd}882", "\u{fffd}8,82", "é & 2", "\\begin{pmatrix} é & 2 \\\\ 3 & ü \\end{pmatrix}", "1, \u{fffd}, 2", "(é, 1]", "x = ü"] {
+            let _ = parse_answer(text);
+            assert!(!equivalent(text, "883"), "{text:?}");
+            assert!(equivalent(text, text), "{text:?} should equal itself");
+        }
+        assert!(equivalent("1, 2, 3", "3,2,1") && !equivalent("\u{fffd}1, 2", "1, 2"));
     }
 
     #[test]
