@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rstar2::sandbox::queue::{QueueClient, QueueConfig};
+
+use rstar2::sandbox::queue::{LocalRedis, QueueClient, QueueConfig};
 use rstar2::sandbox::{Sandbox, Status, ToolCall};
 use serde_json::{Value, json};
 
@@ -22,31 +23,16 @@ impl Drop for Killed {
     }
 }
 
-/// Starts `redis-server` on a unix socket in `dir` (no TCP port, nothing saved); None when the
-/// server is not installed (outside CI only).
-fn start_redis(dir: &Path) -> Option<(Child, String)> {
-    let socket = dir.join("redis.sock");
-    let spawned = Command::new("redis-server")
-        .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
-        .arg(&socket)
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .spawn();
-    let child = match spawned {
-        Ok(c) => c,
+/// A private redis-server in `dir`; None when it is not installed (outside CI only).
+fn start_redis(dir: &Path) -> Option<LocalRedis> {
+    match LocalRedis::start(dir) {
+        Ok(server) => Some(server),
         Err(e) => {
-            assert!(std::env::var_os("CI").is_none(), "redis-server not found ({e}): apt-get install redis-server");
-            eprintln!("!!! redis-server not found: the queue test did not run (apt-get install redis-server)");
-            return None;
+            assert!(std::env::var_os("CI").is_none(), "{e}");
+            eprintln!("!!! {e}: the queue test did not run");
+            None
         }
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "redis-server did not create {}", socket.display());
-        std::thread::sleep(Duration::from_millis(20));
     }
-    Some((child, format!("redis+unix://{}", socket.display())))
 }
 
 fn queue_worker(uri: &str, interpreters: usize) -> Child {
@@ -80,8 +66,9 @@ fn temp_dir() -> PathBuf {
 #[test]
 fn code_judge_redis_queue() {
     let dir = temp_dir();
-    let Some((server, uri)) = start_redis(&dir) else { return };
-    let mut children = Killed(vec![server]);
+    let Some(server) = start_redis(&dir) else { return };
+    let uri = server.uri().to_string();
+    let mut children = Killed(Vec::new());
     let config = QueueConfig { process_time: Duration::from_secs(2), ..QueueConfig::new(uri.clone()) };
     let client = QueueClient::connect(config.clone()).unwrap();
     let mut con = redis(&uri);
@@ -104,7 +91,7 @@ fn code_judge_redis_queue() {
         std::thread::spawn(move || client.judge_retrying(submissions, true, 4))
     };
     wait_until("worker A takes the first item", || queued(&mut con) == n - 1);
-    let mut a = children.0.remove(1);
+    let mut a = children.0.remove(0);
     a.kill().unwrap();
     a.wait().unwrap();
     children.0.push(queue_worker(&uri, 2));
@@ -162,5 +149,6 @@ fn code_judge_redis_queue() {
     let session = runtime.block_on(sandbox.session().run(ToolCall::new("1")));
     assert_eq!(session.status, Status::InvalidInput);
     drop(children);
+    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -341,8 +341,78 @@ fn sessions_keep_state_until_released() {
     });
 }
 
+/// A call that times out leaves RustPython's process-wide import lock free, whether it timed out
+/// in plain code or inside imports, as each interpreter's first error (the prelude then imports
+/// traceback while the interrupt still fires). A lock left taken would hang every other
+/// interpreter of the process at its next import.
+#[test]
+fn a_timeout_inside_an_import_leaves_the_import_lock_free() {
+    let importing = "while True:\n    try:\n        import no_such_module_anywhere\n    except ImportError:\n        pass";
+    for round in 0..6 {
+        // A fresh pool each round: the timeout is each interpreter's first error.
+        let mut config = SandboxConfig::in_process();
+        config.workers = 1;
+        config.interpreter.limits.timeout = Duration::from_millis(150);
+        let sb = Sandbox::new(config).unwrap();
+        for code in ["while True:\n    pass", importing] {
+            let r = sb.run_blocking(ToolCall::new(code));
+            assert_eq!(r.status, Status::Timeout, "{r:?}");
+            let r = sb.run_blocking(ToolCall::new("import _imp\nprint(_imp.lock_held())"));
+            assert_eq!(r.stdout, "False\n", "round {round}: the import lock is still held after a timeout in {code:?}: {r:?}");
+        }
+    }
+}
+
+/// Tests that leave an in-process thread stuck in native work take turns (the suite hung, rarely,
+/// with several such threads and interpreter builds at once; see `Runner::release_import_lock`).
+static STUCK_NATIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// In-process threads left to native work are capped: with the cap at 0 a stuck thread gets no
+/// replacement and serves the next call once its native work returns; with 1 it is replaced and
+/// counted until it ends. The import lock is free afterwards.
+#[test]
+fn in_process_abandoned_threads_are_capped() {
+    let _turn = STUCK_NATIVE.lock().unwrap_or_else(|p| p.into_inner());
+    // 2^25 backtracking steps: longer than the 200 ms limit plus its 500 ms grace, short enough
+    // to end within the test.
+    let stuck = "import re\nre.match(r'(a+)+$', 'a' * 25 + 'b')";
+    for cap in [0, 1] {
+        let mut config = SandboxConfig::in_process();
+        config.workers = 1;
+        config.max_abandoned = cap;
+        config.interpreter.limits.timeout = Duration::from_millis(200);
+        let sb = Sandbox::new(config).unwrap();
+        let r = sb.run_blocking(ToolCall::new(stuck));
+        assert_eq!(r.status, Status::Timeout, "{r:?}");
+        let (alive, held_back) = sb.abandoned_threads();
+        if cap == 0 {
+            assert!(r.stderr.contains("serves again when the native call returns"), "{}", r.stderr);
+            assert_eq!((alive, held_back), (0, 1));
+        } else {
+            assert!(r.stderr.contains("interpreter abandoned"), "{}", r.stderr);
+            assert_eq!((alive, held_back), (1, 0));
+        }
+        // The pool answers again (cap 0: the same thread, once the regex is done), and the
+        // abandoned thread ends.
+        let start = Instant::now();
+        loop {
+            let r = sb.run_blocking(ToolCall::new("print('ok')"));
+            if r.stdout == "ok\n" && sb.abandoned_threads().0 == 0 {
+                break;
+            }
+            assert!(r.status == Status::Ok || r.status == Status::Timeout, "{r:?}");
+            assert!(start.elapsed() < Duration::from_secs(60), "cap {cap}: not recovered: {r:?} {:?}", sb.abandoned_threads());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(sb.abandoned_threads().1, if cap == 0 { 1 } else { 0 });
+        let r = sb.run_blocking(ToolCall::new("import _imp\nprint(_imp.lock_held())"));
+        assert_eq!(r.stdout, "False\n", "cap {cap}: the import lock is held after the stuck call ended: {r:?}");
+    }
+}
+
 #[test]
 fn in_process_pool_runs_and_times_out() {
+    let _turn = STUCK_NATIVE.lock().unwrap_or_else(|p| p.into_inner());
     let mut config = SandboxConfig::in_process();
     config.workers = 2;
     config.interpreter.limits.timeout = Duration::from_millis(300);

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rstar2_sandbox::queue::{QueueClient, QueueConfig};
+use rstar2_sandbox::queue::{LocalRedis, QueueClient, QueueConfig};
 use rstar2_sandbox::{InterpreterConfig, Runner, Sandbox, SandboxConfig, Status, ToolCall, Watchdog, WorkerCommand};
 
 #[derive(clap::Subcommand)]
@@ -300,32 +300,21 @@ impl Drop for Children {
 /// `redis-server`.
 fn bench_queue(burst: usize) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("rstar2-bench-redis-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let socket = dir.join("redis.sock");
-    let server = Command::new("redis-server")
-        .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
-        .arg(&socket)
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .spawn();
-    let Ok(server) = server else {
-        println!("\nThrough code-judge's Redis queue: skipped (no redis-server; apt-get install redis-server)");
-        return Ok(());
+    let server = match LocalRedis::start(&dir) {
+        Ok(server) => server,
+        Err(e) => {
+            println!("\nThrough code-judge's Redis queue: skipped ({e})");
+            return Ok(());
+        }
     };
-    let mut children = Children(vec![server]);
-    let t = Instant::now();
-    while !socket.exists() {
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(10), "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let uri = format!("redis+unix://{}", socket.display());
+    let uri = server.uri().to_string();
+    let mut children = Children(Vec::new());
     let client = QueueClient::connect(QueueConfig::new(uri.clone()))?;
     let sandbox = Sandbox::queue(client.clone());
     let runtime = tokio::runtime::Runtime::new()?;
     println!("\nThrough code-judge's Redis queue (redis-server on a unix socket, `sandbox worker --redis` processes of 1 interpreter each):");
     for workers in [1, 2] {
-        while children.0.len() < 1 + workers {
+        while children.0.len() < workers {
             let exe = std::env::current_exe()?;
             children.0.push(Command::new(exe).args(["sandbox", "worker", "--workers", "1", "--redis", &uri]).stderr(Stdio::null()).spawn()?);
         }
@@ -346,6 +335,7 @@ fn bench_queue(burst: usize) -> anyhow::Result<()> {
     burst_run(&sandbox, burst)?;
     println!("  resubmitted after no answer: {}", client.resubmitted());
     drop(children);
+    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

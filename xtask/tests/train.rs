@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use rstar2_sandbox::queue::LocalRedis;
 use serde_json::Value;
 
 const SHORT: &str = r#"
@@ -165,6 +166,56 @@ fn bad_input_gives_clear_errors() {
     assert!(!ok && err.contains("not a run folder"), "{err}");
     let (_, err, ok) = xtask(&["train", "--device", "tpu", "--runs-dir", runs_s]);
     assert!(!ok && err.contains("tpu"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `[sandbox] redis`: the same short run with its tool calls sent through code-judge's Redis
+/// queue to a `sandbox worker --redis` process gives the RL metrics of the run with the local
+/// pool (the tool results are the same Python), and its calls did go through Redis. A server
+/// that is not there is a clear error.
+#[test]
+fn rollouts_through_the_redis_queue_match_local_tools() {
+    let dir = scratch("redis");
+    let server = match LocalRedis::start(&dir.join("redis")) {
+        Ok(server) => server,
+        Err(e) => {
+            assert!(std::env::var_os("CI").is_none(), "{e}");
+            eprintln!("!!! {e}: the training-through-Redis test did not run");
+            return;
+        }
+    };
+    let uri = server.uri().to_string();
+    let runs = dir.join("runs");
+    let runs_s = runs.to_str().unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let missing = write("missing.toml", format!("{SHORT}\n[sandbox]\nredis = {:?}\n", format!("redis+unix://{}", dir.join("none.sock").display())));
+    let (_, err, ok) = xtask(&["train", "--config", &missing, "--runs-dir", runs_s, "--name", "missing"]);
+    assert!(!ok && err.contains("[sandbox] redis") && err.contains("none.sock"), "{err}");
+
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_xtask")).args(["sandbox", "worker", "--workers", "2", "--redis", &uri]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let local = write("local.toml", SHORT.to_string());
+    let remote = write("remote.toml", format!("{SHORT}\n[sandbox]\nredis = {uri:?}\n"));
+    let (out, err, ok) = xtask(&["train", "--config", &local, "--runs-dir", runs_s, "--name", "local"]);
+    assert!(ok, "{out}\n{err}");
+    let pushed_before = server.calls("rpush").unwrap();
+    let (out, err, ok) = xtask(&["train", "--config", &remote, "--runs-dir", runs_s, "--name", "remote"]);
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("tools: code-judge queue js:0.0.5:work-queue"), "{out}");
+    let answered = server.calls("rpush").unwrap() - pushed_before;
+    let a: Vec<Value> = rl_lines(&runs.join("local")).iter().map(deterministic).collect();
+    let b: Vec<Value> = rl_lines(&runs.join("remote")).iter().map(deterministic).collect();
+    assert_eq!(a, b, "the run through the queue differs from the local one");
+    // Tool calls per episode of the evaluations (RL steps' episodes call tools too).
+    let calls: f64 = rl_lines(&runs.join("remote")).iter().filter_map(|v| v["eval"]["tool_calls_per_episode"].as_f64()).sum();
+    eprintln!("tool calls per episode summed over the evaluations: {calls}; results pushed through Redis: {answered}");
+    assert!(calls > 0.0 && answered > 0, "the rollouts made no tool call through the queue (calls/episode {calls}, results {answered})");
+    drop(server);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

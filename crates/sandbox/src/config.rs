@@ -111,17 +111,23 @@ pub struct SandboxConfig {
     pub isolation: Isolation,
     /// How each one is built.
     pub interpreter: InterpreterConfig,
+    /// In-process only: how many threads abandoned to native work (their call answered
+    /// `timeout`, a new interpreter thread started in their place) may be alive at once. Past it
+    /// a stuck thread gets no replacement: it rebuilds its interpreter and serves again when its
+    /// native call returns, so the pool runs with fewer interpreters meanwhile instead of
+    /// growing without bound ([`crate::Sandbox::abandoned_threads`] counts both). Default 4.
+    pub max_abandoned: usize,
 }
 
 impl SandboxConfig {
     /// In-process interpreters, one per core.
     pub fn in_process() -> Self {
-        SandboxConfig { workers: default_workers(), isolation: Isolation::InProcess, interpreter: Default::default() }
+        SandboxConfig { workers: default_workers(), isolation: Isolation::InProcess, interpreter: Default::default(), max_abandoned: 4 }
     }
 
     /// Worker processes started with `command`, one per core.
     pub fn process(command: WorkerCommand) -> Self {
-        SandboxConfig { workers: default_workers(), isolation: Isolation::Process(command), interpreter: Default::default() }
+        SandboxConfig { workers: default_workers(), isolation: Isolation::Process(command), interpreter: Default::default(), max_abandoned: 4 }
     }
 }
 

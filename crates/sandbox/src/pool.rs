@@ -1,7 +1,7 @@
 //! The pool: warm interpreters on their own threads (or in worker processes), a shared FIFO of
 //! calls, and sessions that keep one interpreter for a trajectory.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
 use tokio::sync::oneshot;
@@ -38,6 +38,16 @@ struct Shared {
     config: SandboxConfig,
     jobs: crossbeam_channel::Receiver<Job>,
     watchdog: Watchdog,
+    abandoned: Arc<Abandoned>,
+}
+
+/// In-process threads left to native work.
+#[derive(Default)]
+struct Abandoned {
+    /// Alive now, replaced by a new interpreter thread.
+    alive: AtomicUsize,
+    /// Times the cap kept a stuck thread without a replacement.
+    held_back: AtomicU64,
 }
 
 /// A pool of warm Python interpreters, or ([`Sandbox::queue`]) code-judge workers on other
@@ -59,7 +69,7 @@ pub struct Sandbox {
 
 #[derive(Clone)]
 enum Backend {
-    Local { jobs: crossbeam_channel::Sender<Job>, workers: usize },
+    Local { jobs: crossbeam_channel::Sender<Job>, workers: usize, abandoned: Arc<Abandoned> },
     Queue(QueueClient),
 }
 
@@ -75,7 +85,8 @@ impl Sandbox {
             return Err(SandboxError::NoWorkers);
         }
         let (tx, rx) = crossbeam_channel::unbounded();
-        let shared = Arc::new(Shared { config, jobs: rx, watchdog: Watchdog::new() });
+        let abandoned = Arc::new(Abandoned::default());
+        let shared = Arc::new(Shared { config, jobs: rx, watchdog: Watchdog::new(), abandoned: abandoned.clone() });
         let (ready_tx, ready_rx) = mpsc::channel();
         for _ in 0..shared.config.workers {
             spawn_worker(shared.clone(), Some(ready_tx.clone()));
@@ -84,7 +95,7 @@ impl Sandbox {
         for ready in ready_rx {
             ready?;
         }
-        Ok(Sandbox { backend: Backend::Local { jobs: tx, workers: shared.config.workers } })
+        Ok(Sandbox { backend: Backend::Local { jobs: tx, workers: shared.config.workers, abandoned } })
     }
 
     /// Tool calls run by code-judge workers (ours, `sandbox worker --redis`, or code-judge's own)
@@ -108,6 +119,17 @@ impl Sandbox {
         match &self.backend {
             Backend::Local { workers, .. } => *workers,
             Backend::Queue(client) => client.status().map_or(0, |(_, workers)| workers),
+        }
+    }
+
+    /// In-process threads still stuck in native work after their call was answered `timeout`
+    /// and replaced, and how many times [`SandboxConfig::max_abandoned`] kept a stuck thread
+    /// without a replacement (it then serves again once its native call returns). Zero for
+    /// worker processes (a stuck one is killed) and queues.
+    pub fn abandoned_threads(&self) -> (usize, u64) {
+        match &self.backend {
+            Backend::Local { abandoned, .. } => (abandoned.alive.load(Ordering::Relaxed), abandoned.held_back.load(Ordering::Relaxed)),
+            Backend::Queue(_) => (0, 0),
         }
     }
 
@@ -278,21 +300,35 @@ fn in_process_worker(shared: Arc<Shared>, ready: Ready) {
             return;
         }
     };
-    let abandoned = Arc::new(AtomicBool::new(false));
+    // Set by the watchdog when the current call is stuck in native work past its grace period;
+    // `replaced` when a new thread took this one's place (this one then exits when the call
+    // returns), else it was held back by the cap and serves on.
+    let (stuck, replaced) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
     // Runs one call; returns whether the interpreter must be replaced.
     let run = |runner: &Runner, call: &ToolCall, reply: Reply, in_session: bool| -> bool {
         let reply = Arc::new(Mutex::new(Some(reply)));
         let timeout = config.limits.timeout;
         let on_stuck = {
-            let (reply, abandoned, shared) = (reply.clone(), abandoned.clone(), shared.clone());
+            let (reply, stuck, replaced, shared) = (reply.clone(), stuck.clone(), replaced.clone(), shared.clone());
             Box::new(move || {
-                abandoned.store(true, Ordering::Release);
+                stuck.store(true, Ordering::Release);
+                let fresh = shared.abandoned.alive.fetch_add(1, Ordering::AcqRel) < shared.config.max_abandoned;
+                let fate = if fresh {
+                    "interpreter abandoned"
+                } else {
+                    shared.abandoned.alive.fetch_sub(1, Ordering::AcqRel);
+                    shared.abandoned.held_back.fetch_add(1, Ordering::Relaxed);
+                    "too many interpreters abandoned already: this one serves again when the native call returns"
+                };
                 if let Some(reply) = reply.lock().unwrap_or_else(|p| p.into_inner()).take() {
                     let secs = timeout.as_secs_f64();
-                    let msg = format!("TimeoutError: execution exceeded the time limit of {secs:.1} s (stuck in native code; interpreter abandoned)\n");
+                    let msg = format!("TimeoutError: execution exceeded the time limit of {secs:.1} s (stuck in native code; {fate})\n");
                     let _ = reply.send(ToolResult::failure(Status::Timeout, msg, (timeout + kill_grace(timeout)).as_micros() as u64));
                 }
-                spawn_worker(shared, None);
+                if fresh {
+                    replaced.store(true, Ordering::Release);
+                    spawn_worker(shared, None);
+                }
             })
         };
         let (result, replace) = runner.run_with(call, &shared.watchdog, in_session, Some((kill_grace(timeout), on_stuck)));
@@ -302,20 +338,24 @@ fn in_process_worker(shared: Arc<Shared>, ready: Ready) {
         replace
     };
     while let Ok(job) = shared.jobs.recv() {
-        let replace = match job {
+        let mut replace = match job {
             Job::Call { call, reply } => run(&runner, &call, reply, false),
             Job::Session { calls } => {
                 for (call, reply) in calls {
                     run(&runner, &call, reply, true);
-                    if abandoned.load(Ordering::Acquire) {
+                    if stuck.load(Ordering::Acquire) {
                         break;
                     }
                 }
                 true
             }
         };
-        if abandoned.load(Ordering::Acquire) {
-            return;
+        if stuck.swap(false, Ordering::AcqRel) {
+            if replaced.load(Ordering::Acquire) {
+                shared.abandoned.alive.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+            replace = true;
         }
         if replace {
             match Runner::new(config) {

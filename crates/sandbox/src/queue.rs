@@ -24,6 +24,8 @@
 //! ```
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -37,9 +39,20 @@ use crate::Sandbox;
 /// code-judge's version, part of every key.
 pub const CODE_JUDGE_VERSION: &str = "0.0.5";
 
+/// Unanswered results a submitter polls at once.
+const WINDOW: usize = 512;
+
 /// Why the queue could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
+    /// `redis-server` could not be started ([`LocalRedis`]).
+    #[error("starting redis-server in {dir}: {why}")]
+    Server {
+        /// Its folder.
+        dir: PathBuf,
+        /// What went wrong.
+        why: String,
+    },
     /// Redis refused, closed the connection, or the URI is not one.
     #[error("redis at {uri}: {source}")]
     Redis {
@@ -333,47 +346,52 @@ impl QueueClient {
         }
         let tag = new_id();
         let timestamp = now_s();
-        let keys: Vec<String> = (0..submissions.len()).map(|i| config.result_queue(&format!("{{{tag}}}:{i}"))).collect();
+        // Zero-padded, so that the queue's order (one score, members by bytes: the work id
+        // comes first in the JSON) is submission order, which the results are awaited in.
+        let work_id = |i: usize| format!("{{{tag}}}:{i:08}");
+        let keys: Vec<String> = (0..submissions.len()).map(|i| config.result_queue(&work_id(i))).collect();
         for (chunk_start, chunk) in submissions.chunks(1000).enumerate().map(|(c, s)| (c * 1000, s)) {
             let mut zadd = redis::cmd("ZADD");
             zadd.arg(config.work_queue());
             for (j, submission) in chunk.iter().enumerate() {
-                let work = WorkPayload { work_id: format!("{{{tag}}}:{}", chunk_start + j), timestamp: Some(timestamp), long_running: long, submission: submission.clone() };
+                let work = WorkPayload { work_id: work_id(chunk_start + j), timestamp: Some(timestamp), long_running: long, submission: submission.clone() };
                 zadd.arg(timestamp).arg(serde_json::to_string(&work).expect("payloads serialize"));
             }
             zadd.query::<()>(&mut con).map_err(err)?;
         }
         let mut results: Vec<Option<SubmissionResult>> = vec![None; submissions.len()];
         let index: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+        // Unanswered, in submission order; only a window of the first ones is polled (each poll
+        // costs Redis a command per key, and Redis serves the workers too).
         let mut left: Vec<&str> = keys.iter().map(String::as_str).collect();
         let deadline = start + if long { config.long_wait } else { config.work_life + config.process_time };
-        // Since when none of this batch's work is left in the queue without an answer coming.
+        // Since when none of this batch's work is left in the queue and the window got nothing.
         let mut idle_since: Option<Instant> = None;
         while !left.is_empty() && Instant::now() < deadline {
-            let mut got: Vec<(String, String)> = Vec::new();
-            for chunk in left.chunks(512) {
-                let mut pipe = redis::pipe();
-                for key in chunk {
-                    pipe.cmd("LPOP").arg(*key);
-                }
-                let popped: Vec<Option<String>> = pipe.query(&mut con).map_err(err)?;
-                got.extend(chunk.iter().zip(popped).filter_map(|(k, v)| v.map(|v| (k.to_string(), v))));
+            let window = &left[..left.len().min(WINDOW)];
+            let mut pipe = redis::pipe();
+            for key in window {
+                pipe.cmd("LPOP").arg(*key);
             }
+            let popped: Vec<Option<String>> = pipe.query(&mut con).map_err(err)?;
+            let mut got: Vec<(String, String)> = window.iter().zip(popped).filter_map(|(k, v)| v.map(|v| (k.to_string(), v))).collect();
             if got.is_empty() {
                 let wait = config.block_timeout.as_secs_f64().min(deadline.saturating_duration_since(Instant::now()).as_secs_f64()).max(0.01);
-                let watch = &left[..left.len().min(256)];
-                let popped: Option<(String, String)> = redis::cmd("BLPOP").arg(watch).arg(wait).query(&mut con).map_err(err)?;
+                let popped: Option<(String, String)> = redis::cmd("BLPOP").arg(&window[..window.len().min(256)]).arg(wait).query(&mut con).map_err(err)?;
                 got.extend(popped);
             }
             if got.is_empty() {
                 // The queue is ordered by time: if its oldest item is newer than this batch (or
                 // it is empty), all of the batch was taken, and answers are owed within the
-                // process time.
+                // process time; the window's that have not come by then were lost with a
+                // worker (later results wait in their lists and are still collected).
                 let oldest: Vec<(String, f64)> = redis::cmd("ZRANGE").arg(config.work_queue()).arg(0).arg(0).arg("WITHSCORES").query(&mut con).map_err(err)?;
                 if oldest.first().is_none_or(|(_, score)| *score > timestamp) {
                     let since = *idle_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= config.process_time {
-                        break;
+                        let lost = window.len();
+                        left.drain(..lost);
+                        idle_since = None;
                     }
                 }
                 continue;
@@ -396,5 +414,61 @@ impl QueueClient {
         }
         let waited = start.elapsed().as_secs_f64();
         Ok(results.into_iter().zip(ids).map(|(r, id)| r.unwrap_or_else(|| SubmissionResult::queue_timeout(id.clone(), waited))).collect())
+    }
+}
+
+/// A private `redis-server` (Debian's `redis-server` package) on a unix socket in a folder of
+/// its own, with no TCP port and nothing saved; stopped when dropped. For one machine's queue,
+/// tests and benchmarks.
+pub struct LocalRedis {
+    child: Child,
+    uri: String,
+}
+
+impl LocalRedis {
+    /// Starts one in `dir` (created if missing) and waits until it answers.
+    pub fn start(dir: &Path) -> Result<Self, QueueError> {
+        let fail = |why: String| QueueError::Server { dir: dir.to_path_buf(), why };
+        std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+        let socket = dir.join("redis.sock");
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
+            .arg(&socket)
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| fail(format!("{e} (apt-get install redis-server)")))?;
+        let server = LocalRedis { child, uri: format!("redis+unix://{}", socket.display()) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while QueueConfig::new(server.uri.clone()).connect().is_err() {
+            if Instant::now() > deadline {
+                return Err(fail("it did not answer within 10 s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+
+    /// Its address (`redis+unix://DIR/redis.sock`).
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// How many times the server has run `command` (from `INFO commandstats`), e.g. to see that
+    /// work went through it.
+    pub fn calls(&self, command: &str) -> Result<u64, QueueError> {
+        let config = QueueConfig::new(self.uri.clone());
+        let mut con = config.connect()?;
+        let info: String = redis::cmd("INFO").arg("commandstats").query(&mut con).map_err(|e| config.redis_err(e))?;
+        let key = format!("cmdstat_{}:calls=", command.to_ascii_lowercase());
+        Ok(info.lines().find_map(|l| l.strip_prefix(&key)).and_then(|rest| rest.split(',').next()).and_then(|n| n.parse().ok()).unwrap_or(0))
+    }
+}
+
+impl Drop for LocalRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -41,8 +41,9 @@ pub struct TrainConfig {
     pub sft: SftConfig,
     pub rl: RlConfig,
     pub eval: EvalConfig,
-    /// Where the tool calls run (default: a pool of worker processes on this machine).
-    #[serde(default)]
+    /// Where the tool calls run (default, and left out of saved configs: a pool of worker
+    /// processes on this machine).
+    #[serde(default, skip_serializing_if = "ToolsConfig::is_local")]
     pub sandbox: ToolsConfig,
 }
 
@@ -59,6 +60,13 @@ pub struct ToolsConfig {
     /// The queue's key prefix (code-judge's REDIS_KEY_PREFIX, default "js").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_prefix: Option<String>,
+}
+
+impl ToolsConfig {
+    /// Tools run on this machine (nothing set).
+    pub fn is_local(&self) -> bool {
+        self.redis.is_none() && self.key_prefix.is_none()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
