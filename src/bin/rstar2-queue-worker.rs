@@ -7,7 +7,7 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use rstar2::sandbox::queue::{QueueConfig, WorkerStats, serve_queue};
+use rstar2::sandbox::queue::{QueueConfig, serve_queue};
 use rstar2::sandbox::{Sandbox, SandboxConfig, WorkerCommand};
 
 fn main() {
@@ -30,7 +30,7 @@ fn main() {
     let sandbox = Sandbox::new(config).unwrap_or_else(|e| fail(&format!("starting the sandbox: {e}")));
     let queue = QueueConfig::new(uri);
     eprintln!("serving {} at {} with {} interpreters", queue.work_queue(), queue.uri, sandbox.workers());
-    if let Err(e) = serve_queue(&queue, &sandbox, sandbox.workers(), &AtomicBool::new(false), &WorkerStats::default()) {
+    if let Err(e) = serve_queue(&queue, &sandbox, sandbox.workers(), &AtomicBool::new(false)) {
         fail(&e.to_string());
     }
 }

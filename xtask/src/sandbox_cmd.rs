@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use rstar2_sandbox::queue::{QueueClient, QueueConfig, WorkerStats, serve_queue};
+use rstar2_sandbox::queue::{QueueClient, QueueConfig, serve_queue};
 use rstar2_sandbox::{Sandbox, SandboxConfig, Status, ToolCall, ToolResult, WorkerCommand};
 use serde_json::Value;
 
@@ -126,8 +126,7 @@ pub fn run(cmd: SandboxCommand) -> anyhow::Result<()> {
             let config = queue_config(redis, key_prefix);
             let sandbox = opts.build()?;
             eprintln!("serving code-judge's queue {} at {} with {} interpreters", config.work_queue(), config.uri, sandbox.workers());
-            let stats = WorkerStats::default();
-            serve_queue(&config, &sandbox, sandbox.workers(), &AtomicBool::new(false), &stats).context("serving the queue")
+            serve_queue(&config, &sandbox, sandbox.workers(), &AtomicBool::new(false)).context("serving the queue")
         }
     }
 }

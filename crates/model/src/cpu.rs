@@ -137,26 +137,19 @@ pub fn bf16_products_pay() -> bool {
         #[cfg(target_arch = "x86_64")]
         if avx512_bf16() {
             use crate::simd::dispatch;
-            let iters = 200_000u64;
-            let best = |f: &dyn Fn()| {
-                (0..3)
-                    .map(|_| {
-                        let t = std::time::Instant::now();
-                        f();
-                        t.elapsed().as_secs_f64()
-                    })
-                    .fold(f64::INFINITY, f64::min)
+            // Flops per second of `run` on this thread; each run's count is opaque, so the
+            // compiler cannot run a loop once for all three timed runs.
+            let rate = |flops_per_step: u64, run: &dyn Fn(u64)| {
+                let (iters, best) = best_of_three(0.003, run, run);
+                (iters * flops_per_step) as f64 / best
             };
-            // Each run's count is opaque, so the compiler cannot run a loop once for all three.
-            let fma = best(&|| {
+            let fma = rate(12 * 16 * 2, &|iters| {
                 std::hint::black_box(dispatch(Isa::Avx512, FmaChains(std::hint::black_box(iters))));
             });
-            let dot = best(&|| {
+            let dot = rate(crate::ops::bf16::FLOPS_PER_STEP, &|iters| {
                 std::hint::black_box(crate::ops::bf16::peak_loop(std::hint::black_box(iters)));
             });
-            let fma_flops = (iters * 12 * 16 * 2) as f64 / fma;
-            let dot_flops = (iters * crate::ops::bf16::FLOPS_PER_STEP) as f64 / dot;
-            return dot_flops >= 1.5 * fma_flops;
+            return dot >= 1.5 * fma;
         }
         false
     })
@@ -167,22 +160,11 @@ pub fn bf16_products_pay() -> bool {
 /// Takes about `seconds`.
 #[cfg(target_arch = "x86_64")]
 pub fn bf16_dot_peak_gflops(seconds: f64) -> Option<f64> {
-    use rayon::prelude::*;
-    if !avx512_bf16() {
-        return None;
-    }
-    let threads = rayon::current_num_threads();
-    let (iters, best) = best_of_three(
-        seconds,
-        |iters| {
+    avx512_bf16().then(|| {
+        all_threads_gflops(seconds, crate::ops::bf16::FLOPS_PER_STEP, |iters| {
             std::hint::black_box(crate::ops::bf16::peak_loop(iters));
-        },
-        |iters| {
-            let sums: f32 = (0..threads).into_par_iter().map(|_| crate::ops::bf16::peak_loop(iters)).sum();
-            std::hint::black_box(sums);
-        },
-    );
-    Some((threads as u64 * iters * crate::ops::bf16::FLOPS_PER_STEP) as f64 / best / 1e9)
+        })
+    })
 }
 
 /// No AVX-512 BF16 off x86-64.
@@ -218,15 +200,7 @@ fn amx_detected() -> bool {
 /// `seconds`.
 #[cfg(target_arch = "x86_64")]
 pub fn amx_peak_gflops(seconds: f64) -> Option<f64> {
-    use rayon::prelude::*;
-    if !amx() {
-        return None;
-    }
-    let threads = rayon::current_num_threads();
-    let (iters, best) = best_of_three(seconds, crate::ops::amx::peak_loop, |iters| {
-        (0..threads).into_par_iter().for_each(|_| crate::ops::amx::peak_loop(iters));
-    });
-    Some((threads as u64 * iters * crate::ops::amx::FLOPS_PER_STEP) as f64 / best / 1e9)
+    amx().then(|| all_threads_gflops(seconds, crate::ops::amx::FLOPS_PER_STEP, crate::ops::amx::peak_loop))
 }
 
 /// No AMX off x86-64.
@@ -240,22 +214,20 @@ pub fn amx_peak_gflops(_seconds: f64) -> Option<f64> {
 /// the peak a kernel on that instruction set can reach (the best of three runs). Takes about
 /// `seconds`.
 pub fn fma_peak_gflops(isa: Isa, seconds: f64) -> f64 {
-    use rayon::prelude::*;
     use crate::simd::dispatch;
+    let lanes = if isa == Isa::Generic { 1 } else { isa.vector_bits() / 32 };
+    all_threads_gflops(seconds, 12 * lanes as u64 * 2, |iters| {
+        std::hint::black_box(dispatch(isa, FmaChains(iters)));
+    })
+}
+
+/// GFLOP/s of `step(iters)` (`flops_per_step` each iteration) on every rayon thread at once: the
+/// best of three runs of about a third of `seconds` each ([`best_of_three`]).
+fn all_threads_gflops(seconds: f64, flops_per_step: u64, step: impl Fn(u64) + Sync) -> f64 {
+    use rayon::prelude::*;
     let threads = rayon::current_num_threads();
-    let (iters, best) = best_of_three(
-        seconds,
-        |iters| {
-            std::hint::black_box(dispatch(isa, FmaChains(iters)));
-        },
-        |iters| {
-            let sums: f32 = (0..threads).into_par_iter().map(|_| dispatch(isa, FmaChains(iters))).sum();
-            std::hint::black_box(sums);
-        },
-    );
-    let lanes = isa.vector_bits() / 32;
-    let lanes = if isa == Isa::Generic { 1 } else { lanes };
-    (threads as u64 * iters * 12 * lanes as u64 * 2) as f64 / best / 1e9
+    let (iters, best) = best_of_three(seconds, &step, |iters| (0..threads).into_par_iter().for_each(|_| step(iters)));
+    (threads as u64 * iters * flops_per_step) as f64 / best / 1e9
 }
 
 /// Times a peak loop: calibrates the iteration count on one thread (`probe(iters)`), then runs

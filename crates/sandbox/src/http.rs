@@ -104,7 +104,12 @@ pub fn router(sandbox: Sandbox) -> Router {
         .route(
             "/status",
             get(|State(sb): State<Arc<Sandbox>>| async move {
-                let status = tokio::task::spawn_blocking(move || (sb.queued(), sb.workers())).await.unwrap_or((0, 0));
+                // Through a queue, both come from one query of Redis.
+                let status = tokio::task::spawn_blocking(move || match sb.queue_client() {
+                    Some(client) => client.status().unwrap_or((0, 0)),
+                    None => (sb.queued(), sb.workers()),
+                });
+                let status = status.await.unwrap_or((0, 0));
                 Json(json!({ "queue": status.0, "num_workers": status.1 }))
             }),
         )

@@ -161,22 +161,12 @@ fn now_s() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Counters of a running [`serve_queue`].
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    /// Results pushed.
-    pub answered: AtomicU64,
-    /// Work dropped for being older than its life time.
-    pub expired: AtomicU64,
-    /// Items that were not a work payload (answered `invalid_input` where they had ids).
-    pub malformed: AtomicU64,
-}
-
 /// Serves code-judge's queue with `sandbox`: `pullers` threads, each with its own connection and
 /// worker key, take the oldest work item, run it, and push its result, until `stop` is set (each
-/// notices within [`QueueConfig::block_timeout`]). A lost connection is retried every second and
-/// said on stderr. Returns when every puller has stopped.
-pub fn serve_queue(config: &QueueConfig, sandbox: &Sandbox, pullers: usize, stop: &AtomicBool, stats: &WorkerStats) -> Result<(), QueueError> {
+/// notices within [`QueueConfig::block_timeout`]). A lost connection is retried every second, and
+/// it, dropped work and unreadable items are said on stderr, as code-judge's workers log them.
+/// Returns when every puller has stopped.
+pub fn serve_queue(config: &QueueConfig, sandbox: &Sandbox, pullers: usize, stop: &AtomicBool) -> Result<(), QueueError> {
     // Fail fast on a wrong address or a server that is down.
     config.connect()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
@@ -185,7 +175,7 @@ pub fn serve_queue(config: &QueueConfig, sandbox: &Sandbox, pullers: usize, stop
             scope.spawn(|| {
                 let worker_id = new_id();
                 while !stop.load(Ordering::Relaxed) {
-                    match config.connect().and_then(|mut con| pull_loop(config, &mut con, sandbox, &runtime, &worker_id, stop, stats)) {
+                    match config.connect().and_then(|mut con| pull_loop(config, &mut con, sandbox, &runtime, &worker_id, stop)) {
                         Ok(()) => return,
                         Err(e) => {
                             eprintln!("queue worker {worker_id}: {e}; reconnecting in 1 s");
@@ -199,7 +189,7 @@ pub fn serve_queue(config: &QueueConfig, sandbox: &Sandbox, pullers: usize, stop
     Ok(())
 }
 
-fn pull_loop(config: &QueueConfig, con: &mut redis::Connection, sandbox: &Sandbox, runtime: &tokio::runtime::Runtime, worker_id: &str, stop: &AtomicBool, stats: &WorkerStats) -> Result<(), QueueError> {
+fn pull_loop(config: &QueueConfig, con: &mut redis::Connection, sandbox: &Sandbox, runtime: &tokio::runtime::Runtime, worker_id: &str, stop: &AtomicBool) -> Result<(), QueueError> {
     let err = |e| config.redis_err(e);
     let work_queue = config.work_queue();
     while !stop.load(Ordering::Relaxed) {
@@ -208,8 +198,9 @@ fn pull_loop(config: &QueueConfig, con: &mut redis::Connection, sandbox: &Sandbo
         let Some((_, payload, _)) = item else { continue };
         let (queue, long_running, result) = match serde_json::from_str::<WorkPayload>(&payload) {
             Ok(work) => {
-                if !work.long_running && now_s() - work.timestamp.unwrap_or_else(now_s) >= config.work_life.as_secs_f64() {
-                    stats.expired.fetch_add(1, Ordering::Relaxed);
+                let waited = now_s() - work.timestamp.unwrap_or_else(now_s);
+                if !work.long_running && waited >= config.work_life.as_secs_f64() {
+                    eprintln!("queue worker {worker_id}: work {} waited {waited:.2} s in the queue (life time {:?}): dropped; more workers needed?", work.work_id, config.work_life);
                     continue;
                 }
                 let result = if work.submission.get("type").and_then(Value::as_str) == Some("batch") {
@@ -222,11 +213,10 @@ fn pull_loop(config: &QueueConfig, con: &mut redis::Connection, sandbox: &Sandbo
                 (config.result_queue(&work.work_id), work.long_running, result)
             }
             Err(e) => {
-                stats.malformed.fetch_add(1, Ordering::Relaxed);
+                eprintln!("queue worker {worker_id}: an item that is not a work payload ({e}): answered invalid_input where it names its ids, else dropped");
                 // Answer where the item names where to (as code-judge does), else drop it.
                 let raw: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
                 let (Some(work_id), Some(sub_id)) = (raw.get("work_id").and_then(Value::as_str), raw.pointer("/submission/sub_id").and_then(Value::as_str)) else {
-                    eprintln!("queue worker {worker_id}: dropped an item that is not a work payload ({e})");
                     continue;
                 };
                 let long = raw.get("long_running").and_then(Value::as_bool).unwrap_or(false);
@@ -236,7 +226,6 @@ fn pull_loop(config: &QueueConfig, con: &mut redis::Connection, sandbox: &Sandbo
         let expire = if long_running { config.long_result_expire } else { config.result_expire };
         let json = serde_json::to_string(&result).expect("results serialize");
         redis::pipe().cmd("RPUSH").arg(&queue).arg(json).ignore().cmd("EXPIRE").arg(&queue).arg(expire.as_secs().max(1)).ignore().query::<()>(con).map_err(err)?;
-        stats.answered.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
 }
@@ -290,8 +279,8 @@ impl QueueClient {
     /// taken by a worker that died) comes back as `queue_timeout`; so do all of them when Redis
     /// fails, with the error in stderr. `long` is code-judge's long batch (no age limit, an hour
     /// to finish).
-    pub fn judge(&self, submissions: Vec<Value>, long: bool) -> Vec<SubmissionResult> {
-        let ids: Vec<String> = submissions.iter().map(sub_id_of).collect();
+    pub fn judge(&self, mut submissions: Vec<Value>, long: bool) -> Vec<SubmissionResult> {
+        let ids = with_sub_ids(&mut submissions);
         let start = Instant::now();
         match self.try_judge(submissions, &ids, long) {
             Ok(results) => results,
@@ -306,12 +295,7 @@ impl QueueClient {
     /// `queue_timeout`, up to `tries` times in all (code-judge's client retries 4 times).
     pub fn judge_retrying(&self, mut submissions: Vec<Value>, long: bool, tries: usize) -> Vec<SubmissionResult> {
         // Every try carries the same sub_id.
-        for sub in &mut submissions {
-            let id = sub_id_of(sub);
-            if let Value::Object(map) = sub {
-                map.entry("sub_id").or_insert(Value::String(id));
-            }
-        }
+        with_sub_ids(&mut submissions);
         let mut results: Vec<Option<SubmissionResult>> = vec![None; submissions.len()];
         let mut left: Vec<usize> = (0..submissions.len()).collect();
         for attempt in 0..tries.max(1) {
@@ -333,17 +317,12 @@ impl QueueClient {
         results.into_iter().map(|r| r.expect("every submission answered")).collect()
     }
 
-    fn try_judge(&self, mut submissions: Vec<Value>, ids: &[String], long: bool) -> Result<Vec<SubmissionResult>, QueueError> {
+    /// One try of [`judge`](Self::judge); `ids` are the submissions' `sub_id`s.
+    fn try_judge(&self, submissions: Vec<Value>, ids: &[String], long: bool) -> Result<Vec<SubmissionResult>, QueueError> {
         let config = &*self.config;
         let err = |e| config.redis_err(e);
         let mut con = config.connect()?;
         let start = Instant::now();
-        // Keep the ids the results will carry (code-judge's worker makes one up otherwise).
-        for (sub, id) in submissions.iter_mut().zip(ids) {
-            if let Value::Object(map) = sub {
-                map.entry("sub_id").or_insert_with(|| Value::String(id.clone()));
-            }
-        }
         let tag = new_id();
         let timestamp = now_s();
         // Zero-padded, so that the queue's order (one score, members by bytes: the work id
@@ -415,6 +394,21 @@ impl QueueClient {
         let waited = start.elapsed().as_secs_f64();
         Ok(results.into_iter().zip(ids).map(|(r, id)| r.unwrap_or_else(|| SubmissionResult::queue_timeout(id.clone(), waited))).collect())
     }
+}
+
+/// Gives each submission object without a `sub_id` a new one (the results carry them;
+/// code-judge's worker would make one up otherwise), and returns every submission's id.
+fn with_sub_ids(submissions: &mut [Value]) -> Vec<String> {
+    submissions
+        .iter_mut()
+        .map(|sub| {
+            let id = sub_id_of(sub);
+            if let Value::Object(map) = sub {
+                map.entry("sub_id").or_insert_with(|| Value::String(id.clone()));
+            }
+            id
+        })
+        .collect()
 }
 
 /// A private `redis-server` (Debian's `redis-server` package) on a unix socket in a folder of

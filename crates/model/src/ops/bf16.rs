@@ -12,11 +12,11 @@
 //! The kernel takes one half at a time in passes of up to 24 activation rows; a half is 18 KiB at
 //! k = 576, so passes after the first read it from L1 (a whole panel does not fit a 32 KiB L1).
 //! Measured on a 2-vCPU Zen 4 (a scratch loop over SmolLM2-135M shapes, 30 weights cycled from
-//! memory): 8 rows 1.2-2.0x the f16 kernel (21-26 GB/s of weights, about the memory's read
-//! rate), 32 rows 1.2-1.9x; one row as fast as f16 (both memory-bound).
+//! memory, two runs): 8 rows 1.3-2.0x the f16 kernel (21-26 GB/s of weights, about the memory's
+//! read rate), 32 rows 1.1-1.9x; one row 1.1x (both memory-bound).
 //!
 //! One `vdpbf16ps` does two multiply-adds per f32 lane, so a core does twice the flops of its f32
-//! FMAs (measured 2.2x on a Zen 4 core; Sapphire Rapids runs it at about half its FMA rate, which
+//! FMAs (measured 2.0-2.2x on a Zen 4 core; Sapphire Rapids runs it at about half its FMA rate, which
 //! is why AMX is preferred there). Activations are rounded to bf16 as on AMX, sums stay f32.
 
 use half::bf16;
