@@ -79,12 +79,12 @@ pub fn run(args: RolloutBenchArgs) -> anyhow::Result<()> {
     let config = Config::from_file(&dir.join("config.json"))?;
     let model = Model::new(config.clone(), Params::random(&config, 0));
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
-    let sandbox = crate::train::sandbox(false)?;
+    let sandbox = rstar2_train::sandbox(false)?;
     let end = tok.token_id("<|im_end|>").expect("tiny tokenizer has <|im_end|>");
     let requests: Vec<Request> = (0..args.trajectories).map(|i| Request { id: format!("b{i}"), question: format!("Bench problem {i}."), answer: None }).collect();
     let mut rc = RolloutConfig { max_response_tokens: 400, max_turns: 8, ..Default::default() };
     // The tiny default's format (no system prompt): prefill would otherwise dominate.
-    rc.chat = crate::train::config::TrainConfig::load(None)?.chat;
+    rc.chat = rstar2_train::config::TrainConfig::load(None)?.chat;
     let prompt = tok.encode(&rc.chat.prompt("Bench problem 10.")).len();
     let capacity = args.concurrent * (prompt + rc.max_response_tokens);
     println!("rollout benchmark: {} trajectories (1-3 tool calls each, loops of 2e3-1.2e5 iterations), tiny model decoding, KV room for {} at once, sandbox {} workers", args.trajectories, args.concurrent, sandbox.workers());

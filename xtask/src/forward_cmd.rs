@@ -30,7 +30,7 @@ pub fn load_model(dir: &std::path::Path) -> anyhow::Result<Model> {
 }
 
 pub fn run(args: ForwardArgs) -> anyhow::Result<()> {
-    let device = crate::train::open_device(&args.device)?;
+    let device = rstar2_train::open_device(&args.device)?;
     let model = load_model(&args.model)?;
     let v = model.config.vocab_size;
     if let Some(bad) = args.tokens.iter().find(|&&t| t as usize >= v) {

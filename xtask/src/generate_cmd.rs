@@ -10,8 +10,8 @@ use rstar2_gpu::Policy;
 use rstar2_rollout::engine::policy_engine;
 use rstar2_rollout::{ChatFormat, Episode, RolloutConfig, SamplingConfig, generate};
 
-use crate::train::config::EvalConfig;
-use crate::train::{eval, progress};
+use rstar2_train::config::EvalConfig;
+use rstar2_train::{eval, progress};
 
 /// Arguments of `generate`.
 #[derive(Args)]
@@ -127,7 +127,7 @@ pub fn load_model(dir: &Path, devices: &str, decode_weights: Option<DecodeWeight
     };
     let mut policies = Vec::new();
     for spec in devices.split(',') {
-        let device = crate::train::open_device(spec.trim())?;
+        let device = rstar2_train::open_device(spec.trim())?;
         let mut policy = Policy::new(&device, Model::new(config.clone(), params.clone()), None);
         let weights = decode_weights.unwrap_or_else(|| policy.default_decode_weights());
         policy.set_decode_weights(weights)?;
@@ -161,7 +161,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         seed: args.seed,
         ..RolloutConfig::default()
     };
-    let sandbox = crate::train::sandbox(true)?;
+    let sandbox = rstar2_train::sandbox(true)?;
     let bar = progress::bar((requests.len() * args.samples) as u64, "episodes");
     let on_episode = |_: &Episode, tokens: usize| {
         bar.inc(1);
@@ -222,15 +222,16 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         bail!("{}: no problems with answers to evaluate", args.data);
     }
     let loaded = load_model(&args.model, &args.device, args.decode_weights)?;
-    let sandbox = crate::train::sandbox(crate::train::is_real_data(&args.data))?;
+    let sandbox = rstar2_train::sandbox(rstar2_train::is_real_data(&args.data))?;
     let chat = match &args.chat {
-        Some(path) if path.extension().is_some_and(|e| e == "toml") => crate::train::config::TrainConfig::load(Some(path))?.chat,
+        Some(path) if path.extension().is_some_and(|e| e == "toml") => rstar2_train::config::TrainConfig::load(Some(path))?.chat,
         Some(path) => serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?).with_context(|| format!("{} is not a chat format", path.display()))?,
         None => loaded.chat.clone(),
     };
     let chat = if args.no_tool { chat.without_tool() } else { chat };
     let config = EvalConfig { samples: args.samples, temperature: args.temperature, max_response_tokens: args.max_tokens, max_turns: args.max_turns, answer_anywhere: args.anywhere };
-    let r = eval::evaluate(&loaded.policies[0], &loaded.tokenizer, &sandbox, &chat, &tasks, &config, args.seed, "")?;
+    let mut replicas = rstar2_train::Replicas::new(loaded.policies, Box::new(rstar2_train::collective::Alone));
+    let r = eval::evaluate(&mut replicas, &loaded.tokenizer, &sandbox, &chat, &tasks, &config, args.seed, "")?;
     println!("{}", serde_json::to_string(&r)?);
     eprintln!(
         "pass@1 {:.3} ± {:.3} (k={}, {} problems{}), tool calls/episode {:.2}, tool-error ratio {:.2}, response {:.0} tokens",
@@ -249,6 +250,6 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     if !r.per_level.is_empty() {
         eprintln!("by level: {}", r.per_level.iter().map(|(k, v)| format!("{k}: {v:.3}")).collect::<Vec<_>>().join(", "));
     }
-    print_gpu_profiles(&loaded.policies);
+    print_gpu_profiles(replicas.policies());
     Ok(())
 }

@@ -18,7 +18,7 @@ pub struct ImportArgs {
 }
 
 pub fn import(args: ImportArgs) -> anyhow::Result<()> {
-    let bar = crate::train::progress::bar(1, "import");
+    let bar = rstar2_train::progress::bar(1, "import");
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     let config = rstar2_model::gguf::import(&args.gguf, &args.out)?;
     bar.finish_and_clear();

@@ -11,7 +11,7 @@ mod gguf_cmd;
 mod sandbox_cmd;
 mod test_cmd;
 mod tokenizer_cmd;
-mod train;
+mod train_cmd;
 mod verify_cmd;
 
 use clap::{Parser, Subcommand};
@@ -44,10 +44,10 @@ enum Command {
     Verify(verify_cmd::VerifyArgs),
     /// The rStar2-Agent recipe: tool-format SFT, then multi-stage GRPO-RoC, with evaluation,
     /// checkpoints and a report in runs/<name>/. With no arguments: the tiny default on the CPU.
-    Train(train::TrainArgs),
+    Train(train_cmd::TrainArgs),
     /// Compares training runs like the paper's Figure 4: tool-error ratio in correct rollouts
     /// over RL steps (PNG) and their held-out figures.
-    Compare(train::compare::CompareArgs),
+    Compare(train_cmd::CompareArgs),
     /// Multi-turn tool-integrated rollouts of a model on a JSONL data set, one episode per line.
     Generate(generate_cmd::GenerateArgs),
     /// pass@1 (averaged over k samples), tool use and tool errors of a model on a data set.
@@ -94,8 +94,8 @@ fn main() -> anyhow::Result<()> {
         Command::Verify(args) => verify_cmd::run(args),
         Command::Forward(args) => forward_cmd::run(args),
         Command::TrainTokenizer(args) => tokenizer_cmd::run(args),
-        Command::Train(args) => train::run(args),
-        Command::Compare(args) => train::compare::run(args),
+        Command::Train(args) => train_cmd::run(args),
+        Command::Compare(args) => train_cmd::compare(args),
         Command::ImportGguf(args) => gguf_cmd::import(args),
         Command::FetchModel(args) => gguf_cmd::fetch(args),
         Command::FetchData(args) => data_cmd::fetch(args),

@@ -1,6 +1,6 @@
 //! `cargo xtask test`: fetch what the tests need, then `cargo test` over the workspace.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, bail};
@@ -15,19 +15,7 @@ pub struct TestArgs {
     pub cargo_args: Vec<String>,
 }
 
-/// The folder where the unpacked sympy and mpmath live: `target/pylib`.
-pub fn pylib_dir() -> PathBuf {
-    workspace_root().join("target").join("pylib")
-}
-
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
-}
-
-/// Whether `dir` holds the unpacked sympy and mpmath.
-pub fn has_pylib(dir: &Path) -> bool {
-    dir.join("sympy").join("__init__.py").is_file() && dir.join("mpmath").join("__init__.py").is_file()
-}
+pub use rstar2_train::paths::{has_pylib, pylib_dir, workspace_root};
 
 /// Downloads the wheels with pip (once) and unpacks them into `target/pylib`.
 pub fn ensure_pylib() -> anyhow::Result<PathBuf> {

@@ -26,7 +26,7 @@ pub struct TokenizerArgs {
 pub fn run(args: TokenizerArgs) -> anyhow::Result<()> {
     let tasks = generate(&SynthConfig::default(), Split::Train, args.traces, 12345)?;
     let sandbox = Sandbox::new(SandboxConfig::in_process())?;
-    let chat: ChatFormat = crate::train::config::TrainConfig::load(None)?.chat;
+    let chat: ChatFormat = rstar2_train::config::TrainConfig::load(None)?.chat;
     let traces = build_traces(&tasks, &sandbox, &chat, &SftMix::default(), 1)?;
     let corpus: Vec<String> = traces.iter().map(|t| t.text()).collect();
     let json = rstar2_tasks::bpe::train_bpe(&corpus, args.vocab)?;

@@ -249,3 +249,179 @@ fn gpu_run_matches_the_cpu_run_on_the_first_step() {
     assert!((cl - gl).abs() < 1e-4 * cl && (cn - gn).abs() < 1e-3 * cn, "first SFT step: CPU loss {cl} norm {cn}, GPU loss {gl} norm {gn}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Two SFT steps and three RL steps (lockstep tool dispatch): data parallel must not change
+/// what is learned.
+const DATA_PARALLEL: &str = r#"
+[data]
+train_problems = 100
+test_problems = 2
+[sft]
+examples = 32
+epochs = 2
+batch_size = 8
+[rl]
+group_size = 2
+oversample = 2
+prompts_per_step = 6
+checkpoint_every = 1
+dispatch = "lockstep"
+[[rl.stages]]
+steps = 3
+max_response_tokens = 96
+max_turns = 2
+[eval]
+samples = 1
+max_response_tokens = 48
+max_turns = 2
+"#;
+
+fn final_params(run: &Path) -> rstar2_model::Params {
+    let model = run.join("model");
+    let config = rstar2_model::Config::from_file(&model.join("config.json")).unwrap();
+    rstar2_model::Params::load(&model, &config).unwrap()
+}
+
+/// Largest |a - b| over every parameter, and the largest |a| (for scale).
+fn max_difference(a: &rstar2_model::Params, b: &rstar2_model::Params) -> (f32, f32) {
+    let mut diff = 0.0f32;
+    let mut scale = 0.0f32;
+    for (x, y) in a.data.iter().zip(&b.data) {
+        for (p, q) in x.iter().zip(y) {
+            diff = diff.max((p - q).abs());
+            scale = scale.max(p.abs());
+        }
+    }
+    (diff, scale)
+}
+
+/// Runs `one` and `two` logged the same losses, rollouts and evaluations and ended with the
+/// same parameters, up to the order of float sums.
+fn assert_same_learning(one: &Path, two: &Path) {
+    let lines = |run: &Path| -> Vec<Value> { std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
+    let (a, b) = (lines(one), lines(two));
+    assert_eq!(a.len(), b.len());
+    // Relative tolerances: SFT losses measured within 4e-7 of each other, gradient norms within
+    // 4e-5 (the parameters drift apart by rounding, see below).
+    let close = |x: &Value, y: &Value, tolerance: f64, what: &str| {
+        let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+        assert!((x - y).abs() <= tolerance * x.abs().max(1e-3), "{what}: {x} vs {y}");
+    };
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x["phase"], y["phase"]);
+        match x["phase"].as_str().unwrap() {
+            // The loss over the whole batch and the gradient norm before clipping: a share
+            // normalized by its own tokens instead of the batch's would change both.
+            "sft" => {
+                close(&x["loss"], &y["loss"], 1e-5, &format!("SFT step {} loss", x["step"]));
+                close(&x["grad_norm"], &y["grad_norm"], 1e-3, &format!("SFT step {} gradient norm", x["step"]));
+            }
+            // The same rollouts (rewards, selection) at every step.
+            "rl" => {
+                for key in ["reward_mean", "kept_rollouts", "response_length", "finish_reasons"] {
+                    assert_eq!(x[key], y[key], "RL step {}: {key}", x["rl_step"]);
+                }
+                close(&x["loss"], &y["loss"], 1e-5, "RL loss");
+            }
+            _ => assert_eq!(x["eval"]["per_problem"], y["eval"]["per_problem"], "{}", x["label"]),
+        }
+    }
+    // Summed in another order, the gradients differ by rounding, which AdamW's normalization
+    // amplifies where gradients are tiny: measured 0.07-0.34% of the largest parameter change
+    // of the run; 2% is allowed.
+    let (p1, p2) = (final_params(one), final_params(two));
+    let (diff, _) = max_difference(&p1, &p2);
+    let config = rstar2_model::Config::from_file(&one.join("model/config.json")).unwrap();
+    let (moved, _) = max_difference(&p1, &rstar2_model::Params::random(&config, 1));
+    assert!(moved > 1e-3, "training moved the parameters by {moved} only");
+    assert!(diff <= 0.02 * moved, "parameters differ by {diff}; training moved them by {moved}");
+}
+
+#[test]
+fn two_cpu_replicas_learn_what_one_does() {
+    let dir = scratch("dp");
+    let config = dir.join("dp.toml");
+    std::fs::write(&config, DATA_PARALLEL).unwrap();
+    let runs = dir.join("runs");
+    let (runs_s, config_s) = (runs.to_str().unwrap(), config.to_str().unwrap());
+    for (name, device) in [("one", "cpu"), ("two", "cpu,cpu")] {
+        let (out, err, ok) = xtask(&["train", "--config", config_s, "--runs-dir", runs_s, "--name", name, "--device", device]);
+        assert!(ok, "{device}: {out}\n{err}");
+        if name == "two" {
+            assert!(out.contains("data parallel: 2 replicas"), "{out}");
+        }
+    }
+    assert_same_learning(&runs.join("one"), &runs.join("two"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `mpirun -n 2` over TCP on the loopback interface, the ranks given `args` (or each its own
+/// after `:`, MPMD style).
+#[cfg(feature = "mpi")]
+fn mpirun(args: &[&str]) -> (String, String, bool) {
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--oversubscribe", "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", "lo"]);
+    if args.contains(&":") {
+        for (i, part) in args.split(|a| *a == ":").enumerate() {
+            if i > 0 {
+                cmd.arg(":");
+            }
+            cmd.args(["-n", "1", env!("CARGO_BIN_EXE_xtask")]).args(part);
+        }
+    } else {
+        cmd.args(["-n", "2", env!("CARGO_BIN_EXE_xtask")]).args(args);
+    }
+    // Open MPI refuses to run as root (CI containers) unless told twice.
+    let out = cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1").output().expect("mpirun runs (Debian: openmpi-bin)");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned(), out.status.success())
+}
+
+#[cfg(feature = "mpi")]
+#[test]
+fn two_mpi_ranks_learn_what_one_process_does_and_resume() {
+    let dir = scratch("mpi");
+    let config = dir.join("dp.toml");
+    std::fs::write(&config, DATA_PARALLEL).unwrap();
+    let runs = dir.join("runs");
+    let (runs_s, config_s) = (runs.to_str().unwrap(), config.to_str().unwrap());
+    let (out, err, ok) = xtask(&["train", "--config", config_s, "--runs-dir", runs_s, "--name", "one", "--device", "cpu"]);
+    assert!(ok, "{out}\n{err}");
+    let (out, err, ok) = mpirun(&["train", "--config", config_s, "--runs-dir", runs_s, "--name", "mpi", "--device", "cpu"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("data parallel: 2 replicas (MPI, 2 ranks"), "{out}");
+    // Only rank 0 writes: one run folder, one line per step.
+    assert!(!runs.join("mpi-2").exists(), "a second rank made its own run folder");
+    assert_same_learning(&runs.join("one"), &runs.join("mpi"));
+
+    // Stopped after two RL steps (a stray metrics line as a kill leaves), then resumed by the
+    // whole job: the same metrics as the uninterrupted job.
+    let (out, err, ok) = mpirun(&["train", "--config", config_s, "--runs-dir", runs_s, "--name", "split", "--device", "cpu", "--stop-after-rl-steps", "2"]);
+    assert!(ok, "{out}\n{err}");
+    let split = runs.join("split");
+    assert!(!split.join("summary.json").exists());
+    let mut metrics = std::fs::read_to_string(split.join("metrics.jsonl")).unwrap();
+    metrics.push_str("{\"phase\":\"rl\",\"rl_step\":99}\n");
+    std::fs::write(split.join("metrics.jsonl"), metrics).unwrap();
+    let (out, err, ok) = mpirun(&["train", "--resume", split.to_str().unwrap()]);
+    assert!(ok, "{out}\n{err}");
+    assert_same_learning(&runs.join("mpi"), &split);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(feature = "mpi")]
+#[test]
+fn mpi_ranks_with_other_configs_or_a_missing_device_are_refused() {
+    let dir = scratch("mpi-bad");
+    let config = dir.join("dp.toml");
+    std::fs::write(&config, DATA_PARALLEL).unwrap();
+    let runs = dir.join("runs");
+    let (runs_s, config_s) = (runs.to_str().unwrap(), config.to_str().unwrap());
+    let (out, err, ok) = mpirun(&["train", "--config", config_s, "--runs-dir", runs_s, "--seed", "1", ":", "train", "--config", config_s, "--runs-dir", runs_s, "--seed", "2"]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("rank 1 was given another training config than rank 0: rank 0 has `seed = 1`, rank 1 `seed = 2`"), "{err}");
+    let (out, err, ok) = mpirun(&["train", "--config", config_s, "--runs-dir", runs_s, "--device", "cpu", ":", "train", "--config", config_s, "--runs-dir", runs_s, "--device", "gpu:99"]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("rank 1: opening device \"gpu:99\""), "{err}");
+    assert!(!runs.exists(), "a refused job wrote a run folder");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

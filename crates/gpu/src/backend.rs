@@ -247,6 +247,39 @@ impl Policy {
         }
     }
 
+    /// Gradients read back to the host (data parallel sums them there).
+    pub fn grads_to_host(&self, grads: Grads) -> Params {
+        match (self, grads) {
+            (Policy::Cpu { .. }, Grads::Cpu(g)) => g,
+            (Policy::Gpu { model, .. }, Grads::Gpu(g)) => model.download(&g),
+            _ => panic!("grads_to_host: gradients from the other backend"),
+        }
+    }
+
+    /// Host gradients (laid out like the parameters) placed where this policy's are.
+    pub fn grads_from_host(&self, grads: Params) -> Grads {
+        match self {
+            Policy::Cpu { .. } => Grads::Cpu(grads),
+            Policy::Gpu { model, .. } => Grads::Gpu(crate::model::Flat::upload(&model.gpu, &grads.data)),
+        }
+    }
+
+    /// Replaces the parameters (same config), e.g. with another replica's after drift; the
+    /// optimizer moments are kept.
+    pub fn set_params(&mut self, params: &Params) {
+        match self {
+            Policy::Cpu { model, .. } => {
+                assert!(params.specs == model.params.specs, "set_params: a different parameter set");
+                model.params.data.clone_from(&params.data);
+                model.invalidate_decode_weights();
+            }
+            Policy::Gpu { model, .. } => {
+                model.upload_params(params);
+                model.invalidate_decode_weights();
+            }
+        }
+    }
+
     /// Fresh optimizer moments (a new RL stage).
     pub fn reset_optimizer(&mut self) {
         match self {

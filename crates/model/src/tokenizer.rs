@@ -16,6 +16,12 @@ impl Tokenizer {
         Ok(Tokenizer { inner })
     }
 
+    /// Parses the text of a `tokenizer.json` (`origin` names it in errors).
+    pub fn from_json(text: &str, origin: &str) -> Result<Self, ModelError> {
+        let inner = text.parse::<tokenizers::Tokenizer>().map_err(|e| ModelError::Tokenizer { path: origin.to_string(), message: e.to_string() })?;
+        Ok(Tokenizer { inner })
+    }
+
     /// Token ids of `text`; special tokens written in the text (`<|im_start|>`) map to their ids.
     pub fn encode(&self, text: &str) -> Vec<u32> {
         self.inner.encode(text, false).map(|e| e.get_ids().to_vec()).unwrap_or_default()

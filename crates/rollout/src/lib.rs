@@ -88,6 +88,10 @@ pub struct RolloutConfig {
     /// Tokens one engine step feeds beyond the single tokens of decoding sequences: prompts and
     /// tool responses are prefilled in chunks that share this budget (chunked prefill).
     pub step_tokens: usize,
+    /// The first trajectory's number: a shard of a larger batch (another device's or rank's
+    /// share of the same step) starts where its requests start, so every trajectory samples
+    /// from the stream it would have had in the whole batch.
+    pub first_trajectory: u64,
 }
 
 impl Default for RolloutConfig {
@@ -102,6 +106,7 @@ impl Default for RolloutConfig {
             dispatch: ToolDispatch::Async,
             answer_scope: Default::default(),
             step_tokens: 256,
+            first_trajectory: 0,
         }
     }
 }

@@ -396,7 +396,7 @@ fn handle_event(e: usize, event: Event, active: &mut BTreeMap<u64, Traj>, reserv
     match event {
         Event::Admit(p) => {
             *reserved += p.reserve;
-            let seed = shared.config.seed ^ p.traj.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let seed = shared.config.seed ^ (shared.config.first_trajectory + p.traj).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             active.insert(
                 p.traj,
                 Traj {

@@ -4,14 +4,14 @@ use std::collections::BTreeMap;
 
 use rstar2_gpu::Policy;
 use rstar2_model::Tokenizer;
-use rstar2_rollout::engine::policy_engine;
-use rstar2_rollout::{ChatFormat, Episode, RolloutConfig, SamplingConfig, ToolDispatch, generate};
+use rstar2_rollout::{ChatFormat, Episode, RolloutConfig, SamplingConfig, ToolDispatch};
 use rstar2_sandbox::Sandbox;
 use rstar2_tasks::Task;
 use serde::{Deserialize, Serialize};
 
-use super::config::EvalConfig;
-use super::progress;
+use crate::config::EvalConfig;
+use crate::progress;
+use crate::replicas::Replicas;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EvalResult {
@@ -63,7 +63,8 @@ pub fn tool_error_ratio<'a>(episodes: impl Iterator<Item = &'a Episode>) -> f64 
     if calls == 0 { 0.0 } else { failed as f64 / calls as f64 }
 }
 
-pub fn evaluate(policy: &Policy, tokenizer: &Tokenizer, sandbox: &Sandbox, chat: &ChatFormat, tasks: &[Task], config: &EvalConfig, seed: u64, label: &str) -> anyhow::Result<EvalResult> {
+/// pass@1 and tool figures of the policy on `tasks`, sampled on every replica of the job.
+pub fn evaluate(replicas: &mut Replicas, tokenizer: &Tokenizer, sandbox: &Sandbox, chat: &ChatFormat, tasks: &[Task], config: &EvalConfig, seed: u64, label: &str) -> anyhow::Result<EvalResult> {
     let rollout = RolloutConfig {
         chat: chat.clone(),
         sampling: SamplingConfig { temperature: config.temperature, top_p: 1.0, top_k: 0 },
@@ -81,8 +82,7 @@ pub fn evaluate(policy: &Policy, tokenizer: &Tokenizer, sandbox: &Sandbox, chat:
         bar.inc(1);
         bar.set_message(format!("{:.0} tok/s", tokens as f64 / bar.elapsed().as_secs_f64().max(1e-3)));
     };
-    let mut engine = policy_engine(policy, kv_capacity(policy, &requests, tokenizer, chat, config.max_response_tokens, config.samples));
-    let out = generate(vec![engine.as_mut()], tokenizer, sandbox, &requests, &rollout, Some(&on_episode))?;
+    let out = replicas.rollout(tokenizer, sandbox, chat, &requests, &rollout, Some(&on_episode))?;
     bar.finish_and_clear();
     Ok(summarize(&out.episodes, tasks, config.samples, out.metrics.wall_seconds))
 }

@@ -1,28 +1,16 @@
-//! `cargo xtask compare RUN...`: the paper's Figure 4 for several runs: tool-error ratio in
+//! Comparing runs: the paper's Figure 4 for several runs: tool-error ratio in
 //! correct rollouts over RL steps (10-step means), and the held-out figures side by side.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::Args;
+use crate::plot::{Series, line_chart, smooth};
+use crate::report::read_steps;
 
-use super::plot::{Series, line_chart, smooth};
-use super::report::read_steps;
-
-/// Arguments of `compare`.
-#[derive(Args)]
-pub struct CompareArgs {
-    /// Run folders (runs/<name>).
-    #[arg(required = true)]
-    pub runs: Vec<PathBuf>,
-    /// Where to write the PNG.
-    #[arg(long, default_value = "compare.png")]
-    pub out: PathBuf,
-}
-
-pub fn run(args: CompareArgs) -> anyhow::Result<()> {
+/// Prints each run's figures and writes the chart of their tool-error ratios to `out` (PNG).
+pub fn compare(runs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
     let mut series = Vec::new();
     println!("{:<16} {:>10} {:>12} {:>14} {:>16}", "run", "steps", "after RL", "err+ first 20", "err+ last 20");
-    for dir in &args.runs {
+    for dir in runs {
         let steps = read_steps(&dir.join("metrics.jsonl"));
         anyhow::ensure!(!steps.is_empty(), "{} has no RL steps in metrics.jsonl", dir.display());
         let name = dir.file_name().map_or("run".into(), |n| n.to_string_lossy().into_owned());
@@ -39,7 +27,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         );
         series.push(Series { name, points: smooth(&points, 10) });
     }
-    line_chart(&args.out, "Tool-error ratio in correct rollouts (10-step mean)", "RL step", "failed calls / calls", &series, &[])?;
-    println!("wrote {}", args.out.display());
+    line_chart(out, "Tool-error ratio in correct rollouts (10-step mean)", "RL step", "failed calls / calls", &series, &[])?;
+    println!("wrote {}", out.display());
     Ok(())
 }

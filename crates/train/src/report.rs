@@ -5,9 +5,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::config::{StageConfig, TrainConfig};
-use super::eval::{EvalResult, paired_difference};
-use super::plot::{Series, line_chart, smooth};
+use crate::config::{StageConfig, TrainConfig};
+use crate::eval::{EvalResult, paired_difference};
+use crate::plot::{Series, line_chart, smooth};
 
 /// One line of metrics.jsonl for an RL step.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

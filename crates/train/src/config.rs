@@ -86,7 +86,7 @@ pub struct DataConfig {
 impl DataConfig {
     /// Whether the run touches a real data set (then its tool environment has sympy).
     pub fn uses_real_data(&self) -> bool {
-        super::is_real_data(&self.train) || super::is_real_data(&self.test) || !self.also_test.is_empty()
+        crate::is_real_data(&self.train) || crate::is_real_data(&self.test) || !self.also_test.is_empty()
     }
 }
 
@@ -218,8 +218,11 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&(self.sft.mix.direct + self.sft.mix.retry)) {
             bail!("sft.mix: direct + retry must lie in [0, 1]");
         }
-        if !matches!(self.device.as_str(), "cpu" | "auto") && !self.device.starts_with("gpu") {
-            bail!("device {:?}: expected auto, cpu, gpu or gpu:N", self.device);
+        for spec in self.device.split(',') {
+            let spec = spec.trim();
+            if !matches!(spec, "cpu" | "auto") && !spec.starts_with("gpu") {
+                bail!("device {:?}: expected auto, cpu, gpu or gpu:N, or a comma-separated list of them (one replica each)", self.device);
+            }
         }
         Ok(())
     }
@@ -258,7 +261,7 @@ mod tests {
 
     #[test]
     fn every_shipped_config_loads() {
-        let dir = crate::test_cmd::workspace_root().join("configs");
+        let dir = crate::paths::workspace_root().join("configs");
         let mut n = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();

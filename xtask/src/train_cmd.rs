@@ -1,0 +1,85 @@
+//! `cargo xtask train` and `cargo xtask compare`: the command line of [`rstar2_train`].
+
+use std::path::PathBuf;
+
+use clap::Args;
+use rstar2_train::config::Algo;
+use rstar2_train::{TrainOptions, Trainer};
+
+/// Arguments of `cargo xtask train`.
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Training config (TOML); fields it leaves out come from the embedded default
+    /// (configs/tiny.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// A config shipped in configs/ by name (smollm2-135m); same as --config configs/NAME.toml.
+    #[arg(long, conflicts_with = "config")]
+    pub preset: Option<String>,
+    /// An HF model folder (config.json, tokenizer.json, safetensors) to start from instead of
+    /// the tiny preset trained from scratch.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// A JSONL data set (question in prompt/problem/question, answer in answer/solution); a
+    /// fifth of it, chosen by a hash of the question, is held out for evaluation.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// auto, cpu, gpu or gpu:N, or a comma-separated list (gpu:0,gpu:1,cpu): one replica per
+    /// device, data parallel. Under mpirun, {local_rank} stands for the rank's index on its
+    /// machine (gpu:{local_rank}).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// grpo-roc (the paper) or grpo (the ablation: keep all G rollouts).
+    #[arg(long, value_enum)]
+    pub algo: Option<Algo>,
+    /// Run name: the folder runs/<name>.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Seed for everything stochastic.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Continue a killed run from its last checkpoint.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "preset", "model", "data", "device", "algo", "name", "seed"])]
+    pub resume: Option<PathBuf>,
+    /// Where run folders are created.
+    #[arg(long, default_value = "runs")]
+    pub runs_dir: PathBuf,
+    /// Stop (as if killed) after this many RL steps in total; for testing resume.
+    #[arg(long, hide = true)]
+    pub stop_after_rl_steps: Option<usize>,
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let mut trainer = match &args.resume {
+        Some(dir) => Trainer::resume(dir)?,
+        None => Trainer::start(&TrainOptions {
+            config: args.config,
+            preset: args.preset,
+            model: args.model,
+            data: args.data,
+            device: args.device,
+            algo: args.algo,
+            name: args.name,
+            seed: args.seed,
+            runs_dir: args.runs_dir,
+        })?,
+    };
+    let result = trainer.run(args.stop_after_rl_steps);
+    crate::generate_cmd::print_gpu_profiles(trainer.replicas().policies());
+    result
+}
+
+/// Arguments of `compare`.
+#[derive(Args)]
+pub struct CompareArgs {
+    /// Run folders (runs/<name>).
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Where to write the PNG.
+    #[arg(long, default_value = "compare.png")]
+    pub out: PathBuf,
+}
+
+pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    rstar2_train::compare::compare(&args.runs, &args.out)
+}
