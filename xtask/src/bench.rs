@@ -42,6 +42,14 @@ pub enum BenchCommand {
     /// (prefill and decode shapes) in GFLOP/s, memory-bound kernels in GB/s, attention, a whole
     /// training step and batched decoding in tokens/s.
     Kernels(crate::bench_kernels::KernelBenchArgs),
+    /// Data-parallel training on this machine: tokens/s of a step with one replica and with
+    /// several (--devices cpu,cpu or gpu:0,gpu:1,...), the host's gradient exchange per MiB,
+    /// and MPI all-reduce per MiB over loopback (binary built with --features mpi), so a
+    /// cluster's scaling can be predicted.
+    TrainScaling(crate::bench_train::TrainScalingArgs),
+    /// One rank of the MPI all-reduce probe that train-scaling starts with mpirun.
+    #[command(hide = true)]
+    AllreduceProbe,
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -50,6 +58,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Model { python } => crate::bench_model::run(&python),
         BenchCommand::Rollout(args) => crate::bench_rollout::run(args),
         BenchCommand::Kernels(args) => crate::bench_kernels::run(args),
+        BenchCommand::TrainScaling(args) => crate::bench_train::run(args),
+        BenchCommand::AllreduceProbe => crate::bench_train::allreduce_probe(),
     }
 }
 

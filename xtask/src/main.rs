@@ -4,6 +4,7 @@ mod bench;
 mod bench_model;
 mod bench_kernels;
 mod bench_rollout;
+mod bench_train;
 mod data_cmd;
 mod forward_cmd;
 mod generate_cmd;

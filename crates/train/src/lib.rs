@@ -33,4 +33,4 @@ mod run;
 pub use collective::Collective;
 pub use config::TrainConfig;
 pub use replicas::Replicas;
-pub use run::{TrainOptions, Trainer, is_real_data, open_device, run_tools, sandbox};
+pub use run::{TrainOptions, Trainer, is_real_data, open_device, open_devices, run_tools, sandbox, sft_share, training_policy};

@@ -786,7 +786,7 @@ fn fresh_dir(runs: &Path, name: &str) -> anyhow::Result<PathBuf> {
 /// The policy being trained: rollouts and evaluations read its f32 weights (on the CPU packed
 /// for the decode kernel, packed again after optimizer steps), so they sample from exactly the
 /// policy the trainer's log-probs describe.
-fn training_policy(device: &Device, model: Model, optimizer: AdamW) -> anyhow::Result<Policy> {
+pub fn training_policy(device: &Device, model: Model, optimizer: AdamW) -> anyhow::Result<Policy> {
     let mut policy = Policy::new(device, model, Some(optimizer));
     policy.set_decode_weights(DecodeWeights::F32)?;
     Ok(policy)
@@ -802,7 +802,7 @@ struct Normalization {
 
 /// One replica's share of an SFT batch: sums of -logprob over trained tokens, gradients of the
 /// batch mean (`count` trained tokens in the whole batch). Sums: [loss * count].
-fn sft_share(policy: &Policy, share: &[&rstar2_tasks::sft::SftExample], count: f64, grads: &mut rstar2_gpu::Grads) -> Totals {
+pub fn sft_share(policy: &Policy, share: &[&rstar2_tasks::sft::SftExample], count: f64, grads: &mut rstar2_gpu::Grads) -> Totals {
     if share.is_empty() || count == 0.0 {
         return Totals { sums: vec![0.0], maxima: Vec::new() };
     }
