@@ -355,6 +355,41 @@ fn two_cpu_replicas_learn_what_one_does() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A CPU and a GPU replica (lavapipe in CI): the first SFT step, before the two devices'
+/// different rounding has changed any weight, matches the CPU-only run within the GPU
+/// backend's tolerances (those of gpu_run_matches_the_cpu_run_on_the_first_step), and the run
+/// ends with both replicas kept in step.
+#[test]
+fn a_cpu_and_gpu_replica_pair_learns_what_the_cpu_does() {
+    if rstar2_gpu::test_gpu().is_none() {
+        return;
+    }
+    let dir = scratch("dp-gpu");
+    let config = dir.join("mini.toml");
+    std::fs::write(&config, MINI).unwrap();
+    let runs = dir.join("runs");
+    let (runs_s, config_s) = (runs.to_str().unwrap(), config.to_str().unwrap());
+    let mut first_step = Vec::new();
+    for (name, device) in [("cpu", "cpu"), ("pair", "cpu,gpu:0")] {
+        let (out, err, ok) = xtask(&["train", "--config", config_s, "--runs-dir", runs_s, "--name", name, "--device", device]);
+        assert!(ok, "{device}: {out}\n{err}");
+        let sft: Value = std::fs::read_to_string(runs.join(name).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|v| v["phase"] == "sft")
+            .expect("an SFT step");
+        first_step.push((sft["loss"].as_f64().unwrap(), sft["grad_norm"].as_f64().unwrap()));
+        if name == "pair" {
+            assert!(out.contains("data parallel: 2 replicas"), "{out}");
+            assert!(err.contains("device: cpu") && err.contains("device: gpu: "), "{err}");
+        }
+    }
+    let ((cl, cn), (pl, pn)) = (first_step[0], first_step[1]);
+    assert!((cl - pl).abs() < 1e-4 * cl && (cn - pn).abs() < 1e-3 * cn, "first SFT step: CPU loss {cl} norm {cn}, CPU + GPU loss {pl} norm {pn}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// `mpirun -n 2` over TCP on the loopback interface, the ranks given `args` (or each its own
 /// after `:`, MPMD style).
 #[cfg(feature = "mpi")]

@@ -8,9 +8,13 @@
 //! gradients summed ([`replicas`]). With the `mpi` feature the same holds across processes
 //! and machines, one rank per device or group of devices ([`collective`]).
 //!
+//! The tool environment's worker processes are this program started again, so `main` hands
+//! them over first:
+//!
 //! ```no_run
 //! use rstar2_train::{TrainOptions, Trainer};
 //!
+//! rstar2_sandbox::worker::dispatch_worker();
 //! // The tiny default (configs/tiny.toml) on the CPU, into runs/tiny/.
 //! let options = TrainOptions { device: Some("cpu".into()), ..TrainOptions::default() };
 //! let mut trainer = Trainer::start(&options)?;

@@ -416,4 +416,24 @@ mod tests {
         assert!((relative_difference(&[1.0, 100.001], &[1.0, 100.0]) - 1e-5).abs() < 1e-9);
         assert_eq!(relative_difference(&[1.0], &[1.0, 2.0]), f64::INFINITY);
     }
+
+    /// A replica pushed off (as a GPU's rounding would, much further) is found by the checksum
+    /// comparison and given the first replica's parameters again; replicas in step are left
+    /// alone.
+    #[test]
+    fn drifted_replicas_are_resynchronized() {
+        let config = rstar2_model::Config::from_file(&crate::paths::workspace_root().join("models/tiny/config.json")).unwrap();
+        let params = Params::random(&config, 3);
+        let policies = (0..2).map(|_| crate::run::training_policy(&rstar2_gpu::Device::Cpu, rstar2_model::Model::new(config.clone(), params.clone()), rstar2_model::AdamW::new(rstar2_model::AdamWConfig::default(), &params)).unwrap()).collect();
+        let mut r = Replicas::new(policies, Box::new(crate::collective::Alone));
+        assert_eq!(r.check_drift(), 0.0);
+        assert_eq!(r.resyncs, 0);
+        let mut pushed = params.clone();
+        pushed.data[0][0] += 0.5;
+        r.policies[1].set_params(&pushed);
+        let drift = r.check_drift();
+        assert!(drift > crate::replicas::DRIFT_TOLERANCE, "drift {drift}");
+        assert_eq!(r.resyncs, 1);
+        assert_eq!(r.policies()[1].params().data, params.data);
+    }
 }
