@@ -74,7 +74,7 @@ pub fn run(args: TrainScalingArgs) -> anyhow::Result<()> {
         sum.data.iter_mut().zip(&host.data).for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(x, y)| *x += y));
         std::hint::black_box(policy.grads_from_host(sum));
     });
-    println!("host gradient exchange ({}): {:.3} ms per MiB of gradients ({:.1} ms per step here)", args.devices.split(',').last().unwrap_or("cpu"), secs * 1e3 / mib, secs * 1e3);
+    println!("host gradient exchange ({}): {:.3} ms per MiB of gradients ({:.1} ms per step here)", args.devices.split(',').next_back().unwrap_or("cpu"), secs * 1e3 / mib, secs * 1e3);
     mpi_row();
     Ok(())
 }

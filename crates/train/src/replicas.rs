@@ -218,7 +218,7 @@ impl Replicas {
             norm
         };
         self.updates += 1;
-        if self.check_every > 0 && self.updates % self.check_every == 0 {
+        if self.check_every > 0 && self.updates.is_multiple_of(self.check_every) {
             self.check_drift();
         }
         (totals, norm)

@@ -138,7 +138,7 @@ fn from_leader<T: Serialize + serde::de::DeserializeOwned>(comm: &dyn Collective
     let value = agree(comm, if comm.rank() == 0 { read().map(Some) } else { Ok(None) })?;
     let mut bytes = value.as_ref().map(|v| serde_json::to_vec(v).expect("a value rank 0 read serializes")).unwrap_or_default();
     comm.broadcast_bytes(&mut bytes);
-    Ok(serde_json::from_slice(&bytes).context("a value from rank 0")?)
+    serde_json::from_slice(&bytes).context("a value from rank 0")
 }
 
 /// Refuses to start when ranks were given different configs or models.
@@ -199,7 +199,7 @@ impl Trainer {
     }
 
     /// Every rank's trainer from rank 0's `start` and tensors (`None` elsewhere).
-    fn assemble(comm: Box<dyn Collective>, devices: Vec<Device>, start: Option<Start>, tensors: Option<(Params, Option<(Params, Params)>)>) -> anyhow::Result<Trainer> {
+    fn assemble(comm: Box<dyn Collective>, devices: Vec<Device>, start: Option<Start>, tensors: Option<(Params, Option<Moments>)>) -> anyhow::Result<Trainer> {
         let mut bytes = start.as_ref().map(|s| serde_json::to_vec(s).expect("the start serializes")).unwrap_or_default();
         comm.broadcast_bytes(&mut bytes);
         let start: Start = serde_json::from_slice(&bytes).context("the run's start from rank 0")?;
@@ -656,9 +656,12 @@ fn read_start(options: &TrainOptions, config: TrainConfig) -> anyhow::Result<(St
     Ok((Start { dir, config, model_config, tokenizer_json, state, train, test, moments: false }, params))
 }
 
+/// AdamW's first and second moments.
+type Moments = (Params, Params);
+
 /// Rank 0: a run folder's last checkpoint (metrics written after it are dropped: they are
 /// produced again).
-fn read_checkpoint(dir: &Path) -> anyhow::Result<(Start, (Params, (Params, Params)))> {
+fn read_checkpoint(dir: &Path) -> anyhow::Result<(Start, (Params, Moments))> {
     let text = std::fs::read_to_string(dir.join("config.toml")).with_context(|| format!("{} is not a run folder (no config.toml)", dir.display()))?;
     let config: TrainConfig = toml::from_str(&text).with_context(|| format!("{}/config.toml", dir.display()))?;
     let ckpt = [dir.join("checkpoint"), dir.join("checkpoint.old")].into_iter().find(|p| p.join("state.json").exists()).with_context(|| format!("{} has no checkpoint to resume from", dir.display()))?;
