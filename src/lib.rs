@@ -8,6 +8,7 @@
 //! - [`gpu`]: the same model as WGSL kernels through wgpu.
 //! - [`rollout`]: multi-turn tool-integrated generation and its scheduler.
 //! - [`tasks`]: synthetic problems, JSONL data sets, SFT traces.
+//! - [`train`]: the recipe (SFT, GRPO-RoC stages, evaluation, checkpoints), data parallel.
 //!
 //! ```no_run
 //! use rstar2::sandbox::{Sandbox, SandboxConfig, ToolCall};
@@ -22,3 +23,4 @@ pub use rstar2_model as model;
 pub use rstar2_rollout as rollout;
 pub use rstar2_sandbox as sandbox;
 pub use rstar2_tasks as tasks;
+pub use rstar2_train as train;

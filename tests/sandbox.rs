@@ -582,3 +582,43 @@ fn code_judge_http_api() {
     let (code, r) = http(addr, "GET", "/status", "");
     assert_eq!((code, r["num_workers"].as_u64(), r["queue"].as_u64()), (200, Some(2), Some(0)), "{r}");
 }
+
+/// A sandbox whose calls go to another `sandbox serve` over HTTP answers as the local pool
+/// does, and a server that is not there, or not code-judge, is refused with its address.
+#[test]
+fn remote_sandbox_over_http_answers_like_the_local_one() {
+    use rstar2::sandbox::remote::HttpClient;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    runtime.spawn(async move { axum::serve(listener, rstar2::sandbox::http::router(sandbox().clone())).await });
+
+    let client = HttpClient::connect(&format!("http://{addr}/")).unwrap();
+    assert_eq!(client.url(), format!("http://{addr}"));
+    assert_eq!(client.status().unwrap().1, 2, "the server's two workers");
+    let remote = Sandbox::http(client);
+    let calls = ["print(6 * 7)", "import math\nmath.comb(10, 3)", "1/0", "while True: pass", "print(input())"];
+    let local: Vec<ToolResult> = calls.iter().map(|c| run(c)).collect();
+    let answers = runtime.block_on(remote.run_batch(calls.iter().map(|c| ToolCall::new(*c)).collect()));
+    assert_eq!(answers.len(), calls.len());
+    for ((call, l), r) in calls.iter().zip(&local).zip(&answers) {
+        assert_eq!((r.status, &r.stdout), (l.status, &l.stdout), "{call}");
+    }
+    assert_eq!(answers[0].stdout, "42\n");
+    assert_eq!(answers[1].stdout, "120\n");
+    assert_eq!(answers[2].status, Status::Error);
+    assert!(answers[2].stderr.contains("ZeroDivisionError"), "{}", answers[2].stderr);
+    assert_eq!(answers[3].status, Status::Timeout);
+    assert_eq!(remote.run_blocking(ToolCall::new("print('blocking')")).stdout, "blocking\n");
+    // Sessions keep state on one interpreter, which code-judge's API has no notion of.
+    let session = remote.session();
+    assert_eq!(runtime.block_on(session.run(ToolCall::new("x = 1"))).status, Status::InvalidInput);
+
+    let e = HttpClient::connect("https://example.org").err().unwrap().to_string();
+    assert!(e.contains("plain HTTP"), "{e}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = closed.local_addr().unwrap();
+    drop(closed);
+    let e = HttpClient::connect(&format!("http://{gone}")).err().unwrap().to_string();
+    assert!(e.contains(&format!("http://{gone}/ping")), "{e}");
+}

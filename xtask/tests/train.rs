@@ -219,6 +219,52 @@ fn rollouts_through_the_redis_queue_match_local_tools() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `[sandbox] url`: the rollouts' tool calls go to another process's `sandbox serve` over HTTP
+/// (as GPU nodes would use a CPU node's), and the run equals the one with local tools.
+#[test]
+fn rollouts_through_a_remote_http_sandbox_match_local_tools() {
+    let dir = scratch("http");
+    let runs = dir.join("runs");
+    let runs_s = runs.to_str().unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let port = |()| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let gone = port(());
+    let missing = write("missing.toml", format!("{SHORT}\n[sandbox]\nurl = \"http://{gone}\"\n"));
+    let (_, err, ok) = xtask(&["train", "--config", &missing, "--runs-dir", runs_s, "--name", "missing"]);
+    assert!(!ok && err.contains("[sandbox] url") && err.contains(&gone.to_string()), "{err}");
+    let both = write("both.toml", format!("{SHORT}\n[sandbox]\nurl = \"http://{gone}\"\nredis = \"redis://127.0.0.1:1\"\n"));
+    let (_, err, ok) = xtask(&["train", "--config", &both, "--runs-dir", runs_s, "--name", "both"]);
+    assert!(!ok && err.contains("set one"), "{err}");
+
+    let addr = port(());
+    let mut server = Command::new(env!("CARGO_BIN_EXE_xtask")).args(["sandbox", "serve", "--workers", "2", "--addr", &addr.to_string()]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let url = format!("http://{addr}");
+    let started = std::time::Instant::now();
+    while rstar2_sandbox::remote::HttpClient::connect(&url).is_err() {
+        assert!(started.elapsed().as_secs() < 60, "sandbox serve did not answer at {url}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let local = write("local.toml", SHORT.to_string());
+    let remote = write("remote.toml", format!("{SHORT}\n[sandbox]\nurl = {url:?}\n"));
+    let (out, err, ok) = xtask(&["train", "--config", &local, "--runs-dir", runs_s, "--name", "local"]);
+    assert!(ok, "{out}\n{err}");
+    let (out, err, ok) = xtask(&["train", "--config", &remote, "--runs-dir", runs_s, "--name", "remote"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains(&format!("tools: code-judge HTTP server {url} (2 workers")), "{out}");
+    let a: Vec<Value> = rl_lines(&runs.join("local")).iter().map(deterministic).collect();
+    let b: Vec<Value> = rl_lines(&runs.join("remote")).iter().map(deterministic).collect();
+    assert_eq!(a, b, "the run through the HTTP sandbox differs from the local one");
+    let calls: f64 = rl_lines(&runs.join("remote")).iter().filter_map(|v| v["eval"]["tool_calls_per_episode"].as_f64()).sum();
+    assert!(calls > 0.0, "the rollouts made no tool call");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// `train --device gpu:0` runs the whole recipe on the WGSL backend (lavapipe in CI), and its
 /// first SFT step computes the CPU run's loss and gradient norm on the same data and weights.
 #[test]

@@ -33,6 +33,7 @@ mod judge;
 mod outcome;
 mod pool;
 pub mod queue;
+pub mod remote;
 mod shims;
 mod watchdog;
 pub mod worker;

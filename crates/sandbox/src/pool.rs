@@ -10,6 +10,7 @@ use crate::config::{Isolation, SandboxConfig};
 use crate::interp::{InterpreterError, Runner};
 use crate::outcome::{Status, ToolCall, ToolResult};
 use crate::queue::QueueClient;
+use crate::remote::HttpClient;
 use crate::watchdog::Watchdog;
 use crate::worker::{ProcessWorker, SpawnError, kill_grace};
 
@@ -71,6 +72,7 @@ pub struct Sandbox {
 enum Backend {
     Local { jobs: crossbeam_channel::Sender<Job>, workers: usize, abandoned: Arc<Abandoned> },
     Queue(QueueClient),
+    Http(HttpClient),
 }
 
 /// How many times a call sent through the queue is submitted before it is given up as lost
@@ -106,11 +108,18 @@ impl Sandbox {
         Sandbox { backend: Backend::Queue(client) }
     }
 
+    /// Tool calls run by a remote code-judge HTTP server (`sandbox serve` on another machine,
+    /// or code-judge's front end): independent calls only, each batch sent as a long batch and
+    /// sent again while the server cannot be reached (up to 4 times).
+    pub fn http(client: HttpClient) -> Self {
+        Sandbox { backend: Backend::Http(client) }
+    }
+
     /// The queue this sandbox submits to, if it is one.
     pub fn queue_client(&self) -> Option<&QueueClient> {
         match &self.backend {
             Backend::Queue(client) => Some(client),
-            Backend::Local { .. } => None,
+            Backend::Local { .. } | Backend::Http(_) => None,
         }
     }
 
@@ -119,6 +128,7 @@ impl Sandbox {
         match &self.backend {
             Backend::Local { workers, .. } => *workers,
             Backend::Queue(client) => client.status().map_or(0, |(_, workers)| workers),
+            Backend::Http(client) => client.status().map_or(0, |(_, workers)| workers),
         }
     }
 
@@ -129,7 +139,7 @@ impl Sandbox {
     pub fn abandoned_threads(&self) -> (usize, u64) {
         match &self.backend {
             Backend::Local { abandoned, .. } => (abandoned.alive.load(Ordering::Relaxed), abandoned.held_back.load(Ordering::Relaxed)),
-            Backend::Queue(_) => (0, 0),
+            Backend::Queue(_) | Backend::Http(_) => (0, 0),
         }
     }
 
@@ -138,12 +148,13 @@ impl Sandbox {
         match &self.backend {
             Backend::Local { jobs, .. } => jobs.len(),
             Backend::Queue(client) => client.status().map_or(0, |(queued, _)| queued),
+            Backend::Http(client) => client.status().map_or(0, |(queued, _)| queued),
         }
     }
 
     /// Runs one independent call; it queues while every interpreter is busy.
     pub async fn run(&self, call: ToolCall) -> ToolResult {
-        if let Backend::Queue(_) = &self.backend {
+        if self.is_remote() {
             return self.run_batch(vec![call]).await.pop().unwrap_or_else(lost);
         }
         let (reply, result) = oneshot::channel();
@@ -153,8 +164,8 @@ impl Sandbox {
 
     /// Runs one independent call from synchronous code.
     pub fn run_blocking(&self, call: ToolCall) -> ToolResult {
-        if let Backend::Queue(client) = &self.backend {
-            return remote(client, vec![call]).pop().unwrap_or_else(lost);
+        if self.is_remote() {
+            return self.remote(vec![call]).pop().unwrap_or_else(lost);
         }
         let (reply, result) = oneshot::channel();
         self.submit(Job::Call { call, reply });
@@ -163,10 +174,10 @@ impl Sandbox {
 
     /// Submits all calls at once and returns their results in order.
     pub async fn run_batch(&self, calls: Vec<ToolCall>) -> Vec<ToolResult> {
-        if let Backend::Queue(client) = &self.backend {
-            let client = client.clone();
+        if self.is_remote() {
+            let sandbox = self.clone();
             let n = calls.len();
-            return tokio::task::spawn_blocking(move || remote(&client, calls)).await.unwrap_or_else(|_| (0..n).map(|_| lost()).collect());
+            return tokio::task::spawn_blocking(move || sandbox.remote(calls)).await.unwrap_or_else(|_| (0..n).map(|_| lost()).collect());
         }
         let pending: Vec<_> = calls
             .into_iter()
@@ -186,9 +197,10 @@ impl Sandbox {
     /// Opens a session: its calls run one after another on one interpreter and share its state
     /// (like Jupyter cells); the interpreter is replaced when the session is dropped. A session
     /// holds a worker while it lives, so keep fewer open sessions than workers busy waiting.
-    /// A queue sandbox has no sessions: their calls are answered `invalid_input`.
+    /// A remote sandbox (queue or HTTP) has no sessions: their calls are answered
+    /// `invalid_input`.
     pub fn session(&self) -> Session {
-        if let Backend::Queue(_) = &self.backend {
+        if self.is_remote() {
             return Session { calls: None };
         }
         let (tx, calls) = mpsc::channel();
@@ -205,10 +217,22 @@ impl Sandbox {
     }
 }
 
-/// Calls through code-judge's queue, as a long batch, retried while no worker answers.
-fn remote(client: &QueueClient, calls: Vec<ToolCall>) -> Vec<ToolResult> {
-    let submissions = calls.iter().map(crate::judge::submission_of).collect();
-    client.judge_retrying(submissions, true, QUEUE_TRIES).iter().map(|r| r.to_tool_result()).collect()
+impl Sandbox {
+    fn is_remote(&self) -> bool {
+        !matches!(self.backend, Backend::Local { .. })
+    }
+
+    /// Calls through code-judge's queue (as a long batch, retried while no worker answers) or
+    /// its HTTP API; blocking.
+    fn remote(&self, calls: Vec<ToolCall>) -> Vec<ToolResult> {
+        let submissions = calls.iter().map(crate::judge::submission_of).collect();
+        let results = match &self.backend {
+            Backend::Queue(client) => client.judge_retrying(submissions, true, QUEUE_TRIES),
+            Backend::Http(client) => client.run(submissions),
+            Backend::Local { .. } => unreachable!("remote() on a local pool"),
+        };
+        results.iter().map(|r| r.to_tool_result()).collect()
+    }
 }
 
 /// A trajectory's own interpreter; see [`Sandbox::session`].
@@ -221,7 +245,7 @@ impl Session {
     /// Runs a call that sees the globals, imports and definitions of this session's earlier calls.
     pub async fn run(&self, call: ToolCall) -> ToolResult {
         let Some(calls) = &self.calls else {
-            return ToolResult::failure(Status::InvalidInput, "sessions need a local sandbox: code-judge's queue runs every call on its own", 0);
+            return ToolResult::failure(Status::InvalidInput, "sessions need a local sandbox: code-judge (its queue or its HTTP API) runs every call on its own", 0);
         };
         let (reply, result) = oneshot::channel();
         if calls.send((call, reply)).is_err() {

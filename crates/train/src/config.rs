@@ -60,12 +60,17 @@ pub struct ToolsConfig {
     /// The queue's key prefix (code-judge's REDIS_KEY_PREFIX, default "js").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_prefix: Option<String>,
+    /// A code-judge HTTP server (http://HOST:PORT): `sandbox serve` on another machine, or
+    /// code-judge's own front end; rollouts send their tool calls there as long batches. Its
+    /// workers must have sympy for real-data runs. Not together with `redis`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 impl ToolsConfig {
     /// Tools run on this machine (nothing set).
     pub fn is_local(&self) -> bool {
-        self.redis.is_none() && self.key_prefix.is_none()
+        self.redis.is_none() && self.key_prefix.is_none() && self.url.is_none()
     }
 }
 
@@ -217,6 +222,9 @@ impl TrainConfig {
         }
         if !(0.0..=1.0).contains(&(self.sft.mix.direct + self.sft.mix.retry)) {
             bail!("sft.mix: direct + retry must lie in [0, 1]");
+        }
+        if self.sandbox.url.is_some() && (self.sandbox.redis.is_some() || self.sandbox.key_prefix.is_some()) {
+            bail!("[sandbox]: url (an HTTP server) and redis / key_prefix (a queue) name two different tool environments; set one");
         }
         for spec in self.device.split(',') {
             let spec = spec.trim();

@@ -22,6 +22,7 @@ use rstar2_gpu::{Device, Policy};
 use rstar2_model::{AdamW, AdamWConfig, Batch, Config, DecodeWeights, LrSchedule, Model, Params, Tokenizer};
 use rstar2_rollout::{RolloutConfig, SamplingConfig};
 use rstar2_sandbox::queue::{QueueClient, QueueConfig};
+use rstar2_sandbox::remote::HttpClient;
 use rstar2_sandbox::{Sandbox, SandboxConfig, WorkerCommand};
 use rstar2_tasks::Task;
 use rstar2_tasks::synth::{Split, SynthConfig};
@@ -745,9 +746,15 @@ pub fn sandbox(real_math: bool) -> anyhow::Result<Sandbox> {
     Ok(Sandbox::new(c)?)
 }
 
-/// The tool environment of a training run: [`sandbox`], or the Redis queue `[sandbox] redis`
-/// names (checked to answer now).
+/// The tool environment of a training run: [`sandbox`], the HTTP server `[sandbox] url` or the
+/// Redis queue `[sandbox] redis` names (checked to answer now).
 pub fn run_tools(config: &TrainConfig) -> anyhow::Result<Sandbox> {
+    if let Some(url) = &config.sandbox.url {
+        let client = HttpClient::connect(url).context("[sandbox] url")?;
+        let (queued, workers) = client.status().context("[sandbox] url")?;
+        println!("tools: code-judge HTTP server {} ({workers} workers, {queued} calls waiting)", client.url());
+        return Ok(Sandbox::http(client));
+    }
     let Some(uri) = &config.sandbox.redis else { return sandbox(config.data.uses_real_data()) };
     let mut queue = QueueConfig::new(uri.clone());
     if let Some(prefix) = &config.sandbox.key_prefix {
