@@ -106,6 +106,25 @@ fn time_calls(n: usize, mut f: impl FnMut()) -> Stats {
     stats(us)
 }
 
+/// Times `a` and `b` call by call, alternating, so drift of a shared machine (neighbours,
+/// frequency) falls on both rows alike rather than on whichever ran second.
+fn time_calls_interleaved(n: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (Stats, Stats) {
+    for _ in 0..n.min(50) {
+        a();
+        b();
+    }
+    let (mut ua, mut ub) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        let t = Instant::now();
+        a();
+        ua.push(t.elapsed().as_secs_f64() * 1e6);
+        let t = Instant::now();
+        b();
+        ub.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    (stats(ua), stats(ub))
+}
+
 fn expect_ok(sandbox: &Sandbox, code: &str) -> anyhow::Result<()> {
     let r = sandbox.run_blocking(ToolCall::new(code));
     anyhow::ensure!(r.status == Status::Ok, "benchmark snippet failed: {r:?}");
@@ -164,10 +183,9 @@ fn bench_sandbox(calls: usize, burst: usize) -> anyhow::Result<()> {
     for (label, code) in [("print(1+1)", TINY), ("typical math snippet", TYPICAL)] {
         expect_ok(&in_process, code)?;
         expect_ok(&process, code)?;
-        let s = time_calls(calls, || drop(in_process.run_blocking(ToolCall::new(code))));
-        rows.push((format!("warm, in-process: {label}"), s));
-        let s = time_calls(calls, || drop(process.run_blocking(ToolCall::new(code))));
-        rows.push((format!("warm, worker process: {label}"), s));
+        let (a, b) = time_calls_interleaved(calls, || drop(in_process.run_blocking(ToolCall::new(code))), || drop(process.run_blocking(ToolCall::new(code))));
+        rows.push((format!("warm, in-process: {label}"), a));
+        rows.push((format!("warm, worker process: {label}"), b));
     }
     drop((in_process, process));
 
@@ -228,19 +246,29 @@ fn bench_sandbox(calls: usize, burst: usize) -> anyhow::Result<()> {
         );
     }
 
-    println!("\nThroughput on all {cores} cores ({cores} workers):");
-    for in_process in [true, false] {
-        let sandbox = sandbox_with(cores, in_process)?;
-        let runtime = tokio::runtime::Runtime::new()?;
-        for (label, code, n) in [("print(1+1)", TINY, 20_000), ("typical math snippet", TYPICAL, 5_000)] {
-            let t = Instant::now();
-            let results = runtime.block_on(sandbox.run_batch(vec![ToolCall::new(code); n]));
-            let secs = t.elapsed().as_secs_f64();
-            anyhow::ensure!(results.iter().all(|r| r.status == Status::Ok), "a throughput call failed");
-            let mode = if in_process { "in-process" } else { "worker processes" };
-            println!("  {mode:<17} {label:<22} {:>9.0} calls/s", n as f64 / secs);
+    println!("\nThroughput on all {cores} cores ({cores} workers; median of 5 batches, the two kinds of pool alternating):");
+    let pools = [sandbox_with(cores, true)?, sandbox_with(cores, false)?];
+    let runtime = tokio::runtime::Runtime::new()?;
+    for (label, code, n) in [("print(1+1)", TINY, 10_000), ("typical math snippet", TYPICAL, 2_000)] {
+        let mut rates = [Vec::new(), Vec::new()];
+        for _ in 0..5 {
+            for (pool, rates) in pools.iter().zip(&mut rates) {
+                let t = Instant::now();
+                let results = runtime.block_on(pool.run_batch(vec![ToolCall::new(code); n]));
+                let secs = t.elapsed().as_secs_f64();
+                anyhow::ensure!(results.iter().all(|r| r.status == Status::Ok), "a throughput call failed");
+                rates.push(n as f64 / secs);
+            }
         }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let [a, b] = rates.map(median);
+        println!("  {:<17} {label:<22} {a:>9.0} calls/s", "in-process");
+        println!("  {:<17} {label:<22} {b:>9.0} calls/s   (in-process / worker processes = {:.2}x)", "worker processes", a / b);
     }
+    drop(pools);
 
     println!("\n{burst} calls submitted at once (worker processes, {cores} workers; mixed snippets):");
     let sandbox = sandbox_with(cores, false)?;
