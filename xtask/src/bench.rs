@@ -246,13 +246,14 @@ fn bench_sandbox(calls: usize, burst: usize) -> anyhow::Result<()> {
         );
     }
 
-    println!("\nThroughput on all {cores} cores ({cores} workers; median of 5 batches, the two kinds of pool alternating):");
-    let pools = [sandbox_with(cores, true)?, sandbox_with(cores, false)?];
+    println!("\nThroughput with 1 worker and on all {cores} cores ({cores} workers); median of 5 batches, the four pools alternating:");
+    let sizes = [1, cores];
+    let pools: Vec<(bool, usize, Sandbox)> = sizes.iter().flat_map(|&w| [true, false].map(|inp| (inp, w))).map(|(inp, w)| sandbox_with(w, inp).map(|s| (inp, w, s))).collect::<anyhow::Result<_>>()?;
     let runtime = tokio::runtime::Runtime::new()?;
     for (label, code, n) in [("print(1+1)", TINY, 10_000), ("typical math snippet", TYPICAL, 2_000)] {
-        let mut rates = [Vec::new(), Vec::new()];
+        let mut rates = vec![Vec::new(); pools.len()];
         for _ in 0..5 {
-            for (pool, rates) in pools.iter().zip(&mut rates) {
+            for ((_, _, pool), rates) in pools.iter().zip(&mut rates) {
                 let t = Instant::now();
                 let results = runtime.block_on(pool.run_batch(vec![ToolCall::new(code); n]));
                 let secs = t.elapsed().as_secs_f64();
@@ -260,13 +261,20 @@ fn bench_sandbox(calls: usize, burst: usize) -> anyhow::Result<()> {
                 rates.push(n as f64 / secs);
             }
         }
-        let median = |mut v: Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let [a, b] = rates.map(median);
-        println!("  {:<17} {label:<22} {a:>9.0} calls/s", "in-process");
-        println!("  {:<17} {label:<22} {b:>9.0} calls/s   (in-process / worker processes = {:.2}x)", "worker processes", a / b);
+        let median: Vec<f64> = rates
+            .into_iter()
+            .map(|mut v| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            })
+            .collect();
+        let rate = |inp: bool, w: usize| pools.iter().zip(&median).find(|((i, k, _), _)| *i == inp && *k == w).map_or(f64::NAN, |(_, r)| *r);
+        for inp in [true, false] {
+            let mode = if inp { "in-process" } else { "worker processes" };
+            let (one, all) = (rate(inp, 1), rate(inp, cores));
+            println!("  {mode:<17} {label:<22} 1 worker {one:>8.0} calls/s   {cores} workers {all:>8.0} calls/s ({:.2}x one)", all / one);
+        }
+        println!("  {:<17} {label:<22} in-process / worker processes: {:.2}x with 1 worker, {:.2}x with {cores}", "", rate(true, 1) / rate(false, 1), rate(true, cores) / rate(false, cores));
     }
     drop(pools);
 
