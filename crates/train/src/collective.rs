@@ -1,5 +1,5 @@
 //! The few collective operations data parallelism needs, over the processes of one job: one
-//! process alone ([`Alone`]), or MPI ranks (feature `mpi`, [`Mpi`]).
+//! process alone ([`Alone`]), or MPI ranks (feature `mpi`, `Mpi`).
 //!
 //! Every rank calls the same operations in the same order; rank 0 is the one that writes run
 //! files. A dead rank ends the job (MPI's default error handler aborts every rank).

@@ -50,7 +50,7 @@ pub struct TrainOptions {
     /// `{local_rank}` stands for the rank's index on its machine (`gpu:{local_rank}`).
     pub device: Option<String>,
     pub algo: Option<Algo>,
-    /// Run name: the folder runs/<name>.
+    /// Run name: the folder `runs/<name>`.
     pub name: Option<String>,
     pub seed: Option<u64>,
     /// Where run folders are created.
