@@ -47,6 +47,10 @@ pub struct TrainArgs {
     /// Stop (as if killed) after this many RL steps in total; for testing resume.
     #[arg(long, hide = true)]
     pub stop_after_rl_steps: Option<usize>,
+    /// Fail with an error after this many RL steps in total; for testing that a failing rank
+    /// ends an MPI job.
+    #[arg(long, hide = true)]
+    pub fail_after_rl_steps: Option<usize>,
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
@@ -64,6 +68,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             runs_dir: args.runs_dir,
         })?,
     };
+    trainer.fail_after_rl_steps(args.fail_after_rl_steps);
     let result = trainer.run(args.stop_after_rl_steps);
     crate::generate_cmd::print_gpu_profiles(trainer.replicas().policies());
     result

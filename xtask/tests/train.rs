@@ -440,8 +440,9 @@ fn a_cpu_and_gpu_replica_pair_learns_what_the_cpu_does() {
 /// after `:`, MPMD style).
 #[cfg(feature = "mpi")]
 fn mpirun(args: &[&str]) -> (String, String, bool) {
-    let mut cmd = Command::new("mpirun");
-    cmd.args(["--oversubscribe", "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", "lo"]);
+    // `timeout`: a job whose ranks wait for each other forever fails the test instead of hanging it.
+    let mut cmd = Command::new("timeout");
+    cmd.args(["600", "mpirun", "--oversubscribe", "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", "lo"]);
     if args.contains(&":") {
         for (i, part) in args.split(|a| *a == ":").enumerate() {
             if i > 0 {
@@ -486,6 +487,22 @@ fn two_mpi_ranks_learn_what_one_process_does_and_resume() {
     let (out, err, ok) = mpirun(&["train", "--resume", split.to_str().unwrap()]);
     assert!(ok, "{out}\n{err}");
     assert_same_learning(&runs.join("mpi"), &split);
+
+    // One rank fails on its own after two RL steps: the whole job ends (no rank waits forever)
+    // with that rank's message, and resuming it gives the uninterrupted job's metrics.
+    let started = std::time::Instant::now();
+    let base = ["train", "--config", config_s, "--runs-dir", runs_s, "--name", "failed", "--device", "cpu"];
+    let failing: Vec<&str> = base.iter().copied().chain([":"]).chain(base.iter().copied()).chain(["--fail-after-rl-steps", "2"]).collect();
+    let (out, err, ok) = mpirun(&failing);
+    assert!(!ok, "{out}");
+    assert!(err.contains("rank 1: error: injected fault after 2 RL steps"), "{err}");
+    // Measured 1-3 s; without the abort rank 0 waits in its next all-reduce until killed.
+    assert!(started.elapsed().as_secs() < 60, "the job took {:?} to end: rank 0 waited for the failed rank", started.elapsed());
+    let failed = runs.join("failed");
+    assert!(!failed.join("summary.json").exists());
+    let (out, err, ok) = mpirun(&["train", "--resume", failed.to_str().unwrap()]);
+    assert!(ok, "{out}\n{err}");
+    assert_same_learning(&runs.join("mpi"), &failed);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

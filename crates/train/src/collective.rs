@@ -22,6 +22,9 @@ pub trait Collective {
     fn broadcast_bytes(&self, data: &mut Vec<u8>);
     /// What this job is, for the log ("1 process", "MPI, 4 ranks").
     fn describe(&self) -> String;
+    /// Ends the whole job with `code`: a rank that fails alone must not leave the others
+    /// waiting in their next collective operation.
+    fn abort(&self, code: i32) -> !;
 }
 
 /// A job of one process: every operation is the identity.
@@ -43,6 +46,9 @@ impl Collective for Alone {
     fn broadcast_bytes(&self, _: &mut Vec<u8>) {}
     fn describe(&self) -> String {
         "1 process".into()
+    }
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
     }
 }
 
@@ -93,6 +99,13 @@ mod mpi_impl {
         /// Initializes MPI (once per process).
         pub fn initialize() -> Mpi {
             let universe = mpi::initialize().expect("MPI is initialized once per process");
+            // A panic on one rank ends the job (after the usual message) instead of leaving the
+            // other ranks waiting for it.
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                previous(info);
+                SimpleCommunicator::world().abort(101);
+            }));
             Mpi { world: universe.world(), _universe: universe }
         }
 
@@ -155,6 +168,9 @@ mod mpi_impl {
         }
         fn describe(&self) -> String {
             format!("MPI, {} ranks", self.size())
+        }
+        fn abort(&self, code: i32) -> ! {
+            self.world.abort(code)
         }
     }
 }

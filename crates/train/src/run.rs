@@ -115,6 +115,8 @@ pub struct Trainer {
     state: State,
     started: Instant,
     wall_before: f64,
+    /// For testing: fail after this many RL steps in total (on this rank).
+    fail_after: Option<usize>,
 }
 
 /// Each rank's outcome of a step that may fail on some ranks: if any failed, every rank
@@ -244,7 +246,14 @@ impl Trainer {
             state: start.state,
             started: Instant::now(),
             wall_before,
+            fail_after: None,
         })
+    }
+
+    /// For testing fault handling: this rank fails with an error once `rl_steps` RL steps are
+    /// done, as a dying device or a full disk would.
+    pub fn fail_after_rl_steps(&mut self, rl_steps: Option<usize>) {
+        self.fail_after = rl_steps;
     }
 
     /// The run folder.
@@ -262,8 +271,21 @@ impl Trainer {
     }
 
     /// Runs the recipe from where the run stands to its end (or, with `stop_after_rl_steps`,
-    /// stops as if killed after that many RL steps in total: for testing resume).
+    /// stops as if killed after that many RL steps in total: for testing resume). In a job of
+    /// several ranks an error on this rank ends the whole job (MPI_Abort) after printing it:
+    /// the other ranks would otherwise wait for this one forever.
     pub fn run(&mut self, stop_after: Option<usize>) -> anyhow::Result<()> {
+        let result = self.run_to_end(stop_after);
+        if let Err(e) = &result
+            && self.replicas.comm().size() > 1
+        {
+            eprintln!("rank {}: error: {e:#}\nending the whole job (MPI_Abort); `--resume` continues it from its last checkpoint", self.replicas.comm().rank());
+            self.replicas.comm().abort(1);
+        }
+        result
+    }
+
+    fn run_to_end(&mut self, stop_after: Option<usize>) -> anyhow::Result<()> {
         if self.state.phase == Phase::Sft {
             if !self.state.evals.contains_key("before_sft") {
                 self.eval_into("before_sft")?;
@@ -286,6 +308,10 @@ impl Trainer {
             let bar = progress::bar(stage.steps as u64, &format!("RL stage {}", self.state.stage + 1));
             bar.set_position(self.state.stage_step as u64);
             while self.state.stage_step < stage.steps {
+                if let Some(n) = self.fail_after.filter(|&n| self.state.rl_step >= n) {
+                    bar.abandon();
+                    bail!("injected fault after {n} RL steps (--fail-after-rl-steps)");
+                }
                 if stop_after.is_some_and(|n| self.state.rl_step >= n) {
                     bar.abandon();
                     self.say(&format!("stopped after {} RL steps (--stop-after-rl-steps)", self.state.rl_step));
