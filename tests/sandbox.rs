@@ -498,12 +498,18 @@ pub(crate) fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &
     (status, serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.to_string())))
 }
 
-#[test]
-fn code_judge_http_api() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
+/// `sandbox serve` over the shared pool on a free loopback port, run by `runtime`.
+fn serve_http(runtime: &tokio::runtime::Runtime) -> std::net::SocketAddr {
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
     runtime.spawn(async move { axum::serve(listener, rstar2::sandbox::http::router(sandbox().clone())).await });
+    addr
+}
+
+#[test]
+fn code_judge_http_api() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let addr = serve_http(&runtime);
 
     assert_eq!(http(addr, "GET", "/ping", ""), (200, serde_json::json!("pong")));
     let (code, r) = http(addr, "POST", "/run", r#"{"type": "python", "solution": "print(int(input()) + 1)", "input": "41", "sub_id": "a1"}"#);
@@ -589,9 +595,7 @@ fn code_judge_http_api() {
 fn remote_sandbox_over_http_answers_like_the_local_one() {
     use rstar2::sandbox::remote::HttpClient;
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let addr = listener.local_addr().unwrap();
-    runtime.spawn(async move { axum::serve(listener, rstar2::sandbox::http::router(sandbox().clone())).await });
+    let addr = serve_http(&runtime);
 
     let client = HttpClient::connect(&format!("http://{addr}/")).unwrap();
     assert_eq!(client.url(), format!("http://{addr}"));

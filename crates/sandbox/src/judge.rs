@@ -60,6 +60,11 @@ impl SubmissionResult {
         SubmissionResult { sub_id, success: false, run_success: false, cost: waited_s, stdout: None, stderr: None, reason: "queue_timeout".into(), status: None }
     }
 
+    /// A submission the sandbox could not get answered (code-judge's `internal_error`), with why.
+    pub(crate) fn internal_error(sub_id: String, why: String) -> Self {
+        SubmissionResult { sub_id, success: false, run_success: false, cost: 0.0, stdout: Some(String::new()), stderr: Some(why), reason: "internal_error".into(), status: None }
+    }
+
     /// The HTTP answer: without this sandbox's status, and without stdout and stderr for the
     /// `/judge` routes.
     pub(crate) fn for_http(self, verdicts_only: bool) -> Self {

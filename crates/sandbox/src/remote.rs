@@ -122,7 +122,7 @@ impl HttpClient {
                 pause *= 2;
             }
         }
-        (0..n).map(|_| SubmissionResult { sub_id: String::new(), success: false, run_success: false, cost: 0.0, stdout: Some(String::new()), stderr: Some(last.clone()), reason: "internal_error".into(), status: None }).collect()
+        (0..n).map(|_| SubmissionResult::internal_error(String::new(), last.clone())).collect()
     }
 
     fn get(&self, path: &str) -> Result<Value, RemoteError> {

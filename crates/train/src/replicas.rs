@@ -154,28 +154,19 @@ impl Replicas {
         let ranks = shares(&costs, &rank_speed);
         let mine = ranks[self.comm.rank()].clone();
         let local = shares(&costs[mine.clone()], &self.train_speed);
-        let work = &work;
-        let results: Vec<(Grads, Totals, f64)> = if self.policies.len() == 1 {
+        // One replica's share: its gradients, totals and seconds.
+        let share = |policy: &Policy, range: &Range<usize>| {
             let t0 = Instant::now();
-            let mut grads = self.policies[0].zero_grads();
-            let totals = work(&self.policies[0], &items[mine.clone()], &mut grads);
-            vec![(grads, totals, t0.elapsed().as_secs_f64())]
+            let mut grads = policy.zero_grads();
+            let totals = work(policy, &items[mine.start + range.start..mine.start + range.end], &mut grads);
+            (grads, totals, t0.elapsed().as_secs_f64())
+        };
+        let results: Vec<(Grads, Totals, f64)> = if self.policies.len() == 1 {
+            vec![share(&self.policies[0], &local[0])]
         } else {
             std::thread::scope(|scope| {
-                let handles: Vec<_> = self
-                    .policies
-                    .iter()
-                    .zip(&local)
-                    .map(|(policy, range)| {
-                        let part = &items[mine.start + range.start..mine.start + range.end];
-                        scope.spawn(move || {
-                            let t0 = Instant::now();
-                            let mut grads = policy.zero_grads();
-                            let totals = work(policy, part, &mut grads);
-                            (grads, totals, t0.elapsed().as_secs_f64())
-                        })
-                    })
-                    .collect();
+                let share = &share;
+                let handles: Vec<_> = self.policies.iter().zip(&local).map(|(policy, range)| scope.spawn(move || share(policy, range))).collect();
                 handles.into_iter().map(|h| h.join().expect("a replica's update panicked")).collect()
             })
         };
