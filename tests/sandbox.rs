@@ -166,21 +166,48 @@ fn output_is_truncated_and_floods_are_stopped() {
     assert_eq!(r.status, Status::OutputLimit, "{r:?}");
 }
 
-/// Every hostile snippet ends with a status within a bounded time, and the pool keeps serving.
+/// The in-process sandbox the hostile tests run beside the default one, with the same limits.
+fn in_process_sandbox() -> &'static Sandbox {
+    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+    SANDBOX.get_or_init(|| {
+        let mut config = SandboxConfig::in_process();
+        config.workers = 2;
+        config.interpreter.limits.timeout = Duration::from_millis(1000);
+        config.interpreter.limits.memory_bytes = 1 << 30;
+        Sandbox::new(config).expect("sandbox starts")
+    })
+}
+
+/// Every hostile snippet ends with a status within a bounded time, and the pool keeps serving,
+/// in worker processes and in-process alike. In-process the work is stopped, not abandoned:
+/// native loops over iterators see the deadline, memory is counted per call, and the native
+/// work no interrupt reaches (huge powers, exponential regexes) is refused before it starts.
 #[test]
 fn hostile_code_never_hangs_or_crashes_the_host() {
+    assert!(rstar2::sandbox::budgets_enforced(), "the test binary installs BudgetAllocator");
     let bound = Duration::from_secs(5);
     let cases: &[(&str, &[Status])] = &[
         ("while True:\n    pass", &[Status::Timeout]),
         ("while True:\n    try:\n        while True:\n            pass\n    except BaseException:\n        pass", &[Status::Timeout]),
         ("import time\ntime.sleep(100)", &[Status::Timeout]),
-        ("import re\nre.match(r'(a+)+$', 'a' * 40 + 'b')", &[Status::Timeout]),
-        ("x = 7 ** (10**8)", &[Status::Timeout]),
-        // RustPython's max() runs natively over the range and grows memory while it does.
+        // Refused when compiled: exponential backtracking.
+        ("import re\nre.match(r'(a+)+$', 'a' * 40 + 'b')", &[Status::Error]),
+        ("import re\nre.findall(r'(\\w+\\s?)*$', 'ab ' * 20 + '!')", &[Status::Error]),
+        // Refused before running: about 85 million digits.
+        ("x = 7 ** (10**8)", &[Status::MemoryLimit]),
+        ("x = 1 << 10**10", &[Status::MemoryLimit]),
+        // The conversion limit can be raised to a million digits, not lifted.
+        ("import sys\nsys.set_int_max_str_digits(0)\nlen(str(7 ** 2_900_000))", &[Status::Error]),
+        // Native loops over iterators see the deadline (and RustPython's max() grows memory).
         ("max(range(10**11))", &[Status::Timeout, Status::MemoryLimit]),
+        ("import itertools\nlist(itertools.count())", &[Status::Timeout, Status::MemoryLimit]),
+        ("import itertools\nsorted(itertools.product(range(10), repeat=12))", &[Status::Timeout, Status::MemoryLimit]),
         ("s = 'a' * 10**10", &[Status::MemoryLimit]),
         ("x = [0] * 10**10", &[Status::MemoryLimit]),
+        ("x = bytearray(10**10)", &[Status::MemoryLimit]),
+        ("x = list(range(10**10))", &[Status::MemoryLimit]),
         ("x = []\nwhile True:\n    x.append(bytearray(10**8))", &[Status::MemoryLimit]),
+        ("x = []\nwhile True:\n    try:\n        x.append(bytearray(10**8))\n    except MemoryError:\n        pass", &[Status::MemoryLimit]),
         // RecursionError, or the 1 s wall-clock limit on a loaded machine (seen in CI runs
         // that shared two cores with a training run).
         ("def f(n):\n    return f(n + 1)\nf(0)", &[Status::Error, Status::Timeout]),
@@ -189,13 +216,49 @@ fn hostile_code_never_hangs_or_crashes_the_host() {
         ("import threading\nt = threading.Thread(target=lambda: None)\nt.start()", &[Status::Error]),
         ("eval('(' * 100000 + ')' * 100000)", &[Status::Error]),
     ];
-    for (code, allowed) in cases {
-        let t = Instant::now();
-        let r = run(code);
-        assert!(t.elapsed() < bound, "{code:?} took {:?}", t.elapsed());
-        assert!(allowed.contains(&r.status), "{code:?}: {r:?}");
-        let after = run("print(sum([1, 2, 3]))");
-        assert_eq!((after.status, after.stdout.as_str()), (Status::Ok, "6\n"), "after {code:?}");
+    for (pool, sb) in [("worker processes", sandbox()), ("in-process", in_process_sandbox())] {
+        for (code, allowed) in cases {
+            let t = Instant::now();
+            let r = sb.run_blocking(ToolCall::new(*code));
+            assert!(t.elapsed() < bound, "{pool}: {code:?} took {:?}", t.elapsed());
+            assert!(allowed.contains(&r.status), "{pool}: {code:?}: {r:?}");
+            assert!(!r.stderr.contains("stuck in native code"), "{pool}: {code:?} was abandoned, not stopped: {r:?}");
+            if r.status == Status::Error && code.contains("re.") {
+                assert!(r.stderr.contains("pattern refused by the sandbox"), "{pool}: {code:?}: {}", r.stderr);
+            }
+            let after = sb.run_blocking(ToolCall::new("print(sum([1, 2, 3]))"));
+            assert_eq!((after.status, after.stdout.as_str()), (Status::Ok, "6\n"), "{pool}: after {code:?}");
+        }
+        assert_eq!(sb.abandoned_threads(), (0, 0), "{pool}");
+    }
+}
+
+/// The guards refuse only what would run away: everyday regexes, powers, shifts, conversions and
+/// a caught MemoryError behave as in CPython (expected output from CPython 3.11).
+#[test]
+fn guards_leave_ordinary_code_alone() {
+    let code = r#"import re, sys, itertools
+print(re.findall(r'(\d+,)*\d+', '1,2,3'), re.findall(r'(?:ab+)+', 'abbab'), re.sub(r'\s+', ' ', 'a  b'))
+print(re.findall(r'(?>a+)+b', 'aab'), re.findall(r'[a-z]+(?:-[a-z]+)*', 'foo-bar baz'), bool(re.fullmatch(r'(\w+\.)*\w+@\w+', 'a.b@c')))
+print(2 ** 1000 % 7, pow(3, 10**18, 1000), (-1) ** (10**20), 0 ** (10**30), 2 ** -3, 1 << 100, len(str(3 ** 8000)) if sys.set_int_max_str_digits(5000) is None else 0)
+print(len(str(2 ** 1_000_000)) if sys.set_int_max_str_digits(0) is None else 0, sys.get_int_max_str_digits())
+print(max(range(10**5)), sum(1 for _ in itertools.product(range(10), repeat=4)), list(itertools.islice(itertools.count(5), 3)))
+try:
+    s = 'a' * 10**10
+except MemoryError:
+    print('caught')
+"#;
+    let expected = "['2,'] ['abbab'] a b
+['aab'] ['foo-bar', 'baz'] True
+2 1 1 0 0.125 1267650600228229401496703205376 3817
+";
+    let expected = format!("{expected}301030 1000000
+99999 10000 [5, 6, 7]
+caught
+");
+    for sb in [sandbox(), in_process_sandbox()] {
+        let r = sb.run_blocking(ToolCall::new(code));
+        assert_eq!((r.status, r.stdout.as_str()), (Status::Ok, expected.as_str()), "{r:?}");
     }
 }
 
@@ -373,9 +436,10 @@ static STUCK_NATIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[test]
 fn in_process_abandoned_threads_are_capped() {
     let _turn = STUCK_NATIVE.lock().unwrap_or_else(|p| p.into_inner());
-    // 2^25 backtracking steps: longer than the 200 ms limit plus its 500 ms grace, short enough
-    // to end within the test.
-    let stuck = "import re\nre.match(r'(a+)+$', 'a' * 25 + 'b')";
+    // Fibonacci(32)-many backtracking steps (alternatives that overlap, which the regex guard
+    // lets through): about a second, longer than the 200 ms limit plus its 500 ms grace, short
+    // enough to end within the test.
+    let stuck = "import re\nre.match(r'(a|aa)+$', 'a' * 32 + 'b')";
     for cap in [0, 1] {
         let mut config = SandboxConfig::in_process();
         config.workers = 1;
@@ -423,10 +487,10 @@ fn in_process_pool_runs_and_times_out() {
     assert_eq!(r.status, Status::Timeout);
     assert!(t.elapsed() < Duration::from_secs(2));
     // Stuck in native code: the caller is answered after the grace period; a new thread serves.
-    // (2^26 backtracking steps: a few seconds, so the abandoned thread ends while the other
-    // tests of this process run; it may hold interpreter-wide locks until then.)
+    // (About two seconds of backtracking, so the abandoned thread ends while the other tests of
+    // this process run; it may hold interpreter-wide locks until then.)
     let t = Instant::now();
-    let r = sb.run_blocking(ToolCall::new("import re\nre.match(r'(a+)+$', 'a' * 26 + 'b')"));
+    let r = sb.run_blocking(ToolCall::new("import re\nre.match(r'(a|aa)+$', 'a' * 33 + 'b')"));
     assert_eq!(r.status, Status::Timeout);
     assert!(t.elapsed() < Duration::from_secs(3));
     // The pool serves again: at once, or (while the abandoned thread still holds the

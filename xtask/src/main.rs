@@ -71,6 +71,10 @@ enum Command {
     Test(test_cmd::TestArgs),
 }
 
+/// In-process tool calls are held to their memory limit by counting their allocations.
+#[global_allocator]
+static ALLOC: rstar2_sandbox::BudgetAllocator = rstar2_sandbox::BudgetAllocator;
+
 fn main() -> anyhow::Result<()> {
     // This binary doubles as the sandbox's worker process.
     rstar2_sandbox::worker::dispatch_worker();

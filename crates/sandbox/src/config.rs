@@ -17,9 +17,10 @@ pub struct Limits {
     /// A call that prints more than this many characters to one stream is stopped with
     /// `output_limit` (a print flood); default 1 MiB.
     pub max_stream_chars: usize,
-    /// Address-space limit of a worker process in bytes (process isolation only; default 2 GiB).
-    /// In-process interpreters cannot be limited individually; allocations that fail raise
-    /// `MemoryError` there.
+    /// What one call may allocate, in bytes (default 2 GiB): past it the call ends with
+    /// `memory_limit`. Counted per call where the binary installs
+    /// [`crate::BudgetAllocator`] (in-process and in worker processes alike); a worker process
+    /// also gets an address-space limit (this plus 1 GiB where calls are counted, else this).
     pub memory_bytes: u64,
     /// Python recursion limit (default 1000, as CPython).
     pub recursion_limit: u32,

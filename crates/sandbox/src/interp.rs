@@ -16,6 +16,7 @@ use rustpython_vm::{AsObject, Interpreter, InterpreterBuilder, PyObjectRef, PyRe
 
 use crate::analysis::analyze;
 use crate::config::InterpreterConfig;
+use crate::memory::{self, Budget};
 use crate::outcome::{Status, ToolCall, ToolResult, truncate_middle};
 use crate::shims;
 use crate::watchdog::{StuckHandler, Watchdog};
@@ -38,7 +39,18 @@ pub(crate) struct CallGuard {
     active: AtomicBool,
     /// The deadline passed and an interrupt was sent.
     fired: AtomicBool,
+    /// What the call's thread may allocate (counted by [`crate::memory::BudgetAllocator`]).
+    budget: Budget,
+    /// The budget tripped and the `MemoryError` interrupt was sent.
+    memory_sent: AtomicBool,
     sender: UserSignalSender,
+}
+
+/// What an interrupt raises.
+#[derive(Clone, Copy)]
+enum Interrupt {
+    Timeout,
+    Memory,
 }
 
 impl CallGuard {
@@ -46,25 +58,68 @@ impl CallGuard {
     pub(crate) fn interrupt(self: &Arc<Self>) {
         if self.active.load(Ordering::Acquire) {
             self.fired.store(true, Ordering::Release);
-            let _ = self.sender.send(interrupt_signal(self.clone()));
+            let _ = self.sender.send(interrupt_signal(self.clone(), Interrupt::Timeout));
+        }
+    }
+
+    /// Sends the call a `MemoryError` (once; it re-arms itself) if its budget tripped.
+    pub(crate) fn interrupt_if_over_budget(self: &Arc<Self>) {
+        if self.budget.tripped() && self.active.load(Ordering::Acquire) && !self.memory_sent.swap(true, Ordering::AcqRel) {
+            let _ = self.sender.send(interrupt_signal(self.clone(), Interrupt::Memory));
         }
     }
 
     pub(crate) fn is_active(&self) -> bool {
         self.active.load(Ordering::Acquire)
     }
+
+    /// The exception to raise if the call must stop (its deadline passed or its memory budget
+    /// tripped): for native loops that no instruction-level interrupt reaches.
+    fn must_stop(&self, vm: &VirtualMachine) -> Option<rustpython_vm::builtins::PyBaseExceptionRef> {
+        if !self.active.load(Ordering::Acquire) {
+            return None;
+        }
+        if self.budget.tripped() {
+            return Some(interrupt_exception(vm, self, Interrupt::Memory));
+        }
+        self.fired.load(Ordering::Acquire).then(|| interrupt_exception(vm, self, Interrupt::Timeout))
+    }
 }
 
-/// A signal that raises `KeyboardInterrupt` in the running call and re-arms itself, so a loop
-/// that swallows `BaseException` is hit again at its very next instruction.
-fn interrupt_signal(guard: Arc<CallGuard>) -> UserSignal {
+thread_local! {
+    /// The guard of the call running on this thread.
+    static CURRENT_CALL: std::cell::Cell<*const CallGuard> = const { std::cell::Cell::new(std::ptr::null()) };
+}
+
+/// The exception the call running on this thread must stop with, if any (see
+/// [`CallGuard::must_stop`]); used by [`crate::guards`].
+pub(crate) fn current_call_must_stop(vm: &VirtualMachine) -> Option<rustpython_vm::builtins::PyBaseExceptionRef> {
+    let p = CURRENT_CALL.with(|c| c.get());
+    // SAFETY: set by `run_with` to a guard it keeps alive, and cleared before it returns.
+    if p.is_null() { None } else { unsafe { &*p }.must_stop(vm) }
+}
+
+/// A signal that raises `KeyboardInterrupt` (timeout) or `MemoryError` in the running call and
+/// re-arms itself, so a loop that swallows `BaseException` is hit again at its next instruction.
+fn interrupt_signal(guard: Arc<CallGuard>, what: Interrupt) -> UserSignal {
     Box::new(move |vm: &VirtualMachine| {
         if !guard.active.load(Ordering::Acquire) {
             return Ok(());
         }
-        let _ = guard.sender.send(interrupt_signal(guard.clone()));
-        Err(vm.new_exception_msg(vm.ctx.exceptions.keyboard_interrupt.to_owned(), "execution timed out".into()))
+        let _ = guard.sender.send(interrupt_signal(guard.clone(), what));
+        Err(interrupt_exception(vm, &guard, what))
     })
+}
+
+fn interrupt_exception(vm: &VirtualMachine, guard: &CallGuard, what: Interrupt) -> rustpython_vm::builtins::PyBaseExceptionRef {
+    match what {
+        Interrupt::Timeout => vm.new_exception_msg(vm.ctx.exceptions.keyboard_interrupt.to_owned(), "execution timed out".into()),
+        Interrupt::Memory => vm.new_exception_msg(vm.ctx.exceptions.memory_error.to_owned(), memory_message(guard.budget.limit()).into()),
+    }
+}
+
+fn memory_message(limit: usize) -> String {
+    format!("the call used more than its memory limit of {} MiB", limit >> 20)
 }
 
 /// One warm interpreter. Lives on the thread that created it (RustPython computes its native
@@ -116,6 +171,7 @@ impl Runner {
 
         let (begin, finish, import_lock) = interp.enter(|vm| -> Result<_, InterpreterError> {
             let fail = |stage: &'static str| move |exc| InterpreterError { stage, message: format_exception(vm, exc) };
+            crate::guards::install(vm).map_err(fail("installing the native-work guards"))?;
             let scope = vm.new_scope_with_builtins();
             vm.run_string(scope.clone(), PRELUDE, "<rstar2-prelude>").map_err(fail("running the prelude"))?;
             vm.run_string(scope.clone(), SCRATCH_FS, "<rstar2-scratch-fs>").map_err(fail("setting up the working directory"))?;
@@ -174,15 +230,28 @@ impl Runner {
         }
         let analysis = analyze(&call.code);
         let start = Instant::now();
-        let guard = Arc::new(CallGuard { active: AtomicBool::new(true), fired: AtomicBool::new(false), sender: self.sender.clone() });
+        let budget = Budget::new(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX), watchdog.waker());
+        let guard = Arc::new(CallGuard {
+            active: AtomicBool::new(true),
+            fired: AtomicBool::new(false),
+            budget,
+            memory_sent: AtomicBool::new(false),
+            sender: self.sender.clone(),
+        });
         let deadline = start + limits.timeout;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             self.interp.enter(|vm| {
                 watchdog.arm(deadline, guard.clone(), on_stuck);
-                self.run_in_vm(vm, call, stdin, analysis.ends_with_expression, in_session, &guard)
+                CURRENT_CALL.with(|c| c.set(Arc::as_ptr(&guard)));
+                let _charging = memory::charge_to(&guard.budget);
+                let out = self.run_in_vm(vm, call, stdin, analysis.ends_with_expression, in_session, &guard);
+                CURRENT_CALL.with(|c| c.set(std::ptr::null()));
+                out
             })
         }));
+        CURRENT_CALL.with(|c| c.set(std::ptr::null()));
         guard.active.store(false, Ordering::Release);
+        let over_budget = guard.budget.tripped();
         let elapsed_us = start.elapsed().as_micros() as u64;
         self.release_import_lock();
         match outcome {
@@ -190,6 +259,7 @@ impl Runner {
                 // A flood that also outran the clock is reported as the flood.
                 let status = match Status::from_kind(&kind) {
                     Status::OutputLimit => Status::OutputLimit,
+                    _ if over_budget => Status::MemoryLimit,
                     _ if guard.fired.load(Ordering::Acquire) => Status::Timeout,
                     status => status,
                 };
@@ -197,12 +267,21 @@ impl Runner {
                 if status == Status::Timeout {
                     stderr.push_str(&timeout_message(limits.timeout));
                 }
+                if over_budget && !stderr.contains("MemoryError") {
+                    stderr.push_str(&format!("MemoryError: {}\n", memory_message(guard.budget.limit())));
+                }
                 let max = limits.max_output_chars;
                 let result = ToolResult { status, stdout: truncate_middle(&stdout, max), stderr: truncate_middle(&stderr, max), elapsed_us };
                 (result, analysis.taints)
             }
             Ok(Err(message)) => {
-                let status = if guard.fired.load(Ordering::Acquire) { Status::Timeout } else { Status::Crashed };
+                let status = if over_budget {
+                    Status::MemoryLimit
+                } else if guard.fired.load(Ordering::Acquire) {
+                    Status::Timeout
+                } else {
+                    Status::Crashed
+                };
                 (ToolResult::failure(status, message, elapsed_us), true)
             }
             Err(panic) => {

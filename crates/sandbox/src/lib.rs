@@ -27,9 +27,11 @@
 
 mod analysis;
 mod config;
+mod guards;
 pub mod http;
 mod interp;
 mod judge;
+mod memory;
 mod outcome;
 mod pool;
 pub mod queue;
@@ -42,6 +44,7 @@ pub use analysis::{Analysis, analyze};
 pub use config::{InterpreterConfig, Isolation, Limits, SandboxConfig, WorkerCommand};
 pub use interp::{InterpreterError, Runner};
 pub use judge::SubmissionResult;
+pub use memory::{BudgetAllocator, budgets_enforced};
 pub use outcome::{Status, ToolCall, ToolResult, truncate_middle};
 pub use pool::{Sandbox, SandboxError, Session};
 pub use watchdog::Watchdog;

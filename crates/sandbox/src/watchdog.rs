@@ -1,7 +1,8 @@
 //! One thread that enforces every deadline of a pool. RustPython checks a process-global
 //! eval-breaker flag once per instruction and whichever interpreter sees it first clears it, so an
 //! interrupt can be lost to a busy neighbour: once a call is overdue the watchdog re-sends its
-//! interrupt every millisecond until the call returns.
+//! interrupt every millisecond until the call returns. A call whose memory budget trips wakes
+//! it too, and is sent a `MemoryError` the same way.
 
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -27,7 +28,8 @@ struct State {
 
 struct Inner {
     state: Mutex<State>,
-    wake: Condvar,
+    /// Shared with the memory budgets of running calls, which notify it when they trip.
+    wake: Arc<Condvar>,
 }
 
 /// Handle on the watchdog thread; the thread exits when the last handle is dropped.
@@ -47,7 +49,7 @@ impl Watchdog {
     pub fn new() -> Self {
         let inner = Arc::new(Inner {
             state: Mutex::new(State { entries: Vec::new(), next_wake: Instant::now() + IDLE }),
-            wake: Condvar::new(),
+            wake: Arc::new(Condvar::new()),
         });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -55,6 +57,11 @@ impl Watchdog {
             .spawn(move || run(weak))
             .expect("spawning the watchdog thread");
         Watchdog { inner }
+    }
+
+    /// What a call's memory budget notifies when it trips.
+    pub(crate) fn waker(&self) -> Arc<Condvar> {
+        self.inner.wake.clone()
     }
 
     /// Interrupts the call behind `guard` from `deadline` on, until it returns; runs the stuck
@@ -83,6 +90,7 @@ fn run(weak: Weak<Inner>) {
             if entry.deadline <= now {
                 entry.guard.interrupt();
             }
+            entry.guard.interrupt_if_over_budget();
             // A stuck call stays registered: should its native work ever end, it is interrupted.
             if let Some((at, _)) = &entry.stuck
                 && *at <= now

@@ -76,7 +76,10 @@ pub fn dispatch_worker() {
 
 /// The worker loop: limits memory, builds an interpreter, and answers requests until stdin closes.
 pub fn serve_stdio(config: &InterpreterConfig) {
-    limit_address_space(config.limits.memory_bytes);
+    // Where the binary counts each call's allocations (`BudgetAllocator`), the call's budget is
+    // what stops it, as in-process, and the address-space limit is only the backstop.
+    let backstop = if crate::memory::budgets_enforced() { 1 << 30 } else { 0 };
+    limit_address_space(config.limits.memory_bytes.saturating_add(backstop));
     let watchdog = Watchdog::new();
     let mut runner = match Runner::new(config) {
         Ok(r) => Some(r),

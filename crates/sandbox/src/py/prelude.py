@@ -144,3 +144,95 @@ def _sum(iterable, /, start=0):
     return _native_sum(iterable, start)
 _sum.__name__ = _sum.__qualname__ = "sum"
 builtins.sum = _sum
+
+# Integer <-> decimal string conversion is a native loop (845,000 digits take half a second):
+# the limit CPython applies by default (4300 digits) may be raised, but not past this.
+_MAX_STR_DIGITS = 1_000_000
+_native_set_digits = sys.set_int_max_str_digits
+def _set_int_max_str_digits(maxdigits):
+    maxdigits = int(maxdigits)
+    if maxdigits == 0 or maxdigits > _MAX_STR_DIGITS:
+        maxdigits = _MAX_STR_DIGITS
+    _native_set_digits(maxdigits)
+_set_int_max_str_digits.__name__ = _set_int_max_str_digits.__qualname__ = "set_int_max_str_digits"
+sys.set_int_max_str_digits = _set_int_max_str_digits
+
+# A regular expression with a repeat nested in a repeat that can split the same text in many
+# ways ((a+)+, (\w+\s?)*, (x+x+)+) backtracks exponentially inside one native call that no
+# timeout reaches: refused when compiled. The repeated body is ambiguous when it holds an
+# unbounded repeat and nothing else it must match, except a literal that the repeats cannot
+# match themselves ((\d+,)* is fine).
+import re as _re
+from re import _compiler as _re_compiler, _parser as _re_parser, _constants as _re_c
+_native_re_compile = _re_compiler.compile
+_REPEATS = (_re_c.MAX_REPEAT, _re_c.MIN_REPEAT)
+_CHARS = (_re_c.LITERAL, _re_c.NOT_LITERAL, _re_c.IN, _re_c.ANY, _re_c.CATEGORY, _re_c.RANGE)
+
+def _re_body(items, state):
+    """(unbounded repeats, characters every match needs) of a sequence, groups flattened."""
+    repeats, needed = [], []
+    for op, av in items:
+        if op in _REPEATS:
+            lo, hi, sub = av
+            if hi == _re_c.MAXREPEAT:
+                repeats.append(_re_parser.SubPattern(state, list(sub.data)))
+            elif lo > 0:
+                r, n = _re_body(sub.data, state)
+                repeats += r
+                needed += n
+        elif op is _re_c.SUBPATTERN:
+            r, n = _re_body(av[3].data, state)
+            repeats += r
+            needed += n
+        elif op is _re_c.BRANCH:
+            for alt in av[1]:
+                repeats += _re_body(alt.data, state)[0]
+        elif op in _CHARS:
+            needed.append((op, av))
+    return repeats, needed
+
+def _re_ambiguous(items, state):
+    repeats, needed = _re_body(items, state)
+    if not repeats:
+        return False
+    for op, av in needed:
+        if op is not _re_c.LITERAL:
+            continue
+        ch = chr(av)
+        if not any(_native_re_compile(r, 0).fullmatch(ch) for r in repeats):
+            return False
+    return True
+
+def _re_risky(items, state):
+    for op, av in items:
+        if op in _REPEATS:
+            lo, hi, sub = av
+            if hi == _re_c.MAXREPEAT and _re_ambiguous(sub.data, state):
+                return True
+            if _re_risky(sub.data, state):
+                return True
+        elif op is _re_c.SUBPATTERN:
+            if _re_risky(av[3].data, state):
+                return True
+        elif op is _re_c.BRANCH:
+            if any(_re_risky(alt.data, state) for alt in av[1]):
+                return True
+        elif op in (_re_c.ASSERT, _re_c.ASSERT_NOT):
+            if _re_risky(av[1].data, state):
+                return True
+    return False
+
+def _guarded_re_compile(p, flags=0):
+    if _re_compiler.isstring(p):
+        parsed = _re_parser.parse(p, flags)
+        try:
+            risky = _re_risky(parsed.data, parsed.state)
+        except Exception:
+            risky = False
+        if risky:
+            raise _re.error(
+                "pattern refused by the sandbox: a repeat inside a repeat that can match the same "
+                "text in many ways (like (a+)+) takes exponential time; use an atomic group "
+                "(?>...) or a possessive quantifier (a++)")
+    return _native_re_compile(p, flags)
+_re_compiler.compile = _guarded_re_compile

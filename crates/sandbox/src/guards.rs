@@ -1,0 +1,160 @@
+//! Guards for native work that no interrupt reaches.
+//!
+//! RustPython looks for interrupts between bytecode instructions, so a call inside one long
+//! native operation cannot be stopped: a worker process is killed, an in-process thread can
+//! only be abandoned, burning a core until the operation ends. These guards cover the ways such
+//! work starts from a few bytes of source, by wrapping slots of the builtin types (process-wide:
+//! the types are shared by every interpreter, and the wrappers do nothing outside a call):
+//! - native loops over iterators (`max(range(10**11))`, `list(itertools.count())`): the range
+//!   and `itertools` iterators check the call's deadline and memory budget every
+//!   [`CHECK_EVERY`] items and raise the call's interrupt;
+//! - integer powers and left shifts whose result would have more than [`MAX_INT_BITS`] bits are
+//!   refused with `MemoryError` before they run (`7 ** 10**8` would take minutes).
+//!
+//! Catastrophic regular expressions are refused by the prelude (`py/prelude.py`, `re` guard).
+
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+use rustpython_vm::builtins::{PyInt, PyType};
+use rustpython_vm::protocol::PyIterReturn;
+use rustpython_vm::{Py, PyObject, PyResult, VirtualMachine};
+
+use crate::interp::current_call_must_stop;
+
+/// Items between two checks in a guarded iterator.
+pub const CHECK_EVERY: u32 = 1024;
+
+/// Largest integer result of `**` and `<<`: 2^23 bits, about 2.5 million decimal digits (1 MiB).
+/// The biggest such power takes a fraction of a second (measured: `3 ** 40_000_000`, 2^26 bits,
+/// 2.1 s on a 2-vCPU AMD EPYC), and a number past it is no tool answer.
+pub const MAX_INT_BITS: f64 = (1u64 << 23) as f64;
+
+type IterNext = fn(&PyObject, &VirtualMachine) -> PyResult<PyIterReturn>;
+type Ternary = fn(&PyObject, &PyObject, &PyObject, &VirtualMachine) -> PyResult;
+type Binary = fn(&PyObject, &PyObject, &VirtualMachine) -> PyResult;
+
+/// The slots as they were: per guarded iterator type (by address) its `__next__`, and int's
+/// power and left shift.
+struct Originals {
+    iternext: Vec<(usize, IterNext)>,
+    power: Ternary,
+    lshift: Binary,
+}
+
+static ORIGINALS: OnceLock<Originals> = OnceLock::new();
+
+/// The iterator types whose native loops are guarded.
+const ITERTOOLS: &[&str] = &["count", "repeat", "cycle", "product", "permutations", "combinations", "combinations_with_replacement", "accumulate"];
+
+/// Installs the guards (once per process). Called while building each interpreter.
+pub(crate) fn install(vm: &VirtualMachine) -> PyResult<()> {
+    if ORIGINALS.get().is_some() {
+        return Ok(());
+    }
+    let mut types: Vec<&Py<PyType>> = vec![vm.ctx.types.range_iterator_type, vm.ctx.types.long_range_iterator_type];
+    let itertools = vm.import("itertools", 0)?;
+    let mut owned = Vec::new();
+    for name in ITERTOOLS {
+        let typ = itertools.get_attr(*name, vm)?.downcast::<PyType>().map_err(|_| vm.new_type_error(format!("itertools.{name} is not a type")))?;
+        owned.push(typ);
+    }
+    types.extend(owned.iter().map(|t| &**t));
+    let int_slots = &vm.ctx.types.int_type.slots.as_number;
+    let power = int_slots.power.load().ok_or_else(|| vm.new_type_error("int has no power slot"))?;
+    let lshift = int_slots.lshift.load().ok_or_else(|| vm.new_type_error("int has no lshift slot"))?;
+    let mut iternext = Vec::new();
+    for typ in &types {
+        if let Some(next) = typ.slots.iternext.load() {
+            iternext.push((type_addr(typ), next));
+        }
+    }
+    // Another interpreter's build may have won the race; its originals are the same slots.
+    if ORIGINALS.set(Originals { iternext, power, lshift }).is_ok() {
+        for typ in &types {
+            typ.slots.iternext.store(Some(guarded_next));
+        }
+        int_slots.power.store(Some(guarded_power));
+        int_slots.right_power.store(Some(guarded_power));
+        int_slots.lshift.store(Some(guarded_lshift));
+        int_slots.right_lshift.store(Some(guarded_lshift));
+    }
+    Ok(())
+}
+
+fn type_addr(typ: &Py<PyType>) -> usize {
+    typ as *const Py<PyType> as usize
+}
+
+fn originals() -> &'static Originals {
+    ORIGINALS.get().expect("guards are installed before they are reached")
+}
+
+thread_local! {
+    static ITEMS: Cell<u32> = const { Cell::new(0) };
+}
+
+fn guarded_next(zelf: &PyObject, vm: &VirtualMachine) -> PyResult<PyIterReturn> {
+    let count = ITEMS.with(|c| {
+        let n = c.get().wrapping_add(1);
+        c.set(n);
+        n
+    });
+    if count.is_multiple_of(CHECK_EVERY)
+        && let Some(exc) = current_call_must_stop(vm)
+    {
+        return Err(exc);
+    }
+    // A subclass (of `itertools.count`, say) inherited the wrapper: find its guarded base.
+    let iternext = &originals().iternext;
+    let next = zelf
+        .class()
+        .iter_base_chain()
+        .find_map(|t| iternext.iter().find(|(addr, _)| *addr == type_addr(t)).map(|(_, f)| *f))
+        .expect("only guarded iterator types and their subclasses carry the wrapper");
+    next(zelf, vm)
+}
+
+fn refuse(vm: &VirtualMachine, what: &str, bits: f64) -> rustpython_vm::builtins::PyBaseExceptionRef {
+    let digits = bits * std::f64::consts::LOG10_2;
+    let max_digits = MAX_INT_BITS * std::f64::consts::LOG10_2;
+    vm.new_memory_error(format!(
+        "{what} refused by the sandbox: the result would have about {digits:.3e} decimal digits, more than its limit of {max_digits:.3e}"
+    ))
+}
+
+fn guarded_power(a: &PyObject, b: &PyObject, modulus: &PyObject, vm: &VirtualMachine) -> PyResult {
+    if vm.is_none(modulus)
+        && let (Some(base), Some(exp)) = (a.downcast_ref::<PyInt>(), b.downcast_ref::<PyInt>())
+    {
+        let exp = exp.as_bigint();
+        let base = base.as_bigint();
+        let exp_f = malachite_to_f64(exp);
+        // |base| <= 1 and negative exponents (floats) stay small.
+        if exp_f > 0.0 && base.bits() > 1 {
+            let log2_base = match malachite_to_f64(base).abs() {
+                b if b.is_finite() => b.log2(),
+                _ => base.bits() as f64,
+            };
+            let bits = log2_base * exp_f;
+            if bits > MAX_INT_BITS {
+                return Err(refuse(vm, "this power", bits));
+            }
+        }
+    }
+    (originals().power)(a, b, modulus, vm)
+}
+
+fn guarded_lshift(a: &PyObject, b: &PyObject, vm: &VirtualMachine) -> PyResult {
+    if let (Some(value), Some(shift)) = (a.downcast_ref::<PyInt>(), b.downcast_ref::<PyInt>()) {
+        let bits = value.as_bigint().bits() as f64 + malachite_to_f64(shift.as_bigint());
+        if value.as_bigint().bits() > 0 && bits > MAX_INT_BITS {
+            return Err(refuse(vm, "this shift", bits));
+        }
+    }
+    (originals().lshift)(a, b, vm)
+}
+
+fn malachite_to_f64(x: &malachite_bigint::BigInt) -> f64 {
+    num_traits::ToPrimitive::to_f64(x).unwrap_or(f64::INFINITY)
+}
