@@ -79,7 +79,7 @@ pub fn run(args: RolloutBenchArgs) -> anyhow::Result<()> {
     let config = Config::from_file(&dir.join("config.json"))?;
     let model = Model::new(config.clone(), Params::random(&config, 0));
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
-    let sandbox = rstar2_train::sandbox(false)?;
+    let sandbox = rstar2_train::sandbox(false, rstar2_sandbox::IsolationKind::default())?;
     let end = tok.token_id("<|im_end|>").expect("tiny tokenizer has <|im_end|>");
     let requests: Vec<Request> = (0..args.trajectories).map(|i| Request { id: format!("b{i}"), question: format!("Bench problem {i}."), answer: None }).collect();
     let mut rc = RolloutConfig { max_response_tokens: 400, max_turns: 8, ..Default::default() };

@@ -9,6 +9,7 @@ use rstar2_model::{Config, DecodeWeights, Model, Params, Tokenizer};
 use rstar2_gpu::Policy;
 use rstar2_rollout::engine::policy_engine;
 use rstar2_rollout::{ChatFormat, Episode, RolloutConfig, SamplingConfig, generate};
+use rstar2_sandbox::IsolationKind;
 
 use rstar2_train::config::EvalConfig;
 use rstar2_train::{eval, progress};
@@ -48,6 +49,10 @@ pub struct GenerateArgs {
     /// Sampling temperature (0: greedy).
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
+    /// Where the Python tool's interpreters live: in-process (threads of this process, the
+    /// lowest latency) or process (worker processes, which can be killed).
+    #[arg(long, default_value_t = IsolationKind::InProcess)]
+    pub isolation: IsolationKind,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -103,6 +108,10 @@ pub struct EvalArgs {
     /// Sampling temperature.
     #[arg(long, default_value_t = 0.6)]
     pub temperature: f32,
+    /// Where the Python tool's interpreters live: in-process (threads of this process, the
+    /// lowest latency) or process (worker processes, which can be killed).
+    #[arg(long, default_value_t = IsolationKind::InProcess)]
+    pub isolation: IsolationKind,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -161,7 +170,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         seed: args.seed,
         ..RolloutConfig::default()
     };
-    let sandbox = rstar2_train::sandbox(true)?;
+    let sandbox = rstar2_train::sandbox(true, args.isolation)?;
     let bar = progress::bar((requests.len() * args.samples) as u64, "episodes");
     let on_episode = |_: &Episode, tokens: usize| {
         bar.inc(1);
@@ -222,7 +231,7 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         bail!("{}: no problems with answers to evaluate", args.data);
     }
     let loaded = load_model(&args.model, &args.device, args.decode_weights)?;
-    let sandbox = rstar2_train::sandbox(rstar2_train::is_real_data(&args.data))?;
+    let sandbox = rstar2_train::sandbox(rstar2_train::is_real_data(&args.data), args.isolation)?;
     let chat = match &args.chat {
         Some(path) if path.extension().is_some_and(|e| e == "toml") => rstar2_train::config::TrainConfig::load(Some(path))?.chat,
         Some(path) => serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?).with_context(|| format!("{} is not a chat format", path.display()))?,

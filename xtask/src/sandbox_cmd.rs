@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use rstar2_sandbox::queue::{QueueClient, QueueConfig, serve_queue};
-use rstar2_sandbox::{Sandbox, SandboxConfig, Status, ToolCall, ToolResult, WorkerCommand};
+use rstar2_sandbox::{IsolationKind, Sandbox, SandboxConfig, Status, ToolCall, ToolResult};
 use serde_json::Value;
 
 #[derive(clap::Subcommand)]
@@ -79,10 +79,11 @@ pub struct PoolOptions {
     /// Characters of stdout and stderr returned per call (head + tail).
     #[arg(long, default_value_t = 1000)]
     pub max_output_chars: usize,
-    /// Run interpreters in this process instead of worker processes: faster, but code stuck in
-    /// native work can only be abandoned, not killed, and there is no memory limit.
+    /// Where interpreters live: in-process (threads of this process, the lowest latency; the
+    /// default of exec and batch) or process (worker processes, which can be killed; the
+    /// default of serve and worker, which run code from the network).
     #[arg(long)]
-    pub in_process: bool,
+    pub isolation: Option<IsolationKind>,
     /// Folder of pure-Python packages (unpacked sympy, mpmath) importable read-only.
     #[arg(long)]
     pub pylib: Option<PathBuf>,
@@ -92,12 +93,9 @@ pub struct PoolOptions {
 }
 
 impl PoolOptions {
-    pub fn build(&self) -> anyhow::Result<Sandbox> {
-        let mut config = if self.in_process {
-            SandboxConfig::in_process()
-        } else {
-            SandboxConfig::process(WorkerCommand::current_exe().context("locating this executable")?)
-        };
+    /// The pool, its interpreters where --isolation says, else where `default` does.
+    pub fn build(&self, default: IsolationKind) -> anyhow::Result<Sandbox> {
+        let mut config = SandboxConfig::of_kind(self.isolation.unwrap_or(default)).context("locating this executable")?;
         if let Some(workers) = self.workers {
             config.workers = workers;
         }
@@ -115,7 +113,7 @@ pub fn run(cmd: SandboxCommand) -> anyhow::Result<()> {
             let mut code = String::new();
             std::io::stdin().read_to_string(&mut code).context("reading code from standard input")?;
             opts.workers = Some(1);
-            let sandbox = opts.build()?;
+            let sandbox = opts.build(IsolationKind::InProcess)?;
             let result = sandbox.run_blocking(ToolCall { code, stdin });
             println!("{}", serde_json::to_string(&result)?);
             Ok(())
@@ -124,7 +122,7 @@ pub fn run(cmd: SandboxCommand) -> anyhow::Result<()> {
         SandboxCommand::Serve { addr, redis, key_prefix, opts } => serve(addr, redis.map(|uri| queue_config(uri, key_prefix)), &opts),
         SandboxCommand::Worker { redis, key_prefix, opts } => {
             let config = queue_config(redis, key_prefix);
-            let sandbox = opts.build()?;
+            let sandbox = opts.build(IsolationKind::Process)?;
             eprintln!("serving code-judge's queue {} at {} with {} interpreters", config.work_queue(), config.uri, sandbox.workers());
             serve_queue(&config, &sandbox, sandbox.workers(), &AtomicBool::new(false)).context("serving the queue")
         }
@@ -165,7 +163,7 @@ fn batch(input: &PathBuf, output: &PathBuf, opts: &PoolOptions) -> anyhow::Resul
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         lines.push(line.with_context(|| format!("reading line {} of {}", n + 1, input.display()))?);
     }
-    let sandbox = opts.build()?;
+    let sandbox = opts.build(IsolationKind::InProcess)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let out_file = std::fs::File::create(output).with_context(|| format!("creating {}", output.display()))?;
     let mut out = BufWriter::new(out_file);
@@ -206,7 +204,8 @@ fn batch(input: &PathBuf, output: &PathBuf, opts: &PoolOptions) -> anyhow::Resul
     out.flush()?;
     bar.finish_and_clear();
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    eprintln!("{} calls in {:.2} s: {}", lines.len(), start.elapsed().as_secs_f64(), summary.join(", "));
+    let pool = sandbox.isolation().map_or_else(String::new, |kind| format!(" ({} {kind} interpreters)", sandbox.workers()));
+    eprintln!("{} calls in {:.2} s{pool}: {}", lines.len(), start.elapsed().as_secs_f64(), summary.join(", "));
     Ok(())
 }
 
@@ -217,7 +216,7 @@ fn serve(addr: SocketAddr, queue: Option<QueueConfig>, opts: &PoolOptions) -> an
             (Sandbox::queue(QueueClient::connect(config).context("connecting to the queue")?), behind)
         }
         None => {
-            let sandbox = opts.build()?;
+            let sandbox = opts.build(IsolationKind::Process)?;
             let behind = format!("{} local interpreters", sandbox.workers());
             (sandbox, behind)
         }

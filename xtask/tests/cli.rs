@@ -55,9 +55,22 @@ fn sandbox_batch_answers_every_line_in_order() {
         .join("\n"),
     )
     .unwrap();
-    let (_, err, ok) = xtask(&["sandbox", "batch", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--workers", "2"], "");
-    assert!(ok, "{err}");
-    let lines: Vec<Value> = std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // In-process by default; the same answers in worker processes.
+    for (isolation, pool) in [(None, "(2 in-process interpreters)"), (Some("process"), "(2 process interpreters)")] {
+        let mut args = vec!["sandbox", "batch", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--workers", "2"];
+        args.extend(isolation.iter().flat_map(|i| ["--isolation", *i]));
+        let (_, err, ok) = xtask(&args, "");
+        assert!(ok, "{err}");
+        assert!(err.contains(pool), "{err}");
+        check_batch_output(&output);
+    }
+    let (_, err, ok) = xtask(&["sandbox", "batch", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--isolation", "container"], "");
+    assert!(!ok && err.contains("expected in-process or process"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn check_batch_output(output: &std::path::Path) {
+    let lines: Vec<Value> = std::fs::read_to_string(output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 5);
     assert_eq!((&lines[0]["id"], &lines[0]["stdout"], &lines[0]["status"]), (&Value::from("a"), &Value::from("42\n"), &Value::from("ok")));
     assert_eq!((&lines[1]["id"], &lines[1]["stdout"]), (&Value::from(2), &Value::from("cba\n")));
@@ -65,7 +78,6 @@ fn sandbox_batch_answers_every_line_in_order() {
     assert_eq!((&lines[3]["id"], &lines[3]["status"]), (&Value::from("no-code"), &Value::from("invalid_input")));
     assert_eq!(lines[4]["status"], "error");
     assert!(lines[4]["stderr"].as_str().unwrap().ends_with("ZeroDivisionError: division by zero\n"));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -177,8 +177,9 @@ fn bad_input_gives_clear_errors() {
 
 /// `[sandbox] redis`: the same short run with its tool calls sent through code-judge's Redis
 /// queue to a `sandbox worker --redis` process gives the RL metrics of the run with the local
-/// pool (the tool results are the same Python), and its calls did go through Redis. A server
-/// that is not there is a clear error.
+/// pool (the tool results are the same Python: in-process here, the default, and in the
+/// worker's processes there), and its calls did go through Redis. A server that is not there
+/// is a clear error.
 #[test]
 fn rollouts_through_the_redis_queue_match_local_tools() {
     let dir = scratch("redis");
@@ -207,6 +208,7 @@ fn rollouts_through_the_redis_queue_match_local_tools() {
     let remote = write("remote.toml", format!("{SHORT}\n[sandbox]\nredis = {uri:?}\n"));
     let (out, err, ok) = xtask(&["train", "--config", &local, "--runs-dir", runs_s, "--name", "local"]);
     assert!(ok, "{out}\n{err}");
+    assert!(out.contains("in-process interpreters on this machine"), "{out}");
     let pushed_before = server.calls("rpush").unwrap();
     let (out, err, ok) = xtask(&["train", "--config", &remote, "--runs-dir", runs_s, "--name", "remote"]);
     let _ = worker.kill();

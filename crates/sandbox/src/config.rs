@@ -71,13 +71,53 @@ pub enum Isolation {
     /// a call stuck in native code past its deadline, a crash or a memory blow-up kills only that
     /// process, which is respawned. The safe default.
     Process(WorkerCommand),
-    /// Interpreters on threads of this process: lowest latency, but a call stuck in
-    /// non-interruptible native code (a catastrophic regex) can only be abandoned, its thread
-    /// burning CPU (and possibly holding interpreter-wide locks, which delays creating new
-    /// interpreters) until the native call ends; memory is shared with the host; and a VM panic
-    /// from crafted bytecode, although caught, may have corrupted the host's heap. Use it for
-    /// trusted or benchmark workloads.
+    /// Interpreters on threads of this process: the lowest latency, memory counted per call
+    /// (with [`crate::BudgetAllocator`]), native work guarded (see the crate docs). A call stuck
+    /// in native code the guards miss can only be abandoned, its thread burning a core (and
+    /// possibly holding interpreter-wide locks) until the native call ends, at most
+    /// [`SandboxConfig::max_abandoned`] at once; and a VM panic from crafted bytecode, although
+    /// caught, may have corrupted the host's heap. For code from the network prefer `Process`.
     InProcess,
+}
+
+/// Where interpreters live, as a setting: `in-process` (the default for code from this
+/// program's own rollouts, evaluations and commands) or `process` (worker processes: the
+/// default for `sandbox serve`, which runs code from the network). See [`Isolation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IsolationKind {
+    /// [`Isolation::InProcess`].
+    #[default]
+    InProcess,
+    /// [`Isolation::Process`] with this executable as the worker.
+    Process,
+}
+
+impl IsolationKind {
+    /// "in-process" or "process".
+    pub fn name(self) -> &'static str {
+        match self {
+            IsolationKind::InProcess => "in-process",
+            IsolationKind::Process => "process",
+        }
+    }
+}
+
+impl std::fmt::Display for IsolationKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for IsolationKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "in-process" => Ok(IsolationKind::InProcess),
+            "process" => Ok(IsolationKind::Process),
+            other => Err(format!("unknown isolation {other:?}: expected in-process or process")),
+        }
+    }
 }
 
 /// How to start a worker process: a program that calls [`crate::worker::serve_stdio`] when given
@@ -129,6 +169,15 @@ impl SandboxConfig {
     /// Worker processes started with `command`, one per core.
     pub fn process(command: WorkerCommand) -> Self {
         SandboxConfig { workers: default_workers(), isolation: Isolation::Process(command), interpreter: Default::default(), max_abandoned: 4 }
+    }
+
+    /// One interpreter per core, where `kind` says (worker processes of this executable, which
+    /// must call [`crate::worker::dispatch_worker`] first thing in `main`).
+    pub fn of_kind(kind: IsolationKind) -> std::io::Result<Self> {
+        Ok(match kind {
+            IsolationKind::InProcess => SandboxConfig::in_process(),
+            IsolationKind::Process => SandboxConfig::process(WorkerCommand::current_exe()?),
+        })
     }
 }
 

@@ -4,14 +4,18 @@
 //! its status, captured stdout and stderr (with CPython-style tracebacks) and elapsed time; a
 //! trailing bare expression is echoed like IPython. Interpreters are built without RustPython's
 //! `host_env`: there is no file, socket, process, signal or ctypes code in the binary, so nothing
-//! on the host is reachable from Python. Limits: wall-clock timeout, output caps, memory
-//! (per worker process), recursion.
+//! on the host is reachable from Python. Limits: wall-clock timeout, output caps, memory per call
+//! (where the binary installs [`BudgetAllocator`]), recursion.
 //!
-//! The default isolation runs interpreters in worker processes of your own binary, so code stuck
-//! in native work (a catastrophic regex, `7 ** 10**8`) can be killed; call
-//! [`worker::dispatch_worker`] first thing in `main`. [`Isolation::InProcess`] trades that for
-//! lower latency. Past one machine, [`queue`] speaks code-judge's Redis queue: these pools serve
-//! it as workers, and [`Sandbox::queue`] sends calls to workers elsewhere.
+//! Interpreters run on threads of this process ([`Isolation::InProcess`]: the lowest latency) or
+//! in worker processes of your own binary ([`Isolation::Process`]: call
+//! [`worker::dispatch_worker`] first thing in `main`), which can be killed and have an
+//! address-space limit as well. Either way native work that no interrupt reaches is guarded
+//! (huge powers and shifts refused, native loops over iterators stopped at the deadline,
+//! exponential regexes refused); what still gets stuck (an exponential regex the guard does not
+//! recognize) is abandoned in-process, killed in a worker process. Past one machine, [`queue`]
+//! speaks code-judge's Redis queue: these pools serve it as workers, and [`Sandbox::queue`] sends
+//! calls to workers elsewhere.
 //!
 //! ```no_run
 //! use rstar2_sandbox::{Sandbox, SandboxConfig, Status, ToolCall, WorkerCommand};
@@ -41,7 +45,7 @@ mod watchdog;
 pub mod worker;
 
 pub use analysis::{Analysis, analyze};
-pub use config::{InterpreterConfig, Isolation, Limits, SandboxConfig, WorkerCommand};
+pub use config::{InterpreterConfig, Isolation, IsolationKind, Limits, SandboxConfig, WorkerCommand};
 pub use interp::{InterpreterError, Runner};
 pub use judge::SubmissionResult;
 pub use memory::{BudgetAllocator, budgets_enforced};

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use tokio::sync::oneshot;
 
-use crate::config::{Isolation, SandboxConfig};
+use crate::config::{Isolation, IsolationKind, SandboxConfig};
 use crate::interp::{InterpreterError, Runner};
 use crate::outcome::{Status, ToolCall, ToolResult};
 use crate::queue::QueueClient;
@@ -70,7 +70,7 @@ pub struct Sandbox {
 
 #[derive(Clone)]
 enum Backend {
-    Local { jobs: crossbeam_channel::Sender<Job>, workers: usize, abandoned: Arc<Abandoned> },
+    Local { jobs: crossbeam_channel::Sender<Job>, workers: usize, abandoned: Arc<Abandoned>, kind: IsolationKind },
     Queue(QueueClient),
     Http(HttpClient),
 }
@@ -86,6 +86,10 @@ impl Sandbox {
         if config.workers == 0 {
             return Err(SandboxError::NoWorkers);
         }
+        let kind = match config.isolation {
+            Isolation::InProcess => IsolationKind::InProcess,
+            Isolation::Process(_) => IsolationKind::Process,
+        };
         let (tx, rx) = crossbeam_channel::unbounded();
         let abandoned = Arc::new(Abandoned::default());
         let shared = Arc::new(Shared { config, jobs: rx, watchdog: Watchdog::new(), abandoned: abandoned.clone() });
@@ -97,7 +101,7 @@ impl Sandbox {
         for ready in ready_rx {
             ready?;
         }
-        Ok(Sandbox { backend: Backend::Local { jobs: tx, workers: shared.config.workers, abandoned } })
+        Ok(Sandbox { backend: Backend::Local { jobs: tx, workers: shared.config.workers, abandoned, kind } })
     }
 
     /// Tool calls run by code-judge workers (ours, `sandbox worker --redis`, or code-judge's own)
@@ -120,6 +124,14 @@ impl Sandbox {
         match &self.backend {
             Backend::Queue(client) => Some(client),
             Backend::Local { .. } | Backend::Http(_) => None,
+        }
+    }
+
+    /// Where this pool's interpreters live (`None` for a queue or a remote server).
+    pub fn isolation(&self) -> Option<IsolationKind> {
+        match &self.backend {
+            Backend::Local { kind, .. } => Some(*kind),
+            Backend::Queue(_) | Backend::Http(_) => None,
         }
     }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use rstar2_rollout::{ChatFormat, ToolDispatch};
+use rstar2_sandbox::IsolationKind;
 use rstar2_tasks::sft::SftMix;
 use serde::{Deserialize, Serialize};
 
@@ -43,7 +44,7 @@ pub struct TrainConfig {
     pub eval: EvalConfig,
     /// Where the tool calls run (default, and left out of saved configs: a pool of worker
     /// processes on this machine).
-    #[serde(default, skip_serializing_if = "ToolsConfig::is_local")]
+    #[serde(default, skip_serializing_if = "ToolsConfig::is_default")]
     pub sandbox: ToolsConfig,
 }
 
@@ -65,12 +66,21 @@ pub struct ToolsConfig {
     /// workers must have sympy for real-data runs. Not together with `redis`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Where this machine's interpreters live when neither is set: "in-process" (the default:
+    /// threads of the training process, the lowest latency) or "process" (worker processes,
+    /// which can be killed).
+    #[serde(default, skip_serializing_if = "is_default_isolation")]
+    pub isolation: IsolationKind,
+}
+
+fn is_default_isolation(kind: &IsolationKind) -> bool {
+    *kind == IsolationKind::default()
 }
 
 impl ToolsConfig {
-    /// Tools run on this machine (nothing set).
-    pub fn is_local(&self) -> bool {
-        self.redis.is_none() && self.key_prefix.is_none() && self.url.is_none()
+    /// Nothing set: in-process tools on this machine.
+    pub fn is_default(&self) -> bool {
+        self.redis.is_none() && self.key_prefix.is_none() && self.url.is_none() && is_default_isolation(&self.isolation)
     }
 }
 
@@ -226,6 +236,9 @@ impl TrainConfig {
         if self.sandbox.url.is_some() && (self.sandbox.redis.is_some() || self.sandbox.key_prefix.is_some()) {
             bail!("[sandbox]: url (an HTTP server) and redis / key_prefix (a queue) name two different tool environments; set one");
         }
+        if (self.sandbox.url.is_some() || self.sandbox.redis.is_some()) && !is_default_isolation(&self.sandbox.isolation) {
+            bail!("[sandbox]: isolation is where this machine's interpreters live; with url or redis the tools run elsewhere");
+        }
         for spec in self.device.split(',') {
             let spec = spec.trim();
             if !matches!(spec, "cpu" | "auto") && !spec.starts_with("gpu") {
@@ -262,6 +275,15 @@ mod tests {
         std::fs::write(&f, "[rl]\nlrr = 0.5\n").unwrap();
         let e = TrainConfig::load(Some(&f)).unwrap_err().to_string();
         assert!(e.contains("lrr"), "{e}");
+        std::fs::write(&f, "[sandbox]\nisolation = \"process\"\n").unwrap();
+        assert_eq!(TrainConfig::load(Some(&f)).unwrap().sandbox.isolation, IsolationKind::Process);
+        assert_eq!(c.sandbox.isolation, IsolationKind::InProcess, "in-process by default");
+        std::fs::write(&f, "[sandbox]\nisolation = \"container\"\n").unwrap();
+        let e = format!("{:#}", TrainConfig::load(Some(&f)).unwrap_err());
+        assert!(e.contains("container") && e.contains("in-process"), "{e}");
+        std::fs::write(&f, "[sandbox]\nisolation = \"process\"\nurl = \"http://127.0.0.1:1\"\n").unwrap();
+        let e = format!("{:#}", TrainConfig::load(Some(&f)).unwrap_err());
+        assert!(e.contains("isolation") && e.contains("elsewhere"), "{e}");
         std::fs::write(&f, "[rl\n").unwrap();
         assert!(TrainConfig::load(Some(&f)).unwrap_err().to_string().contains("not valid TOML"));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -23,7 +23,7 @@ use rstar2_model::{AdamW, AdamWConfig, Batch, Config, DecodeWeights, LrSchedule,
 use rstar2_rollout::{RolloutConfig, SamplingConfig};
 use rstar2_sandbox::queue::{QueueClient, QueueConfig};
 use rstar2_sandbox::remote::HttpClient;
-use rstar2_sandbox::{Sandbox, SandboxConfig, WorkerCommand};
+use rstar2_sandbox::{IsolationKind, Sandbox, SandboxConfig};
 use rstar2_tasks::Task;
 use rstar2_tasks::synth::{Split, SynthConfig};
 use serde::{Deserialize, Serialize};
@@ -753,12 +753,12 @@ fn load_named(data: &str, count: usize) -> anyhow::Result<Vec<Task>> {
     Ok(tasks)
 }
 
-/// The tool environment. With `real_math` (runs on a real data set) sympy and mpmath are
-/// importable, from target/pylib where `fetch-data` (or the tests) put them, and imported when
-/// each worker starts so no call pays the import; without them (nothing is downloaded at run
-/// time) it says so and runs without.
-pub fn sandbox(real_math: bool) -> anyhow::Result<Sandbox> {
-    let mut c = SandboxConfig::process(WorkerCommand::current_exe()?);
+/// The tool environment, its interpreters where `isolation` says. With `real_math` (runs on a
+/// real data set) sympy and mpmath are importable, from target/pylib where `fetch-data` (or the
+/// tests) put them, and imported when each interpreter starts so no call pays the import;
+/// without them (nothing is downloaded at run time) it says so and runs without.
+pub fn sandbox(real_math: bool, isolation: IsolationKind) -> anyhow::Result<Sandbox> {
+    let mut c = SandboxConfig::of_kind(isolation)?;
     c.workers = c.workers.max(2);
     if real_math {
         let pylib = crate::paths::pylib_dir();
@@ -781,7 +781,11 @@ pub fn run_tools(config: &TrainConfig) -> anyhow::Result<Sandbox> {
         println!("tools: code-judge HTTP server {} ({workers} workers, {queued} calls waiting)", client.url());
         return Ok(Sandbox::http(client));
     }
-    let Some(uri) = &config.sandbox.redis else { return sandbox(config.data.uses_real_data()) };
+    let Some(uri) = &config.sandbox.redis else {
+        let local = sandbox(config.data.uses_real_data(), config.sandbox.isolation)?;
+        println!("tools: {} {} interpreters on this machine", local.workers(), config.sandbox.isolation);
+        return Ok(local);
+    };
     let mut queue = QueueConfig::new(uri.clone());
     if let Some(prefix) = &config.sandbox.key_prefix {
         queue.key_prefix = prefix.clone();
