@@ -278,10 +278,11 @@ fn bench_sandbox(calls: usize, burst: usize) -> anyhow::Result<()> {
     }
     drop(pools);
 
-    println!("\n{burst} calls submitted at once (worker processes, {cores} workers; mixed snippets):");
-    let sandbox = sandbox_with(cores, false)?;
-    burst_run(&sandbox, burst)?;
-    drop(sandbox);
+    for (in_process, pool) in [(true, "in-process, the default"), (false, "worker processes")] {
+        println!("\n{burst} calls submitted at once ({pool}, {cores} workers; mixed snippets):");
+        let sandbox = sandbox_with(cores, in_process)?;
+        burst_run(&sandbox, burst)?;
+    }
     bench_queue(burst)
 }
 
