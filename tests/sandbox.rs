@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use rstar2::sandbox::{Sandbox, SandboxConfig, Status, ToolCall, ToolResult, WorkerCommand};
+use rstar2::sandbox::{IsolationKind, Sandbox, SandboxConfig, Status, ToolCall, ToolResult, WorkerCommand};
 
 fn worker() -> WorkerCommand {
     WorkerCommand::program(env!("CARGO_BIN_EXE_rstar2-sandbox-worker"))
@@ -181,7 +181,8 @@ fn in_process_sandbox() -> &'static Sandbox {
 /// Every hostile snippet ends with a status within a bounded time, and the pool keeps serving,
 /// in worker processes and in-process alike. In-process the work is stopped, not abandoned:
 /// native loops over iterators see the deadline, memory is counted per call, and the native
-/// work no interrupt reaches (huge powers, exponential regexes) is refused before it starts.
+/// work no interrupt reaches (huge powers, exponential regexes) and bytecode written by hand are
+/// refused before they run.
 #[test]
 fn hostile_code_never_hangs_or_crashes_the_host() {
     assert!(rstar2::sandbox::budgets_enforced(), "the test binary installs BudgetAllocator");
@@ -212,7 +213,10 @@ fn hostile_code_never_hangs_or_crashes_the_host() {
         // that shared two cores with a training run).
         ("def f(n):\n    return f(n + 1)\nf(0)", &[Status::Error, Status::Timeout]),
         ("import sys\nsys.setrecursionlimit(10**6)\ndef f(n):\n    return f(n + 1)\nf(0)", &[Status::Error, Status::Timeout]),
-        ("def f():\n    pass\nf.__code__ = f.__code__.replace(co_code=bytes([255, 0] * 8))\nf()", &[Status::Crashed, Status::Error]),
+        // Bytecode written by hand (in-process it once crashed the process a few calls later).
+        ("def f():\n    pass\nf.__code__ = f.__code__.replace(co_code=bytes([255, 0] * 8))\nf()", &[Status::Error]),
+        ("import types\ntypes.CodeType(0, 0, 0, 0, 0, 0, b'\\xff\\x00', (), (), (), '', '', 0, b'')", &[Status::Error]),
+        ("import marshal\nexec(marshal.loads(marshal.dumps(compile('1', 's', 'eval'))))", &[Status::Error]),
         ("import threading\nt = threading.Thread(target=lambda: None)\nt.start()", &[Status::Error]),
         ("eval('(' * 100000 + ')' * 100000)", &[Status::Error]),
     ];
@@ -226,6 +230,9 @@ fn hostile_code_never_hangs_or_crashes_the_host() {
             if r.status == Status::Error && code.contains("re.") {
                 assert!(r.stderr.contains("pattern refused by the sandbox"), "{pool}: {code:?}: {}", r.stderr);
             }
+            if code.contains("co_code") || code.contains("CodeType") || code.contains("marshal") {
+                assert!(r.stderr.contains("disabled in the sandbox"), "{pool}: {code:?}: {}", r.stderr);
+            }
             let after = sb.run_blocking(ToolCall::new("print(sum([1, 2, 3]))"));
             assert_eq!((after.status, after.stdout.as_str()), (Status::Ok, "6\n"), "{pool}: after {code:?}");
         }
@@ -233,8 +240,42 @@ fn hostile_code_never_hangs_or_crashes_the_host() {
     }
 }
 
+/// Native operations that allocate infallibly past a call's budget (less than twice it: the
+/// budget grants the request and trips) end in `memory_limit`, in both pools; refusing them
+/// would have aborted the process. Also the math functions whose results would pass the integer
+/// size limit.
+#[test]
+fn infallible_native_allocations_past_the_budget_end_in_memory_limit() {
+    let cases = [
+        "x = ''.join(['a' * 10**6] * 300)",
+        "x = b''.join([b'a' * 10**6] * 300)",
+        "x = 'ab' * (10**8)\ny = x.upper()",
+        "x = '\\t' * 100\ny = x.expandtabs(3 * 10**6)",
+        "import math\nmath.comb(10**7, 5 * 10**6)",
+        "import math\nmath.factorial(10**6)",
+    ];
+    for isolation in [IsolationKind::InProcess, IsolationKind::Process] {
+        let mut config = match isolation {
+            IsolationKind::InProcess => SandboxConfig::in_process(),
+            IsolationKind::Process => SandboxConfig::process(worker()),
+        };
+        config.workers = 1;
+        config.interpreter.limits.timeout = Duration::from_secs(10);
+        config.interpreter.limits.memory_bytes = 256 << 20;
+        let sb = Sandbox::new(config).unwrap();
+        for code in cases {
+            let r = sb.run_blocking(ToolCall::new(code));
+            assert_eq!(r.status, Status::MemoryLimit, "{isolation}: {code:?}: {r:?}");
+            assert!(r.stderr.contains("MemoryError"), "{isolation}: {code:?}: {}", r.stderr);
+            let after = sb.run_blocking(ToolCall::new("print(6 * 7)"));
+            assert_eq!(after.stdout, "42\n", "{isolation}: after {code:?}: {after:?}");
+        }
+    }
+}
+
 /// The guards refuse only what would run away: everyday regexes, powers, shifts, conversions and
-/// a caught MemoryError behave as in CPython (expected output from CPython 3.11).
+/// a caught MemoryError, logging's regexes, `threading.local` and `time.sleep` behave as in CPython
+/// (expected output from CPython 3.11).
 #[test]
 fn guards_leave_ordinary_code_alone() {
     let code = r#"import re, sys, itertools
@@ -243,22 +284,31 @@ print(re.findall(r'(?>a+)+b', 'aab'), re.findall(r'[a-z]+(?:-[a-z]+)*', 'foo-bar
 print(2 ** 1000 % 7, pow(3, 10**18, 1000), (-1) ** (10**20), 0 ** (10**30), 2 ** -3, 1 << 100, len(str(3 ** 8000)) if sys.set_int_max_str_digits(5000) is None else 0)
 print(len(str(2 ** 1_000_000)) if sys.set_int_max_str_digits(0) is None else 0, sys.get_int_max_str_digits())
 print(max(range(10**5)), sum(1 for _ in itertools.product(range(10), repeat=4)), list(itertools.islice(itertools.count(5), 3)))
+import math
+print(math.factorial(20), math.comb(40, 20), math.perm(10, 3), math.perm(5), len(str(math.factorial(1000))), math.comb(10, 20))
 try:
     s = 'a' * 10**10
 except MemoryError:
     print('caught')
+import logging, concurrent.futures, threading, time
+local = threading.local(); local.n = 4
+print(bool(re.fullmatch(r'^(\d+|\w+)(\.\w+|\[[^]]+\])*$', 'a.b[0]')), re.findall(r'(?m)(?:.+$\n?)*', 'ab\ncd')[0] == 'ab\ncd', local.n, logging.getLevelName(20))
+t = time.monotonic(); time.sleep(0.05); print(time.monotonic() - t >= 0.05)
 "#;
-    let expected = "['2,'] ['abbab'] a b
-['aab'] ['foo-bar', 'baz'] True
-2 1 1 0 0.125 1267650600228229401496703205376 3817
-";
-    let expected = format!("{expected}301030 1000000
-99999 10000 [5, 6, 7]
-caught
-");
+    let expected = concat!(
+        "['2,'] ['abbab'] a b\n",
+        "['aab'] ['foo-bar', 'baz'] True\n",
+        "2 1 1 0 0.125 1267650600228229401496703205376 3817\n",
+        "301030 1000000\n",
+        "99999 10000 [5, 6, 7]\n",
+        "2432902008176640000 137846528820 720 120 2568 0\n",
+        "caught\n",
+        "True True 4 INFO\n",
+        "True\n",
+    );
     for sb in [sandbox(), in_process_sandbox()] {
         let r = sb.run_blocking(ToolCall::new(code));
-        assert_eq!((r.status, r.stdout.as_str()), (Status::Ok, expected.as_str()), "{r:?}");
+        assert_eq!((r.status, r.stdout.as_str()), (Status::Ok, expected), "{r:?}");
     }
 }
 

@@ -3,22 +3,32 @@
 //! RustPython looks for interrupts between bytecode instructions, so a call inside one long
 //! native operation cannot be stopped: a worker process is killed, an in-process thread can
 //! only be abandoned, burning a core until the operation ends. These guards cover the ways such
-//! work starts from a few bytes of source, by wrapping slots of the builtin types (process-wide:
-//! the types are shared by every interpreter, and the wrappers do nothing outside a call):
+//! work starts from a few bytes of source, by wrapping slots of the builtin types (once per thread:
+//! the types are shared by the interpreters of a thread, and the wrappers do nothing outside a
+//! call):
 //! - native loops over iterators (`max(range(10**11))`, `list(itertools.count())`): the range
 //!   and `itertools` iterators check the call's deadline and memory budget every
 //!   [`CHECK_EVERY`] items and raise the call's interrupt;
 //! - integer powers and left shifts whose result would have more than [`MAX_INT_BITS`] bits are
 //!   refused with `MemoryError` before they run (`7 ** 10**8` would take minutes).
 //!
-//! Catastrophic regular expressions are refused by the prelude (`py/prelude.py`, `re` guard).
+//! - `time.sleep` sleeps in slices and looks at the call's deadline between them (replaced in
+//!   each interpreter: modules are not shared);
+//! - bytecode written by hand: RustPython does not verify bytecode, and running a crafted
+//!   `co_code` can crash the process (seen: a segfault in frame teardown a few calls later), so
+//!   the `code` constructor is refused and `code.replace` may only rename (`co_name`,
+//!   `co_qualname`, `co_filename`, `co_firstlineno`).
+//!
+//! Catastrophic regular expressions, big `math.factorial` / `comb` / `perm` results and code
+//! objects from `marshal.loads` are refused by the prelude (`py/prelude.py`).
 
-use std::cell::Cell;
-use std::sync::OnceLock;
+use std::cell::{Cell, OnceCell};
+use std::time::{Duration, Instant};
 
 use rustpython_vm::builtins::{PyInt, PyType};
 use rustpython_vm::protocol::PyIterReturn;
-use rustpython_vm::{Py, PyObject, PyResult, VirtualMachine};
+use rustpython_vm::function::FuncArgs;
+use rustpython_vm::{AsObject, Py, PyObject, PyObjectRef, PyResult, VirtualMachine};
 
 use crate::interp::current_call_must_stop;
 
@@ -40,16 +50,28 @@ struct Originals {
     iternext: Vec<(usize, IterNext)>,
     power: Ternary,
     lshift: Binary,
+    code_replace: PyObjectRef,
 }
 
-static ORIGINALS: OnceLock<Originals> = OnceLock::new();
+/// What `code.replace` may still change.
+const CODE_RENAMES: &[&str] = &["co_name", "co_qualname", "co_filename", "co_firstlineno"];
+
+thread_local! {
+    /// The slots the guards replaced, per thread: RustPython is built without `threading`, so each
+    /// thread has its own builtin types (and its own GC lists: no interpreter waits on another's
+    /// collection), shared by the interpreters built on it.
+    static ORIGINALS: OnceCell<&'static Originals> = const { OnceCell::new() };
+}
 
 /// The iterator types whose native loops are guarded.
 const ITERTOOLS: &[&str] = &["count", "repeat", "cycle", "product", "permutations", "combinations", "combinations_with_replacement", "accumulate"];
 
-/// Installs the guards (once per process). Called while building each interpreter.
+/// Installs the guards: the type slots once per thread, `time.sleep` in each interpreter.
+/// Called while building each interpreter.
 pub(crate) fn install(vm: &VirtualMachine) -> PyResult<()> {
-    if ORIGINALS.get().is_some() {
+    let time = vm.import("time", 0)?;
+    time.set_attr("sleep", vm.new_function("sleep", guarded_sleep), vm)?;
+    if ORIGINALS.with(|o| o.get().is_some()) {
         return Ok(());
     }
     let mut types: Vec<&Py<PyType>> = vec![vm.ctx.types.range_iterator_type, vm.ctx.types.long_range_iterator_type];
@@ -69,8 +91,13 @@ pub(crate) fn install(vm: &VirtualMachine) -> PyResult<()> {
             iternext.push((type_addr(typ), next));
         }
     }
-    // Another interpreter's build may have won the race; its originals are the same slots.
-    if ORIGINALS.set(Originals { iternext, power, lshift }).is_ok() {
+    let code_type = vm.ctx.types.code_type;
+    let code_replace = code_type.as_object().get_attr("replace", vm)?;
+    // Leaked like the types themselves, which live as long as their thread.
+    let originals: &'static Originals = Box::leak(Box::new(Originals { iternext, power, lshift, code_replace }));
+    if ORIGINALS.with(|o| o.set(originals).is_ok()) {
+        code_type.slots.new.store(Some(refuse_code_new));
+        code_type.set_attr(vm.ctx.intern_str("replace"), vm.new_method("replace", code_type, guarded_code_replace).into());
         for typ in &types {
             typ.slots.iternext.store(Some(guarded_next));
         }
@@ -87,7 +114,7 @@ fn type_addr(typ: &Py<PyType>) -> usize {
 }
 
 fn originals() -> &'static Originals {
-    ORIGINALS.get().expect("guards are installed before they are reached")
+    ORIGINALS.with(|o| *o.get().expect("guards are installed before they are reached"))
 }
 
 thread_local! {
@@ -113,6 +140,55 @@ fn guarded_next(zelf: &PyObject, vm: &VirtualMachine) -> PyResult<PyIterReturn> 
         .find_map(|t| iternext.iter().find(|(addr, _)| *addr == type_addr(t)).map(|(_, f)| *f))
         .expect("only guarded iterator types and their subclasses carry the wrapper");
     next(zelf, vm)
+}
+
+/// How long `time.sleep` sleeps between two looks at the call's deadline.
+const SLEEP_SLICE: Duration = Duration::from_millis(5);
+
+/// `time.sleep` in slices that stop when the call must. Its interrupt cannot be relied on here:
+/// RustPython's "signal pending" flag is one per process, and an interpreter busy on another
+/// thread clears it at its next instruction, so one that runs an instruction only every slice
+/// may never see it.
+fn guarded_sleep(seconds: PyObjectRef, vm: &VirtualMachine) -> PyResult<()> {
+    let type_name = seconds.class().name().to_owned();
+    // The argument errors CPython gives.
+    let length = seconds.try_into_value::<Duration>(vm).map_err(|e| {
+        let message = e.args().as_slice().first().and_then(|arg| arg.str(vm).ok());
+        if e.class().is(vm.ctx.exceptions.value_error) && message.is_some_and(|m| m.as_bytes() == b"negative duration") {
+            vm.new_value_error("sleep length must be non-negative")
+        } else if e.class().is(vm.ctx.exceptions.type_error) {
+            vm.new_type_error(format!("'{type_name}' object cannot be interpreted as an integer or float"))
+        } else {
+            e
+        }
+    })?;
+    let end = Instant::now().checked_add(length);
+    loop {
+        if let Some(stop) = current_call_must_stop(vm) {
+            return Err(stop);
+        }
+        vm.check_signals()?;
+        let left = end.map_or(SLEEP_SLICE, |end| end.saturating_duration_since(Instant::now()));
+        if left.is_zero() {
+            return Ok(());
+        }
+        std::thread::sleep(left.min(SLEEP_SLICE));
+    }
+}
+
+fn refuse_code_new(_cls: rustpython_vm::builtins::PyTypeRef, _args: FuncArgs, vm: &VirtualMachine) -> PyResult {
+    Err(vm.new_runtime_error("building code objects is disabled in the sandbox: bytecode written by hand can crash the interpreter"))
+}
+
+fn guarded_code_replace(args: FuncArgs, vm: &VirtualMachine) -> PyResult {
+    if let Some(name) = args.kwargs.keys().find(|k| !k.as_str().is_ok_and(|k| CODE_RENAMES.contains(&k))) {
+        let name = name.as_str().unwrap_or("?");
+        return Err(vm.new_runtime_error(format!(
+            "code.replace({name}=...) is disabled in the sandbox: bytecode written by hand can crash the interpreter (allowed: {})",
+            CODE_RENAMES.join(", ")
+        )));
+    }
+    originals().code_replace.call(args, vm)
 }
 
 fn refuse(vm: &VirtualMachine, what: &str, bits: f64) -> rustpython_vm::builtins::PyBaseExceptionRef {

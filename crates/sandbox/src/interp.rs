@@ -272,7 +272,10 @@ impl Runner {
                 }
                 let max = limits.max_output_chars;
                 let result = ToolResult { status, stdout: truncate_middle(&stdout, max), stderr: truncate_middle(&stderr, max), elapsed_us };
-                (result, analysis.taints)
+                // An interrupt raises at whatever instruction it meets, importlib's included, so
+                // an interrupted call may leave a half-imported module: start afresh.
+                let interrupted = over_budget || guard.fired.load(Ordering::Acquire);
+                (result, analysis.taints || interrupted)
             }
             Ok(Err(message)) => {
                 let status = if over_budget {

@@ -5,11 +5,14 @@
 //! [`BudgetAllocator`] (install it with `#[global_allocator]` in the binary) keeps, for the thread
 //! running a call, the bytes allocated minus the bytes freed since the call began. Past the
 //! budget it trips the call, and the watchdog makes the interpreter raise `MemoryError` at its
-//! next instruction (`memory_limit`), as a worker process would have died. A single request that
-//! alone would take the call past its budget by more than [`REFUSE_SLACK`] is refused outright:
-//! RustPython makes its large allocations (sequence repetition, list growth, big-integer results)
-//! with fallible reservations, so the refusal raises `MemoryError` at once instead of touching
-//! gigabytes the host cannot spare.
+//! next instruction (`memory_limit`), as a worker process would have died. A request that would
+//! take the call past twice its budget is refused outright (see [`REFUSE_AT`]): RustPython makes
+//! its largest allocations (sequence repetition, list growth from sized iterators, big-integer
+//! results, `bytearray(n)`) with fallible reservations, so `'a' * 10**10` raises `MemoryError`
+//! at once instead of touching gigabytes the host cannot spare. Between the budget and twice it,
+//! requests are granted (and the call trips): some native operations allocate infallibly
+//! (`str.join`, `str.upper`, `str.expandtabs`), and a refusal there would abort the process.
+//! One native operation that alone asks for more than twice the budget still does.
 //!
 //! ```no_run
 //! #[global_allocator]
@@ -21,8 +24,9 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-/// A request this far past the budget is refused rather than granted and tripped.
-pub const REFUSE_SLACK: usize = 64 << 20;
+/// A request that would take a call past this multiple of its budget is refused rather than
+/// granted and tripped.
+pub const REFUSE_AT: usize = 2;
 
 /// The system allocator plus per-call accounting on sandbox threads (see the module docs).
 pub struct BudgetAllocator;
@@ -78,7 +82,7 @@ impl Budget {
         let used = self.used.load(Ordering::Relaxed);
         let after = used.saturating_add(size);
         // Refused, not tripped: the refusal itself raises MemoryError, which code may catch.
-        if after > self.limit.saturating_add(REFUSE_SLACK) {
+        if after > self.limit.saturating_mul(REFUSE_AT) {
             return false;
         }
         self.used.store(after, Ordering::Relaxed);
@@ -177,7 +181,7 @@ mod tests {
     #[test]
     fn accounting_trips_past_the_limit_and_refuses_far_past_it() {
         let budget = Budget::new(1000, Arc::new(std::sync::Condvar::new()));
-        assert!(!budget.grow(1000 + REFUSE_SLACK + 1), "one request past the slack is refused");
+        assert!(!budget.grow(2001), "one request past twice the budget is refused");
         assert!(!budget.tripped(), "a refusal alone does not trip: its MemoryError may be caught");
         assert!(budget.grow(600));
         assert!(!budget.tripped());
@@ -186,8 +190,9 @@ mod tests {
         assert!(!budget.tripped(), "900 bytes of a 1000-byte budget");
         assert!(budget.grow(200));
         assert!(budget.tripped(), "1100 bytes of a 1000-byte budget");
-        assert!(!budget.grow(REFUSE_SLACK), "past the slack");
-        assert_eq!(budget.used.load(Ordering::Relaxed), 1100, "a refused request is not counted");
+        assert!(budget.grow(900), "2000 bytes: granted, still tripped");
+        assert!(!budget.grow(1), "past twice the budget");
+        assert_eq!(budget.used.load(Ordering::Relaxed), 2000, "a refused request is not counted");
         budget.shrink(1 << 40);
         assert_eq!(budget.used.load(Ordering::Relaxed), 0);
     }

@@ -41,6 +41,13 @@ pub struct StepMetrics {
     pub tokens_per_second: f64,
     pub generation_seconds: f64,
     pub step_seconds: f64,
+    /// In-process tool threads still stuck in native work after their call was answered
+    /// `timeout`, at the end of the step, and how many stuck threads the cap has kept without a
+    /// replacement so far (the pool then runs short): [`rstar2_sandbox::Sandbox::abandoned_threads`].
+    #[serde(default)]
+    pub tool_threads_abandoned: usize,
+    #[serde(default)]
+    pub tool_threads_held_back: u64,
 }
 
 /// Figures of one RL stage.

@@ -521,6 +521,7 @@ impl Trainer {
         self.replicas.end_phase();
         let positives: Vec<&rstar2_rollout::Episode> = episodes.iter().filter(|e| e.reward == Some(1.0)).collect();
         let kept_pos: Vec<&rstar2_rollout::Episode> = kept.iter().filter(|(e, _)| e.reward == Some(1.0)).map(|(e, _)| *e).collect();
+        let (abandoned, held_back) = self.sandbox.abandoned_threads();
         let m = report::StepMetrics {
             phase: "rl".into(),
             stage: self.state.stage + 1,
@@ -548,6 +549,8 @@ impl Trainer {
             tokens_per_second: out.metrics.tokens_per_second,
             generation_seconds: gen_seconds,
             step_seconds: t0.elapsed().as_secs_f64(),
+            tool_threads_abandoned: abandoned,
+            tool_threads_held_back: held_back,
         };
         self.append_metrics(&serde_json::to_value(&m)?)?;
         Ok(m)

@@ -2,6 +2,20 @@
 # user code sees only the effects (captured streams, sliced sleep, exact sum over ranges).
 import sys, io, builtins
 
+# RustPython is built without threads, so no lock or GC list is shared between the interpreters
+# of a process; `_thread` is then its single-threaded stand-in. Starting a thread is refused (as
+# it was with threads built in and disallowed), and `threading.local` is a plain object: the
+# stand-in's own local hides the methods of subclasses (sympy's global parameters among them).
+import _thread
+def _no_threads(*args, **kwargs):
+    raise RuntimeError("threads are disabled in the sandbox")
+_thread.start_new_thread = _thread.start_new = _thread.start_joinable_thread = _no_threads
+class _local:
+    """Thread-local data, on the only thread there is."""
+    __module__ = "_thread"
+_thread._local = _local
+del _local, _no_threads
+
 class OutputLimitExceeded(BaseException):
     """Raised into user code once a stream passes its hard cap (a print flood).
     A BaseException, so `except Exception` does not swallow it."""
@@ -63,13 +77,36 @@ def begin(stdin, limit, fresh_files):
     sys.stdin = io.StringIO(stdin)
     return (out, err)
 
-_format_exception = None
+# Imported now, and used once, so that formatting a call's error never imports anything: an
+# import that a re-armed interrupt cuts short would leave a half-initialized module behind.
+import traceback as _traceback
+_format_exception = _traceback.format_exception
+try:
+    raise ValueError("warm-up")
+except ValueError as _e:
+    _format_exception(_e)
+    del _e
+
+# A traceback thousands of frames deep (sys.setrecursionlimit(10**6) lets one reach 150,000)
+# takes RustPython tens of seconds to format: past _TB_FRAMES frames only the first ones are
+# formatted, and a last line says how many there were. Shorter ones read as CPython's.
+_TB_FRAMES = 2000
+
+def _format_error(exc):
+    frames, tb = 0, exc.__traceback__
+    while tb is not None and frames <= _TB_FRAMES:
+        frames, tb = frames + 1, tb.tb_next
+    if tb is None:
+        return "".join(_format_exception(exc))
+    while tb is not None:
+        frames, tb = frames + 1, tb.tb_next
+    text = "".join(_format_exception(exc, limit=_TB_FRAMES))
+    return text + f"(the sandbox formatted the first {_TB_FRAMES} of this traceback's {frames} frames)\n"
 
 def finish(streams, value, exc):
     """Echo a trailing expression, format an exception; returns (kind, stdout, stderr) with kind
     "ok", "error", "output_limit" or "memory_limit". (If this is interrupted, the caller reads
     the streams itself.)"""
-    global _format_exception
     out, err = streams
     kind = "ok"
     try:
@@ -89,11 +126,8 @@ def finish(streams, value, exc):
             kind = "error"
             if isinstance(exc, MemoryError):
                 kind = "memory_limit"
-            if _format_exception is None:
-                import traceback
-                _format_exception = traceback.format_exception
             try:
-                text = "".join(_format_exception(exc))
+                text = _format_error(exc)
             except BaseException:
                 text = f"{type(exc).__name__}: {exc}\n"
             err.over = False
@@ -117,21 +151,6 @@ def finish(streams, value, exc):
     if not _keep_files:
         _fs_reset()
     return (kind, out.getvalue(), err.getvalue())
-
-# time.sleep blocks in native code and cannot be interrupted: sleep in short slices instead.
-import time as _time
-_native_sleep = _time.sleep
-def _sliced_sleep(secs):
-    secs = float(secs)
-    if secs < 0:
-        raise ValueError("sleep length must be non-negative")
-    end = _time.monotonic() + secs
-    while True:
-        left = end - _time.monotonic()
-        if left <= 0:
-            return None
-        _native_sleep(min(left, 0.005))
-_time.sleep = _sliced_sleep
 
 # sum() over a range is a native loop that no timeout can stop: use the closed form (exact).
 _native_sum = builtins.sum
@@ -160,8 +179,10 @@ sys.set_int_max_str_digits = _set_int_max_str_digits
 # A regular expression with a repeat nested in a repeat that can split the same text in many
 # ways ((a+)+, (\w+\s?)*, (x+x+)+) backtracks exponentially inside one native call that no
 # timeout reaches: refused when compiled. The repeated body is ambiguous when it holds an
-# unbounded repeat and nothing else it must match, except a literal that the repeats cannot
-# match themselves ((\d+,)* is fine).
+# unbounded repeat and nothing else it must match pins down where the repeats end: a literal
+# that they cannot match themselves ((\d+,)* is fine), an anchor ((.+$\n?)*), or an alternation
+# each of whose alternatives has such a literal ((\.\w+|\[[^]]+\])* is fine, (a|b+)+ is not).
+# Alternatives that overlap without a repeat of their own ((a|aa)+) are not detected.
 import re as _re
 from re import _compiler as _re_compiler, _parser as _re_parser, _constants as _re_c
 _native_re_compile = _re_compiler.compile
@@ -169,7 +190,8 @@ _REPEATS = (_re_c.MAX_REPEAT, _re_c.MIN_REPEAT)
 _CHARS = (_re_c.LITERAL, _re_c.NOT_LITERAL, _re_c.IN, _re_c.ANY, _re_c.CATEGORY, _re_c.RANGE)
 
 def _re_body(items, state):
-    """(unbounded repeats, characters every match needs) of a sequence, groups flattened."""
+    """(unbounded repeats, needs) of a sequence, groups flattened. A need is a character every
+    match takes, an anchor, or ("branch", [(repeats, needs) of each alternative])."""
     repeats, needed = [], []
     for op, av in items:
         if op in _REPEATS:
@@ -185,23 +207,33 @@ def _re_body(items, state):
             repeats += r
             needed += n
         elif op is _re_c.BRANCH:
-            for alt in av[1]:
-                repeats += _re_body(alt.data, state)[0]
+            needed.append(("branch", [_re_body(alt.data, state) for alt in av[1]]))
         elif op in _CHARS:
             needed.append((op, av))
+        elif op is _re_c.AT:
+            # ^, $, \b: a place every match must reach, so the repeats cannot end just anywhere.
+            needed.append(("anchor", av))
     return repeats, needed
+
+def _re_absorbed(need, repeats):
+    """Whether the repeats can match a need themselves (so it does not pin down where they end);
+    an alternation is absorbed when one of its alternatives is, with its own repeats."""
+    op, av = need
+    if op == "branch":
+        return any(all(_re_absorbed(n, repeats + r) for n in ns) for r, ns in av)
+    if op == "anchor":
+        return False
+    if op is not _re_c.LITERAL:
+        return True
+    ch = chr(av)
+    return any(_native_re_compile(r, 0).fullmatch(ch) for r in repeats)
+
+def _re_has_repeats(repeats, needed):
+    return bool(repeats) or any(op == "branch" and any(_re_has_repeats(r, ns) for r, ns in av) for op, av in needed)
 
 def _re_ambiguous(items, state):
     repeats, needed = _re_body(items, state)
-    if not repeats:
-        return False
-    for op, av in needed:
-        if op is not _re_c.LITERAL:
-            continue
-        ch = chr(av)
-        if not any(_native_re_compile(r, 0).fullmatch(ch) for r in repeats):
-            return False
-    return True
+    return _re_has_repeats(repeats, needed) and all(_re_absorbed(n, repeats) for n in needed)
 
 def _re_risky(items, state):
     for op, av in items:
@@ -236,3 +268,68 @@ def _guarded_re_compile(p, flags=0):
                 "(?>...) or a possessive quantifier (a++)")
     return _native_re_compile(p, flags)
 _re_compiler.compile = _guarded_re_compile
+
+# factorial, comb and perm build their results natively (math.comb(10**7, 5 * 10**6) runs for
+# minutes): refused when the result would pass the sandbox's integer size limit (guards.rs,
+# 2**23 bits), as ** and << are. The size comes from lgamma, before anything is computed.
+import math as _math
+_MAX_INT_BITS = 1 << 23
+def _log2_factorial(n):
+    return _math.lgamma(n + 1) / _math.log(2) if n > 1 else 0.0
+def _int_guard(fn, bits):
+    def guarded(*args):
+        try:
+            size = bits(*args)
+        except Exception:
+            size = 0.0
+        if size > _MAX_INT_BITS:
+            raise MemoryError(
+                f"math.{fn.__name__} refused by the sandbox: the result would have about "
+                f"{size * 0.30103:.3e} decimal digits, more than its limit of {_MAX_INT_BITS * 0.30103:.3e}")
+        return fn(*args)
+    guarded.__name__ = guarded.__qualname__ = fn.__name__
+    guarded.__doc__ = fn.__doc__
+    return guarded
+def _comb_bits(n, k):
+    n, k = int(n), int(k)
+    if k < 0 or k > n:
+        return 0.0
+    return _log2_factorial(n) - _log2_factorial(k) - _log2_factorial(n - k)
+def _perm_bits(n, k=None):
+    n = int(n)
+    if k is None:
+        return _log2_factorial(n)
+    k = int(k)
+    if k < 0 or k > n:
+        return 0.0
+    return _log2_factorial(n) - _log2_factorial(n - k)
+_math.factorial = _int_guard(_math.factorial, lambda n: _log2_factorial(int(n)))
+_math.comb = _int_guard(_math.comb, _comb_bits)
+_math.perm = _int_guard(_math.perm, _perm_bits)
+
+# Code objects from bytes would run bytecode written by hand, which RustPython does not verify
+# (guards.rs refuses building them the other ways). Modules are compiled from source, never read
+# from .pyc files (a cache tag of None makes importlib skip them), so nothing legitimate loads
+# code through marshal here.
+import marshal as _marshal
+sys.implementation.cache_tag = None
+_native_marshal_loads = _marshal.loads
+def _holds_code(obj, depth=0):
+    if isinstance(obj, type(_holds_code.__code__)):
+        return True
+    if depth < 32 and isinstance(obj, (tuple, list, frozenset, set)):
+        return any(_holds_code(x, depth + 1) for x in obj)
+    if depth < 32 and isinstance(obj, dict):
+        return any(_holds_code(k, depth + 1) or _holds_code(v, depth + 1) for k, v in obj.items())
+    return False
+def _marshal_loads(data, /, *args, **kwargs):
+    obj = _native_marshal_loads(data, *args, **kwargs)
+    if _holds_code(obj):
+        raise ValueError("marshal.loads of code objects is disabled in the sandbox: bytecode written by hand can crash the interpreter")
+    return obj
+_marshal_loads.__name__ = _marshal_loads.__qualname__ = "loads"
+_marshal.loads = _marshal_loads
+def _marshal_load(file, /, *args, **kwargs):
+    return _marshal_loads(file.read(), *args, **kwargs)
+_marshal_load.__name__ = _marshal_load.__qualname__ = "load"
+_marshal.load = _marshal_load
