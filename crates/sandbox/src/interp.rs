@@ -128,8 +128,6 @@ pub struct Runner {
     interp: Interpreter,
     begin: PyObjectRef,
     finish: PyObjectRef,
-    /// `_imp.lock_held` and `_imp.release_lock`: see [`Runner::release_import_lock`].
-    import_lock: (PyObjectRef, PyObjectRef),
     sender: UserSignalSender,
     config: InterpreterConfig,
     /// Globals shared by the calls of a session (see [`Runner::run_session`]).
@@ -140,11 +138,6 @@ impl Runner {
     /// Builds an interpreter: stdlib without any host access, the `posix` shim, threads and
     /// sub-interpreters disabled, the prelude, the optional package folder and preloads.
     pub fn new(config: &InterpreterConfig) -> Result<Self, InterpreterError> {
-        // Builds import modules through RustPython's process-global import lock. A suite run
-        // once hung with two in-process builds on different threads waiting on that lock, so
-        // builds in one process take turns (a build is tens of milliseconds, once per worker).
-        static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _turn = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
         let (sender, receiver) = user_signal_channel();
         let mut settings = Settings::default();
         settings.install_signal_handlers = false;
@@ -169,7 +162,7 @@ impl Runner {
             })
             .interpreter();
 
-        let (begin, finish, import_lock) = interp.enter(|vm| -> Result<_, InterpreterError> {
+        let (begin, finish) = interp.enter(|vm| -> Result<_, InterpreterError> {
             let fail = |stage: &'static str| move |exc| InterpreterError { stage, message: format_exception(vm, exc) };
             crate::guards::install(vm).map_err(fail("installing the native-work guards"))?;
             let scope = vm.new_scope_with_builtins();
@@ -189,12 +182,9 @@ impl Runner {
             }
             let begin = scope.globals.get_item("begin", vm).map_err(fail("reading the prelude"))?;
             let finish = scope.globals.get_item("finish", vm).map_err(fail("reading the prelude"))?;
-            let imp = vm.import(&vm.ctx.new_str("_imp"), 0).map_err(fail("reading the import lock"))?;
-            let held = imp.get_attr("lock_held", vm).map_err(fail("reading the import lock"))?;
-            let release = imp.get_attr("release_lock", vm).map_err(fail("reading the import lock"))?;
-            Ok((begin, finish, (held, release)))
+            Ok((begin, finish))
         })?;
-        Ok(Runner { interp, begin, finish, import_lock, sender, config: config.clone(), session_globals: RefCell::new(None) })
+        Ok(Runner { interp, begin, finish, sender, config: config.clone(), session_globals: RefCell::new(None) })
     }
 
     /// Runs one call. Returns the result and whether this interpreter must be replaced before an
@@ -253,7 +243,6 @@ impl Runner {
         guard.active.store(false, Ordering::Release);
         let over_budget = guard.budget.tripped();
         let elapsed_us = start.elapsed().as_micros() as u64;
-        self.release_import_lock();
         match outcome {
             Ok(Ok((kind, stdout, stderr))) => {
                 // A flood that also outran the clock is reported as the flood.
@@ -294,28 +283,6 @@ impl Runner {
                 (ToolResult::failure(Status::Crashed, format!("the interpreter crashed: {what}"), elapsed_us), true)
             }
         }
-    }
-
-    /// Lets go of RustPython's process-wide import lock where the call left this thread holding
-    /// it. No import legitimately spans the end of a call, but one that ends abnormally can leave
-    /// the lock taken: the timeout interrupt raises at every instruction until the call ends, so
-    /// importlib can be hit between taking the lock and releasing it, and a panic unwinds past
-    /// it. The lock is reentrant, so this thread would never notice, while every other
-    /// interpreter of the process would wait at its next import. Defensive: the suite hung twice
-    /// with several in-process interpreters in exactly that state (gdb: builds waiting for the
-    /// lock, no live thread holding it), 1 of 6 runs of the in-process and queue tests without
-    /// this against 0 of 8 with it, and no single scenario tried reproduced a leak. Runs once the
-    /// call's interrupts are off; `release_lock` refuses a lock another thread holds.
-    fn release_import_lock(&self) {
-        let (held, release) = &self.import_lock;
-        self.interp.enter(|vm| {
-            for _ in 0..1024 {
-                let still = held.call((), vm).is_ok_and(|h| h.try_to_bool(vm).unwrap_or(false));
-                if !still || release.call((), vm).is_err() {
-                    break;
-                }
-            }
-        });
     }
 
     fn run_in_vm(
