@@ -10,8 +10,7 @@
 //!   and `itertools` iterators check the call's deadline and memory budget every
 //!   [`CHECK_EVERY`] items and raise the call's interrupt;
 //! - integer powers and left shifts whose result would have more than [`MAX_INT_BITS`] bits are
-//!   refused with `MemoryError` before they run (`7 ** 10**8` would take minutes).
-//!
+//!   refused with `MemoryError` before they run (`7 ** 10**8` would take minutes);
 //! - `time.sleep` sleeps in slices and looks at the call's deadline between them (replaced in
 //!   each interpreter: modules are not shared);
 //! - bytecode written by hand: RustPython does not verify bytecode, and running a crafted

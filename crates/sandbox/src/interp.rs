@@ -135,8 +135,9 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// Builds an interpreter: stdlib without any host access, the `posix` shim, threads and
-    /// sub-interpreters disabled, the prelude, the optional package folder and preloads.
+    /// Builds an interpreter: stdlib without any host access, the `posix` shim, sub-interpreters
+    /// removed (and thread starts refused by the prelude), the prelude, the optional package
+    /// folder and preloads.
     pub fn new(config: &InterpreterConfig) -> Result<Self, InterpreterError> {
         let (sender, receiver) = user_signal_channel();
         let mut settings = Settings::default();
@@ -155,7 +156,6 @@ impl Runner {
                 vm.set_user_signal_channel(receiver);
                 let state = rustpython_vm::common::rc::PyRc::get_mut(&mut vm.state)
                     .expect("the VM state is not shared before initialization");
-                state.feature_flags.allow_threads = false;
                 for name in ["_interpreters", "_interpchannels", "_interpqueues"] {
                     state.module_defs.remove(name);
                 }
