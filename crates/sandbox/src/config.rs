@@ -22,7 +22,8 @@ pub struct Limits {
     /// [`crate::BudgetAllocator`] (in-process and in worker processes alike); a worker process
     /// also gets an address-space limit (this plus 1 GiB where calls are counted, else this).
     pub memory_bytes: u64,
-    /// Python recursion limit (default 1000, as CPython).
+    /// Python recursion limit (default 1000, as CPython; at most 50,000, which is also the most
+    /// `sys.setrecursionlimit` grants a call).
     pub recursion_limit: u32,
     /// Largest accepted source or stdin, in bytes (default 1 MiB); larger calls are `invalid_input`.
     pub max_input_bytes: usize,
