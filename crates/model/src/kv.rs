@@ -100,6 +100,10 @@ impl Model {
     /// each chunk, the logits [V] after its last token. One forward over all new tokens of all
     /// sequences; each attends to its own sequence's cached prefix. Chunks must be non-empty.
     pub fn extend(&self, cache: &mut KvCache, seqs: &[SeqId], chunks: &[&[u32]]) -> Result<Vec<Vec<f32>>, KvError> {
+        crate::cpu::on_pool(|| self.extend_here(cache, seqs, chunks))
+    }
+
+    fn extend_here(&self, cache: &mut KvCache, seqs: &[SeqId], chunks: &[&[u32]]) -> Result<Vec<Vec<f32>>, KvError> {
         assert_eq!(seqs.len(), chunks.len(), "extend: {} sequences, {} chunks", seqs.len(), chunks.len());
         assert!(chunks.iter().all(|c| !c.is_empty()), "extend: empty chunk");
         let needed: usize = chunks.iter().map(|c| c.len()).sum();

@@ -12,6 +12,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod aligned;
 pub mod config;
 pub mod cpu;
 pub mod gguf;

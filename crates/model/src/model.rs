@@ -358,6 +358,10 @@ impl Model {
 
     /// Training forward over a packed batch; returns the activations with logits [N, V].
     pub fn forward(&self, batch: &Batch) -> Forward {
+        crate::cpu::on_pool(|| self.forward_here(batch))
+    }
+
+    fn forward_here(&self, batch: &Batch) -> Forward {
         let c = &self.config;
         let (n, d, f, v) = (batch.len(), c.hidden_size, c.intermediate_size, c.vocab_size);
         let heads = self.heads();
@@ -430,6 +434,10 @@ impl Model {
     /// Backward from d(loss)/d(logprob) per row (of the targets given to
     /// [`Forward::logprobs`]); accumulates into `grads`.
     pub fn backward(&self, fwd: &Forward, dlogprob: &[f32], grads: &mut Params) {
+        crate::cpu::on_pool(|| self.backward_here(fwd, dlogprob, grads));
+    }
+
+    fn backward_here(&self, fwd: &Forward, dlogprob: &[f32], grads: &mut Params) {
         let c = &self.config;
         let (n, d, f, v) = (fwd.n, c.hidden_size, c.intermediate_size, c.vocab_size);
         assert_eq!(dlogprob.len(), n, "backward: dlogprob has {} rows, forward had {n}", dlogprob.len());

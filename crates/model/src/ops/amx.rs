@@ -20,6 +20,7 @@
 
 use std::arch::asm;
 
+use crate::aligned::AlignedVec;
 use crate::ops::bf16::{KBLOCK, PANEL, TILE, padded_k, round_row};
 
 /// How far ahead of the k-block being multiplied each half's weights are prefetched, in bytes
@@ -61,9 +62,9 @@ unsafe fn release() {
 /// The activations as A tiles: x rounded to bf16 (nearest even, [`round_row`]), rows in groups of 16 (the
 /// last zero-padded), each group `kp / 32` tiles of 16 rows x 32 values stored contiguously
 /// (a tile load then reads 1 KiB in a row rather than 16 lines a row of x apart).
-pub fn activation_tiles(x: &[f32], m: usize, k: usize) -> Vec<u16> {
+pub fn activation_tiles(x: &[f32], m: usize, k: usize) -> AlignedVec<u16> {
     let blocks = padded_k(k) / KBLOCK;
-    let mut a = vec![0u16; m.div_ceil(16) * blocks * TILE];
+    let mut a = AlignedVec::zeroed(m.div_ceil(16) * blocks * TILE);
     for i in 0..m {
         let (g, r) = (i / 16, i % 16);
         for b in 0..blocks {
@@ -90,7 +91,7 @@ pub unsafe fn panels(out: *mut f32, a: &[u16], w: &[u16], m: usize, n: usize, k:
     let groups = m.div_ceil(16);
     debug_assert!(a.len() >= groups * blocks * TILE && w.len() >= p1 * kp * PANEL);
     // Sums of one pass: up to 32 rows (two A tiles) x 32 columns.
-    let mut sums = [0.0f32; 32 * PANEL];
+    let mut sums = Sums([0.0f32; 32 * PANEL]);
     // SAFETY: the caller's guarantees; every tile load reads 16 rows of 64 bytes inside `a` or
     // `w` (offsets from the layouts above), every store 16 rows of 64 bytes inside `sums`.
     unsafe {
@@ -153,7 +154,7 @@ pub unsafe fn panels(out: *mut f32, a: &[u16], w: &[u16], m: usize, n: usize, k:
                         );
                     }
                 }
-                let c = sums.as_mut_ptr();
+                let c = sums.0.as_mut_ptr();
                 asm!(
                     "tilestored [{c0} + {s}*1], tmm0",
                     "tilestored [{c1} + {s}*1], tmm1",
@@ -167,13 +168,17 @@ pub unsafe fn panels(out: *mut f32, a: &[u16], w: &[u16], m: usize, n: usize, k:
                     options(nostack),
                 );
                 for i in 0..32.min(m - g * 16) {
-                    std::ptr::copy_nonoverlapping(sums.as_ptr().add(i * PANEL), out.add((g * 16 + i) * n + p * PANEL), cols);
+                    std::ptr::copy_nonoverlapping(sums.0.as_ptr().add(i * PANEL), out.add((g * 16 + i) * n + p * PANEL), cols);
                 }
             }
         }
         release();
     }
 }
+
+/// The tile sums of one pass, each tile row a whole cache line.
+#[repr(C, align(64))]
+struct Sums([f32; 32 * PANEL]);
 
 /// `steps` x four independent tile products on zeroed tiles (the bench's AMX peak).
 pub fn peak_loop(steps: u64) {

@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use super::matmul::gemm_strided;
+use super::matmul::gemm_strided_serial;
 use crate::simd::{self, Kernel, Simd, dispatch};
 
 /// Head layout.
@@ -77,11 +77,11 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32],
             let kvh = h / g;
             let (qo, ko) = (s * qrow + h * d, s * kvrow + kvh * d);
             let mut p = vec![0.0f32; len * len];
-            gemm_strided(&mut p, &q[qo..], qrow, 1, &k[ko..], 1, kvrow, len, len, d, false);
+            gemm_strided_serial(&mut p, &q[qo..], qrow, 1, &k[ko..], 1, kvrow, len, len, d, false);
             let mut lse_l = vec![0.0f32; len];
             dispatch(isa, CausalSoftmax { p: &mut p, lse: &mut lse_l, len, scale });
             let mut o = vec![0.0f32; len * d];
-            gemm_strided(&mut o, &p, len, 1, &v[ko..], kvrow, 1, len, d, len, false);
+            gemm_strided_serial(&mut o, &p, len, 1, &v[ko..], kvrow, 1, len, d, len, false);
             (o, lse_l)
         })
         .collect();
@@ -194,15 +194,15 @@ pub fn attention_backward(
             let (qo, ko) = (s * qrow + h * d, s * kvrow + kvh * d);
             let mut p = vec![0.0f32; len * len];
             let mut dp = vec![0.0f32; len * len];
-            gemm_strided(&mut p, &q[qo..], qrow, 1, &k[ko..], 1, kvrow, len, len, d, false);
-            gemm_strided(&mut dp, &dout[qo..], qrow, 1, &v[ko..], 1, kvrow, len, len, d, false);
+            gemm_strided_serial(&mut p, &q[qo..], qrow, 1, &k[ko..], 1, kvrow, len, len, d, false);
+            gemm_strided_serial(&mut dp, &dout[qo..], qrow, 1, &v[ko..], 1, kvrow, len, len, d, false);
             let rows: Vec<(f32, f32)> = (s..s + len).map(|row| (delta[row * heads.q + h], lse[row * heads.q + h])).collect();
             dispatch(isa, CausalSoftmaxGrad { p: &mut p, dp: &mut dp, rows: &rows, scale });
             // dp now holds scale * dS.
             let (mut dq_l, mut dk_l, mut dv_l) = (vec![0.0f32; len * d], vec![0.0f32; len * d], vec![0.0f32; len * d]);
-            gemm_strided(&mut dq_l, &dp, len, 1, &k[ko..], kvrow, 1, len, d, len, false);
-            gemm_strided(&mut dk_l, &dp, 1, len, &q[qo..], qrow, 1, len, d, len, false);
-            gemm_strided(&mut dv_l, &p, 1, len, &dout[qo..], qrow, 1, len, d, len, false);
+            gemm_strided_serial(&mut dq_l, &dp, len, 1, &k[ko..], kvrow, 1, len, d, len, false);
+            gemm_strided_serial(&mut dk_l, &dp, 1, len, &q[qo..], qrow, 1, len, d, len, false);
+            gemm_strided_serial(&mut dv_l, &p, 1, len, &dout[qo..], qrow, 1, len, d, len, false);
             (dq_l, dk_l, dv_l)
         })
         .collect();

@@ -21,6 +21,8 @@
 
 use half::bf16;
 
+use crate::aligned::AlignedVec;
+
 /// Output columns per panel.
 pub const PANEL: usize = 32;
 /// Inputs per k-block (16 pairs).
@@ -40,11 +42,11 @@ pub fn padded_k(k: usize) -> usize {
 }
 
 /// Packs `w` (`[n, k]` row-major) as bf16 (round to nearest even) in the layout above.
-pub fn pack(w: &[f32], n: usize, k: usize) -> Vec<u16> {
+pub fn pack(w: &[f32], n: usize, k: usize) -> AlignedVec<u16> {
     use rayon::prelude::*;
     let kp = padded_k(k);
     let panels = n.div_ceil(PANEL);
-    let mut out = vec![0u16; panels * kp * PANEL];
+    let mut out = AlignedVec::zeroed(panels * kp * PANEL);
     out.par_chunks_mut(kp * PANEL).enumerate().for_each(|(p, panel)| {
         let blocks = kp / KBLOCK;
         for (half, halfdata) in panel.chunks_mut(blocks * TILE).enumerate() {

@@ -16,6 +16,7 @@
 use half::f16;
 use rayon::prelude::*;
 
+use crate::aligned::AlignedVec;
 use crate::cpu::{Isa, isa};
 use crate::model::DecodeWeights;
 use crate::simd::{Kernel, Simd, dispatch};
@@ -37,11 +38,11 @@ pub struct PackedWeight {
 
 #[derive(Debug, Clone, PartialEq)]
 enum Packed {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
+    F32(AlignedVec<f32>),
+    F16(AlignedVec<f16>),
     /// Pair-interleaved bf16 panels ([`crate::ops::bf16::pack`]), only where
     /// [`crate::cpu::amx`] or [`crate::cpu::avx512_bf16`] is true.
-    Bf16(Vec<u16>),
+    Bf16(AlignedVec<u16>),
 }
 
 impl PackedWeight {
@@ -63,8 +64,8 @@ impl PackedWeight {
         };
         let len = panels * k * PANEL;
         let data = match dtype {
-            DecodeWeights::F32 => Packed::F32((0..len).into_par_iter().map(value).collect()),
-            DecodeWeights::F16 | DecodeWeights::Bf16 => Packed::F16((0..len).into_par_iter().map(|i| f16::from_f32(value(i))).collect()),
+            DecodeWeights::F32 => Packed::F32(AlignedVec::from_fn(len, value)),
+            DecodeWeights::F16 | DecodeWeights::Bf16 => Packed::F16(AlignedVec::from_fn(len, |i| f16::from_f32(value(i)))),
         };
         PackedWeight { n, k, data }
     }
@@ -140,8 +141,8 @@ pub fn matmul_packed_on(isa: Isa, out: &mut [f32], x: &[f32], w: &PackedWeight, 
     let (tiles, pairs) = match &w.data {
         Packed::Bf16(_) if amx => (crate::ops::amx::activation_tiles(x, m, k), Vec::new()),
         // SAFETY: bf16 weights without AMX mean AVX-512 BF16 (and BW) is usable.
-        Packed::Bf16(_) => (Vec::new(), unsafe { crate::ops::bf16::activation_pairs(x, m, k) }),
-        _ => (Vec::new(), Vec::new()),
+        Packed::Bf16(_) => (AlignedVec::zeroed(0), unsafe { crate::ops::bf16::activation_pairs(x, m, k) }),
+        _ => (AlignedVec::zeroed(0), Vec::new()),
     };
     let run = |t: usize| {
         let (p0, p1) = (t * per_task, ((t + 1) * per_task).min(panels));
@@ -155,7 +156,7 @@ pub fn matmul_packed_on(isa: Isa, out: &mut [f32], x: &[f32], w: &PackedWeight, 
             _ => dispatch(isa, Panels { out: dst, x, w, m, p0, p1 }),
         }
     };
-    if threads < 2 || tasks < 2 || m * n * k < 1 << 15 || rayon::current_thread_index().is_some() {
+    if threads < 2 || tasks < 2 || m * n * k < 1 << 15 {
         (0..tasks).for_each(run);
     } else {
         (0..tasks).into_par_iter().for_each(run);

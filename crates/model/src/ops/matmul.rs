@@ -14,6 +14,18 @@ pub const SMALL_M: usize = 64;
 /// (p, j) of B is `b[p * b_rs + j * b_cs]`: transposes are just strides. `c` is row-major.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_strided(c: &mut [f32], a: &[f32], a_rs: usize, a_cs: usize, b: &[f32], b_rs: usize, b_cs: usize, m: usize, n: usize, k: usize, accumulate: bool) {
+    gemm_strided_with(true, c, a, a_rs, a_cs, b, b_rs, b_cs, m, n, k, accumulate);
+}
+
+/// [`gemm_strided`] on the calling thread alone: for products that are themselves items of a
+/// parallel loop (attention's per-head products).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_strided_serial(c: &mut [f32], a: &[f32], a_rs: usize, a_cs: usize, b: &[f32], b_rs: usize, b_cs: usize, m: usize, n: usize, k: usize, accumulate: bool) {
+    gemm_strided_with(false, c, a, a_rs, a_cs, b, b_rs, b_cs, m, n, k, accumulate);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_strided_with(parallel: bool, c: &mut [f32], a: &[f32], a_rs: usize, a_cs: usize, b: &[f32], b_rs: usize, b_cs: usize, m: usize, n: usize, k: usize, accumulate: bool) {
     assert!(c.len() >= m * n, "matmul: output has {} elements, needs {m}x{n}", c.len());
     if m == 0 || n == 0 || k == 0 {
         if !accumulate {
@@ -24,9 +36,8 @@ pub(crate) fn gemm_strided(c: &mut [f32], a: &[f32], a_rs: usize, a_cs: usize, b
     assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs, "matmul: lhs too small for {m}x{k}");
     assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs, "matmul: rhs too small for {k}x{n}");
     let threads = rayon::current_num_threads();
-    // Small products, and products inside a parallel loop (attention's per-head products), run
-    // on the calling thread.
-    if threads < 2 || m * n * k < 1 << 18 || rayon::current_thread_index().is_some() {
+    // Small products run on the calling thread (so do products inside a parallel loop).
+    if !parallel || threads < 2 || m * n * k < 1 << 18 {
         // SAFETY: the asserts above keep every strided access inside the slices.
         unsafe { gemm_raw(c.as_mut_ptr(), n, a.as_ptr(), a_rs, a_cs, b.as_ptr(), b_rs, b_cs, m, n, k, accumulate, Parallelism::None) };
         return;
