@@ -322,6 +322,9 @@ unsafe fn decode_scores<S: Simd>(q: &[f32], keys: &[f32], kvh: usize, heads: Hea
     }
 }
 
+/// Independent partial sums per head in [`decode_scores_h`] (4 FMAs in flight per head).
+const CHAINS: usize = 4;
+
 #[inline(always)]
 unsafe fn decode_scores_h<S: Simd, const H: usize>(q: &[f32], keys: &[f32], kvh: usize, heads: Heads, padded: usize, scores: &mut [f32]) {
     let (d, width) = (heads.dim, heads.kv * heads.dim);
@@ -332,15 +335,29 @@ unsafe fn decode_scores_h<S: Simd, const H: usize>(q: &[f32], keys: &[f32], kvh:
             // SAFETY: block < padded / 16, so base + (d - 1) * 16 + 16 <= keys.len(); q holds
             // H heads of d; scores H rows of `padded`.
             unsafe {
-                let mut acc = [S::zero(); H];
-                for c in 0..d {
-                    let kv = S::load(keys.as_ptr().add(base + c * KEY_BLOCK + v * S::LANES));
+                // CHAINS sums per head over interleaved dimensions: one sum per head would be a
+                // chain of d dependent FMAs, bound by their latency rather than throughput.
+                let mut acc = [[S::zero(); CHAINS]; H];
+                let key = |c: usize| S::load(keys.as_ptr().add(base + c * KEY_BLOCK + v * S::LANES));
+                let mut c0 = 0;
+                while c0 + CHAINS <= d {
+                    for j in 0..CHAINS {
+                        let kv = key(c0 + j);
+                        for h in 0..H {
+                            acc[h][j] = S::fmadd(S::splat(*q.get_unchecked(h * d + c0 + j)), kv, acc[h][j]);
+                        }
+                    }
+                    c0 += CHAINS;
+                }
+                for c in c0..d {
+                    let kv = key(c);
                     for h in 0..H {
-                        acc[h] = S::fmadd(S::splat(*q.get_unchecked(h * d + c)), kv, acc[h]);
+                        acc[h][0] = S::fmadd(S::splat(*q.get_unchecked(h * d + c)), kv, acc[h][0]);
                     }
                 }
                 for h in 0..H {
-                    S::store(scores.as_mut_ptr().add(h * padded + block * KEY_BLOCK + v * S::LANES), acc[h]);
+                    let sum = S::add(S::add(acc[h][0], acc[h][1]), S::add(acc[h][2], acc[h][3]));
+                    S::store(scores.as_mut_ptr().add(h * padded + block * KEY_BLOCK + v * S::LANES), sum);
                 }
             }
         }
