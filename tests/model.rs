@@ -109,6 +109,8 @@ fn kv_cache_against_forward(model: &Model) -> f32 {
     // Prefill different lengths, then decode one token each, then append chunks to one, past a
     // 16-position key block.
     let l0 = model.extend(&mut cache, &[0, 1], &[&full[0][..4], &full[1][..3]]).unwrap();
+    // bf16 decoding keeps its cache in bf16, every other type in f32.
+    assert_eq!(cache.is_bf16(), model.decode_weights().map(DecodeWeights::on_this_cpu) == Some(DecodeWeights::Bf16));
     let l1 = model.extend(&mut cache, &[0, 1], &[&full[0][4..5], &full[1][3..4]]).unwrap();
     let l2 = model.extend(&mut cache, &[0], &[&full[0][5..7]]).unwrap();
     let l3 = model.extend(&mut cache, &[0], &[&full[0][7..22]]).unwrap();

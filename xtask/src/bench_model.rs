@@ -201,15 +201,13 @@ pub fn run(python: &str) -> anyhow::Result<()> {
     } else {
         None
     };
-    let c = &model.config;
-    let kv_bytes_per_token = 2 * c.num_hidden_layers * c.kv_heads() * c.head_dim() * 4;
     println!("\nsmollm2-135m ({}) greedy decoding, prompt {prompt_len}, {steps} steps (best of 3 runs, both sides)", if pretrained { "imported weights" } else { "random weights" });
     println!("{:<8} {:<8} {:>10} {:>12} {:>10} {:>12} {:>8}", "batch", "weights", "tok/s", "bound tok/s", "of bound", "PyTorch f32", "ratio");
     for &dtype in &decode_types {
         model.set_decode_weights(dtype);
         for (i, &b) in batches.iter().enumerate() {
             let ours = decode_tokens_per_s(&model, b, prompt_len, steps);
-            let bytes = model.decode_bytes() + b * (prompt_len + steps / 2) * kv_bytes_per_token;
+            let bytes = model.decode_bytes() + b * (prompt_len + steps / 2) * KvCache::bytes_per_token(&model);
             let bound = b as f64 / (bytes as f64 / (bandwidth * 1e9));
             let t = theirs.as_ref().and_then(|t| t.get(i).copied());
             println!("{b:<8} {:<8} {ours:>10.1} {bound:>12.1} {:>9.0}% {:>12} {:>8}", dtype.name(), 100.0 * ours / bound, fmt(t), ratio(ours, t));

@@ -123,9 +123,9 @@ impl Policy {
         let c = self.config();
         let width = c.kv_heads() * c.head_dim();
         match self {
-            Policy::Cpu { .. } => {
+            Policy::Cpu { model, .. } => {
                 let available = available_memory_bytes().unwrap_or(8 << 30);
-                available / 4 / (2 * c.num_hidden_layers * width * 4).max(1)
+                available / 4 / rstar2_model::KvCache::bytes_per_token(model).max(1)
             }
             Policy::Gpu { model, .. } => {
                 let blocks = (model.gpu.binding_limit() as usize / (width * 4 * crate::kv::BLOCK).max(1)).saturating_sub(256);

@@ -5,8 +5,10 @@
 
 use std::collections::HashMap;
 
-use crate::model::Model;
-use crate::ops::attention::{attention_decode, write_key};
+use half::bf16;
+
+use crate::model::{DecodeWeights, Model};
+use crate::ops::attention::{Heads, KvElem, attention_decode, write_key, write_value};
 use crate::ops::embedding::embedding_forward;
 use crate::ops::matmul::{linear_forward_packed, linear_forward_stacked};
 use crate::ops::rmsnorm::rmsnorm_forward;
@@ -41,25 +43,42 @@ pub enum KvError {
     },
 }
 
-struct SeqCache {
+struct SeqCache<T> {
     /// Per layer: keys (after RoPE, in the blocked layout of `write_key`) and values (rows of
     /// `kv_heads * head_dim`).
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<Vec<T>>,
+    v: Vec<Vec<T>>,
     len: usize,
 }
 
-/// Keys and values of many sequences, with a capacity in tokens.
+/// The sequences, all in one element type.
+enum Store {
+    F32(HashMap<SeqId, SeqCache<f32>>),
+    Bf16(HashMap<SeqId, SeqCache<bf16>>),
+}
+
+/// Runs `$body` with `$m` bound to the store's map, whichever its element type.
+macro_rules! on_store {
+    ($store:expr, $m:ident => $body:expr) => {
+        match $store {
+            Store::F32($m) => $body,
+            Store::Bf16($m) => $body,
+        }
+    };
+}
+
+/// Keys and values of many sequences, with a capacity in tokens. The element type follows the
+/// model ([`Model::kv_cache_bf16`]), chosen when the cache holds no sequence.
 pub struct KvCache {
     capacity: usize,
     used: usize,
-    seqs: HashMap<SeqId, SeqCache>,
+    store: Store,
 }
 
 impl KvCache {
     /// An empty cache holding at most `capacity` tokens over all sequences.
     pub fn new(capacity: usize) -> Self {
-        KvCache { capacity, used: 0, seqs: HashMap::new() }
+        KvCache { capacity, used: 0, store: Store::F32(HashMap::new()) }
     }
 
     /// The capacity in tokens.
@@ -74,28 +93,63 @@ impl KvCache {
 
     /// Tokens cached for `seq` (0 if unknown).
     pub fn len(&self, seq: SeqId) -> usize {
-        self.seqs.get(&seq).map_or(0, |s| s.len)
+        on_store!(&self.store, m => m.get(&seq).map_or(0, |s| s.len))
     }
 
     /// Whether no sequence is cached.
     pub fn is_empty(&self) -> bool {
-        self.seqs.is_empty()
+        on_store!(&self.store, m => m.is_empty())
     }
 
     /// Frees a sequence's tokens.
     pub fn release(&mut self, seq: SeqId) {
-        if let Some(s) = self.seqs.remove(&seq) {
-            self.used -= s.len;
+        if let Some(len) = on_store!(&mut self.store, m => m.remove(&seq).map(|s| s.len)) {
+            self.used -= len;
         }
     }
 
-    /// Bytes one cached token takes (f32 keys and values of every layer).
+    /// Bytes one cached token takes (keys and values of every layer, f32 or bf16 as
+    /// [`Model::kv_cache_bf16`] says).
     pub fn bytes_per_token(model: &Model) -> usize {
-        2 * model.config.num_hidden_layers * model.config.kv_heads() * model.config.head_dim() * 4
+        let element = if model.kv_cache_bf16() { 2 } else { 4 };
+        2 * model.config.num_hidden_layers * model.config.kv_heads() * model.config.head_dim() * element
+    }
+
+    /// Whether keys and values are held in bf16.
+    pub fn is_bf16(&self) -> bool {
+        matches!(self.store, Store::Bf16(_))
     }
 }
 
+/// Layer `l`'s new keys and values (rows `k`, `vv`, of the sequences `owners` at `positions`)
+/// into the cache, then each row's query in `q` against its sequence's cache up to its position.
+#[allow(clippy::too_many_arguments)]
+fn cache_and_attend<T: KvElem>(map: &mut HashMap<SeqId, SeqCache<T>>, l: usize, owners: &[SeqId], positions: &[usize], k: &[f32], vv: &[f32], q: &[f32], att: &mut [f32], heads: Heads) {
+    let kd = heads.kv * heads.dim;
+    for (r, (s, &pos)) in owners.iter().zip(positions).enumerate() {
+        let sc = map.get_mut(s).expect("inserted before the layers");
+        write_key(&mut sc.k[l], &k[r * kd..(r + 1) * kd], pos);
+        write_value(&mut sc.v[l], &vv[r * kd..(r + 1) * kd]);
+    }
+    let views: Vec<(&[T], &[T], usize)> = owners
+        .iter()
+        .zip(positions)
+        .map(|(s, &pos)| {
+            let sc = &map[s];
+            (sc.k[l].as_slice(), sc.v[l].as_slice(), pos + 1)
+        })
+        .collect();
+    attention_decode(att, q, &views, heads);
+}
+
 impl Model {
+    /// Whether cached inference keeps keys and values in bf16: with bf16 decode weights (as
+    /// this CPU stores them: [`DecodeWeights::on_this_cpu`]), as vLLM keeps a bf16 model's cache
+    /// in bf16; else f32, so f32 and f16 decoding attend exactly as the training forward does.
+    pub fn kv_cache_bf16(&self) -> bool {
+        self.decode_weights().map(DecodeWeights::on_this_cpu) == Some(DecodeWeights::Bf16)
+    }
+
     /// Appends `chunks[b]` to sequence `seqs[b]`'s cache (creating it if new) and returns, for
     /// each chunk, the logits [V] after its last token. One forward over all new tokens of all
     /// sequences; each attends to its own sequence's cached prefix. Chunks must be non-empty.
@@ -134,9 +188,13 @@ impl Model {
             }
         }
         let layers = self.config.num_hidden_layers;
-        for &s in seqs {
-            cache.seqs.entry(s).or_insert_with(|| SeqCache { k: vec![Vec::new(); layers], v: vec![Vec::new(); layers], len: 0 });
+        if cache.is_empty() && cache.is_bf16() != self.kv_cache_bf16() {
+            cache.store = if self.kv_cache_bf16() { Store::Bf16(HashMap::new()) } else { Store::F32(HashMap::new()) };
         }
+        on_store!(&mut cache.store, m => for &s in seqs {
+            m.entry(s).or_insert_with(|| SeqCache { k: vec![Vec::new(); layers], v: vec![Vec::new(); layers], len: 0 });
+        });
+        let owners: Vec<SeqId> = owner.iter().map(|&b| seqs[b]).collect();
         let mut x = vec![0.0; n * d];
         embedding_forward(&mut x, &tokens, &self.params.data[self.wte], d);
         let (mut h, mut rstd) = (vec![0.0; n * d], vec![0.0; n]);
@@ -159,20 +217,7 @@ impl Model {
             }
             rope_forward(&mut q, &positions, &self.rope, heads.q);
             rope_forward(&mut k, &positions, &self.rope, heads.kv);
-            for r in 0..n {
-                let sc = cache.seqs.get_mut(&seqs[owner[r]]).expect("inserted above");
-                write_key(&mut sc.k[l], &k[r * kd..(r + 1) * kd], positions[r]);
-                sc.v[l].extend_from_slice(&vv[r * kd..(r + 1) * kd]);
-            }
-            {
-                let views: Vec<(&[f32], &[f32], usize)> = (0..n)
-                    .map(|r| {
-                        let sc = &cache.seqs[&seqs[owner[r]]];
-                        (sc.k[l].as_slice(), sc.v[l].as_slice(), positions[r] + 1)
-                    })
-                    .collect();
-                attention_decode(&mut att, &q, &views, heads);
-            }
+            on_store!(&mut cache.store, m => cache_and_attend(m, l, &owners, &positions, &k, &vv, &q, &mut att, heads));
             linear_forward_packed(&mut o, &att, w(li.o), hw(li.o), wo(li.ob), n, qd, d);
             for (xi, oi) in x.iter_mut().zip(&o) {
                 *xi += oi;
@@ -185,9 +230,9 @@ impl Model {
                 *xi += oi;
             }
         }
-        for (&s, ch) in seqs.iter().zip(chunks) {
-            cache.seqs.get_mut(&s).expect("inserted above").len += ch.len();
-        }
+        on_store!(&mut cache.store, m => for (s, ch) in seqs.iter().zip(chunks) {
+            m.get_mut(s).expect("inserted before the layers").len += ch.len();
+        });
         cache.used += n;
         // Final norm and logits only for each chunk's last row.
         let mut last_rows = Vec::with_capacity(seqs.len() * d);

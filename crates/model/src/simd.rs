@@ -3,7 +3,7 @@
 //! `#[target_feature]` wrapper per set (where the intrinsics then inline), and [`dispatch!`]
 //! picks the wrapper for [`crate::cpu::isa`].
 
-use half::f16;
+use half::{bf16, f16};
 
 /// Vector operations on f32 lanes. Every method is `unsafe`: the CPU must have the set, and
 /// pointers must hold [`Simd::LANES`] elements.
@@ -17,6 +17,8 @@ pub(crate) trait Simd: Copy {
     unsafe fn load(p: *const f32) -> Self::V;
     /// LANES f16 widened to f32.
     unsafe fn load_f16(p: *const f16) -> Self::V;
+    /// LANES bf16 widened to f32 (exact: the high half of each f32).
+    unsafe fn load_bf16(p: *const bf16) -> Self::V;
     unsafe fn store(p: *mut f32, v: Self::V);
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
@@ -54,6 +56,11 @@ impl Simd for Scalar {
     }
     #[inline(always)]
     unsafe fn load_f16(p: *const f16) -> f32 {
+        // SAFETY: the caller's.
+        unsafe { (*p).to_f32() }
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const bf16) -> f32 {
         // SAFETY: the caller's.
         unsafe { (*p).to_f32() }
     }
@@ -156,6 +163,10 @@ mod x86 {
             unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
         }
         #[inline(always)]
+        unsafe fn load_bf16(p: *const half::bf16) -> __m256 {
+            unsafe { _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())))) }
+        }
+        #[inline(always)]
         unsafe fn store(p: *mut f32, v: __m256) {
             unsafe { _mm256_storeu_ps(p, v) }
         }
@@ -245,6 +256,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn load_f16(p: *const f16) -> __m512 {
             unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+        }
+        #[inline(always)]
+        unsafe fn load_bf16(p: *const half::bf16) -> __m512 {
+            unsafe { _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast())))) }
         }
         #[inline(always)]
         unsafe fn store(p: *mut f32, v: __m512) {

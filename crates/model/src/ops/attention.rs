@@ -228,16 +228,59 @@ pub const KEY_BLOCK: usize = 16;
 /// blocks of [`KEY_BLOCK`] positions transposed within the block: element (position p, e) sits
 /// at `(p / 16) * 16 * Hkv * dim + e * 16 + p % 16`, so the scores of 16 positions are one vector
 /// product per dimension, with no horizontal sums.
-pub fn write_key(keys: &mut Vec<f32>, key: &[f32], pos: usize) {
+pub fn write_key<T: KvElem>(keys: &mut Vec<T>, key: &[f32], pos: usize) {
     let width = key.len();
     let (block, slot) = (pos / KEY_BLOCK, pos % KEY_BLOCK);
     if keys.len() < (block + 1) * KEY_BLOCK * width {
-        keys.resize((block + 1) * KEY_BLOCK * width, 0.0);
+        keys.resize((block + 1) * KEY_BLOCK * width, T::from_f32(0.0));
     }
     let base = block * KEY_BLOCK * width + slot;
     for (e, &x) in key.iter().enumerate() {
-        keys[base + e * KEY_BLOCK] = x;
+        keys[base + e * KEY_BLOCK] = T::from_f32(x);
     }
+}
+
+/// Appends the value row `value` (`[Hkv * dim]`) to a sequence's values.
+pub fn write_value<T: KvElem>(values: &mut Vec<T>, value: &[f32]) {
+    values.extend(value.iter().map(|&x| T::from_f32(x)));
+}
+
+/// The element type of a decoding cache's keys and values: f32, or bf16 (half the bytes each
+/// decoding step reads; rounded to nearest even when written, widened exactly in registers).
+pub trait KvElem: Copy + Send + Sync + 'static {
+    /// Whether this is bf16 (else f32).
+    const BF16: bool;
+    /// Rounds an f32 to this type.
+    fn from_f32(x: f32) -> Self;
+    /// Widens to f32.
+    fn to_f32(self) -> f32;
+}
+
+impl KvElem for f32 {
+    const BF16: bool = false;
+    fn from_f32(x: f32) -> f32 {
+        x
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl KvElem for half::bf16 {
+    const BF16: bool = true;
+    fn from_f32(x: f32) -> half::bf16 {
+        half::bf16::from_f32(x)
+    }
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+}
+
+/// LANES cached elements widened to f32.
+#[inline(always)]
+unsafe fn load_kv<S: Simd, T: KvElem>(p: *const T) -> S::V {
+    // SAFETY: the caller's; T is f32 or bf16 as BF16 says.
+    unsafe { if T::BF16 { S::load_bf16(p.cast()) } else { S::load(p.cast()) } }
 }
 
 /// Decoding: for each sequence b, query row q[b] (`Hq*dim`) attends to its cache
@@ -245,12 +288,12 @@ pub fn write_key(keys: &mut Vec<f32>, key: &[f32], pos: usize) {
 /// rows of `Hkv*dim`; writes out[b]. Parallel over (sequence, KV head); the query heads of a
 /// group share each key and value as it is read; scores, softmax and the weighted sum of values
 /// are vector code without horizontal sums.
-pub fn attention_decode(out: &mut [f32], q: &[f32], caches: &[(&[f32], &[f32], usize)], heads: Heads) {
+pub fn attention_decode<T: KvElem>(out: &mut [f32], q: &[f32], caches: &[(&[T], &[T], usize)], heads: Heads) {
     attention_decode_on(crate::cpu::isa(), out, q, caches, heads);
 }
 
 /// [`attention_decode`] on a given instruction set (tests compare them).
-pub(crate) fn attention_decode_on(isa: crate::cpu::Isa, out: &mut [f32], q: &[f32], caches: &[(&[f32], &[f32], usize)], heads: Heads) {
+pub(crate) fn attention_decode_on<T: KvElem>(isa: crate::cpu::Isa, out: &mut [f32], q: &[f32], caches: &[(&[T], &[T], usize)], heads: Heads) {
     let (d, g) = (heads.dim, heads.group());
     // One item per (sequence, KV head): its g query heads are consecutive in the rows.
     out.par_chunks_exact_mut(g * d).zip(q.par_chunks_exact(g * d)).enumerate().for_each_init(Vec::new, |scores, (item, (out, q))| {
@@ -261,11 +304,11 @@ pub(crate) fn attention_decode_on(isa: crate::cpu::Isa, out: &mut [f32], q: &[f3
 }
 
 /// One KV head of one sequence against its group of query heads, for [`attention_decode`].
-struct DecodeGroup<'a> {
+struct DecodeGroup<'a, T> {
     out: &'a mut [f32],
     q: &'a [f32],
-    keys: &'a [f32],
-    values: &'a [f32],
+    keys: &'a [T],
+    values: &'a [T],
     n: usize,
     kvh: usize,
     heads: Heads,
@@ -278,7 +321,7 @@ const fn heads_per_pass<S: Simd>() -> usize {
     if S::LANES >= 16 { 4 } else { 2 }
 }
 
-impl Kernel for DecodeGroup<'_> {
+impl<T: KvElem> Kernel for DecodeGroup<'_, T> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd>(self) {
@@ -290,7 +333,7 @@ impl Kernel for DecodeGroup<'_> {
         let hp = heads_per_pass::<S>();
         for h0 in (0..g).step_by(hp) {
             // SAFETY: heads h0..h0+count < g; keys hold `padded` positions; scores g * padded.
-            unsafe { decode_scores::<S>(&q[h0 * d..], keys, kvh, heads, padded, &mut scores[h0 * padded..], (g - h0).min(hp)) };
+            unsafe { decode_scores::<S, T>(&q[h0 * d..], keys, kvh, heads, padded, &mut scores[h0 * padded..], (g - h0).min(hp)) };
         }
         let scale = heads.scale();
         for h in 0..g {
@@ -303,21 +346,21 @@ impl Kernel for DecodeGroup<'_> {
         }
         for h0 in (0..g).step_by(hp) {
             // SAFETY: as above; values hold n rows of Hkv * d; out holds g * d.
-            unsafe { decode_values::<S>(&mut out[h0 * d..], &scores[h0 * padded..], padded, values, n, kvh, heads, (g - h0).min(hp)) };
+            unsafe { decode_values::<S, T>(&mut out[h0 * d..], &scores[h0 * padded..], padded, values, n, kvh, heads, (g - h0).min(hp)) };
         }
     }
 }
 
 /// Scores of `count` heads (queries `q[h * d..]`) against every block of keys.
 #[inline(always)]
-unsafe fn decode_scores<S: Simd>(q: &[f32], keys: &[f32], kvh: usize, heads: Heads, padded: usize, scores: &mut [f32], count: usize) {
+unsafe fn decode_scores<S: Simd, T: KvElem>(q: &[f32], keys: &[T], kvh: usize, heads: Heads, padded: usize, scores: &mut [f32], count: usize) {
     // SAFETY (all arms): the caller's guarantee.
     unsafe {
         match count {
-            1 => decode_scores_h::<S, 1>(q, keys, kvh, heads, padded, scores),
-            2 => decode_scores_h::<S, 2>(q, keys, kvh, heads, padded, scores),
-            3 => decode_scores_h::<S, 3>(q, keys, kvh, heads, padded, scores),
-            _ => decode_scores_h::<S, 4>(q, keys, kvh, heads, padded, scores),
+            1 => decode_scores_h::<S, T, 1>(q, keys, kvh, heads, padded, scores),
+            2 => decode_scores_h::<S, T, 2>(q, keys, kvh, heads, padded, scores),
+            3 => decode_scores_h::<S, T, 3>(q, keys, kvh, heads, padded, scores),
+            _ => decode_scores_h::<S, T, 4>(q, keys, kvh, heads, padded, scores),
         }
     }
 }
@@ -326,7 +369,7 @@ unsafe fn decode_scores<S: Simd>(q: &[f32], keys: &[f32], kvh: usize, heads: Hea
 const CHAINS: usize = 4;
 
 #[inline(always)]
-unsafe fn decode_scores_h<S: Simd, const H: usize>(q: &[f32], keys: &[f32], kvh: usize, heads: Heads, padded: usize, scores: &mut [f32]) {
+unsafe fn decode_scores_h<S: Simd, T: KvElem, const H: usize>(q: &[f32], keys: &[T], kvh: usize, heads: Heads, padded: usize, scores: &mut [f32]) {
     let (d, width) = (heads.dim, heads.kv * heads.dim);
     let vectors = KEY_BLOCK / S::LANES;
     for block in 0..padded / KEY_BLOCK {
@@ -338,7 +381,7 @@ unsafe fn decode_scores_h<S: Simd, const H: usize>(q: &[f32], keys: &[f32], kvh:
                 // CHAINS sums per head over interleaved dimensions: one sum per head would be a
                 // chain of d dependent FMAs, bound by their latency rather than throughput.
                 let mut acc = [[S::zero(); CHAINS]; H];
-                let key = |c: usize| S::load(keys.as_ptr().add(base + c * KEY_BLOCK + v * S::LANES));
+                let key = |c: usize| load_kv::<S, T>(keys.as_ptr().add(base + c * KEY_BLOCK + v * S::LANES));
                 let mut c0 = 0;
                 while c0 + CHAINS <= d {
                     for j in 0..CHAINS {
@@ -367,20 +410,20 @@ unsafe fn decode_scores_h<S: Simd, const H: usize>(q: &[f32], keys: &[f32], kvh:
 /// `out[h] = Σ_j p[h][j] v_j` for `count` heads, 4 vectors of the head's width at a time.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn decode_values<S: Simd>(out: &mut [f32], p: &[f32], padded: usize, values: &[f32], n: usize, kvh: usize, heads: Heads, count: usize) {
+unsafe fn decode_values<S: Simd, T: KvElem>(out: &mut [f32], p: &[f32], padded: usize, values: &[T], n: usize, kvh: usize, heads: Heads, count: usize) {
     // SAFETY (all arms): the caller's guarantee.
     unsafe {
         match count {
-            1 => decode_values_h::<S, 1>(out, p, padded, values, n, kvh, heads),
-            2 => decode_values_h::<S, 2>(out, p, padded, values, n, kvh, heads),
-            3 => decode_values_h::<S, 3>(out, p, padded, values, n, kvh, heads),
-            _ => decode_values_h::<S, 4>(out, p, padded, values, n, kvh, heads),
+            1 => decode_values_h::<S, T, 1>(out, p, padded, values, n, kvh, heads),
+            2 => decode_values_h::<S, T, 2>(out, p, padded, values, n, kvh, heads),
+            3 => decode_values_h::<S, T, 3>(out, p, padded, values, n, kvh, heads),
+            _ => decode_values_h::<S, T, 4>(out, p, padded, values, n, kvh, heads),
         }
     }
 }
 
 #[inline(always)]
-unsafe fn decode_values_h<S: Simd, const H: usize>(out: &mut [f32], p: &[f32], padded: usize, values: &[f32], n: usize, kvh: usize, heads: Heads) {
+unsafe fn decode_values_h<S: Simd, T: KvElem, const H: usize>(out: &mut [f32], p: &[f32], padded: usize, values: &[T], n: usize, kvh: usize, heads: Heads) {
     let (d, width) = (heads.dim, heads.kv * heads.dim);
     let chunk = 4 * S::LANES;
     let mut c0 = 0;
@@ -391,7 +434,7 @@ unsafe fn decode_values_h<S: Simd, const H: usize>(out: &mut [f32], p: &[f32], p
             let mut acc = [[S::zero(); 4]; H];
             for j in 0..n {
                 let row = values.as_ptr().add(j * width + kvh * d + c0);
-                let vv = [S::load(row), S::load(row.add(S::LANES)), S::load(row.add(2 * S::LANES)), S::load(row.add(3 * S::LANES))];
+                let vv = [load_kv::<S, T>(row), load_kv::<S, T>(row.add(S::LANES)), load_kv::<S, T>(row.add(2 * S::LANES)), load_kv::<S, T>(row.add(3 * S::LANES))];
                 for h in 0..H {
                     let pb = S::splat(*p.get_unchecked(h * padded + j));
                     for c in 0..4 {
@@ -410,7 +453,7 @@ unsafe fn decode_values_h<S: Simd, const H: usize>(out: &mut [f32], p: &[f32], p
     // A head width that is not a multiple of 4 vectors: the rest one element at a time.
     for h in 0..H {
         for c in c0..d {
-            out[h * d + c] = (0..n).map(|j| p[h * padded + j] * values[j * width + kvh * d + c]).sum();
+            out[h * d + c] = (0..n).map(|j| p[h * padded + j] * values[j * width + kvh * d + c].to_f32()).sum();
         }
     }
 }
@@ -422,9 +465,16 @@ mod tests {
 
     /// Decoding against the training attention's last row (its own reference, checked by finite
     /// differences), for group sizes 1 to 7, head widths with and without a remainder past the
-    /// 4-vector chunks, and lengths on both sides of the 16-position key blocks.
+    /// 4-vector chunks, and lengths on both sides of the 16-position key blocks; with f32 caches,
+    /// and with bf16 caches against the training attention of the same keys and values rounded
+    /// to bf16 (so the one difference allowed is the order of f32 sums).
     #[test]
     fn decode_equals_the_last_row_of_training_attention() {
+        decode_against_training_attention::<f32>();
+        decode_against_training_attention::<half::bf16>();
+    }
+
+    fn decode_against_training_attention<T: KvElem>() {
         let mut seed = 7u64;
         let mut random = |n: usize| -> Vec<f32> {
             (0..n)
@@ -437,14 +487,15 @@ mod tests {
         for heads in [Heads { q: 2, kv: 2, dim: 4 }, Heads { q: 9, kv: 3, dim: 64 }, Heads { q: 7, kv: 1, dim: 72 }, Heads { q: 8, kv: 2, dim: 128 }] {
             let (qd, kd) = (heads.q * heads.dim, heads.kv * heads.dim);
             let lens = [1usize, 15, 16, 17, 40];
-            let rows: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = lens.iter().map(|&n| (random(n * qd), random(n * kd), random(n * kd))).collect();
+            let rounded = |x: Vec<f32>| -> Vec<f32> { x.into_iter().map(|x| T::from_f32(x).to_f32()).collect() };
+            let rows: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = lens.iter().map(|&n| (random(n * qd), rounded(random(n * kd)), rounded(random(n * kd)))).collect();
             let mut want = Vec::new();
             for ((q, k, v), &n) in rows.iter().zip(&lens) {
                 let (mut out, mut lse) = (vec![0.0; n * qd], vec![0.0; n * heads.q]);
                 attention_forward(&mut out, &mut lse, q, k, v, &vec![0; n], heads);
                 want.extend_from_slice(&out[(n - 1) * qd..]);
             }
-            let keys: Vec<Vec<f32>> = rows
+            let keys: Vec<Vec<T>> = rows
                 .iter()
                 .zip(&lens)
                 .map(|((_, k, _), &n)| {
@@ -455,13 +506,21 @@ mod tests {
                     blocked
                 })
                 .collect();
-            let caches: Vec<(&[f32], &[f32], usize)> = keys.iter().zip(&rows).zip(&lens).map(|((k, (_, _, v)), &n)| (k.as_slice(), v.as_slice(), n)).collect();
+            let values: Vec<Vec<T>> = rows
+                .iter()
+                .map(|(_, _, v)| {
+                    let mut cached = Vec::new();
+                    write_value(&mut cached, v);
+                    cached
+                })
+                .collect();
+            let caches: Vec<(&[T], &[T], usize)> = keys.iter().zip(&values).zip(&lens).map(|((k, v), &n)| (k.as_slice(), v.as_slice(), n)).collect();
             let last_q: Vec<f32> = rows.iter().zip(&lens).flat_map(|((q, _, _), &n)| q[(n - 1) * qd..].to_vec()).collect();
             for isa in Isa::available() {
                 let mut got = vec![f32::NAN; lens.len() * qd];
                 attention_decode_on(isa, &mut got, &last_q, &caches, heads);
                 let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-                assert!(err < 1e-5, "{isa:?} {heads:?}: largest difference {err}");
+                assert!(err < 1e-5, "{isa:?} {heads:?} bf16 {}: largest difference {err}", T::BF16);
             }
         }
     }
