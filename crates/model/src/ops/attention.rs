@@ -399,7 +399,7 @@ unsafe fn decode_scores_h<S: Simd, T: KvElem, const H: usize>(q: &[f32], keys: &
                     }
                 }
                 for h in 0..H {
-                    let sum = S::add(S::add(acc[h][0], acc[h][1]), S::add(acc[h][2], acc[h][3]));
+                    let sum = acc[h][1..].iter().fold(acc[h][0], |sum, &a| S::add(sum, a));
                     S::store(scores.as_mut_ptr().add(h * padded + block * KEY_BLOCK + v * S::LANES), sum);
                 }
             }
