@@ -198,12 +198,21 @@ impl Kernel for Panels<'_> {
         // AVX-512's 12 rows per pass the passes re-read the f16 panel from L1 and widen in
         // registers, which measured faster there.
         let widen_once = matches!(w.data, Packed::F16(_)) && rows_per_pass::<S>() < 12 && passes >= WIDEN_ONCE_FROM_PASSES;
-        let mut widened = if widen_once { AlignedVec::zeroed(panel_len) } else { AlignedVec::zeroed(0) };
+        // The buffer is the thread's, kept across calls (taken out, not borrowed, so no closure
+        // runs the SIMD loop), and padded by the prefetch distance: the passes prefetch PREFETCH
+        // bytes past the row they read. Without the padding, two threads under the system
+        // allocator ran 2-5x slower than one on a 2-vCPU Zen 1; padding alone restored the speed,
+        // so the likely cause is each core prefetching lines the other was writing just past
+        // its own buffer (xtask's allocator happened to place the buffers apart).
+        let mut widened = if widen_once { WIDENED.replace(AlignedVec::zeroed(0)) } else { AlignedVec::zeroed(0) };
+        if widen_once && widened.len() < panel_len + PREFETCH / 4 + PANEL {
+            widened = AlignedVec::zeroed(panel_len + PREFETCH / 4 + PANEL);
+        }
         for p in p0..p1 {
             let src = match &w.data {
                 Packed::F32(d) => Src::F32(d[p * panel_len..].as_ptr()),
                 Packed::F16(d) if widen_once => {
-                    widen::<S>(&d[p * panel_len..(p + 1) * panel_len], &mut widened);
+                    widen::<S>(&d[p * panel_len..(p + 1) * panel_len], &mut widened[..panel_len]);
                     Src::F32(widened.as_ptr())
                 }
                 Packed::F16(d) => Src::F16(d[p * panel_len..].as_ptr()),
@@ -221,7 +230,15 @@ impl Kernel for Panels<'_> {
                 }
             }
         }
+        if widen_once {
+            WIDENED.set(widened);
+        }
     }
+}
+
+thread_local! {
+    /// An f16 panel widened to f32 (see `Panels::run`).
+    static WIDENED: std::cell::RefCell<AlignedVec<f32>> = std::cell::RefCell::new(AlignedVec::zeroed(0));
 }
 
 /// Passes over one panel (activation rows / rows per pass) from which an f16 panel is widened
@@ -332,10 +349,11 @@ mod tests {
     /// Every instruction set against an f64 triple loop, f32, f16 and bf16 weights (AMX tiles or
     /// AVX-512 BF16 where usable), shapes that leave remainders everywhere (a partial last panel, passes of
     /// unequal rows, k not a multiple of the tile depth, tiny k, bf16 passes of both sizes and a
-    /// last half-panel of one column).
+    /// last half-panel of one column). The f16 widen-once shapes (m >= 8) run with a shorter k
+    /// before a longer one, so the thread's widened-panel buffer is both reused and regrown.
     #[test]
     fn every_isa_matches_a_naive_product() {
-        for &(m, n, k) in &[(1usize, 1usize, 1usize), (1, 7, 19), (3, 50, 33), (8, 130, 576), (13, 64, 100), (12, 32, 16), (32, 21, 47), (64, 97, 5), (17, 40, 70), (9, 33, 64), (25, 17, 40)] {
+        for &(m, n, k) in &[(1usize, 1usize, 1usize), (1, 7, 19), (3, 50, 33), (13, 64, 100), (8, 130, 576), (12, 32, 16), (32, 21, 47), (64, 97, 5), (17, 40, 70), (9, 33, 64), (25, 17, 40)] {
             let x = fill(m * k, 1);
             let w = fill(n * k, 2);
             let rounded: Vec<f32> = w.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
