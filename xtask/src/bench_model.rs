@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use rstar2_model::cpu::{Isa, amx_peak_gflops, bf16_dot_peak_gflops, fma_peak_gflops, isa, read_bandwidth_gbs};
 use rstar2_model::ops::gemv::{PackedWeight, matmul_packed};
-use rstar2_model::ops::matmul::{chosen_splits, matmul_nt};
+use rstar2_model::ops::matmul::{chosen_splits, kernel_name, matmul_nt};
 use rstar2_model::{AdamW, AdamWConfig, Batch, Config, DecodeWeights, KvCache, Model, Params};
 
 use rstar2_gpu::bench::median_secs;
@@ -148,6 +148,7 @@ pub fn run(python: &str) -> anyhow::Result<()> {
     } else {
         None
     };
+    println!("f32 products: {}", kernel_name());
     println!("{:<32} {:>10} {:>10} {:>12} {:>8}", "matmul x[m,k] @ w[n,k]^T", "GFLOP/s", "% of peak", "PyTorch", "ratio");
     for (i, &(m, k, n)) in shapes.iter().enumerate() {
         let (a, b) = (vec![0.5f32; m * k], vec![0.25f32; n * k]);
@@ -177,7 +178,10 @@ pub fn run(python: &str) -> anyhow::Result<()> {
         }
     }
     let splits: Vec<String> = chosen_splits().iter().map(|((m, n, k), s)| format!("2^{m}x2^{n}x2^{k}: {s:?}")).collect();
-    println!("thread splits chosen by measurement (m x n x k classes): {}\n", splits.join(", "));
+    if !splits.is_empty() {
+        println!("gemm thread splits chosen by measurement (m x n x k classes): {}", splits.join(", "));
+    }
+    println!();
 
     println!("{:<52} {:>12} {:>12} {:>8} {:>12}", "training step (fwd + bwd + AdamW)", "rstar2 tok/s", "PyTorch", "ratio", "peak RSS MiB");
     for (name, batch, len) in [("tiny", 4, 256), ("smollm2-135m", 2, 128)] {

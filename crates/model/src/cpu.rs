@@ -2,11 +2,12 @@
 //! speed of whichever x86-64 CPU it lands on: AVX-512 where present, AVX2 + FMA + F16C
 //! elsewhere, portable Rust below that.
 //!
-//! `RSTAR2_CPU_ISA=avx2` (or `generic`) narrows the choice for this crate's own kernels (the
-//! small-m matmul, half-precision weights, vectorized `exp`), so the narrower paths can be run
-//! and tested on a wider machine. The `gemm` crate picks its own kernels by the same detection
-//! and has no such switch; a test runs the suite's CPU checks under `qemu-x86_64 -cpu Haswell`
-//! (no AVX-512) to cover it.
+//! `RSTAR2_CPU_ISA=avx2` (or `generic`) narrows the choice for this crate's own kernels (the f32
+//! matrix products, the small-m matmul, half-precision weights, vectorized `exp`), so the
+//! narrower paths can be run and tested on a wider machine. Below AVX-512 the f32 products run
+//! on the `gemm` crate, which picks its own kernels by the same detection and has no such
+//! switch; a test runs the suite's CPU checks under `qemu-x86_64 -cpu Haswell` (no AVX-512) to
+//! cover it.
 //!
 //! Intel's AMX tile unit (Sapphire Rapids and later) is a matrix engine beside the vector unit:
 //! [`amx`] says whether this process may use it for bf16 products (`RSTAR2_CPU_AMX=0`, or a

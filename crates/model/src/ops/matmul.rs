@@ -1,5 +1,7 @@
-//! Linear layer `out = x W^T + b`: the `gemm` crate for products with many rows, the small-m
-//! kernel of [`super::gemv`] (weights repacked once, f32 or f16) for decoding.
+//! Linear layer `out = x W^T + b`. Products with many rows take this crate's AVX-512 kernel
+//! (`sgemm`: packed operands, an 8 x 48 register tile) where the CPU has AVX-512, else the `gemm`
+//! crate's AVX2 kernels with a measured thread split; decoding takes the small-m kernel of
+//! [`super::gemv`] (weights repacked once, f32 or half precision).
 
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
@@ -37,7 +39,15 @@ fn gemm_strided_with(parallel: bool, c: &mut [f32], a: &[f32], a_rs: usize, a_cs
     assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs, "matmul: rhs too small for {k}x{n}");
     let threads = rayon::current_num_threads();
     // Small products run on the calling thread (so do products inside a parallel loop).
-    if !parallel || threads < 2 || m * n * k < 1 << 18 {
+    let serial = !parallel || threads < 2 || m * n * k < 1 << 18;
+    #[cfg(target_arch = "x86_64")]
+    if super::sgemm::available() {
+        // SAFETY: AVX-512 is available; the asserts above keep every strided access inside the
+        // slices; `c` is a distinct mutable slice.
+        unsafe { super::sgemm::sgemm(if serial { 1 } else { threads }, c.as_mut_ptr(), n, a.as_ptr(), a_rs, a_cs, b.as_ptr(), b_rs, b_cs, m, n, k, accumulate) };
+        return;
+    }
+    if serial {
         // SAFETY: the asserts above keep every strided access inside the slices.
         unsafe { gemm_raw(c.as_mut_ptr(), n, a.as_ptr(), a_rs, a_cs, b.as_ptr(), b_rs, b_cs, m, n, k, accumulate, Parallelism::None) };
         return;
@@ -88,9 +98,10 @@ unsafe fn gemm_split(split: Split, threads: usize, c: &mut [f32], a: &[f32], a_r
     }
 }
 
-/// How a product is shared between threads: gemm's own Rayon split (one packing of the operands,
-/// finer tasks), or one block of output rows or columns per thread (no synchronization inside).
-/// Which is faster depends on the CPU and the shape, so it is measured, not assumed.
+/// How a product on the `gemm` crate (CPUs without AVX-512) is shared between threads: gemm's
+/// own Rayon split (one packing of the operands, finer tasks), or one block of output rows or
+/// columns per thread (no synchronization inside). Which is faster depends on the CPU and the
+/// shape, so it is measured, not assumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {
     /// `gemm`'s `Parallelism::Rayon`.
@@ -166,6 +177,15 @@ fn forced_split() -> Option<Split> {
         Ok("cols") => Some(Split::Cols),
         _ => None,
     })
+}
+
+/// Which kernel runs the f32 products on this CPU, for reports.
+pub fn kernel_name() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if super::sgemm::available() {
+        return "rstar2 AVX-512 kernel (8 x 48 tile, packed operands)";
+    }
+    "gemm crate (thread split measured per shape class)"
 }
 
 /// The splits the tuner has settled on so far: (m, n, k as powers of two, split), for reports.

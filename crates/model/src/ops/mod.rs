@@ -14,6 +14,8 @@ pub mod logprob;
 pub mod matmul;
 pub mod rmsnorm;
 pub mod rope;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod sgemm;
 pub mod swiglu;
 
 /// out = a + b
