@@ -5,9 +5,9 @@
 //! `RSTAR2_CPU_ISA=avx2` (or `generic`) narrows the choice for this crate's own kernels (the f32
 //! matrix products, the small-m matmul, half-precision weights, vectorized `exp`), so the
 //! narrower paths can be run and tested on a wider machine. Below AVX-512 the f32 products run
-//! on the `gemm` crate, which picks its own kernels by the same detection and has no such
-//! switch; a test runs the suite's CPU checks under `qemu-x86_64 -cpu Haswell` (no AVX-512) to
-//! cover it.
+//! on the `gemm` crate's AVX2 kernels (built without its AVX-512 ones), which it picks by its own
+//! detection; a test runs the suite's CPU checks under `qemu-x86_64 -cpu Haswell` (no AVX-512)
+//! as well.
 //!
 //! Intel's AMX tile unit (Sapphire Rapids and later) is a matrix engine beside the vector unit:
 //! [`amx`] says whether this process may use it for bf16 products (`RSTAR2_CPU_AMX=0`, or a

@@ -233,8 +233,16 @@ impl SharedPanels {
             }
         }
         for u in units {
+            // Spin briefly, then yield: on a machine with more runnable threads than cores the
+            // packing part may be waiting for this core.
+            let mut spins = 0u32;
             while self.state[s * self.units_per_slab + u].load(Ordering::Acquire) != READY {
-                std::hint::spin_loop();
+                if spins < 1024 {
+                    spins += 1;
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
             }
         }
         // SAFETY: inside the slab.
