@@ -94,17 +94,16 @@ unsafe impl Sync for Operands {}
 /// row i of `c` starts at `c[i * c_rs]`.
 ///
 /// # Safety
-/// [`available`] must be true; the strided operands must hold every element the shapes imply;
-/// `c` must not overlap `a` or `b`.
+/// [`available`] must be true; m, n and k must be positive (the caller handles empty products);
+/// the strided operands must hold every element the shapes imply; `c` must not overlap `a` or
+/// `b`.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn sgemm(threads: usize, c: *mut f32, c_rs: usize, a: *const f32, a_rs: usize, a_cs: usize, b: *const f32, b_rs: usize, b_cs: usize, m: usize, n: usize, k: usize, accumulate: bool) {
-    if m == 0 || n == 0 {
-        return;
-    }
+    debug_assert!(m > 0 && n > 0 && k > 0, "sgemm: empty product {m}x{n}x{k}");
     let ops = Operands { c, c_rs, a, a_rs, a_cs, b, b_rs, b_cs };
     let (tm, tn) = grid(threads, m, n, k);
     let (m_panels, n_panels) = (m.div_ceil(MR), n.div_ceil(NR));
-    if tm * tn == 1 || k == 0 {
+    if tm * tn == 1 {
         // SAFETY: the caller's guarantee.
         unsafe { sgemm_block(&ops, 0..m, 0..n, k, accumulate, None, None) };
         return;
@@ -112,7 +111,7 @@ pub unsafe fn sgemm(threads: usize, c: *mut f32, c_rs: usize, a: *const f32, a_r
     // With the rows split, every part reads all of B, and with the columns split all of A:
     // that operand is packed once, whole, shared by the parts.
     let shared_lines = if tn == 1 { n_panels * NR } else if tm == 1 { m_panels * MR } else { 0 };
-    let share = shared_lines > 0 && shared_lines * k <= SHARED_MAX;
+    let share = shared_lines > 0 && fits_shared(shared_lines, k);
     with_buffer(&SHARED, if share { shared_lines * k } else { 0 }, |buffer| {
         let shared = share.then(|| {
             if tn == 1 {
@@ -136,8 +135,11 @@ pub unsafe fn sgemm(threads: usize, c: *mut f32, c_rs: usize, a: *const f32, a_r
     });
 }
 
-/// Most values of a shared packed operand (32 MiB); past it each part packs its own copy.
-const SHARED_MAX: usize = 8 << 20;
+/// Whether an operand of `lines` (padded to whole panels) by k is packed once for all parts:
+/// up to 32 MiB; past it each part packs its own copy.
+fn fits_shared(lines: usize, k: usize) -> bool {
+    lines * k <= 8 << 20
+}
 
 /// How `threads` share the output: `(tm, tn)` with `tm * tn == threads`, ranges of A's row
 /// panels by ranges of B's column panels. Chosen for the least time of the largest part: its
@@ -145,7 +147,8 @@ const SHARED_MAX: usize = 8 << 20;
 /// part reads is packed once, a share by each), ties going to splitting rows.
 fn grid(threads: usize, m: usize, n: usize, k: usize) -> (usize, usize) {
     const PACK_FLOPS_PER_ELEMENT: usize = 40;
-    let (m_pad, n_pad) = (m.next_multiple_of(MR), n.next_multiple_of(NR));
+    let (m_panels, n_panels) = (m.div_ceil(MR), n.div_ceil(NR));
+    let (m_pad, n_pad) = (m_panels * MR, n_panels * NR);
     let mut best = (1, 1);
     let mut best_cost = usize::MAX;
     for tm in (1..=threads).rev() {
@@ -153,8 +156,8 @@ fn grid(threads: usize, m: usize, n: usize, k: usize) -> (usize, usize) {
             continue;
         }
         let tn = threads / tm;
-        let (rows, cols) = (m_pad.div_ceil(MR).div_ceil(tm) * MR, n_pad.div_ceil(NR).div_ceil(tn) * NR);
-        let share = |lines: usize| if lines * k <= SHARED_MAX { lines / threads } else { lines };
+        let (rows, cols) = (m_panels.div_ceil(tm) * MR, n_panels.div_ceil(tn) * NR);
+        let share = |lines: usize| if fits_shared(lines, k) { lines / threads } else { lines };
         let packed = match (tm, tn) {
             (_, 1) => rows + share(n_pad),
             (1, _) => share(m_pad) + cols,
@@ -258,15 +261,6 @@ impl SharedPanels {
 /// MR rows and `cols` on a panel of NR columns; the shared operands were made from `ops`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn sgemm_block(ops: &Operands, rows: Range<usize>, cols: Range<usize>, k: usize, accumulate: bool, shared_a: Option<&SharedPanels>, shared_b: Option<&SharedPanels>) {
-    if k == 0 {
-        if !accumulate {
-            for i in rows {
-                // SAFETY: row i of c holds these columns (the caller's guarantee).
-                unsafe { std::ptr::write_bytes(ops.c.add(i * ops.c_rs + cols.start), 0, cols.len()) };
-            }
-        }
-        return;
-    }
     let a_floats = if shared_a.is_some() { 0 } else { MC.min(rows.len()).next_multiple_of(MR) * KC.min(k) };
     let b_floats = if shared_b.is_some() { 0 } else { KC * NC };
     with_buffer(&PACKED_A, a_floats, |packed_a| {
