@@ -201,6 +201,12 @@ fn weights_round_trip_and_bad_files_give_clear_errors() {
     assert!(err.contains("missing tensor lm_head.weight"), "{err}");
     std::fs::write(tmp.join("config.json"), "{ not json").unwrap();
     assert!(Config::from_file(&tmp.join("config.json")).unwrap_err().to_string().contains("config.json"));
+    // A missing file: named with the OS's reason, which the error's chain of causes (what
+    // anyhow prints on the command line) gives once.
+    let err = Config::from_file(&tmp.join("absent.json")).unwrap_err();
+    let chain: Vec<String> = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source()).map(|e| e.to_string()).collect();
+    let chain = chain.join(": ");
+    assert!(chain.contains("absent.json") && chain.matches("No such file").count() == 1, "{chain}");
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 

@@ -15,13 +15,16 @@ fn worker() -> WorkerCommand {
 /// The default (worker process) sandbox shared by most tests, with a short timeout.
 fn sandbox() -> &'static Sandbox {
     static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
-    SANDBOX.get_or_init(|| {
-        let mut config = SandboxConfig::process(worker());
-        config.workers = 2;
-        config.interpreter.limits.timeout = Duration::from_millis(1000);
-        config.interpreter.limits.memory_bytes = 1 << 30;
-        Sandbox::new(config).expect("sandbox starts")
-    })
+    SANDBOX.get_or_init(process_sandbox)
+}
+
+/// A new pool configured as the shared one: two worker processes, a 1 s timeout, 1 GiB per call.
+fn process_sandbox() -> Sandbox {
+    let mut config = SandboxConfig::process(worker());
+    config.workers = 2;
+    config.interpreter.limits.timeout = Duration::from_millis(1000);
+    config.interpreter.limits.memory_bytes = 1 << 30;
+    Sandbox::new(config).expect("sandbox starts")
 }
 
 fn run(code: &str) -> ToolResult {
@@ -623,17 +626,19 @@ pub(crate) fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &
 }
 
 /// `sandbox serve` over the shared pool on a free loopback port, run by `runtime`.
-fn serve_http(runtime: &tokio::runtime::Runtime) -> std::net::SocketAddr {
+fn serve_http(runtime: &tokio::runtime::Runtime, sandbox: Sandbox) -> std::net::SocketAddr {
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
-    runtime.spawn(async move { axum::serve(listener, rstar2::sandbox::http::router(sandbox().clone())).await });
+    runtime.spawn(async move { axum::serve(listener, rstar2::sandbox::http::router(sandbox)).await });
     addr
 }
 
 #[test]
 fn code_judge_http_api() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let addr = serve_http(&runtime);
+    // Its own pool, not the one the other tests share: the closing /status asserts an empty queue,
+    // which calls of tests running beside it would fill.
+    let addr = serve_http(&runtime, process_sandbox());
 
     assert_eq!(http(addr, "GET", "/ping", ""), (200, serde_json::json!("pong")));
     let (code, r) = http(addr, "POST", "/run", r#"{"type": "python", "solution": "print(int(input()) + 1)", "input": "41", "sub_id": "a1"}"#);
@@ -719,7 +724,7 @@ fn code_judge_http_api() {
 fn remote_sandbox_over_http_answers_like_the_local_one() {
     use rstar2::sandbox::remote::HttpClient;
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let addr = serve_http(&runtime);
+    let addr = serve_http(&runtime, sandbox().clone());
 
     let client = HttpClient::connect(&format!("http://{addr}/")).unwrap();
     assert_eq!(client.url(), format!("http://{addr}"));

@@ -37,13 +37,12 @@ pub use weights::Params;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
+        /// Why (in the message, not `source()`, so anyhow's `{:#}` prints it once).
+        cause: std::io::Error,
     },
     /// `config.json` is malformed or describes an unsupported model.
     #[error("{path}: {message}")]
@@ -72,8 +71,8 @@ pub enum ModelError {
 }
 
 impl ModelError {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        ModelError::Io { path: path.display().to_string(), source }
+    pub(crate) fn io(path: &Path, cause: std::io::Error) -> Self {
+        ModelError::Io { path: path.display().to_string(), cause }
     }
 }
 

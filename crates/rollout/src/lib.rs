@@ -116,7 +116,7 @@ impl Default for RolloutConfig {
 pub enum RolloutError {
     /// The engine's KV cache refused tokens.
     #[error("engine: {0}")]
-    Kv(#[from] rstar2_model::kv::KvError),
+    Kv(rstar2_model::kv::KvError),
     /// A trajectory can never fit.
     #[error("problem {id}: prompt of {prompt} tokens + budget of {budget} needs {needed} KV tokens; the largest engine holds {largest}")]
     TooLarge {
@@ -140,4 +140,12 @@ pub enum RolloutError {
     /// An engine thread panicked.
     #[error("engine {0} failed: {1}")]
     EngineFailed(usize, String),
+}
+
+// By hand, not `#[from]`: that would also make the KV error this one's `source()`, which the
+// message already includes, and anyhow's `{:#}` would print it twice.
+impl From<rstar2_model::kv::KvError> for RolloutError {
+    fn from(e: rstar2_model::kv::KvError) -> Self {
+        RolloutError::Kv(e)
+    }
 }

@@ -54,13 +54,13 @@ pub enum QueueError {
         why: String,
     },
     /// Redis refused, closed the connection, or the URI is not one.
-    #[error("redis at {uri}: {source}")]
+    #[error("redis at {uri}: {cause}")]
     Redis {
         /// The server.
         uri: String,
-        /// What the client said.
-        #[source]
-        source: redis::RedisError,
+        /// What the client said (in the message, not `source()`, so anyhow's `{:#}` prints it
+        /// once).
+        cause: redis::RedisError,
     },
 }
 
@@ -133,15 +133,15 @@ impl QueueConfig {
     }
 
     fn connect(&self) -> Result<redis::Connection, QueueError> {
-        let err = |source| QueueError::Redis { uri: self.uri.clone(), source };
+        let err = |cause| QueueError::Redis { uri: self.uri.clone(), cause };
         let client = redis::Client::open(self.uri.as_str()).map_err(err)?;
         let mut con = client.get_connection_with_timeout(Duration::from_secs(10)).map_err(err)?;
         redis::cmd("PING").query::<String>(&mut con).map_err(err)?;
         Ok(con)
     }
 
-    fn redis_err(&self, source: redis::RedisError) -> QueueError {
-        QueueError::Redis { uri: self.uri.clone(), source }
+    fn redis_err(&self, cause: redis::RedisError) -> QueueError {
+        QueueError::Redis { uri: self.uri.clone(), cause }
     }
 }
 

@@ -140,11 +140,11 @@ fn limit_address_space(bytes: u64) {
 
 /// Why a worker process could not be started.
 #[derive(Debug, thiserror::Error)]
-#[error("starting sandbox worker {program}: {source}")]
+#[error("starting sandbox worker {program}: {cause}")]
 pub struct SpawnError {
     program: String,
-    #[source]
-    source: std::io::Error,
+    /// In the message, not `source()`, so anyhow's `{:#}` prints it once.
+    cause: std::io::Error,
 }
 
 /// The parent's handle on one worker process.
@@ -171,7 +171,7 @@ impl ProcessWorker {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|source| SpawnError { program: command.program.display().to_string(), source })?;
+            .map_err(|cause| SpawnError { program: command.program.display().to_string(), cause })?;
         let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
         let stderr_pipe = child.stderr.take().expect("piped");
@@ -195,7 +195,7 @@ impl ProcessWorker {
         if worker.await_ready().is_err() {
             let log = worker.stderr.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let why = format!("the worker did not finish building its interpreter within {} s: {}", STARTUP.as_secs(), log.lines().last().unwrap_or("no message"));
-            return Err(SpawnError { program: command.program.display().to_string(), source: std::io::Error::other(why) });
+            return Err(SpawnError { program: command.program.display().to_string(), cause: std::io::Error::other(why) });
         }
         Ok(worker)
     }

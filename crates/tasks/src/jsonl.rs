@@ -61,7 +61,7 @@ struct Row {
 }
 
 fn read_rows(path: &Path) -> Result<Vec<Row>, TaskError> {
-    let text = std::fs::read_to_string(path).map_err(|e| TaskError::Io { path: path.display().to_string(), source: e })?;
+    let text = std::fs::read_to_string(path).map_err(|e| TaskError::Io { path: path.display().to_string(), cause: e })?;
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let number = i + 1;

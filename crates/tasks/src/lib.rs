@@ -46,12 +46,12 @@ impl Task {
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
     /// A file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: String,
-        /// The cause.
-        source: std::io::Error,
+        /// Why (in the message, not `source()`, so anyhow's `{:#}` prints it once).
+        cause: std::io::Error,
     },
     /// A named data set whose file has not been fetched yet.
     #[error("{path} is not there yet: run `{command}`")]
