@@ -60,6 +60,9 @@ fn tool_latency(c: &mut Criterion) {
         });
     }
     group.finish();
+    // End of input ends the worker's loop; reap it.
+    drop(stdin);
+    child.wait().expect("python3 worker exits");
 }
 
 criterion_group!(benches, tool_latency);

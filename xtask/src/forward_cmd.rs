@@ -36,7 +36,7 @@ pub fn run(args: ForwardArgs) -> anyhow::Result<()> {
     if let Some(bad) = args.tokens.iter().find(|&&t| t as usize >= v) {
         bail!("token id {bad} is outside the vocabulary (size {v})");
     }
-    let batch = Batch::new(&[args.tokens.clone()]);
+    let batch = Batch::new(std::slice::from_ref(&args.tokens));
     let logits = match &device {
         Device::Cpu => model.forward(&batch).logits,
         Device::Gpu(gpu) => GpuModel::new(gpu.clone(), &model).logits(&batch),

@@ -121,6 +121,7 @@ pub fn policy_loss(rollouts: &[RolloutTokens<'_>], config: &LossConfig) -> LossO
         };
         let a = f64::from(r.advantage);
         let mut g = vec![0.0f32; r.mask.len()];
+        #[allow(clippy::needless_range_loop)] // t indexes four per-token arrays in step
         for t in 0..r.mask.len() {
             if r.mask[t] == 0 {
                 continue;

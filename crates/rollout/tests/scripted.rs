@@ -242,7 +242,5 @@ fn long_prompts_are_prefilled_in_chunks_within_the_step_budget() {
 }
 
 fn config_default() -> RolloutConfig {
-    let mut c = RolloutConfig::default();
-    c.chat = ChatFormat { show_execution_time: false, ..ChatFormat::rstar2() };
-    c
+    RolloutConfig { chat: ChatFormat { show_execution_time: false, ..ChatFormat::rstar2() }, ..RolloutConfig::default() }
 }

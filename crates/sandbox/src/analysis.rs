@@ -53,10 +53,8 @@ impl<'a> Visitor<'a> for Scan {
             return;
         }
         match stmt {
-            Stmt::Import(import) => {
-                if import.names.iter().any(|alias| !is_pure_module(alias.name.as_str())) {
-                    self.taints = true;
-                }
+            Stmt::Import(import) if import.names.iter().any(|alias| !is_pure_module(alias.name.as_str())) => {
+                self.taints = true;
             }
             Stmt::ImportFrom(import) => {
                 let pure = import.level == 0
@@ -76,22 +74,16 @@ impl<'a> Visitor<'a> for Scan {
             return;
         }
         match expr {
-            Expr::Attribute(attr) => {
-                if !matches!(attr.ctx, ExprContext::Load) || is_introspection_attr(attr.attr.as_str()) {
-                    self.taints = true;
-                }
+            Expr::Attribute(attr) if !matches!(attr.ctx, ExprContext::Load) || is_introspection_attr(attr.attr.as_str()) => {
+                self.taints = true;
             }
-            Expr::Name(name) => {
-                if DYNAMIC_NAMES.contains(&name.id.as_str()) {
-                    self.taints = true;
-                }
+            Expr::Name(name) if DYNAMIC_NAMES.contains(&name.id.as_str()) => {
+                self.taints = true;
             }
-            Expr::Subscript(sub) if !matches!(sub.ctx, ExprContext::Load) => {
-                // `x[i] = v` on a local list is everyday code; a store whose container is itself
-                // reached through an attribute or a call (`mod.table[k] = v`) may be shared.
-                if !matches!(*sub.value, Expr::Name(_) | Expr::Subscript(_)) {
-                    self.taints = true;
-                }
+            // `x[i] = v` on a local list is everyday code; a store whose container is itself
+            // reached through an attribute or a call (`mod.table[k] = v`) may be shared.
+            Expr::Subscript(sub) if !matches!(sub.ctx, ExprContext::Load) && !matches!(*sub.value, Expr::Name(_) | Expr::Subscript(_)) => {
+                self.taints = true;
             }
             _ => {}
         }

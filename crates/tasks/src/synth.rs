@@ -39,7 +39,7 @@ fn fnv1a(text: &str) -> u64 {
 
 /// The split of a question.
 pub fn split_of(question: &str) -> Split {
-    if fnv1a(question) % 5 == 0 { Split::Test } else { Split::Train }
+    if fnv1a(question).is_multiple_of(5) { Split::Test } else { Split::Train }
 }
 
 /// Settings of the generator.
@@ -144,11 +144,11 @@ fn gcd(a: u64, b: u64) -> u64 {
 }
 
 fn divisors(n: u64) -> Vec<u64> {
-    (1..=n).filter(|d| n % d == 0).collect()
+    (1..=n).filter(|d| n.is_multiple_of(*d)).collect()
 }
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
 
 fn binomial(n: u64, k: u64) -> BigUint {

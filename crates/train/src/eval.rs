@@ -64,6 +64,7 @@ pub fn tool_error_ratio<'a>(episodes: impl Iterator<Item = &'a Episode>) -> f64 
 }
 
 /// pass@1 and tool figures of the policy on `tasks`, sampled on every replica of the job.
+#[allow(clippy::too_many_arguments)] // each is a distinct input of the run; callers name them all
 pub fn evaluate(replicas: &mut Replicas, tokenizer: &Tokenizer, sandbox: &Sandbox, chat: &ChatFormat, tasks: &[Task], config: &EvalConfig, seed: u64, label: &str) -> anyhow::Result<EvalResult> {
     let rollout = RolloutConfig {
         chat: chat.clone(),

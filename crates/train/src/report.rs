@@ -178,10 +178,10 @@ pub fn write(dir: &Path, config: &TrainConfig, evals: &BTreeMap<String, EvalResu
     for s in stages {
         md += &row(&format!("after RL stage {}", s.stage), Some(&s.eval));
     }
-    if let (Some(sft), Some(rl)) = (evals.get("after_sft"), after_rl) {
-        if let Some((d, se)) = paired_difference(sft, rl) {
-            md += &format!("\nRL minus SFT on the same problems (paired): {d:+.3} ± {se:.3} pass@1.\n");
-        }
+    if let (Some(sft), Some(rl)) = (evals.get("after_sft"), after_rl)
+        && let Some((d, se)) = paired_difference(sft, rl)
+    {
+        md += &format!("\nRL minus SFT on the same problems (paired): {d:+.3} ± {se:.3} pass@1.\n");
     }
     let others: Vec<_> = evals.iter().filter(|(k, _)| k.starts_with("final_")).collect();
     if !others.is_empty() {

@@ -322,7 +322,7 @@ impl Trainer {
                 bar.set_message(format!("reward {:.2} kept {} err+ {:.2} {:.0} tok/s", m.reward_mean, m.kept_rollouts, m.positive_tool_error_ratio, m.tokens_per_second));
                 self.state.stage_step += 1;
                 self.state.rl_step += 1;
-                if self.state.stage_step % self.config.rl.checkpoint_every == 0 && self.state.stage_step < stage.steps {
+                if self.state.stage_step.is_multiple_of(self.config.rl.checkpoint_every) && self.state.stage_step < stage.steps {
                     self.checkpoint()?;
                 }
             }

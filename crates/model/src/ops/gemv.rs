@@ -249,7 +249,7 @@ const WIDEN_ONCE_FROM_PASSES: usize = 4;
 /// `dst[i] = src[i]` widened from f16 (a panel: a multiple of 32 values).
 #[inline(always)]
 fn widen<S: Simd>(src: &[f16], dst: &mut [f32]) {
-    assert!(dst.len() >= src.len() && src.len() % PANEL == 0);
+    assert!(dst.len() >= src.len() && src.len().is_multiple_of(PANEL));
     for i in (0..src.len()).step_by(S::LANES) {
         // SAFETY: i + LANES <= len (LANES divides PANEL) on both sides.
         unsafe { S::store(dst.as_mut_ptr().add(i), S::load_f16(src.as_ptr().add(i))) };
