@@ -535,7 +535,7 @@ mod tests {
 
     /// Every layout (A k- or m-contiguous or neither, B k- or n-contiguous or neither), tile,
     /// panel and block edges (m, n, k past MR, NR, KC, NC and MC and not multiples of them), a
-    /// wider row stride for C, overwriting and accumulating, on one thread and on two.
+    /// wider row stride for C, overwriting and accumulating, on one thread and on several.
     #[test]
     fn equals_a_naive_product_for_every_layout_and_edge() {
         if !available() {
@@ -560,7 +560,9 @@ mod tests {
                         let mut want = start.clone();
                         naive(&mut want, c_rs, &a, a_rs, a_cs, &b, b_rs, b_cs, m, n, k, accumulate);
                         let mut one_thread = Vec::new();
-                        for threads in [1, 2] {
+                        // 3 and 8 parts: prime and two-dimensional splits, as on larger machines
+                        // (Rayon's pool here may have fewer threads: parts then run in turn).
+                        for threads in [1, 2, 3, 8] {
                             let mut got = start.clone();
                             // SAFETY: the operands hold every element of these strides and shapes.
                             unsafe { sgemm(threads, got.as_mut_ptr(), c_rs, a.as_ptr(), a_rs, a_cs, b.as_ptr(), b_rs, b_cs, m, n, k, accumulate) };
@@ -575,7 +577,7 @@ mod tests {
                             if threads == 1 {
                                 one_thread = got;
                             } else {
-                                assert!(got.iter().zip(&one_thread).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}x{n}x{k}: two threads differ from one");
+                                assert!(got.iter().zip(&one_thread).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}x{n}x{k}: {threads} threads differ from one");
                             }
                         }
                     }
