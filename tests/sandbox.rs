@@ -249,10 +249,11 @@ fn hostile_code_never_hangs_or_crashes_the_host() {
     }
 }
 
-/// Native operations that allocate infallibly past a call's budget (less than twice it: the
-/// budget grants the request and trips) end in `memory_limit`, in both pools; refusing them
-/// would have aborted the process. Also the math functions whose results would pass the integer
-/// size limit.
+/// Native operations that allocate infallibly past a call's budget end in `memory_limit`, in both
+/// pools: less than twice it, the budget grants the request and trips; past twice it the request
+/// is refused, which aborts a worker process and, in-process, parks the call's thread instead of
+/// ending the host (answered at once, not at the deadline; the pool serves on with a new
+/// interpreter). Also the math functions whose results would pass the integer size limit.
 #[test]
 fn infallible_native_allocations_past_the_budget_end_in_memory_limit() {
     let cases = [
@@ -262,6 +263,10 @@ fn infallible_native_allocations_past_the_budget_end_in_memory_limit() {
         "x = '\\t' * 100\ny = x.expandtabs(3 * 10**6)",
         "import math\nmath.comb(10**7, 5 * 10**6)",
         "import math\nmath.factorial(10**6)",
+        // Past twice the 256 MiB budget: a gigabyte asked at once, and one grown by doubling.
+        "x = ''.join(['a' * 10**6] * 1000)",
+        "x = 'a' * 10**6\ny = x.replace('a', 'b' * 1000)",
+        "x = '\\t' * 100\ny = x.expandtabs(10**7)",
     ];
     for isolation in [IsolationKind::InProcess, IsolationKind::Process] {
         let mut config = match isolation {
@@ -276,6 +281,7 @@ fn infallible_native_allocations_past_the_budget_end_in_memory_limit() {
             let r = sb.run_blocking(ToolCall::new(code));
             assert_eq!(r.status, Status::MemoryLimit, "{isolation}: {code:?}: {r:?}");
             assert!(r.stderr.contains("MemoryError"), "{isolation}: {code:?}: {}", r.stderr);
+            assert!(r.elapsed_us < 10_000_000, "{isolation}: {code:?}: answered at the deadline: {r:?}");
             let after = sb.run_blocking(ToolCall::new("print(6 * 7)"));
             assert_eq!(after.stdout, "42\n", "{isolation}: after {code:?}: {after:?}");
         }

@@ -73,6 +73,11 @@ impl CallGuard {
         self.active.load(Ordering::Acquire)
     }
 
+    /// The call's thread parked for good after a refused allocation (see [`crate::memory`]).
+    pub(crate) fn parked(&self) -> bool {
+        self.budget.parked()
+    }
+
     /// The exception to raise if the call must stop (its deadline passed or its memory budget
     /// tripped): for native loops that no instruction-level interrupt reaches.
     fn must_stop(&self, vm: &VirtualMachine) -> Option<rustpython_vm::builtins::PyBaseExceptionRef> {

@@ -12,7 +12,13 @@
 //! at once instead of touching gigabytes the host cannot spare. Between the budget and twice it,
 //! requests are granted (and the call trips): some native operations allocate infallibly
 //! (`str.join`, `str.upper`, `str.expandtabs`), and a refusal there would abort the process.
-//! One native operation that alone asks for more than twice the budget still does.
+//!
+//! Some still ask for more than twice the budget: `''.join` of five gigabytes asks at once, and
+//! `str.expandtabs` keeps doubling its buffer. A refusal there is an allocation failure that Rust
+//! answers by aborting the process. On the threads of an in-process pool, [`park_refused_aborts`]
+//! turns that abort into parking the thread for good: no CPU, its memory (at most twice the
+//! budget) kept, the budget marked parked, so the watchdog answers the call `memory_limit` at
+//! once and the pool replaces the interpreter. Any other abort still ends the process.
 //!
 //! ```no_run
 //! #[global_allocator]
@@ -37,6 +43,10 @@ static INSTALLED: AtomicBool = AtomicBool::new(false);
 thread_local! {
     /// The budget of the call running on this thread, if any.
     static CURRENT: Cell<*const Budget> = const { Cell::new(std::ptr::null()) };
+    /// A request of the call running on this thread was refused.
+    static REFUSED: Cell<bool> = const { Cell::new(false) };
+    /// This thread parks instead of aborting after a refusal (see [`park_refused_aborts`]).
+    static PARK_ON_ABORT: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Whether this process's global allocator is [`BudgetAllocator`], so in-process calls are held
@@ -53,18 +63,25 @@ pub(crate) struct Budget {
     limit: usize,
     used: AtomicUsize,
     tripped: AtomicBool,
+    /// A refused allocation parked the call's thread for good (see [`park_refused_aborts`]).
+    parked: AtomicBool,
     /// Wakes the watchdog when the budget trips (a futex wake: allocation-free).
     wake: Arc<std::sync::Condvar>,
 }
 
 impl Budget {
     pub(crate) fn new(limit: usize, wake: Arc<std::sync::Condvar>) -> Self {
-        Budget { limit, used: AtomicUsize::new(0), tripped: AtomicBool::new(false), wake }
+        Budget { limit, used: AtomicUsize::new(0), tripped: AtomicBool::new(false), parked: AtomicBool::new(false), wake }
     }
 
     /// The call allocated past its budget.
     pub(crate) fn tripped(&self) -> bool {
         self.tripped.load(Ordering::Acquire)
+    }
+
+    /// The call's thread parked after a refused allocation: it will never return.
+    pub(crate) fn parked(&self) -> bool {
+        self.parked.load(Ordering::Acquire)
     }
 
     pub(crate) fn limit(&self) -> usize {
@@ -101,6 +118,7 @@ impl Budget {
 
 /// Charges this thread's allocations to `budget` until the returned guard is dropped.
 pub(crate) fn charge_to(budget: &Budget) -> Charging {
+    REFUSED.with(|r| r.set(false));
     CURRENT.with(|c| c.set(budget as *const Budget));
     Charging
 }
@@ -119,11 +137,65 @@ fn with_budget(f: impl FnOnce(&Budget) -> bool) -> bool {
     CURRENT
         .try_with(|c| {
             let p = c.get();
+            if p.is_null() {
+                return true;
+            }
             // SAFETY: `Charging` clears the pointer before the budget it points at is dropped
             // (the budget outlives the call that set it), and only this thread reads it.
-            if p.is_null() { true } else { f(unsafe { &*p }) }
+            let granted = f(unsafe { &*p });
+            if !granted {
+                REFUSED.with(|r| r.set(true));
+            }
+            granted
         })
         .unwrap_or(true)
+}
+
+/// From now until the returned guard is dropped, an abort on this thread during a call whose
+/// allocation was refused parks the thread for good and marks the call's budget parked, instead
+/// of ending the process (see the module docs). Installs the process's SIGABRT handler on first
+/// use.
+pub(crate) fn park_refused_aborts() -> ParkOnAbort {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value before the fields
+        // are set; the handler only reads this thread's const-initialized thread locals, stores
+        // an atomic and calls pause(), all async-signal-safe.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_abort as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(libc::SIGABRT, &action, std::ptr::null_mut());
+        }
+    });
+    PARK_ON_ABORT.with(|p| p.set(true));
+    ParkOnAbort
+}
+
+/// While alive, this thread parks instead of aborting after a refused allocation.
+pub(crate) struct ParkOnAbort;
+
+impl Drop for ParkOnAbort {
+    fn drop(&mut self) {
+        PARK_ON_ABORT.with(|p| p.set(false));
+    }
+}
+
+/// SIGABRT: a thread of an in-process pool whose call had an allocation refused parks; for any
+/// other abort the handler returns, and `abort` then ends the process as it would have.
+extern "C" fn on_abort(_signal: libc::c_int) {
+    let refused = REFUSED.try_with(Cell::get).unwrap_or(false);
+    let park = PARK_ON_ABORT.try_with(Cell::get).unwrap_or(false);
+    let budget = CURRENT.try_with(Cell::get).unwrap_or(std::ptr::null());
+    if refused && park && !budget.is_null() {
+        // SAFETY: the budget outlives the call that set the pointer, and that call cannot end:
+        // this frame never returns.
+        unsafe { &*budget }.parked.store(true, Ordering::Release);
+        loop {
+            // SAFETY: pause() has no preconditions; SIGABRT stays blocked in this handler.
+            unsafe { libc::pause() };
+        }
+    }
 }
 
 // SAFETY: every request is passed to `System` unchanged or refused with a null pointer, as

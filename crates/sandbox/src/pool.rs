@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 
 use crate::config::{Isolation, IsolationKind, SandboxConfig};
 use crate::interp::{InterpreterError, Runner};
+use crate::memory;
 use crate::outcome::{Status, ToolCall, ToolResult};
 use crate::queue::QueueClient;
 use crate::remote::HttpClient;
@@ -340,14 +341,29 @@ fn in_process_worker(shared: Arc<Shared>, ready: Ready) {
     // `replaced` when a new thread took this one's place (this one then exits when the call
     // returns), else it was held back by the cap and serves on.
     let (stuck, replaced) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    // A native operation whose allocation is refused parks this thread instead of aborting the
+    // process (see `memory`).
+    let _park_on_abort = memory::park_refused_aborts();
     // Runs one call; returns whether the interpreter must be replaced.
     let run = |runner: &Runner, call: &ToolCall, reply: Reply, in_session: bool| -> bool {
         let reply = Arc::new(Mutex::new(Some(reply)));
         let timeout = config.limits.timeout;
+        let started = std::time::Instant::now();
         let on_stuck = {
             let (reply, stuck, replaced, shared) = (reply.clone(), stuck.clone(), replaced.clone(), shared.clone());
-            Box::new(move || {
+            Box::new(move |parked: bool| {
                 stuck.store(true, Ordering::Release);
+                if parked {
+                    // Parked for good, burning no CPU: always replaced, and not counted among the
+                    // abandoned threads the cap is for.
+                    if let Some(reply) = reply.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                        let mib = shared.config.interpreter.limits.memory_bytes >> 20;
+                        let msg = format!("MemoryError: a native operation asked for more memory than the call's limit of {mib} MiB allows (interpreter abandoned)\n");
+                        let _ = reply.send(ToolResult::failure(Status::MemoryLimit, msg, started.elapsed().as_micros() as u64));
+                    }
+                    spawn_worker(shared, None);
+                    return;
+                }
                 let fresh = shared.abandoned.alive.fetch_add(1, Ordering::AcqRel) < shared.config.max_abandoned;
                 let fate = if fresh {
                     "interpreter abandoned"

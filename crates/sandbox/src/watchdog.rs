@@ -12,8 +12,9 @@ use crate::interp::CallGuard;
 const RESEND: Duration = Duration::from_millis(1);
 const IDLE: Duration = Duration::from_millis(100);
 
-/// Runs when a call is still going `grace` after its deadline (stuck in native code).
-pub(crate) type StuckHandler = Box<dyn FnOnce() + Send>;
+/// Runs when a call is still going `grace` after its deadline (stuck in native code), or at once
+/// when its thread parked after a refused allocation (the argument: whether it did).
+pub(crate) type StuckHandler = Box<dyn FnOnce(bool) + Send>;
 
 struct Entry {
     deadline: Instant,
@@ -92,10 +93,11 @@ fn run(weak: Weak<Inner>) {
             }
             entry.guard.interrupt_if_over_budget();
             // A stuck call stays registered: should its native work ever end, it is interrupted.
+            let parked = entry.guard.parked();
             if let Some((at, _)) = &entry.stuck
-                && *at <= now
+                && (*at <= now || parked)
             {
-                stuck_handlers.push(entry.stuck.take().expect("checked above").1);
+                stuck_handlers.push((entry.stuck.take().expect("checked above").1, parked));
             }
             true
         });
@@ -109,8 +111,8 @@ fn run(weak: Weak<Inner>) {
         }
         state.next_wake = next;
         drop(state);
-        for handler in stuck_handlers {
-            handler();
+        for (handler, parked) in stuck_handlers {
+            handler(parked);
         }
         let state = inner.state.lock().unwrap_or_else(|p| p.into_inner());
         let timeout = state.next_wake.saturating_duration_since(Instant::now());
