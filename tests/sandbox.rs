@@ -198,6 +198,10 @@ fn hostile_code_never_hangs_or_crashes_the_host() {
         ("import re\nre.match(r'(a+)+$', 'a' * 40 + 'b')", &[Status::Error]),
         ("import re\nre.findall(r'(\\w+\\s?)*$', 'ab ' * 20 + '!')", &[Status::Error]),
         ("import re\nre.match(r'(a|b+)+$', 'b' * 40 + 'c')", &[Status::Error]),
+        // Overlapping alternatives, or an optional part that can start what follows it.
+        ("import re\nre.match(r'(a|aa)+$', 'a' * 60 + 'b')", &[Status::Error]),
+        ("import re\nre.match(r'(.?x)+$', 'x' * 60 + '!')", &[Status::Error]),
+        ("import re\nre.match(r'(\\s*,\\s*)*$', ' , ' * 30 + '!')", &[Status::Error]),
         // Refused before running: about 85 million digits.
         ("x = 7 ** (10**8)", &[Status::MemoryLimit]),
         ("x = 1 << 10**10", &[Status::MemoryLimit]),
@@ -309,6 +313,7 @@ import logging, concurrent.futures, threading, time
 local = threading.local(); local.n = 4
 print(bool(re.fullmatch(r'^(\d+|\w+)(\.\w+|\[[^]]+\])*$', 'a.b[0]')), re.findall(r'(?m)(?:.+$\n?)*', 'ab\ncd')[0] == 'ab\ncd', local.n, logging.getLevelName(20))
 t = time.monotonic(); time.sleep(0.05); print(time.monotonic() - t >= 0.05)
+print(bool(re.fullmatch(r'([A-Z][a-z]*)+', 'HelloWorld')), bool(re.fullmatch(r'(?:(?:0x)?[0-9a-f]{2}:?)+', '0x1f:2a')), re.findall(r'(?:ab?)+', 'abaab'), re.findall(r'(?:,?\d)+', '1,2,3'), re.findall(r'(?:\r?\n)+', 'a\r\n\nb'))
 "#;
     let expected = concat!(
         "['2,'] ['abbab'] a b\n",
@@ -320,6 +325,7 @@ t = time.monotonic(); time.sleep(0.05); print(time.monotonic() - t >= 0.05)
         "caught\n",
         "True True 4 INFO\n",
         "True\n",
+        "True True ['abaab'] ['1,2,3'] ['\\r\\n\\n']\n",
     );
     // Not CPython's: the recursion limit may be raised to 50,000, not past it.
     let recursion = "import sys\nsys.setrecursionlimit(3000)\na = sys.getrecursionlimit()\nsys.setrecursionlimit(10**6)\ndef depth(n):\n    return depth(n + 1) if n < 20000 else n\nprint(a, sys.getrecursionlimit(), depth(0))";
@@ -505,10 +511,10 @@ static STUCK_NATIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[test]
 fn in_process_abandoned_threads_are_capped() {
     let _turn = STUCK_NATIVE.lock().unwrap_or_else(|p| p.into_inner());
-    // Fibonacci(32)-many backtracking steps (alternatives that overlap, which the regex guard
-    // lets through): about a second, longer than the 200 ms limit plus its 500 ms grace, short
-    // enough to end within the test.
-    let stuck = "import re\nre.match(r'(a|aa)+$', 'a' * 32 + 'b')";
+    // Fibonacci(32)-many backtracking steps (overlapping alternatives under a bounded repeat,
+    // which the regex guard lets through: it refuses unbounded ones): about a second, longer
+    // than the 200 ms limit plus its 500 ms grace, short enough to end within the test.
+    let stuck = "import re\nre.match(r'(a|aa){1,64}$', 'a' * 32 + 'b')";
     for cap in [0, 1] {
         let mut config = SandboxConfig::in_process();
         config.workers = 1;
@@ -559,7 +565,7 @@ fn in_process_pool_runs_and_times_out() {
     // (About two seconds of backtracking, so the abandoned thread ends while the other tests of
     // this process run; it may hold interpreter-wide locks until then.)
     let t = Instant::now();
-    let r = sb.run_blocking(ToolCall::new("import re\nre.match(r'(a|aa)+$', 'a' * 33 + 'b')"));
+    let r = sb.run_blocking(ToolCall::new("import re\nre.match(r'(a|aa){1,64}$', 'a' * 33 + 'b')"));
     assert_eq!(r.status, Status::Timeout);
     assert!(t.elapsed() < Duration::from_secs(3));
     // The pool serves again: at once, or (while the abandoned thread still holds the

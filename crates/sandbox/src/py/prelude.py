@@ -192,8 +192,11 @@ sys.setrecursionlimit = _setrecursionlimit
 # unbounded repeat and nothing else it must match pins down where the repeats end: a literal
 # that they cannot match themselves ((\d+,)* is fine), an anchor ((.+$\n?)*), or an alternation
 # each of whose alternatives has such a literal ((\.\w+|\[[^]]+\])* is fine, (a|b+)+ is not).
-# Alternatives that overlap without a repeat of their own ((a|aa)+) are not detected: a check on
-# sample texts missed that one (sre's parser makes it a(?:|a)) and refused others sre runs fast.
+# The body is also ambiguous when a part of it that may match nothing can also match one
+# character that starts what follows it (in the body, or the next repeat): (a|aa)+, which sre's
+# parser makes a(?:|a), (.?x)+, (a?a)*; or when two alternatives may both match nothing ((a|a)+ is
+# a(?:|)). (ab?)+, (,?\d)+ and ((0x)?[0-9a-f]{2})+ are fine. Character classes are compared on
+# sample characters (ASCII and a few others) under the pattern's flags: where unsure, allowed.
 import re as _re
 from re import _compiler as _re_compiler, _parser as _re_parser, _constants as _re_c
 _native_re_compile = _re_compiler.compile
@@ -234,10 +237,11 @@ def _re_absorbed(need, repeats):
         return any(all(_re_absorbed(n, repeats + r) for n in ns) for r, ns in av)
     if op == "anchor":
         return False
-    if op is not _re_c.LITERAL:
-        return True
-    ch = chr(av)
-    return any(_native_re_compile(r, 0).fullmatch(ch) for r in repeats)
+    if not repeats:
+        return False
+    state = repeats[0].state
+    own = (chr(av),) if op is _re_c.LITERAL else ()
+    return _re_overlap(_re_matcher([_re_parser.SubPattern(state, [need])], state), _re_matcher(repeats, state), own)
 
 def _re_has_repeats(repeats, needed):
     return bool(repeats) or any(op == "branch" and any(_re_has_repeats(r, ns) for r, ns in av) for op, av in needed)
@@ -246,11 +250,65 @@ def _re_ambiguous(items, state):
     repeats, needed = _re_body(items, state)
     return _re_has_repeats(repeats, needed) and all(_re_absorbed(n, repeats) for n in needed)
 
+_RE_SAMPLES = [chr(c) for c in range(1, 128)] + ["\xa0", "\xe9", "\u03a9", "\u2028", "\u4e2d"]
+
+def _re_first(items, state):
+    """(chars, nullable) of a sequence: single-character items one of which its first character
+    matches, and whether it can match nothing. Zero-width and unknown items match nothing."""
+    chars = []
+    for op, av in items:
+        if op in _CHARS:
+            return chars + [(op, av)], False
+        if op is _re_c.SUBPATTERN:
+            c, nullable = _re_first(av[3].data, state)
+        elif op is _re_c.BRANCH:
+            firsts = [_re_first(alt.data, state) for alt in av[1]]
+            c = [x for f in firsts for x in f[0]]
+            nullable = any(f[1] for f in firsts)
+        elif op in _REPEATS:
+            c, nullable = _re_first(av[2].data, state)
+            nullable = nullable or av[0] == 0
+        else:
+            c, nullable = [], True
+        chars += c
+        if not nullable:
+            return chars, False
+    return chars, True
+
+def _re_matcher(alternatives, state):
+    """A compiled pattern matching what any of the sub-patterns matches, under the pattern's flags."""
+    flags = state.flags & ~_re_c.SRE_FLAG_DEBUG
+    return _native_re_compile(_re_parser.SubPattern(state, [(_re_c.BRANCH, (None, list(alternatives)))]), flags)
+
+def _re_overlap(a, b, extra=()):
+    """Whether both compiled patterns match some sample character (or one of `extra`) whole."""
+    return any(a.fullmatch(ch) and b.fullmatch(ch) for ch in (*extra, *_RE_SAMPLES))
+
+def _re_optional_overlaps(items, state, follow):
+    """Whether a part of `items` that may match nothing can start what follows it (`follow`:
+    the first characters after the sequence, when the rest of it may match nothing), or holds
+    two alternatives that may both match nothing."""
+    for j, (op, av) in enumerate(items):
+        rest, rest_nullable = _re_first(items[j + 1:], state)
+        after = rest + follow if rest_nullable else rest
+        if after and _re_first([(op, av)], state)[1]:
+            part = _re_matcher([_re_parser.SubPattern(state, [(op, av)])], state)
+            if _re_overlap(part, _re_matcher([_re_parser.SubPattern(state, [x]) for x in after], state)):
+                return True
+        if op is _re_c.SUBPATTERN and _re_optional_overlaps(av[3].data, state, after):
+            return True
+        if op is _re_c.BRANCH:
+            if sum(1 for alt in av[1] if _re_first(alt.data, state)[1]) > 1:
+                return True
+            if any(_re_optional_overlaps(alt.data, state, after) for alt in av[1]):
+                return True
+    return False
+
 def _re_risky(items, state):
     for op, av in items:
         if op in _REPEATS:
             lo, hi, sub = av
-            if hi == _re_c.MAXREPEAT and _re_ambiguous(sub.data, state):
+            if hi == _re_c.MAXREPEAT and (_re_ambiguous(sub.data, state) or _re_optional_overlaps(sub.data, state, _re_first(sub.data, state)[0])):
                 return True
             if _re_risky(sub.data, state):
                 return True
