@@ -212,6 +212,8 @@ fn hostile_code_never_hangs_or_crashes_the_host() {
         // Native loops over iterators see the deadline (and RustPython's max() grows memory).
         ("max(range(10**11))", &[Status::Timeout, Status::MemoryLimit]),
         ("import itertools\nlist(itertools.count())", &[Status::Timeout, Status::MemoryLimit]),
+        ("max(iter(int, 1))", &[Status::Timeout]),
+        ("import collections\ncollections.deque(iter(int, 1), maxlen=0)", &[Status::Timeout]),
         ("import itertools\nsorted(itertools.product(range(10), repeat=12))", &[Status::Timeout, Status::MemoryLimit]),
         ("s = 'a' * 10**10", &[Status::MemoryLimit]),
         ("x = [0] * 10**10", &[Status::MemoryLimit]),
@@ -313,7 +315,7 @@ import logging, concurrent.futures, threading, time
 local = threading.local(); local.n = 4
 print(bool(re.fullmatch(r'^(\d+|\w+)(\.\w+|\[[^]]+\])*$', 'a.b[0]')), re.findall(r'(?m)(?:.+$\n?)*', 'ab\ncd')[0] == 'ab\ncd', local.n, logging.getLevelName(20))
 t = time.monotonic(); time.sleep(0.05); print(time.monotonic() - t >= 0.05)
-print(bool(re.fullmatch(r'([A-Z][a-z]*)+', 'HelloWorld')), bool(re.fullmatch(r'(?:(?:0x)?[0-9a-f]{2}:?)+', '0x1f:2a')), re.findall(r'(?:ab?)+', 'abaab'), re.findall(r'(?:,?\d)+', '1,2,3'), re.findall(r'(?:\r?\n)+', 'a\r\n\nb'))
+print(bool(re.fullmatch(r'([A-Z][a-z]*)+', 'HelloWorld')), bool(re.fullmatch(r'(?:(?:0x)?[0-9a-f]{2}:?)+', '0x1f:2a')), re.findall(r'(?:ab?)+', 'abaab'), re.findall(r'(?:,?\d)+', '1,2,3'), re.findall(r'(?:\r?\n)+', 'a\r\n\nb'), list(iter([0, 3, 2, 1].pop, 0)))
 "#;
     let expected = concat!(
         "['2,'] ['abbab'] a b\n",
@@ -325,7 +327,7 @@ print(bool(re.fullmatch(r'([A-Z][a-z]*)+', 'HelloWorld')), bool(re.fullmatch(r'(
         "caught\n",
         "True True 4 INFO\n",
         "True\n",
-        "True True ['abaab'] ['1,2,3'] ['\\r\\n\\n']\n",
+        "True True ['abaab'] ['1,2,3'] ['\\r\\n\\n'] [1, 2, 3]\n",
     );
     // Not CPython's: the recursion limit may be raised to 50,000, not past it.
     let recursion = "import sys\nsys.setrecursionlimit(3000)\na = sys.getrecursionlimit()\nsys.setrecursionlimit(10**6)\ndef depth(n):\n    return depth(n + 1) if n < 20000 else n\nprint(a, sys.getrecursionlimit(), depth(0))";

@@ -6,9 +6,10 @@
 //! work starts from a few bytes of source, by wrapping slots of the builtin types (once per thread:
 //! the types are shared by the interpreters of a thread, and the wrappers do nothing outside a
 //! call):
-//! - native loops over iterators (`max(range(10**11))`, `list(itertools.count())`): the range
-//!   and `itertools` iterators check the call's deadline and memory budget every
-//!   [`CHECK_EVERY`] items and raise the call's interrupt;
+//! - native loops over iterators (`max(range(10**11))`, `list(itertools.count())`,
+//!   `max(iter(int, 1))`): the range, `itertools` and callable (`iter(f, sentinel)`) iterators
+//!   check the call's deadline and memory budget every [`CHECK_EVERY`] items and raise the
+//!   call's interrupt;
 //! - integer powers and left shifts whose result would have more than [`MAX_INT_BITS`] bits are
 //!   refused with `MemoryError` before they run (`7 ** 10**8` would take minutes);
 //! - `time.sleep` sleeps in slices and looks at the call's deadline between them (replaced in
@@ -73,7 +74,8 @@ pub(crate) fn install(vm: &VirtualMachine) -> PyResult<()> {
     if ORIGINALS.with(|o| o.get().is_some()) {
         return Ok(());
     }
-    let mut types: Vec<&Py<PyType>> = vec![vm.ctx.types.range_iterator_type, vm.ctx.types.long_range_iterator_type];
+    // `iter(int, 1)` calls a native function until it returns 1: `max(iter(int, 1))` never ends.
+    let mut types: Vec<&Py<PyType>> = vec![vm.ctx.types.range_iterator_type, vm.ctx.types.long_range_iterator_type, vm.ctx.types.callable_iterator];
     let itertools = vm.import("itertools", 0)?;
     let mut owned = Vec::new();
     for name in ITERTOOLS {
