@@ -508,8 +508,9 @@ fn a_timeout_inside_an_import_leaves_imports_working() {
 static STUCK_NATIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// In-process threads left to native work are capped: with the cap at 0 a stuck thread gets no
-/// replacement and serves the next call once its native work returns; with 1 it is replaced and
-/// counted until it ends. Imports work afterwards.
+/// replacement and serves the next call once its native work returns (meanwhile, with every
+/// worker stuck, calls are answered with an error at once rather than queued); with 1 it is
+/// replaced and counted until it ends. Imports work afterwards.
 #[test]
 fn in_process_abandoned_threads_are_capped() {
     let _turn = STUCK_NATIVE.lock().unwrap_or_else(|p| p.into_inner());
@@ -529,6 +530,12 @@ fn in_process_abandoned_threads_are_capped() {
         if cap == 0 {
             assert!(r.stderr.contains("serves again when the native call returns"), "{}", r.stderr);
             assert_eq!((alive, held_back), (0, 1));
+            // The pool's one worker is stuck: a call now is refused at once, not queued.
+            let t = Instant::now();
+            let r = sb.run_blocking(ToolCall::new("print('queued')"));
+            assert_eq!(r.status, Status::Crashed, "{r:?}");
+            assert!(r.stderr.contains("every interpreter of the sandbox is stuck in native code"), "{}", r.stderr);
+            assert!(t.elapsed() < Duration::from_millis(100), "answered after {:?}", t.elapsed());
         } else {
             assert!(r.stderr.contains("interpreter abandoned"), "{}", r.stderr);
             assert_eq!((alive, held_back), (1, 0));
@@ -541,7 +548,7 @@ fn in_process_abandoned_threads_are_capped() {
             if r.stdout == "ok\n" && sb.abandoned_threads().0 == 0 {
                 break;
             }
-            assert!(r.status == Status::Ok || r.status == Status::Timeout, "{r:?}");
+            assert!(matches!(r.status, Status::Ok | Status::Timeout | Status::Crashed), "{r:?}");
             assert!(start.elapsed() < Duration::from_secs(60), "cap {cap}: not recovered: {r:?} {:?}", sb.abandoned_threads());
             std::thread::sleep(Duration::from_millis(50));
         }

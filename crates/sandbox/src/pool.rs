@@ -50,6 +50,23 @@ struct Abandoned {
     alive: AtomicUsize,
     /// Times the cap kept a stuck thread without a replacement.
     held_back: AtomicU64,
+    /// Workers held back now (stuck, no replacement): when all are, nothing takes calls.
+    held_now: AtomicUsize,
+}
+
+impl Abandoned {
+    /// When every worker is stuck in native code, answers the calls waiting in `jobs` with an
+    /// error rather than leaving them (and whoever waits on them) queued until one returns.
+    fn refuse_waiting_if_all_stuck(&self, workers: usize, jobs: &crossbeam_channel::Receiver<Job>) {
+        while self.held_now.load(Ordering::Acquire) >= workers {
+            let Ok(job) = jobs.try_recv() else { return };
+            if let Job::Call { reply, .. } = job {
+                let msg = "every interpreter of the sandbox is stuck in native code (SandboxConfig::max_abandoned reached): the call was not run\n";
+                let _ = reply.send(ToolResult::failure(Status::Crashed, msg, 0));
+            }
+            // A session's job is dropped with its channel: its calls are answered as lost.
+        }
+    }
 }
 
 /// A pool of warm Python interpreters, or ([`Sandbox::queue`]) code-judge workers on other
@@ -71,7 +88,7 @@ pub struct Sandbox {
 
 #[derive(Clone)]
 enum Backend {
-    Local { jobs: crossbeam_channel::Sender<Job>, workers: usize, abandoned: Arc<Abandoned>, kind: IsolationKind },
+    Local { jobs: crossbeam_channel::Sender<Job>, waiting: crossbeam_channel::Receiver<Job>, workers: usize, abandoned: Arc<Abandoned>, kind: IsolationKind },
     Queue(QueueClient),
     Http(HttpClient),
 }
@@ -93,7 +110,7 @@ impl Sandbox {
         };
         let (tx, rx) = crossbeam_channel::unbounded();
         let abandoned = Arc::new(Abandoned::default());
-        let shared = Arc::new(Shared { config, jobs: rx, watchdog: Watchdog::new(), abandoned: abandoned.clone() });
+        let shared = Arc::new(Shared { config, jobs: rx.clone(), watchdog: Watchdog::new(), abandoned: abandoned.clone() });
         let (ready_tx, ready_rx) = mpsc::channel();
         for _ in 0..shared.config.workers {
             spawn_worker(shared.clone(), Some(ready_tx.clone()));
@@ -102,7 +119,7 @@ impl Sandbox {
         for ready in ready_rx {
             ready?;
         }
-        Ok(Sandbox { backend: Backend::Local { jobs: tx, workers: shared.config.workers, abandoned, kind } })
+        Ok(Sandbox { backend: Backend::Local { jobs: tx, waiting: rx, workers: shared.config.workers, abandoned, kind } })
     }
 
     /// Tool calls run by code-judge workers (ours, `sandbox worker --redis`, or code-judge's own)
@@ -224,8 +241,9 @@ impl Sandbox {
     fn submit(&self, job: Job) {
         // The receiving side lives as long as any worker; a send can only fail during shutdown,
         // and then the reply channel is dropped and the caller gets `lost()`.
-        if let Backend::Local { jobs, .. } = &self.backend {
+        if let Backend::Local { jobs, waiting, workers, abandoned, .. } = &self.backend {
             let _ = jobs.send(job);
+            abandoned.refuse_waiting_if_all_stuck(*workers, waiting);
         }
     }
 }
@@ -370,6 +388,7 @@ fn in_process_worker(shared: Arc<Shared>, ready: Ready) {
                 } else {
                     shared.abandoned.alive.fetch_sub(1, Ordering::AcqRel);
                     shared.abandoned.held_back.fetch_add(1, Ordering::Relaxed);
+                    shared.abandoned.held_now.fetch_add(1, Ordering::AcqRel);
                     "too many interpreters abandoned already: this one serves again when the native call returns"
                 };
                 if let Some(reply) = reply.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -380,6 +399,8 @@ fn in_process_worker(shared: Arc<Shared>, ready: Ready) {
                 if fresh {
                     replaced.store(true, Ordering::Release);
                     spawn_worker(shared, None);
+                } else {
+                    shared.abandoned.refuse_waiting_if_all_stuck(shared.config.workers, &shared.jobs);
                 }
             })
         };
@@ -407,6 +428,7 @@ fn in_process_worker(shared: Arc<Shared>, ready: Ready) {
                 shared.abandoned.alive.fetch_sub(1, Ordering::AcqRel);
                 return;
             }
+            shared.abandoned.held_now.fetch_sub(1, Ordering::AcqRel);
             replace = true;
         }
         if replace {
