@@ -333,6 +333,13 @@ fn process_worker(shared: &Shared, mut worker: ProcessWorker) {
     }
 }
 
+/// Sends `result` unless the call was answered already (by the watchdog, or by the call's end).
+fn answer_once(reply: &Mutex<Option<Reply>>, result: ToolResult) {
+    if let Some(reply) = reply.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let _ = reply.send(result);
+    }
+}
+
 /// An interpreter thread. A call that is stuck in native code past its deadline plus a grace
 /// period is answered with `timeout` by the watchdog, which starts a replacement thread; this
 /// thread then exits as soon as the native call returns.
@@ -374,11 +381,9 @@ fn in_process_worker(shared: Arc<Shared>, ready: Ready) {
                 if parked {
                     // Parked for good, burning no CPU: always replaced, and not counted among the
                     // abandoned threads the cap is for.
-                    if let Some(reply) = reply.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                        let mib = shared.config.interpreter.limits.memory_bytes >> 20;
-                        let msg = format!("MemoryError: a native operation asked for more memory than the call's limit of {mib} MiB allows (interpreter abandoned)\n");
-                        let _ = reply.send(ToolResult::failure(Status::MemoryLimit, msg, started.elapsed().as_micros() as u64));
-                    }
+                    let mib = shared.config.interpreter.limits.memory_bytes >> 20;
+                    let msg = format!("MemoryError: a native operation asked for more memory than the call's limit of {mib} MiB allows (interpreter abandoned)\n");
+                    answer_once(&reply, ToolResult::failure(Status::MemoryLimit, msg, started.elapsed().as_micros() as u64));
                     spawn_worker(shared, None);
                     return;
                 }
@@ -391,11 +396,9 @@ fn in_process_worker(shared: Arc<Shared>, ready: Ready) {
                     shared.abandoned.held_now.fetch_add(1, Ordering::AcqRel);
                     "too many interpreters abandoned already: this one serves again when the native call returns"
                 };
-                if let Some(reply) = reply.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                    let secs = timeout.as_secs_f64();
-                    let msg = format!("TimeoutError: execution exceeded the time limit of {secs:.1} s (stuck in native code; {fate})\n");
-                    let _ = reply.send(ToolResult::failure(Status::Timeout, msg, (timeout + kill_grace(timeout)).as_micros() as u64));
-                }
+                let secs = timeout.as_secs_f64();
+                let msg = format!("TimeoutError: execution exceeded the time limit of {secs:.1} s (stuck in native code; {fate})\n");
+                answer_once(&reply, ToolResult::failure(Status::Timeout, msg, (timeout + kill_grace(timeout)).as_micros() as u64));
                 if fresh {
                     replaced.store(true, Ordering::Release);
                     spawn_worker(shared, None);
@@ -405,9 +408,7 @@ fn in_process_worker(shared: Arc<Shared>, ready: Ready) {
             })
         };
         let (result, replace) = runner.run_with(call, &shared.watchdog, in_session, Some((kill_grace(timeout), on_stuck)));
-        if let Some(reply) = reply.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = reply.send(result);
-        }
+        answer_once(&reply, result);
         replace
     };
     while let Ok(job) = shared.jobs.recv() {
