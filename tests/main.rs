@@ -8,4 +8,5 @@ mod gguf;
 mod model;
 mod queue;
 mod sandbox;
+mod tasks;
 mod support;

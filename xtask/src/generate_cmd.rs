@@ -68,8 +68,9 @@ pub struct EvalArgs {
     /// xtask fetch-data`); or `synthetic` for the built-in held-out split.
     #[arg(long)]
     pub data: String,
-    /// k: pass@1 is averaged over k samples per problem.
-    #[arg(long, default_value_t = 4)]
+    /// n: samples per problem; pass@1 is averaged over them, and pass@k is reported for
+    /// k = 1, 2, 4, 8 up to n (the unbiased estimator of Chen et al. 2021).
+    #[arg(long, default_value_t = 8)]
     pub samples: usize,
     /// Difficulty levels of the synthetic problems.
     #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
@@ -215,7 +216,7 @@ pub fn print_gpu_profiles(policies: &[Policy]) {
 
 pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let tasks = if args.data == "synthetic" {
-        rstar2_tasks::synth::generate(&rstar2_tasks::synth::SynthConfig { levels: args.levels.clone(), ..Default::default() }, rstar2_tasks::synth::Split::Test, args.limit, 1)?
+        rstar2_tasks::synth::generate(&rstar2_tasks::synth::SynthConfig { levels: args.levels.clone(), ..Default::default() }, rstar2_tasks::synth::Split::Test, args.limit, rstar2_tasks::synth::HELD_OUT_SEED)?
     } else {
         let data = rstar2_tasks::real::resolve(&args.data, &crate::test_cmd::workspace_root())?;
         let (tasks, skipped) = rstar2_tasks::jsonl::load_jsonl(&data)?;
@@ -243,7 +244,7 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let r = eval::evaluate(&mut replicas, &loaded.tokenizer, &sandbox, &chat, &tasks, &config, args.seed, "")?;
     println!("{}", serde_json::to_string(&r)?);
     eprintln!(
-        "pass@1 {:.3} ± {:.3} (k={}, {} problems{}), tool calls/episode {:.2}, tool-error ratio {:.2}, response {:.0} tokens",
+        "pass@1 {:.3} ± {:.3} (n={} samples each, {} problems{}), tool calls/episode {:.2}, tool-error ratio {:.2}, response {:.0} tokens",
         r.pass_at_1,
         r.stderr,
         r.k,
@@ -253,8 +254,11 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         r.tool_error_ratio,
         r.response_tokens
     );
+    eprintln!("{}", eval::describe_pass_at_k(&r));
     if r.per_kind.len() > 1 {
         eprintln!("by kind: {}", r.per_kind.iter().map(|(k, v)| format!("{k} {v:.3}")).collect::<Vec<_>>().join(", "));
+        let top = r.pass_at_k.keys().last().copied().unwrap_or(1);
+        eprintln!("pass@{top} by kind: {}", r.per_kind_pass_at_k.iter().map(|(k, v)| format!("{k} {:.3}", v[&top])).collect::<Vec<_>>().join(", "));
     }
     if !r.per_level.is_empty() {
         eprintln!("by level: {}", r.per_level.iter().map(|(k, v)| format!("{k}: {v:.3}")).collect::<Vec<_>>().join(", "));

@@ -49,9 +49,13 @@ enum Command {
     /// Compares training runs like the paper's Figure 4: tool-error ratio in correct rollouts
     /// over RL steps (PNG) and their held-out figures.
     Compare(train_cmd::CompareArgs),
+    /// A replication study: every (algorithm, seed) run of a config, resumable, then
+    /// runs/<study>/report.md with curves (mean ± standard error across seeds), pass@k per stage
+    /// and the paper's claims marked holds / does not hold / within noise.
+    Replicate(train_cmd::ReplicateArgs),
     /// Multi-turn tool-integrated rollouts of a model on a JSONL data set, one episode per line.
     Generate(generate_cmd::GenerateArgs),
-    /// pass@1 (averaged over k samples), tool use and tool errors of a model on a data set.
+    /// pass@1 (averaged over n samples) and pass@k, tool use and tool errors of a model on a data set.
     Eval(generate_cmd::EvalArgs),
     /// Converts a GGUF file (Llama architecture) into an HF folder: config, f32 safetensors,
     /// tokenizer.json, chat template.
@@ -101,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         Command::TrainTokenizer(args) => tokenizer_cmd::run(args),
         Command::Train(args) => train_cmd::run(args),
         Command::Compare(args) => train_cmd::compare(args),
+        Command::Replicate(args) => train_cmd::replicate(args),
         Command::ImportGguf(args) => gguf_cmd::import(args),
         Command::FetchModel(args) => gguf_cmd::fetch(args),
         Command::FetchData(args) => data_cmd::fetch(args),

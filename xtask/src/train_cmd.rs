@@ -88,3 +88,45 @@ pub struct CompareArgs {
 pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     rstar2_train::compare::compare(&args.runs, &args.out)
 }
+
+/// Arguments of `replicate`.
+#[derive(Args)]
+pub struct ReplicateArgs {
+    /// Number of seeds: every algorithm runs with seeds 1..=N.
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    /// The algorithms to compare, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "grpo,grpo-roc")]
+    pub algos: Vec<Algo>,
+    /// Training config (TOML) laid over the embedded default (configs/tiny.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Device of every run: auto, cpu, gpu, gpu:N or a list (as `train --device`).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Where the study folder (<runs-dir>/<name>) is created.
+    #[arg(long, default_value = "runs")]
+    pub runs_dir: PathBuf,
+    /// The study's folder name (default: the config's name and "-study", e.g. tiny-study). Run
+    /// the same command again to continue a killed study: finished runs are skipped.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Stop (as if killed) after this many runs finished; for testing resume.
+    #[arg(long, hide = true)]
+    pub stop_after_runs: Option<usize>,
+}
+
+pub fn replicate(args: ReplicateArgs) -> anyhow::Result<()> {
+    let mut algos = args.algos;
+    algos.dedup();
+    rstar2_train::study::replicate(&rstar2_train::study::StudyOptions {
+        config: args.config,
+        seeds: args.seeds,
+        algos,
+        device: args.device,
+        runs_dir: args.runs_dir,
+        name: args.name,
+        stop_after_runs: args.stop_after_runs,
+    })?;
+    Ok(())
+}

@@ -153,6 +153,86 @@ fn short_run_then_resume_matches_an_uninterrupted_run() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Two seeds x two algorithms x two RL steps (one per stage, the second filtered).
+const STUDY: &str = r#"
+[data]
+train_problems = 200
+test_problems = 4
+[sft]
+examples = 32
+epochs = 1
+batch_size = 8
+[rl]
+group_size = 2
+oversample = 2
+prompts_per_step = 2
+dispatch = "lockstep"
+[[rl.stages]]
+steps = 1
+max_response_tokens = 96
+max_turns = 3
+[[rl.stages]]
+steps = 1
+max_response_tokens = 128
+max_turns = 3
+filter_solved = { problems = 4, samples = 2 }
+[eval]
+samples = 2
+max_response_tokens = 96
+max_turns = 3
+"#;
+
+#[test]
+fn replicate_runs_every_run_and_a_killed_study_resumes_to_the_same_report() {
+    let dir = scratch("study");
+    let config = dir.join("study.toml");
+    std::fs::write(&config, STUDY).unwrap();
+    let runs = dir.join("runs");
+    let study = |name: &str, extra: &[&str]| {
+        let mut args = vec!["replicate", "--seeds", "2", "--algos", "grpo,grpo-roc", "--config", config.to_str().unwrap(), "--runs-dir", runs.to_str().unwrap(), "--name", name, "--device", "cpu"];
+        args.extend_from_slice(extra);
+        let (out, err, ok) = xtask(&args);
+        assert!(ok, "{out}\n{err}");
+        out
+    };
+    study("whole", &[]);
+    let whole = runs.join("whole");
+    for run in ["grpo-seed1", "grpo-roc-seed1", "grpo-seed2", "grpo-roc-seed2"] {
+        let summary: Value = serde_json::from_str(&std::fs::read_to_string(whole.join(run).join("summary.json")).unwrap()).unwrap();
+        assert_eq!(summary["stages"].as_array().unwrap().len(), 2, "{run}");
+        assert_eq!(summary["evals"]["after_sft"]["pass_at_k"].as_object().unwrap().len(), 2, "{run}: pass@1 and pass@2 from 2 samples");
+        assert_eq!(rl_lines(&whole.join(run)).iter().filter(|v| v["phase"] == "rl").count(), 2, "{run}");
+    }
+    // Both algorithms of a seed start from the same SFT: identical after-SFT evaluations.
+    let after_sft = |run: &str| serde_json::from_str::<Value>(&std::fs::read_to_string(whole.join(run).join("summary.json")).unwrap()).unwrap()["evals"]["after_sft"]["per_problem"].clone();
+    assert_eq!(after_sft("grpo-seed1"), after_sft("grpo-roc-seed1"));
+    let report = std::fs::read_to_string(whole.join("report.md")).unwrap();
+    for claim in ["(1) RL raises", "(2) RoC's tool-error ratio", "(3) RoC's responses", "(4) the stage-2 filter"] {
+        assert!(report.contains(claim), "{claim}\n{report}");
+    }
+    assert!(report.contains("pass@2"), "{report}");
+    for png in ["study_reward.png", "study_tool_errors.png", "study_response_length.png", "study_tool_calls.png", "study_pass_at_k.png"] {
+        let bytes = std::fs::read(whole.join(png)).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png}");
+    }
+
+    // Killed after three runs, then started again: the finished runs are skipped, untouched.
+    let out = study("cut", &["--stop-after-runs", "3"]);
+    let cut = runs.join("cut");
+    assert!(out.contains("stopped after 3 runs"), "{out}");
+    assert!(!cut.join("report.md").exists() && !cut.join("grpo-roc-seed2/summary.json").exists());
+    let before: Vec<String> = ["grpo-seed1", "grpo-roc-seed1", "grpo-seed2"].iter().map(|r| std::fs::read_to_string(cut.join(r).join("metrics.jsonl")).unwrap()).collect();
+    let out = study("cut", &[]);
+    assert_eq!(out.matches(": finished, skipped").count() + 2 * out.matches("every run finished, skipped").count(), 3, "{out}");
+    let after: Vec<String> = ["grpo-seed1", "grpo-roc-seed1", "grpo-seed2"].iter().map(|r| std::fs::read_to_string(cut.join(r).join("metrics.jsonl")).unwrap()).collect();
+    assert_eq!(before, after, "finished runs were run again");
+    assert_eq!(std::fs::read_to_string(cut.join("report.md")).unwrap(), report, "the resumed study's report differs");
+    // Other settings under the same name are refused.
+    let (_, err, ok) = xtask(&["replicate", "--seeds", "3", "--config", config.to_str().unwrap(), "--runs-dir", runs.to_str().unwrap(), "--name", "cut"]);
+    assert!(!ok && err.contains("other settings"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn bad_input_gives_clear_errors() {
     let dir = scratch("bad");

@@ -32,7 +32,7 @@ pub fn load_jsonl(path: &Path) -> Result<(Vec<Task>, Vec<Skipped>), TaskError> {
             skipped.push(Skipped { line: row.line, reason: "no answer (fields answer, solution, reward_model.ground_truth)".into() });
             continue;
         };
-        tasks.push(Task { id: row.id, kind: row.kind, level: row.level, question, answer, code: None });
+        tasks.push(Task { id: row.id, kind: row.kind, level: row.level, question, answer, code: None, flawed: None });
     }
     Ok((tasks, skipped))
 }

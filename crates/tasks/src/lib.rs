@@ -33,6 +33,23 @@ pub struct Task {
     pub answer: String,
     /// A correct Python solution, for synthetic problems.
     pub code: Option<String>,
+    /// A plausible but wrong solution (synthetic problems of kinds that have one), for SFT data
+    /// that teaches the tool format but not always the right program.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flawed: Option<Flawed>,
+}
+
+/// A plausible but wrong program for a problem: an off-by-one range, `^` read as a power, a
+/// permutation for a combination. Its answer is computed independently in Rust and differs from
+/// the true answer (problems where the bug happens to give the right answer have none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flawed {
+    /// The wrong program.
+    pub code: String,
+    /// What it prints.
+    pub answer: String,
+    /// The bug, in a few words.
+    pub bug: String,
 }
 
 impl Task {

@@ -1,7 +1,10 @@
 //! Non-reasoning SFT traces (reference §6) in the exact chat format of the rollouts: a short
 //! reason, a tool call, the real sandbox output shown as the rollout engine shows it, and the
 //! boxed answer. Some traces make a failing first call (a syntax or name error) and correct it;
-//! some answer without the tool. Tool-response tokens carry no loss, as in RL.
+//! some answer without the tool; and, on purpose, some run a plausible but wrong program
+//! ([`crate::Flawed`]) and box what it prints: the paper's SFT teaches the format, not the
+//! solutions, so the policy after SFT mixes right and wrong programs and RL has to find out,
+//! from the reward alone, which ones earn it. Tool-response tokens carry no loss, as in RL.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -21,11 +24,14 @@ pub struct SftMix {
     pub direct: f64,
     /// A failing first call, then a corrected one.
     pub retry: f64,
+    /// Of the traces that call the tool on a problem with a plausible wrong program, the share
+    /// that runs it (and answers what it prints, wrongly), whatever the other styles.
+    pub wrong: f64,
 }
 
 impl Default for SftMix {
     fn default() -> Self {
-        SftMix { direct: 0.15, retry: 0.2 }
+        SftMix { direct: 0.15, retry: 0.2, wrong: 0.0 }
     }
 }
 
@@ -36,6 +42,9 @@ pub struct SftTrace {
     pub id: String,
     /// Its segments, in order.
     pub segments: Vec<(String, bool)>,
+    /// Whether its program is the task's plausible wrong one (its answer is wrong).
+    #[serde(default)]
+    pub flawed: bool,
 }
 
 /// A tokenized trace: `mask[i]` is 1 where `tokens[i]` is model text (a training target).
@@ -82,7 +91,8 @@ fn break_code(code: &str, rng: &mut impl Rng) -> String {
 }
 
 /// Traces for synthetic tasks (those with code), their tool calls run in `sandbox`. Fails if a
-/// task's correct code does not print its answer.
+/// task's correct code does not print its answer, or its wrong program ([`crate::Flawed`]) does
+/// not print the wrong answer computed for it.
 pub fn build_traces(tasks: &[Task], sandbox: &Sandbox, chat: &ChatFormat, mix: &SftMix, seed: u64) -> Result<Vec<SftTrace>, TaskError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     #[derive(Clone, Copy, PartialEq)]
@@ -91,7 +101,8 @@ pub fn build_traces(tasks: &[Task], sandbox: &Sandbox, chat: &ChatFormat, mix: &
         Retry,
         Direct,
     }
-    let plans: Vec<(&Task, Style, Option<String>)> = tasks
+    // (task, style, the program it runs, that program broken for a retry)
+    let plans: Vec<(&Task, Style, Option<&crate::Flawed>, Option<String>)> = tasks
         .iter()
         .filter(|t| t.code.is_some())
         .map(|t| {
@@ -103,15 +114,19 @@ pub fn build_traces(tasks: &[Task], sandbox: &Sandbox, chat: &ChatFormat, mix: &
             } else {
                 Style::Clean
             };
-            let broken = (style == Style::Retry).then(|| break_code(t.code.as_deref().unwrap(), &mut rng));
-            (t, style, broken)
+            // Drawn for every task, so the other styles do not depend on `wrong`.
+            let w: f64 = rng.random();
+            let flawed = t.flawed.as_ref().filter(|_| style != Style::Direct && w < mix.wrong);
+            let code = flawed.map_or(t.code.as_deref().unwrap(), |f| f.code.as_str());
+            let broken = (style == Style::Retry).then(|| break_code(code, &mut rng));
+            (t, style, flawed, broken)
         })
         .collect();
     // Every call this needs, run across the pool at once.
     let mut calls: Vec<String> = Vec::new();
-    for (t, style, broken) in &plans {
+    for (t, style, flawed, broken) in &plans {
         if *style != Style::Direct {
-            calls.push(t.code.clone().unwrap());
+            calls.push(flawed.map_or(t.code.clone().unwrap(), |f| f.code.clone()));
         }
         if let Some(b) = broken {
             calls.push(b.clone());
@@ -121,20 +136,22 @@ pub fn build_traces(tasks: &[Task], sandbox: &Sandbox, chat: &ChatFormat, mix: &
     let mut results = results.into_iter();
     let openers = [" Let me compute this with Python.", " I will use Python for this.", " This needs a computation."];
     let mut traces = Vec::with_capacity(plans.len());
-    for (t, style, broken) in plans {
+    for (t, style, flawed, broken) in plans {
         let mut segments = vec![(chat.prompt(&t.question), false)];
         let opener = openers[rng.random_range(0..openers.len())];
         if style == Style::Direct {
             segments.push((format!(" I can answer this directly.</reason>\n<answer>\\boxed{{{}}}</answer>{}", t.answer, chat.end_of_turn), true));
-            traces.push(SftTrace { id: t.id.clone(), segments });
+            traces.push(SftTrace { id: t.id.clone(), segments, flawed: false });
             continue;
         }
-        let good = results.next().expect("one result per call");
-        let good_out = good.stdout.trim().to_string();
-        if good.status != Status::Ok || good_out != t.answer {
-            return Err(TaskError::WrongSolution { id: t.id.clone(), got: format!("{good_out} {}", good.stderr), expected: t.answer.clone() });
+        let ran = results.next().expect("one result per call");
+        let printed = ran.stdout.trim().to_string();
+        // What the program must print: the answer, or the wrong program's own (wrong) answer.
+        let expected = flawed.map_or(&t.answer, |f| &f.answer);
+        if ran.status != Status::Ok || printed != *expected || (flawed.is_some() && printed == t.answer) {
+            return Err(TaskError::WrongSolution { id: t.id.clone(), got: format!("{printed} {}", ran.stderr), expected: expected.clone() });
         }
-        let code = t.code.as_deref().unwrap();
+        let code = flawed.map_or(t.code.as_deref().unwrap(), |f| f.code.as_str());
         if let Some(b) = broken {
             let bad = results.next().expect("one result per call");
             segments.push((format!("{opener}{}{}", tool_call_text(&b), chat.end_of_turn), true));
@@ -143,9 +160,9 @@ pub fn build_traces(tasks: &[Task], sandbox: &Sandbox, chat: &ChatFormat, mix: &
         } else {
             segments.push((format!("{opener}{}{}", tool_call_text(code), chat.end_of_turn), true));
         }
-        segments.push((chat.tool_responses(&[chat.tool_result_text(&good)]), false));
-        segments.push((format!(" The result is {good_out}.</reason>\n<answer>\\boxed{{{good_out}}}</answer>{}", chat.end_of_turn), true));
-        traces.push(SftTrace { id: t.id.clone(), segments });
+        segments.push((chat.tool_responses(&[chat.tool_result_text(&ran)]), false));
+        segments.push((format!(" The result is {printed}.</reason>\n<answer>\\boxed{{{printed}}}</answer>{}", chat.end_of_turn), true));
+        traces.push(SftTrace { id: t.id.clone(), segments, flawed: flawed.is_some() });
     }
     Ok(traces)
 }

@@ -9,12 +9,19 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::Task;
+use crate::{Flawed, Task};
+
+/// The kinds with a plausible wrong program ([`Flawed`]): every kind but `product` and `gcd`.
+pub const FLAWED_KINDS: [&str; 10] = ["modpow", "digit_sum", "prime_count", "divisor_count", "divisor_sum", "lcm", "binomial", "fib_mod", "series", "word"];
 
 /// The problem kinds.
 pub const KINDS: [&str; 12] = [
     "product", "modpow", "digit_sum", "prime_count", "divisor_count", "divisor_sum", "gcd", "lcm", "binomial", "fib_mod", "series", "word",
 ];
+
+/// The seed of the held-out problems in training runs and `eval --data synthetic`: one fixed
+/// set, as a benchmark is, so runs of different seeds are scored on the same problems.
+pub const HELD_OUT_SEED: u64 = 1;
 
 /// Which split a question belongs to (decided by a hash of its text, so the splits are
 /// disjoint whatever seeds generate them).
@@ -111,7 +118,7 @@ pub fn generate(config: &SynthConfig, split: Split, count: usize, seed: u64) -> 
         turn += 1;
         let kind = live[slot];
         let level = config.levels[rng.random_range(0..config.levels.len())];
-        let (question, answer, code) = make(kind, level, &mut rng);
+        let Made { question, answer, code, flawed } = make(kind, level, &mut rng);
         if split_of(&question) != split || !seen.insert(question.clone()) {
             misses[slot] += 1;
             if misses[slot] > 2000 {
@@ -122,7 +129,9 @@ pub fn generate(config: &SynthConfig, split: Split, count: usize, seed: u64) -> 
         }
         misses[slot] = 0;
         let id = format!("{}-{:?}-{}", kind, split, tasks.len()).to_lowercase();
-        tasks.push(Task { id, kind: kind.clone(), level, question, answer, code: Some(code) });
+        // A bug that happens to print the right answer is no wrong program.
+        let flawed = flawed.filter(|f| f.answer != answer);
+        tasks.push(Task { id, kind: kind.clone(), level, question, answer, code: Some(code), flawed });
     }
     Ok(tasks)
 }
@@ -159,15 +168,27 @@ fn binomial(n: u64, k: u64) -> BigUint {
     r
 }
 
-/// (question, answer, Python solution) of one problem.
-fn make(kind: &str, level: u8, rng: &mut impl Rng) -> (String, String, String) {
+/// One generated problem: question, answer, a correct Python solution, and for the kinds of
+/// [`FLAWED_KINDS`] a plausible wrong one with the answer it prints.
+struct Made {
+    question: String,
+    answer: String,
+    code: String,
+    flawed: Option<Flawed>,
+}
+
+fn made(question: String, answer: impl ToString, code: String, flawed: Option<(String, String, &str)>) -> Made {
+    Made { question, answer: answer.to_string(), code, flawed: flawed.map(|(code, answer, bug)| Flawed { code, answer, bug: bug.to_string() }) }
+}
+
+fn make(kind: &str, level: u8, rng: &mut impl Rng) -> Made {
     let l = u32::from(level);
     match kind {
         "product" => {
             let (lo, hi) = (10u64.pow(l + 1), 10u64.pow(l + 2));
             let (a, b) = (rng.random_range(lo..hi), rng.random_range(lo..hi));
             let q = pick(rng, &["What is {a} times {b}?", "Compute {a} * {b}.", "Multiply {a} by {b}. What is the product?"]);
-            (fill(q, &[("a", a.to_string()), ("b", b.to_string())]), (a * b).to_string(), format!("print({a}*{b})"))
+            made(fill(q, &[("a", a.to_string()), ("b", b.to_string())]), a * b, format!("print({a}*{b})"), None)
         }
         "modpow" => {
             let a = rng.random_range(2u64..100);
@@ -175,57 +196,74 @@ fn make(kind: &str, level: u8, rng: &mut impl Rng) -> (String, String, String) {
             let m = rng.random_range(10u64..10u64.pow(l + 1));
             let q = pick(rng, &["What is {a}^{b} mod {m}?", "Find the remainder when {a}^{b} is divided by {m}."]);
             let r = BigUint::from(a).modpow(&BigUint::from(b), &BigUint::from(m));
-            (fill(q, &[("a", a.to_string()), ("b", b.to_string()), ("m", m.to_string())]), r.to_string(), format!("print(pow({a},{b},{m}))"))
+            // `^` is XOR in Python, and `%` binds tighter: a ^ (b % m).
+            let wrong = (format!("print({a}^{b}%{m})"), (a ^ (b % m)).to_string(), "^ for a power");
+            made(fill(q, &[("a", a.to_string()), ("b", b.to_string()), ("m", m.to_string())]), r, format!("print(pow({a},{b},{m}))"), Some(wrong))
         }
         "digit_sum" => {
             let a = rng.random_range(2u64..30);
             let b = rng.random_range(5u64..(10 + 15 * u64::from(l)));
             let q = pick(rng, &["What is the sum of the digits of {a}^{b}?", "Find the digit sum of {a}^{b}."]);
-            let s: u32 = BigUint::from(a).pow(b as u32).to_string().bytes().map(|c| u32::from(c - b'0')).sum();
-            (fill(q, &[("a", a.to_string()), ("b", b.to_string())]), s.to_string(), format!("print(sum(int(c) for c in str({a}**{b})))"))
+            let digit_sum = |n: String| n.bytes().map(|c| u32::from(c - b'0')).sum::<u32>();
+            let s = digit_sum(BigUint::from(a).pow(b as u32).to_string());
+            let wrong = (format!("print(sum(int(c) for c in str({a}^{b})))"), digit_sum((a ^ b).to_string()).to_string(), "^ for a power");
+            made(fill(q, &[("a", a.to_string()), ("b", b.to_string())]), s, format!("print(sum(int(c) for c in str({a}**{b})))"), Some(wrong))
         }
         "prime_count" => {
             let n = rng.random_range(30u64..(300 * u64::from(l * l)));
             let q = pick(rng, &["How many primes are less than {n}?", "Count the prime numbers below {n}."]);
             let c = (2..n).filter(|&k| is_prime(k)).count();
-            (fill(q, &[("n", n.to_string())]), c.to_string(), format!("print(sum(1 for k in range(2,{n}) if all(k%d for d in range(2,int(k**0.5)+1))))"))
+            // From 1, which has no divisor in range(2, 2) and so counts as prime.
+            let wrong = (format!("print(sum(1 for k in range(1,{n}) if all(k%d for d in range(2,int(k**0.5)+1))))"), (c + 1).to_string(), "counts 1 as a prime");
+            made(fill(q, &[("n", n.to_string())]), c, format!("print(sum(1 for k in range(2,{n}) if all(k%d for d in range(2,int(k**0.5)+1))))"), Some(wrong))
         }
         "divisor_count" => {
             let n = rng.random_range(100u64..(1000 * u64::from(l * l * 4)));
             let q = pick(rng, &["How many positive divisors does {n} have?", "Count the divisors of {n}."]);
-            (fill(q, &[("n", n.to_string())]), divisors(n).len().to_string(), format!("print(sum(1 for d in range(1,{n}+1) if {n}%d==0))"))
+            let c = divisors(n).len();
+            let wrong = (format!("print(sum(1 for d in range(1,{n}) if {n}%d==0))"), (c - 1).to_string(), "off-by-one range misses n");
+            made(fill(q, &[("n", n.to_string())]), c, format!("print(sum(1 for d in range(1,{n}+1) if {n}%d==0))"), Some(wrong))
         }
         "divisor_sum" => {
             let n = rng.random_range(100u64..(1000 * u64::from(l * l * 4)));
             let q = pick(rng, &["What is the sum of all positive divisors of {n}?", "Find the sum of the divisors of {n}."]);
-            (fill(q, &[("n", n.to_string())]), divisors(n).iter().sum::<u64>().to_string(), format!("print(sum(d for d in range(1,{n}+1) if {n}%d==0))"))
+            let s: u64 = divisors(n).iter().sum();
+            let wrong = (format!("print(sum(d for d in range(1,{n}) if {n}%d==0))"), (s - n).to_string(), "off-by-one range misses n");
+            made(fill(q, &[("n", n.to_string())]), s, format!("print(sum(d for d in range(1,{n}+1) if {n}%d==0))"), Some(wrong))
         }
         "gcd" | "lcm" => {
             let common = rng.random_range(2u64..(20 * u64::from(l)));
             let (a, b) = (common * rng.random_range(2u64..10u64.pow(l + 1)), common * rng.random_range(2u64..10u64.pow(l + 1)));
             if kind == "gcd" {
                 let q = pick(rng, &["What is the greatest common divisor of {a} and {b}?", "Find gcd({a}, {b})."]);
-                (fill(q, &[("a", a.to_string()), ("b", b.to_string())]), gcd(a, b).to_string(), format!("import math\nprint(math.gcd({a},{b}))"))
+                made(fill(q, &[("a", a.to_string()), ("b", b.to_string())]), gcd(a, b), format!("import math\nprint(math.gcd({a},{b}))"), None)
             } else {
                 let q = pick(rng, &["What is the least common multiple of {a} and {b}?", "Find lcm({a}, {b})."]);
-                (fill(q, &[("a", a.to_string()), ("b", b.to_string())]), (a / gcd(a, b) * b).to_string(), format!("import math\nprint(math.lcm({a},{b}))"))
+                let wrong = (format!("print({a}*{b})"), (a * b).to_string(), "the product for the lcm");
+                made(fill(q, &[("a", a.to_string()), ("b", b.to_string())]), a / gcd(a, b) * b, format!("import math\nprint(math.lcm({a},{b}))"), Some(wrong))
             }
         }
         "binomial" => {
             let n = rng.random_range(10u64..(20 * u64::from(l) + 10));
             let k = rng.random_range(2u64..n.min(12));
             let q = pick(rng, &["How many ways are there to choose {k} items from {n}?", "What is the binomial coefficient C({n}, {k})?"]);
-            (fill(q, &[("n", n.to_string()), ("k", k.to_string())]), binomial(n, k).to_string(), format!("import math\nprint(math.comb({n},{k}))"))
+            let perm = binomial(n, k) * (1..=k).map(BigUint::from).product::<BigUint>();
+            let wrong = (format!("import math\nprint(math.perm({n},{k}))"), perm.to_string(), "permutations for combinations");
+            made(fill(q, &[("n", n.to_string()), ("k", k.to_string())]), binomial(n, k), format!("import math\nprint(math.comb({n},{k}))"), Some(wrong))
         }
         "fib_mod" => {
             let n = rng.random_range(20u64..10u64.pow(l + 1));
             let m = rng.random_range(10u64..10u64.pow(l + 1));
             let q = pick(rng, &["What is the {n}-th Fibonacci number modulo {m}?", "Find F({n}) mod {m}, where F(0)=0 and F(1)=1."]);
-            let (mut a, mut b) = (0u64, 1u64);
-            for _ in 0..n {
-                (a, b) = (b, (a + b) % m);
-            }
-            (fill(q, &[("n", n.to_string()), ("m", m.to_string())]), (a % m).to_string(), format!("a,b=0,1\nfor _ in range({n}):\n    a,b=b,(a+b)%{m}\nprint(a%{m})"))
+            let fib = |steps: u64| {
+                let (mut a, mut b) = (0u64, 1u64);
+                for _ in 0..steps {
+                    (a, b) = (b, (a + b) % m);
+                }
+                a % m
+            };
+            let wrong = (format!("a,b=0,1\nfor _ in range({n}-1):\n    a,b=b,(a+b)%{m}\nprint(a%{m})"), fib(n - 1).to_string(), "off-by-one loop gives F(n-1)");
+            made(fill(q, &[("n", n.to_string()), ("m", m.to_string())]), fib(n), format!("a,b=0,1\nfor _ in range({n}):\n    a,b=b,(a+b)%{m}\nprint(a%{m})"), Some(wrong))
         }
         "series" => {
             let n = rng.random_range(10u64..(100 * u64::from(l)));
@@ -233,7 +271,8 @@ fn make(kind: &str, level: u8, rng: &mut impl Rng) -> (String, String, String) {
             let name = if power == 2 { "squares" } else { "cubes" };
             let q = pick(rng, &["What is the sum of the {p} of the integers from 1 to {n}?", "Compute the sum of the {p} of 1, 2, ..., {n}."]);
             let s: u64 = (1..=n).map(|i| i.pow(power)).sum();
-            (fill(q, &[("p", name.to_string()), ("n", n.to_string())]), s.to_string(), format!("print(sum(i**{power} for i in range(1,{n}+1)))"))
+            let wrong = (format!("print(sum(i**{power} for i in range(1,{n})))"), (s - n.pow(power)).to_string(), "off-by-one range misses n");
+            made(fill(q, &[("p", name.to_string()), ("n", n.to_string())]), s, format!("print(sum(i**{power} for i in range(1,{n}+1)))"), Some(wrong))
         }
         "word" => {
             let a = rng.random_range(10u64..10u64.pow(l + 1));
@@ -246,7 +285,8 @@ fn make(kind: &str, level: u8, rng: &mut impl Rng) -> (String, String, String) {
                     "A school orders {a} packs of {b} pencils and hands out {c} pencils. How many pencils are left?",
                 ],
             );
-            (fill(q, &[("a", a.to_string()), ("b", b.to_string()), ("c", c.to_string())]), (a * b - c).to_string(), format!("print({a}*{b}-{c})"))
+            let wrong = (format!("print({a}*{b}+{c})"), (a * b + c).to_string(), "adds what was taken away");
+            made(fill(q, &[("a", a.to_string()), ("b", b.to_string()), ("c", c.to_string())]), a * b - c, format!("print({a}*{b}-{c})"), Some(wrong))
         }
         other => unreachable!("kind {other} checked by generate"),
     }

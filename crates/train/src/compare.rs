@@ -25,7 +25,7 @@ pub fn compare(runs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
             mean(&points[..points.len().min(20)]),
             mean(&points[points.len().saturating_sub(20)..])
         );
-        series.push(Series { name, points: smooth(&points, 10) });
+        series.push(Series::new(name, smooth(&points, 10)));
     }
     line_chart(out, "Tool-error ratio in correct rollouts (10-step mean)", "RL step", "failed calls / calls", &series, &[])?;
     println!("wrote {}", out.display());

@@ -233,6 +233,9 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&(self.sft.mix.direct + self.sft.mix.retry)) {
             bail!("sft.mix: direct + retry must lie in [0, 1]");
         }
+        if !(0.0..=1.0).contains(&self.sft.mix.wrong) {
+            bail!("sft.mix.wrong is a share of traces and must lie in [0, 1], got {}", self.sft.mix.wrong);
+        }
         if self.sandbox.url.is_some() && (self.sandbox.redis.is_some() || self.sandbox.key_prefix.is_some()) {
             bail!("[sandbox]: url (an HTTP server) and redis / key_prefix (a queue) name two different tool environments; set one");
         }

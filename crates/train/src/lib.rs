@@ -33,6 +33,7 @@ pub mod progress;
 pub mod replicas;
 pub mod report;
 mod run;
+pub mod study;
 
 pub use collective::Collective;
 pub use config::TrainConfig;

@@ -17,17 +17,32 @@ fn ensure_font() {
     });
 }
 
-/// One named series of (x, y) points.
+/// One named series of (x, y) points, optionally with a shaded band (y low, y high) at each
+/// point (mean ± standard error across seeds).
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    pub band: Option<Vec<(f64, f64)>>,
+}
+
+impl Series {
+    /// A plain line.
+    pub fn new(name: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
+        Series { name: name.into(), points, band: None }
+    }
+
+    /// A line of means with a band of ± one standard error: points are (x, mean, stderr).
+    pub fn with_band(name: impl Into<String>, points: &[(f64, f64, f64)]) -> Self {
+        Series { name: name.into(), points: points.iter().map(|p| (p.0, p.1)).collect(), band: Some(points.iter().map(|p| (p.1 - p.2, p.1 + p.2)).collect()) }
+    }
 }
 
 /// Draws `series` into `path` (800x450 PNG) with a title and axis labels. Vertical dashed lines
 /// mark `boundaries` (stage starts).
 pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], boundaries: &[f64]) -> anyhow::Result<()> {
     ensure_font();
-    let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().copied()).filter(|p| p.1.is_finite()).collect();
+    let banded = series.iter().filter_map(|s| Some(s.points.iter().zip(s.band.as_ref()?).flat_map(|(p, b)| [(p.0, b.0), (p.0, b.1)]).collect::<Vec<_>>())).flatten();
+    let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().copied()).chain(banded).filter(|p| p.1.is_finite()).collect();
     if all.is_empty() {
         return Ok(());
     }
@@ -51,6 +66,13 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
     let colors = [BLUE, RED, GREEN, MAGENTA, CYAN];
     for (i, s) in series.iter().enumerate() {
         let color = colors[i % colors.len()];
+        if let Some(band) = &s.band {
+            // The band's outline: the upper edge left to right, then the lower edge back.
+            let upper = s.points.iter().zip(band).map(|(p, b)| (p.0, b.1));
+            let lower = s.points.iter().zip(band).rev().map(|(p, b)| (p.0, b.0));
+            let outline: Vec<(f64, f64)> = upper.chain(lower).filter(|p| p.1.is_finite()).collect();
+            chart.draw_series(std::iter::once(Polygon::new(outline, color.mix(0.18).filled()))).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
         chart
             .draw_series(LineSeries::new(s.points.iter().copied().filter(|p| p.1.is_finite()), color.stroke_width(2)))
             .map_err(|e| anyhow::anyhow!("{e}"))?

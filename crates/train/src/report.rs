@@ -112,9 +112,9 @@ fn plots(dir: &Path, steps: &[StepMetrics], evals: &[(f64, f64)]) -> anyhow::Res
         "RL step",
         "accuracy",
         &[
-            Series { name: "reward per step".into(), points: reward.clone() },
-            Series { name: "reward, 5-step mean".into(), points: smooth(&reward, 5) },
-            Series { name: "eval pass@1".into(), points: evals.to_vec() },
+            Series::new("reward per step", reward.clone()),
+            Series::new("reward, 5-step mean", smooth(&reward, 5)),
+            Series::new("eval pass@1", evals.to_vec()),
         ],
         &boundaries,
     )?;
@@ -125,10 +125,10 @@ fn plots(dir: &Path, steps: &[StepMetrics], evals: &[(f64, f64)]) -> anyhow::Res
         "Tool-error ratio in correct rollouts (5-step mean)",
         "RL step",
         "failed calls / calls",
-        &[Series { name: "all correct rollouts".into(), points: smooth(&err, 5) }, Series { name: "kept for training".into(), points: smooth(&kept_err, 5) }],
+        &[Series::new("all correct rollouts", smooth(&err, 5)), Series::new("kept for training", smooth(&kept_err, 5))],
         &boundaries,
     )?;
-    line_chart(&dir.join("response_length.png"), "Response length (tokens, tool output included)", "RL step", "tokens", &[Series { name: "mean".into(), points: pts(&|s| s.response_length) }], &boundaries)?;
+    line_chart(&dir.join("response_length.png"), "Response length (tokens, tool output included)", "RL step", "tokens", &[Series::new("mean", pts(&|s| s.response_length))], &boundaries)?;
     Ok(())
 }
 
@@ -147,6 +147,9 @@ pub fn write(dir: &Path, config: &TrainConfig, evals: &BTreeMap<String, EvalResu
         eval_points.push((step_end as f64, s.eval.pass_at_1));
     }
     plots(dir, &steps, &eval_points)?;
+    let stage_evals = eval_stages(evals, stages);
+    let pass_series: Vec<Series> = stage_evals.iter().filter(|(_, e)| !e.pass_at_k.is_empty()).map(|(label, e)| Series::new(label.clone(), e.pass_at_k.iter().map(|(k, v)| (*k as f64, v.0)).collect())).collect();
+    line_chart(&dir.join("pass_at_k.png"), "Held-out pass@k by stage", "k (samples)", "pass@k", &pass_series, &[])?;
     let summary = serde_json::json!({
         "name": config.name,
         "algo": config.algo,
@@ -178,6 +181,18 @@ pub fn write(dir: &Path, config: &TrainConfig, evals: &BTreeMap<String, EvalResu
     for s in stages {
         md += &row(&format!("after RL stage {}", s.stage), Some(&s.eval));
     }
+    if let Some((_, first)) = stage_evals.iter().find(|(_, e)| !e.pass_at_k.is_empty()) {
+        let ks: Vec<usize> = first.pass_at_k.keys().copied().collect();
+        md += &format!(
+            "\npass@k from the same {} samples per problem (the unbiased estimator of Chen et al. 2021; ± over problems):\n\n| when |{}\n|---|{}\n",
+            first.k,
+            ks.iter().map(|k| format!(" pass@{k} |")).collect::<String>(),
+            "---|".repeat(ks.len())
+        );
+        for (label, e) in &stage_evals {
+            md += &format!("| {label} |{}\n", ks.iter().map(|k| e.pass_at_k.get(k).map_or(" - |".into(), |(m, se)| format!(" {m:.3} ± {se:.3} |"))).collect::<String>());
+        }
+    }
     if let (Some(sft), Some(rl)) = (evals.get("after_sft"), after_rl)
         && let Some((d, se)) = paired_difference(sft, rl)
     {
@@ -198,13 +213,17 @@ pub fn write(dir: &Path, config: &TrainConfig, evals: &BTreeMap<String, EvalResu
         );
     }
     if let Some(after) = after_rl {
-        md += "\n## Per problem type (pass@1)\n\n| type | after SFT | after RL |\n|---|---|---|\n";
+        let top = after.pass_at_k.keys().last().copied().unwrap_or(1);
+        md += &format!("\n## Per problem type\n\n| type | pass@1 after SFT | pass@1 after RL | pass@{top} after SFT | pass@{top} after RL |\n|---|---|---|---|---|\n");
+        let sft = evals.get("after_sft");
         for (kind, v) in &after.per_kind {
-            let before = evals.get("after_sft").and_then(|e| e.per_kind.get(kind)).copied().unwrap_or(f64::NAN);
-            md += &format!("| {kind} | {before:.3} | {v:.3} |\n");
+            let before = sft.and_then(|e| e.per_kind.get(kind)).copied().unwrap_or(f64::NAN);
+            let top_of = |e: Option<&EvalResult>| e.and_then(|e| e.per_kind_pass_at_k.get(kind)?.get(&top).copied()).unwrap_or(f64::NAN);
+            md += &format!("| {kind} | {before:.3} | {v:.3} | {:.3} | {:.3} |\n", top_of(sft), top_of(Some(after)));
         }
     }
-    md += "\n## Plots\n\n![reward](reward.png)\n![tool errors](tool_errors.png)\n![length](response_length.png)\n\nPer-step figures: `metrics.jsonl`; every number above: `summary.json`; the final model: `model/`.\n";
+    md += &format!("\n## What the SFT data holds\n\n{}\n", describe_sft(config));
+    md += "\n## Plots\n\n![reward](reward.png)\n![tool errors](tool_errors.png)\n![length](response_length.png)\n![pass@k](pass_at_k.png)\n\nPer-step figures: `metrics.jsonl`; every number above: `summary.json`; the final model: `model/`.\n";
     rstar2_model::write_atomic(&dir.join("report.md"), md.as_bytes())?;
     let f = |k: &str| evals.get(k).map_or(f64::NAN, |e| e.pass_at_1);
     let paired = match (evals.get("after_sft"), after_rl) {
@@ -221,4 +240,39 @@ pub fn write(dir: &Path, config: &TrainConfig, evals: &BTreeMap<String, EvalResu
         after_rl.map_or(f64::NAN, |e| e.positive_tool_error_ratio),
         dir.join("report.md").display()
     ))
+}
+
+/// The run's evaluations of its own held-out set in order, labelled for tables.
+pub fn eval_stages<'a>(evals: &'a BTreeMap<String, EvalResult>, stages: &'a [StageSummary]) -> Vec<(String, &'a EvalResult)> {
+    let mut out = Vec::new();
+    for (key, label) in [("before_sft", "before SFT"), ("after_sft", "after SFT")] {
+        if let Some(e) = evals.get(key) {
+            out.push((label.to_string(), e));
+        }
+    }
+    for s in stages {
+        out.push((format!("after RL stage {}", s.stage), &s.eval));
+    }
+    out
+}
+
+/// What the SFT traces of `config` are made of, and why, in a sentence or three.
+pub fn describe_sft(config: &TrainConfig) -> String {
+    let mix = &config.sft.mix;
+    let mut text = format!(
+        "{} traces x {} epochs from synthetic problems of levels {:?}, in the exact rollout format with real sandbox output. {:.0}% answer without the tool; {:.0}% make a failing first call (a syntax or name error) and correct it.",
+        config.sft.examples,
+        config.sft.epochs,
+        config.sft.levels,
+        mix.direct * 100.0,
+        mix.retry * 100.0
+    );
+    if mix.wrong > 0.0 {
+        text += &format!(
+            " On purpose, {:.0}% of the tool-using traces of the kinds {} run a plausible but wrong program (an off-by-one range, `^` for a power, permutations for combinations, the product for the lcm, an added term for a subtracted one) and box what it prints, so the answer is wrong. The paper's SFT teaches the format, not the solutions: after SFT the policy writes right and wrong programs for the same problem (pass@k well above pass@1), and RL has to learn from the reward alone which programs earn it. `product` and `gcd` have no wrong program.",
+            mix.wrong * 100.0,
+            rstar2_tasks::synth::FLAWED_KINDS.join(", ")
+        );
+    }
+    text
 }

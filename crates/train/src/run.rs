@@ -733,7 +733,8 @@ fn load_tasks(config: &TrainConfig) -> anyhow::Result<(Vec<Task>, Vec<Task>)> {
         }
         Ok(picked)
     };
-    Ok((from(&d.train, Split::Train, d.train_problems, config.seed)?, from(&d.test, Split::Test, d.test_problems, config.seed)?))
+    let test = from(&d.test, Split::Test, d.test_problems, rstar2_tasks::synth::HELD_OUT_SEED)?;
+    Ok((from(&d.train, Split::Train, d.train_problems, config.seed)?, test))
 }
 
 /// The problems of a data set given by name (gsm8k, ...) or path, the rows it skipped reported.
