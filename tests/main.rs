@@ -6,6 +6,7 @@ static ALLOC: rstar2::sandbox::BudgetAllocator = rstar2::sandbox::BudgetAllocato
 
 mod gguf;
 mod model;
+mod nesting;
 mod queue;
 mod sandbox;
 mod tasks;

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use rstar2::rollout::ChatFormat;
 use rstar2::sandbox::{Sandbox, SandboxConfig, Status, ToolCall};
 use rstar2::tasks::sft::{SftMix, build_traces};
 use rstar2::tasks::synth::{FLAWED_KINDS, KINDS, Split, SynthConfig, generate};

@@ -26,6 +26,10 @@ pub enum SandboxCommand {
     },
     /// Runs every line {"id", "code", "stdin"?} of a JSONL file concurrently and writes one result
     /// line (the exec object plus "id") per input line, in input order.
+    ///
+    /// Each result is appended to the output (flushed) the moment it is ready, so a killed batch
+    /// loses only the calls in flight; once every call is answered the file is rewritten in
+    /// input order. `--resume` keeps the results already in the output and runs only the rest.
     Batch {
         /// Input JSONL file.
         #[arg(long)]
@@ -33,6 +37,10 @@ pub enum SandboxCommand {
         /// Output JSONL file.
         #[arg(long)]
         output: PathBuf,
+        /// Keep the results already in the output file (matched by "id", which must then be
+        /// unique in the input) and run only the calls that have none.
+        #[arg(long)]
+        resume: bool,
         #[command(flatten)]
         opts: PoolOptions,
     },
@@ -118,7 +126,7 @@ pub fn run(cmd: SandboxCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&result)?);
             Ok(())
         }
-        SandboxCommand::Batch { input, output, opts } => batch(&input, &output, &opts),
+        SandboxCommand::Batch { input, output, resume, opts } => batch(&input, &output, resume, &opts),
         SandboxCommand::Serve { addr, redis, key_prefix, opts } => serve(addr, redis.map(|uri| queue_config(uri, key_prefix)), &opts),
         SandboxCommand::Worker { redis, key_prefix, opts } => {
             let config = queue_config(redis, key_prefix);
@@ -157,24 +165,48 @@ fn with_id(id: Value, result: &ToolResult) -> Value {
     obj
 }
 
-fn batch(input: &PathBuf, output: &PathBuf, opts: &PoolOptions) -> anyhow::Result<()> {
+fn batch(input: &PathBuf, output: &PathBuf, resume: bool, opts: &PoolOptions) -> anyhow::Result<()> {
     let file = std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
     let mut lines = Vec::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         lines.push(line.with_context(|| format!("reading line {} of {}", n + 1, input.display()))?);
     }
+    let parsed: Vec<(Value, Result<ToolCall, String>)> = lines.iter().map(|l| parse_batch_line(l)).collect();
+    // Results kept from an earlier, interrupted run: input index -> output line.
+    let mut done: BTreeMap<usize, String> = BTreeMap::new();
+    if resume && output.exists() {
+        let mut index_of: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, (id, _)) in parsed.iter().enumerate() {
+            anyhow::ensure!(!id.is_null(), "--resume matches results by \"id\": line {} of {} has none", i + 1, input.display());
+            anyhow::ensure!(index_of.insert(id.to_string(), i).is_none(), "--resume matches results by \"id\": {id} appears twice in {}", input.display());
+        }
+        let text = std::fs::read_to_string(output).with_context(|| format!("reading {}", output.display()))?;
+        for line in text.lines() {
+            // A line cut short by the kill is not a result: its call runs again.
+            let Ok(value) = serde_json::from_str::<Value>(line) else { continue };
+            if let Some(&i) = value.get("id").and_then(|id| index_of.get(&id.to_string())) {
+                done.insert(i, line.to_owned());
+            }
+        }
+        eprintln!("--resume: {} of {} calls already answered in {}", done.len(), lines.len(), output.display());
+    }
     let sandbox = opts.build(IsolationKind::InProcess)?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let out_file = std::fs::File::create(output).with_context(|| format!("creating {}", output.display()))?;
-    let mut out = BufWriter::new(out_file);
+    // Start the output with the kept results only (dropping a cut line), then append.
+    write_lines(output, done.values())?;
+    let mut out = std::fs::OpenOptions::new().append(true).open(output).with_context(|| format!("opening {}", output.display()))?;
     let bar = ProgressBar::new(lines.len() as u64);
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} calls  {per_sec}  eta {eta}").expect("valid template"));
+    bar.set_position(done.len() as u64);
     let start = Instant::now();
     let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut results: BTreeMap<usize, String> = done.clone();
     runtime.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        for (index, line) in lines.iter().enumerate() {
-            let (id, call) = parse_batch_line(line);
+        for (index, (id, call)) in parsed.into_iter().enumerate() {
+            if done.contains_key(&index) {
+                continue;
+            }
             let tx = tx.clone();
             let sandbox = sandbox.clone();
             tokio::spawn(async move {
@@ -186,27 +218,38 @@ fn batch(input: &PathBuf, output: &PathBuf, opts: &PoolOptions) -> anyhow::Resul
             });
         }
         drop(tx);
-        // Results are written in input order as soon as every earlier line is done.
-        let mut pending = BTreeMap::new();
-        let mut next = 0;
         while let Some((index, id, result)) = rx.recv().await {
             *counts.entry(result.status.as_str()).or_default() += 1;
-            pending.insert(index, (id, result));
+            let line = with_id(id, &result).to_string();
+            // One write per line, unbuffered: a kill leaves whole lines (and at most one cut).
+            out.write_all(format!("{line}\n").as_bytes())?;
+            results.insert(index, line);
             bar.inc(1);
-            while let Some((id, result)) = pending.remove(&next) {
-                writeln!(out, "{}", with_id(id, &result))?;
-                next += 1;
-            }
         }
-        anyhow::ensure!(next == lines.len(), "only {next} of {} results were produced", lines.len());
+        anyhow::ensure!(results.len() == lines.len(), "only {} of {} results were produced", results.len(), lines.len());
         anyhow::Ok(())
     })?;
-    out.flush()?;
+    drop(out);
+    // Every call answered: the file in input order, swapped in whole.
+    write_lines(output, results.values())?;
     bar.finish_and_clear();
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
     let pool = sandbox.isolation().map_or_else(String::new, |kind| format!(" ({} {kind} interpreters)", sandbox.workers()));
-    eprintln!("{} calls in {:.2} s{pool}: {}", lines.len(), start.elapsed().as_secs_f64(), summary.join(", "));
+    let kept = if done.is_empty() { String::new() } else { format!(" ({} kept from the earlier run)", done.len()) };
+    eprintln!("{} calls in {:.2} s{pool}{kept}: {}", lines.len() - done.len(), start.elapsed().as_secs_f64(), summary.join(", "));
     Ok(())
+}
+
+/// Writes `lines` to `path` through a temporary file renamed over it, so a kill leaves the old
+/// file or the new one.
+fn write_lines<'a>(path: &PathBuf, lines: impl Iterator<Item = &'a String>) -> anyhow::Result<()> {
+    let tmp = path.with_extension("partial");
+    let mut out = BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+    for line in lines {
+        writeln!(out, "{line}")?;
+    }
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 fn serve(addr: SocketAddr, queue: Option<QueueConfig>, opts: &PoolOptions) -> anyhow::Result<()> {

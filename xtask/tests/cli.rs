@@ -80,6 +80,50 @@ fn check_batch_output(output: &std::path::Path) {
     assert!(lines[4]["stderr"].as_str().unwrap().ends_with("ZeroDivisionError: division by zero\n"));
 }
 
+/// A batch killed with SIGKILL part-way keeps every result it had written; `--resume` runs only
+/// the rest, and the finished file holds every result exactly once, in input order. A deeply
+/// nested line in the batch is answered like any other.
+#[test]
+fn sandbox_batch_killed_mid_batch_resumes_every_result_exactly_once() {
+    let dir = std::env::temp_dir().join(format!("rstar2-batch-kill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (input, output) = (dir.join("in.jsonl"), dir.join("out.jsonl"));
+    let n = 240;
+    let mut lines: Vec<String> = (0..n).map(|i| format!(r#"{{"id": {i}, "code": "import time\ntime.sleep(0.02)\nprint({i} * {i})"}}"#)).collect();
+    lines[7] = r#"{"id": 7, "code": "exec('-' * 2000000 + '1')"}"#.to_string();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let args = ["sandbox", "batch", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--workers", "2"];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let written = |path: &std::path::Path| std::fs::read_to_string(path).map_or(0, |t| t.lines().count());
+    let start = std::time::Instant::now();
+    while written(&output) < 20 && start.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = written(&output);
+    assert!((20..n).contains(&before), "{before} results written before the kill");
+    let (_, err, ok) = xtask(&[&args[..], &["--resume"]].concat(), "");
+    assert!(ok, "{err}");
+    assert!(err.contains("already answered"), "{err}");
+    let results: Vec<Value> = std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ids: Vec<u64> = results.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, (0..n as u64).collect::<Vec<_>>(), "every id once, in input order");
+    for (i, r) in results.iter().enumerate() {
+        if i == 7 {
+            assert_eq!(r["status"], "error");
+            assert!(r["stderr"].as_str().unwrap().contains("RecursionError"), "{r}");
+        } else {
+            assert_eq!(r["stdout"], format!("{}\n", i * i), "{r}");
+        }
+    }
+    // --resume needs ids to match results by.
+    std::fs::write(&input, "{\"code\": \"print(1)\"}\n").unwrap();
+    let (_, err, ok) = xtask(&[&args[..], &["--resume"]].concat(), "");
+    assert!(!ok && err.contains("has none"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn verify_prints_reward_and_extracted() {
     let dir = std::env::temp_dir().join(format!("rstar2-verify-{}", std::process::id()));

@@ -27,6 +27,16 @@ pub struct Limits {
     pub recursion_limit: u32,
     /// Largest accepted source or stdin, in bytes (default 1 MiB); larger calls are `invalid_input`.
     pub max_input_bytes: usize,
+    /// Source (the call's, or given to `exec`, `eval`, `compile`, `ast.parse`) whose nesting may
+    /// pass this depth ([`crate::depth::nesting_bound`]) is refused with the `RecursionError`
+    /// RustPython gives past about 1,000 levels, before the parser's native recursion could
+    /// overflow the thread's stack (default [`crate::depth::DEFAULT_MAX_NESTING`]).
+    #[serde(default = "default_max_nesting")]
+    pub max_nesting: usize,
+}
+
+fn default_max_nesting() -> usize {
+    crate::depth::DEFAULT_MAX_NESTING
 }
 
 impl Default for Limits {
@@ -38,6 +48,7 @@ impl Default for Limits {
             memory_bytes: 2 << 30,
             recursion_limit: 1000,
             max_input_bytes: 1 << 20,
+            max_nesting: crate::depth::DEFAULT_MAX_NESTING,
         }
     }
 }

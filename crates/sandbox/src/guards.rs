@@ -19,13 +19,17 @@
 //!   the `code` constructor is refused and `code.replace` may only rename (`co_name`,
 //!   `co_qualname`, `co_filename`, `co_firstlineno`).
 //!
+//! - source nested past the call's `max_nesting` ([`crate::depth`]) given to `exec`, `eval` or
+//!   `compile` (so `ast.parse` too) or `symtable.symtable`, and syntax trees that deep given to `compile`, raise
+//!   `RecursionError` before the parser or compiler could overflow the native stack.
+//!
 //! Catastrophic regular expressions, big `math.factorial` / `comb` / `perm` results and code
 //! objects from `marshal.loads` are refused by the prelude (`py/prelude.py`).
 
 use std::cell::{Cell, OnceCell};
 use std::time::{Duration, Instant};
 
-use rustpython_vm::builtins::{PyInt, PyType};
+use rustpython_vm::builtins::{PyByteArray, PyBytes, PyInt, PyList, PyStr, PyTuple, PyType};
 use rustpython_vm::protocol::PyIterReturn;
 use rustpython_vm::function::FuncArgs;
 use rustpython_vm::{AsObject, Py, PyObject, PyObjectRef, PyResult, VirtualMachine};
@@ -66,11 +70,12 @@ thread_local! {
 /// The iterator types whose native loops are guarded.
 const ITERTOOLS: &[&str] = &["count", "repeat", "cycle", "product", "permutations", "combinations", "combinations_with_replacement", "accumulate"];
 
-/// Installs the guards: the type slots once per thread, `time.sleep` in each interpreter.
-/// Called while building each interpreter.
-pub(crate) fn install(vm: &VirtualMachine) -> PyResult<()> {
+/// Installs the guards: the type slots once per thread, `time.sleep` and the compiling builtins
+/// in each interpreter. Called while building each interpreter.
+pub(crate) fn install(vm: &VirtualMachine, max_nesting: usize) -> PyResult<()> {
     let time = vm.import("time", 0)?;
     time.set_attr("sleep", vm.new_function("sleep", guarded_sleep), vm)?;
+    guard_compilers(vm, max_nesting)?;
     if ORIGINALS.with(|o| o.get().is_some()) {
         return Ok(());
     }
@@ -108,6 +113,67 @@ pub(crate) fn install(vm: &VirtualMachine) -> PyResult<()> {
         int_slots.right_lshift.store(Some(guarded_lshift));
     }
     Ok(())
+}
+
+/// `compile`, `exec`, `eval` and `symtable.symtable` refuse source (or, for `compile`, a syntax tree) nested past
+/// `max_nesting` with the `RecursionError` the compiler gives, before parsing it. Native
+/// wrappers, so the caller's frame (whose globals `exec` defaults to) is unchanged.
+fn guard_compilers(vm: &VirtualMachine, max_nesting: usize) -> PyResult<()> {
+    let ast_type = vm.import("_ast", 0)?.get_attr("AST", vm)?;
+    let symtable: PyObjectRef = vm.import("_symtable", 0)?;
+    let builtins: PyObjectRef = vm.builtins.clone().into();
+    for (module, name) in [(&builtins, "compile"), (&builtins, "exec"), (&builtins, "eval"), (&symtable, "symtable")] {
+        let original = module.get_attr(name, vm)?;
+        let ast_type = ast_type.clone();
+        let wrapped = vm.new_function(name, move |args: FuncArgs, vm: &VirtualMachine| -> PyResult {
+            if let Some(source) = args.args.first().or_else(|| args.kwargs.get("source")) {
+                let depth = source_depth(source, &ast_type, max_nesting, vm)?;
+                if depth > max_nesting {
+                    return Err(vm.new_exception_msg(vm.ctx.exceptions.recursion_error.to_owned(), crate::depth::TOO_DEEP.into()));
+                }
+            }
+            original.call(args, vm)
+        });
+        module.set_attr(name, wrapped, vm)?;
+    }
+    Ok(())
+}
+
+/// The nesting bound of source text, or the depth of a syntax tree (walked without recursion,
+/// stopping past `max`, so a tree that contains itself ends too); 0 for anything else.
+fn source_depth(source: &PyObject, ast_type: &PyObject, max: usize, vm: &VirtualMachine) -> PyResult<usize> {
+    if let Some(text) = source.downcast_ref::<PyStr>() {
+        return Ok(crate::depth::nesting_bound_bytes(text.as_bytes()));
+    }
+    if let Some(bytes) = source.downcast_ref::<PyBytes>() {
+        return Ok(crate::depth::nesting_bound_bytes(bytes.as_bytes()));
+    }
+    if let Some(bytes) = source.downcast_ref::<PyByteArray>() {
+        return Ok(crate::depth::nesting_bound_bytes(&bytes.borrow_buf()));
+    }
+    if !source.is_instance(ast_type, vm)? {
+        return Ok(0);
+    }
+    let mut deepest = 0;
+    let mut todo: Vec<(PyObjectRef, usize)> = vec![(source.to_owned(), 1)];
+    while let Some((node, depth)) = todo.pop() {
+        deepest = deepest.max(depth);
+        if deepest > max {
+            break;
+        }
+        let Ok(fields) = node.get_attr("_fields", vm) else { continue };
+        let Some(fields) = fields.downcast_ref::<PyTuple>() else { continue };
+        for field in fields.iter() {
+            let Some(name) = field.downcast_ref::<PyStr>() else { continue };
+            let Ok(value) = node.get_attr(name, vm) else { continue };
+            if let Some(list) = value.downcast_ref::<PyList>() {
+                todo.extend(list.borrow_vec().iter().filter(|v| v.is_instance(ast_type, vm).unwrap_or(false)).map(|v| (v.clone(), depth + 1)));
+            } else if value.is_instance(ast_type, vm)? {
+                todo.push((value, depth + 1));
+            }
+        }
+    }
+    Ok(deepest)
 }
 
 fn type_addr(typ: &Py<PyType>) -> usize {

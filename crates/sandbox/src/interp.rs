@@ -73,8 +73,8 @@ impl CallGuard {
         self.active.load(Ordering::Acquire)
     }
 
-    /// The call's thread parked for good after a refused allocation (see [`crate::memory`]).
-    pub(crate) fn parked(&self) -> bool {
+    /// The call's thread parked for good, and why (see [`crate::memory`]).
+    pub(crate) fn parked(&self) -> Option<crate::memory::Parked> {
         self.budget.parked()
     }
 
@@ -169,7 +169,7 @@ impl Runner {
 
         let (begin, finish) = interp.enter(|vm| -> Result<_, InterpreterError> {
             let fail = |stage: &'static str| move |exc| InterpreterError { stage, message: format_exception(vm, exc) };
-            crate::guards::install(vm).map_err(fail("installing the native-work guards"))?;
+            crate::guards::install(vm, config.limits.max_nesting).map_err(fail("installing the native-work guards"))?;
             let scope = vm.new_scope_with_builtins();
             vm.run_string(scope.clone(), PRELUDE, "<rstar2-prelude>").map_err(fail("running the prelude"))?;
             vm.run_string(scope.clone(), SCRATCH_FS, "<rstar2-scratch-fs>").map_err(fail("setting up the working directory"))?;
@@ -222,6 +222,10 @@ impl Runner {
         }
         if call.code.contains('\0') {
             return (ToolResult::failure(Status::InvalidInput, "source code cannot contain null bytes", 0), false);
+        }
+        // Before anything parses it: the parser's recursion could overflow this thread's stack.
+        if crate::depth::nesting_bound(&call.code) > limits.max_nesting {
+            return (ToolResult::failure(Status::Error, format!("RecursionError: {}\n", crate::depth::TOO_DEEP), 0), false);
         }
         let analysis = analyze(&call.code);
         let start = Instant::now();

@@ -31,6 +31,7 @@
 
 mod analysis;
 mod config;
+pub mod depth;
 mod guards;
 pub mod http;
 mod interp;

@@ -20,6 +20,14 @@
 //! budget) kept, the budget marked parked, so the watchdog answers the call `memory_limit` at
 //! once and the pool replaces the interpreter. Any other abort still ends the process.
 //!
+//! The same holds for a native stack overflow on such a thread during a call (a shape of deep
+//! nesting that [`crate::depth`] and the guards did not bound): the SIGSEGV on the thread's
+//! stack guard, which Rust answers by aborting, parks the thread instead, and the call is
+//! answered `crashed`. Any other fault goes to the handler that was there before (Rust's). A
+//! recursion that allocates or frees as it goes (most do) parks a little earlier, on entering
+//! the allocator with less than [`STACK_RESERVE`] of stack left, so it never parks inside
+//! `malloc` holding a lock another thread needs.
+//!
 //! ```no_run
 //! #[global_allocator]
 //! static ALLOC: rstar2_sandbox::BudgetAllocator = rstar2_sandbox::BudgetAllocator;
@@ -28,7 +36,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 
 /// A request that would take a call past this multiple of its budget is refused rather than
 /// granted and tripped.
@@ -47,6 +55,26 @@ thread_local! {
     static REFUSED: Cell<bool> = const { Cell::new(false) };
     /// This thread parks instead of aborting after a refusal (see [`park_refused_aborts`]).
     static PARK_ON_ABORT: Cell<bool> = const { Cell::new(false) };
+    /// The lowest address of this thread's stack and its guard's size (0, 0 where unknown).
+    static STACK_GUARD: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+}
+
+/// Why a call's thread parked for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Parked {
+    /// A native operation's allocation was refused (it would have aborted the process).
+    Memory,
+    /// The thread's native stack overflowed.
+    StackOverflow,
+}
+
+impl Parked {
+    fn code(self) -> u8 {
+        match self {
+            Parked::Memory => 1,
+            Parked::StackOverflow => 2,
+        }
+    }
 }
 
 /// Whether this process's global allocator is [`BudgetAllocator`], so in-process calls are held
@@ -63,15 +91,16 @@ pub(crate) struct Budget {
     limit: usize,
     used: AtomicUsize,
     tripped: AtomicBool,
-    /// A refused allocation parked the call's thread for good (see [`park_refused_aborts`]).
-    parked: AtomicBool,
+    /// The call's thread parked for good ([`Parked::code`], 0: not parked; see
+    /// [`park_refused_aborts`]).
+    parked: AtomicU8,
     /// Wakes the watchdog when the budget trips (a futex wake: allocation-free).
     wake: Arc<std::sync::Condvar>,
 }
 
 impl Budget {
     pub(crate) fn new(limit: usize, wake: Arc<std::sync::Condvar>) -> Self {
-        Budget { limit, used: AtomicUsize::new(0), tripped: AtomicBool::new(false), parked: AtomicBool::new(false), wake }
+        Budget { limit, used: AtomicUsize::new(0), tripped: AtomicBool::new(false), parked: AtomicU8::new(0), wake }
     }
 
     /// The call allocated past its budget.
@@ -79,9 +108,13 @@ impl Budget {
         self.tripped.load(Ordering::Acquire)
     }
 
-    /// The call's thread parked after a refused allocation: it will never return.
-    pub(crate) fn parked(&self) -> bool {
-        self.parked.load(Ordering::Acquire)
+    /// The call's thread parked, and why: it will never return.
+    pub(crate) fn parked(&self) -> Option<Parked> {
+        match self.parked.load(Ordering::Acquire) {
+            1 => Some(Parked::Memory),
+            2 => Some(Parked::StackOverflow),
+            _ => None,
+        }
     }
 
     pub(crate) fn limit(&self) -> usize {
@@ -142,7 +175,11 @@ fn with_budget(f: impl FnOnce(&Budget) -> bool) -> bool {
             }
             // SAFETY: `Charging` clears the pointer before the budget it points at is dropped
             // (the budget outlives the call that set it), and only this thread reads it.
-            let granted = f(unsafe { &*p });
+            let budget = unsafe { &*p };
+            if stack_nearly_exhausted() && PARK_ON_ABORT.try_with(Cell::get).unwrap_or(false) {
+                park(budget, Parked::StackOverflow);
+            }
+            let granted = f(budget);
             if !granted {
                 REFUSED.with(|r| r.set(true));
             }
@@ -152,24 +189,126 @@ fn with_budget(f: impl FnOnce(&Budget) -> bool) -> bool {
 }
 
 /// From now until the returned guard is dropped, an abort on this thread during a call whose
-/// allocation was refused parks the thread for good and marks the call's budget parked, instead
-/// of ending the process (see the module docs). Installs the process's SIGABRT handler on first
-/// use.
+/// allocation was refused, or a stack overflow during a call, parks the thread for good and
+/// marks the call's budget parked, instead of ending the process (see the module docs).
+/// Installs the process's SIGABRT, SIGSEGV and SIGBUS handlers on first use.
 pub(crate) fn park_refused_aborts() -> ParkOnAbort {
     static INSTALL: std::sync::Once = std::sync::Once::new();
     INSTALL.call_once(|| {
         // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value before the fields
-        // are set; the handler only reads this thread's const-initialized thread locals, stores
-        // an atomic and calls pause(), all async-signal-safe.
+        // are set; the handlers only read this thread's const-initialized thread locals and the
+        // saved actions, store an atomic, call pause() or the previous handler, or reset the
+        // action: all async-signal-safe.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = on_abort as extern "C" fn(libc::c_int) as libc::sighandler_t;
             libc::sigemptyset(&mut action.sa_mask);
             libc::sigaction(libc::SIGABRT, &action, std::ptr::null_mut());
+            for (signal, slot) in [(libc::SIGSEGV, &PREVIOUS_SEGV), (libc::SIGBUS, &PREVIOUS_BUS)] {
+                let previous: &'static mut libc::sigaction = Box::leak(Box::new(std::mem::zeroed()));
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_fault as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as libc::sighandler_t;
+                // On the alternate stack Rust gives every thread it starts: the overflowed one is full.
+                action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+                libc::sigemptyset(&mut action.sa_mask);
+                if libc::sigaction(signal, &action, previous) == 0 {
+                    slot.store(previous, Ordering::Release);
+                }
+            }
         }
     });
+    STACK_GUARD.with(|g| g.set(stack_guard()));
     PARK_ON_ABORT.with(|p| p.set(true));
     ParkOnAbort
+}
+
+/// Stack a call must leave free when it enters the allocator: a recursion that gets this close
+/// to the guard parks here rather than overflow inside `malloc` or `free`, where the thread would
+/// park holding its arena's lock and every thread sharing that arena would wait forever.
+const STACK_RESERVE: usize = 256 << 10;
+
+/// Whether this pool thread's stack is within [`STACK_RESERVE`] of its guard.
+#[inline]
+fn stack_nearly_exhausted() -> bool {
+    let (low, guard) = STACK_GUARD.try_with(Cell::get).unwrap_or((0, 0));
+    let marker = 0u8;
+    low != 0 && (std::ptr::addr_of!(marker) as usize) < low.saturating_add(guard).saturating_add(STACK_RESERVE)
+}
+
+/// Marks the call's budget parked and stops this thread for good.
+fn park(budget: &Budget, why: Parked) -> ! {
+    budget.parked.store(why.code(), Ordering::Release);
+    loop {
+        // SAFETY: pause() has no preconditions.
+        unsafe { libc::pause() };
+    }
+}
+
+/// The handlers SIGSEGV and SIGBUS had before [`park_refused_aborts`] installed its own.
+static PREVIOUS_SEGV: AtomicPtr<libc::sigaction> = AtomicPtr::new(std::ptr::null_mut());
+static PREVIOUS_BUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(std::ptr::null_mut());
+
+/// This thread's lowest stack address and guard size. glibc before 2.27 counted the guard inside
+/// the stack, later ones below it, so a fault within one guard size either side of the lowest
+/// address is an overflow (as Rust's own handler decides).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn stack_guard() -> (usize, usize) {
+    // SAFETY: pthread_getattr_np fills `attr` for the calling thread, which is then read and
+    // destroyed; the out-pointers are valid locals.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return (0, 0);
+        }
+        let (mut addr, mut size, mut guard) = (std::ptr::null_mut(), 0usize, 0usize);
+        let ok = libc::pthread_attr_getstack(&attr, &mut addr, &mut size) == 0 && libc::pthread_attr_getguardsize(&attr, &mut guard) == 0;
+        libc::pthread_attr_destroy(&mut attr);
+        let page = usize::try_from(libc::sysconf(libc::_SC_PAGESIZE)).unwrap_or(4096);
+        if ok { (addr as usize, guard.max(page)) } else { (0, 0) }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn stack_guard() -> (usize, usize) {
+    (0, 0)
+}
+
+/// SIGSEGV, SIGBUS: a stack overflow on a pool thread during a call parks the thread and marks
+/// the call's budget; any other fault goes to the previous handler (Rust's prints "has
+/// overflowed its stack" and aborts, or restores the default action), or, where there was none,
+/// the default action is restored and the faulting instruction runs again and ends the process.
+extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    let parking = PARK_ON_ABORT.try_with(Cell::get).unwrap_or(false);
+    let budget = CURRENT.try_with(Cell::get).unwrap_or(std::ptr::null());
+    let (low, guard) = STACK_GUARD.try_with(Cell::get).unwrap_or((0, 0));
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    if parking && !budget.is_null() && low != 0 && addr >= low.saturating_sub(guard) && addr < low.saturating_add(guard) {
+        // SAFETY: the budget outlives the call that set the pointer, and that call cannot end:
+        // this frame never returns.
+        park(unsafe { &*budget }, Parked::StackOverflow);
+    }
+    let previous = if signal == libc::SIGBUS { &PREVIOUS_BUS } else { &PREVIOUS_SEGV }.load(Ordering::Acquire);
+    // SAFETY: a saved action is a leaked, never-written-again sigaction; calling its handler with
+    // the arguments the kernel gave is what the kernel would have done.
+    unsafe {
+        if !previous.is_null() {
+            let handler = (*previous).sa_sigaction;
+            if (*previous).sa_flags & libc::SA_SIGINFO != 0 && handler != libc::SIG_DFL && handler != libc::SIG_IGN {
+                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = std::mem::transmute(handler);
+                f(signal, info, context);
+                return;
+            }
+            if handler != libc::SIG_DFL && handler != libc::SIG_IGN {
+                let f: extern "C" fn(libc::c_int) = std::mem::transmute(handler);
+                f(signal);
+                return;
+            }
+        }
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(signal, &action, std::ptr::null_mut());
+    }
 }
 
 /// While alive, this thread parks instead of aborting after a refused allocation.
@@ -185,16 +324,12 @@ impl Drop for ParkOnAbort {
 /// other abort the handler returns, and `abort` then ends the process as it would have.
 extern "C" fn on_abort(_signal: libc::c_int) {
     let refused = REFUSED.try_with(Cell::get).unwrap_or(false);
-    let park = PARK_ON_ABORT.try_with(Cell::get).unwrap_or(false);
+    let parking = PARK_ON_ABORT.try_with(Cell::get).unwrap_or(false);
     let budget = CURRENT.try_with(Cell::get).unwrap_or(std::ptr::null());
-    if refused && park && !budget.is_null() {
+    if refused && parking && !budget.is_null() {
         // SAFETY: the budget outlives the call that set the pointer, and that call cannot end:
-        // this frame never returns.
-        unsafe { &*budget }.parked.store(true, Ordering::Release);
-        loop {
-            // SAFETY: pause() has no preconditions; SIGABRT stays blocked in this handler.
-            unsafe { libc::pause() };
-        }
+        // this frame never returns (SIGABRT stays blocked in this handler).
+        park(unsafe { &*budget }, Parked::Memory);
     }
 }
 

@@ -52,6 +52,9 @@ struct Abandoned {
     held_back: AtomicU64,
     /// Workers held back now (stuck, no replacement): when all are, nothing takes calls.
     held_now: AtomicUsize,
+    /// Interpreter threads parked for good (a native allocation refused past twice the budget,
+    /// or a native stack overflow), each replaced; they keep the memory they held.
+    parked: AtomicU64,
 }
 
 impl Abandoned {
@@ -173,6 +176,16 @@ impl Sandbox {
         }
     }
 
+    /// In-process interpreter threads lost for good so far (parked after a native allocation
+    /// the budget refused, or after a native stack overflow), each replaced by a new one; their
+    /// calls were answered `memory_limit` or `crashed`. Zero for worker processes and queues.
+    pub fn lost_interpreters(&self) -> u64 {
+        match &self.backend {
+            Backend::Local { abandoned, .. } => abandoned.parked.load(Ordering::Relaxed),
+            Backend::Queue(_) | Backend::Http(_) => 0,
+        }
+    }
+
     /// Calls and sessions waiting for a free interpreter (for a queue: work items waiting).
     pub fn queued(&self) -> usize {
         match &self.backend {
@@ -290,12 +303,17 @@ fn lost() -> ToolResult {
     ToolResult::failure(Status::Crashed, "the sandbox worker went away before answering", 0)
 }
 
+/// The native stack of every interpreter thread (in-process, and in worker processes): deep
+/// enough that source the nesting check lets through compiles, and RustPython's Python-level
+/// recursion limits fire before it runs out.
+pub(crate) const INTERPRETER_STACK: usize = 16 << 20;
+
 type Ready = Option<mpsc::Sender<Result<(), SandboxError>>>;
 
 fn spawn_worker(shared: Arc<Shared>, ready: Ready) {
     std::thread::Builder::new()
         .name("rstar2-sandbox-worker".into())
-        .stack_size(16 << 20)
+        .stack_size(INTERPRETER_STACK)
         .spawn(move || match &shared.config.isolation {
             Isolation::InProcess => in_process_worker(shared.clone(), ready),
             Isolation::Process(command) => {
@@ -376,14 +394,20 @@ fn in_process_worker(shared: Arc<Shared>, ready: Ready) {
         let started = std::time::Instant::now();
         let on_stuck = {
             let (reply, stuck, replaced, shared) = (reply.clone(), stuck.clone(), replaced.clone(), shared.clone());
-            Box::new(move |parked: bool| {
+            Box::new(move |parked: Option<memory::Parked>| {
                 stuck.store(true, Ordering::Release);
-                if parked {
+                if let Some(why) = parked {
                     // Parked for good, burning no CPU: always replaced, and not counted among the
                     // abandoned threads the cap is for.
-                    let mib = shared.config.interpreter.limits.memory_bytes >> 20;
-                    let msg = format!("MemoryError: a native operation asked for more memory than the call's limit of {mib} MiB allows (interpreter abandoned)\n");
-                    answer_once(&reply, ToolResult::failure(Status::MemoryLimit, msg, started.elapsed().as_micros() as u64));
+                    let answer = match why {
+                        memory::Parked::Memory => {
+                            let mib = shared.config.interpreter.limits.memory_bytes >> 20;
+                            ToolResult::failure(Status::MemoryLimit, format!("MemoryError: a native operation asked for more memory than the call's limit of {mib} MiB allows (interpreter abandoned)\n"), started.elapsed().as_micros() as u64)
+                        }
+                        memory::Parked::StackOverflow => ToolResult::failure(Status::Crashed, "RecursionError: the interpreter's native stack overflowed (code nested too deeply; interpreter abandoned)\n", started.elapsed().as_micros() as u64),
+                    };
+                    shared.abandoned.parked.fetch_add(1, Ordering::Relaxed);
+                    answer_once(&reply, answer);
                     spawn_worker(shared, None);
                     return;
                 }

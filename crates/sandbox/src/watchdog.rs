@@ -13,8 +13,8 @@ const RESEND: Duration = Duration::from_millis(1);
 const IDLE: Duration = Duration::from_millis(100);
 
 /// Runs when a call is still going `grace` after its deadline (stuck in native code), or at once
-/// when its thread parked after a refused allocation (the argument: whether it did).
-pub(crate) type StuckHandler = Box<dyn FnOnce(bool) + Send>;
+/// when its thread parked for good (the argument: why it did, if it did).
+pub(crate) type StuckHandler = Box<dyn FnOnce(Option<crate::memory::Parked>) + Send>;
 
 struct Entry {
     deadline: Instant,
@@ -95,7 +95,7 @@ fn run(weak: Weak<Inner>) {
             // A stuck call stays registered: should its native work ever end, it is interrupted.
             let parked = entry.guard.parked();
             if let Some((at, _)) = &entry.stuck
-                && (*at <= now || parked)
+                && (*at <= now || parked.is_some())
             {
                 stuck_handlers.push((entry.stuck.take().expect("checked above").1, parked));
             }

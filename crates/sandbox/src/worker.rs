@@ -70,8 +70,13 @@ pub fn dispatch_worker() {
         eprintln!("{WORKER_ARG}: expected an interpreter configuration in JSON as the next argument");
         std::process::exit(2);
     };
-    serve_stdio(&config);
-    std::process::exit(0);
+    // The interpreter runs on a thread with the stack an in-process one has, so both answer a
+    // deep program the same way.
+    let served = std::thread::Builder::new().name("rstar2-sandbox-worker".into()).stack_size(crate::pool::INTERPRETER_STACK).spawn(move || serve_stdio(&config));
+    match served.map(|t| t.join()) {
+        Ok(Ok(())) => std::process::exit(0),
+        _ => std::process::exit(1),
+    }
 }
 
 /// The worker loop: limits memory, builds an interpreter, and answers requests until stdin closes.

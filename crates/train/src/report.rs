@@ -48,6 +48,11 @@ pub struct StepMetrics {
     pub tool_threads_abandoned: usize,
     #[serde(default)]
     pub tool_threads_held_back: u64,
+    /// In-process interpreters lost so far (a call overflowed the native stack or asked for
+    /// far more memory than its budget; the call was answered and the interpreter replaced):
+    /// [`rstar2_sandbox::Sandbox::lost_interpreters`].
+    #[serde(default)]
+    pub tool_interpreters_lost: u64,
 }
 
 /// Figures of one RL stage.

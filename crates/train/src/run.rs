@@ -551,6 +551,7 @@ impl Trainer {
             step_seconds: t0.elapsed().as_secs_f64(),
             tool_threads_abandoned: abandoned,
             tool_threads_held_back: held_back,
+            tool_interpreters_lost: self.sandbox.lost_interpreters(),
         };
         self.append_metrics(&serde_json::to_value(&m)?)?;
         Ok(m)

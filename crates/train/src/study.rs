@@ -173,7 +173,6 @@ struct RunResult {
     steps: Vec<StepMetrics>,
     evals: BTreeMap<String, EvalResult>,
     stages: Vec<StageSummary>,
-    wall_seconds: f64,
 }
 
 fn read_run(run: &Path) -> anyhow::Result<RunResult> {
@@ -183,7 +182,6 @@ fn read_run(run: &Path) -> anyhow::Result<RunResult> {
         steps: read_steps(&run.join("metrics.jsonl")),
         evals: serde_json::from_value(summary["evals"].clone()).with_context(|| format!("{}/summary.json: evals", run.display()))?,
         stages: serde_json::from_value(summary["stages"].clone()).with_context(|| format!("{}/summary.json: stages", run.display()))?,
-        wall_seconds: summary["wall_seconds"].as_f64().unwrap_or(0.0),
     })
 }
 
@@ -265,18 +263,19 @@ pub fn write_report(dir: &Path, config: &TrainConfig, seeds: u64, algos: &[Algo]
         l
     };
     let ks: Vec<usize> = results[0].1[0].evals.get("after_sft").map(|e| e.pass_at_k.keys().copied().collect()).unwrap_or_default();
-    let mut pass_series = Vec::new();
-    for (algo, runs) in &results {
-        for (key, label) in labels.iter().filter(|(k, _)| k == "after_sft" || Some(k) == labels.last().map(|l| &l.0)) {
-            let points: Vec<(f64, f64, f64)> = ks
-                .iter()
-                .map(|k| {
-                    let values: Vec<f64> = runs.iter().map(|r| r.evals[key].pass_at_k[k].0).collect();
-                    let (m, se) = mean_and_stderr(&values);
-                    (*k as f64, m, se)
-                })
-                .collect();
-            pass_series.push(Series::with_band(format!("{} {label}", algo_name(*algo)), &points));
+    let pass_points = |runs: &[RunResult], key: &str| -> Vec<(f64, f64, f64)> {
+        ks.iter()
+            .map(|k| {
+                let (m, se) = mean_and_stderr(&runs.iter().map(|r| r.evals[key].pass_at_k[k].0).collect::<Vec<_>>());
+                (*k as f64, m, se)
+            })
+            .collect()
+    };
+    // After SFT once (every algorithm of a seed shares it), then each algorithm after RL.
+    let mut pass_series = vec![Series::with_band("after SFT", &pass_points(&results[0].1, "after_sft"))];
+    if let Some((last_key, last_label)) = labels.last().filter(|(k, _)| k != "after_sft") {
+        for (algo, runs) in &results {
+            pass_series.push(Series::with_band(format!("{} {last_label}", algo_name(*algo)), &pass_points(runs, last_key)));
         }
     }
     line_chart(&dir.join("study_pass_at_k.png"), "Held-out pass@k (± s.e. across seeds)", "k (samples)", "pass@k", &pass_series, &[])?;
@@ -344,8 +343,7 @@ pub fn write_report(dir: &Path, config: &TrainConfig, seeds: u64, algos: &[Algo]
     md += &format!("\n## What the SFT data holds\n\n{}\n", crate::report::describe_sft(config));
     md += "\n## Plots\n\n![reward](study_reward.png)\n![tool errors in correct rollouts](study_tool_errors.png)\n![response length](study_response_length.png)\n![tool calls](study_tool_calls.png)\n![pass@k](study_pass_at_k.png)\n\nEach run's own report, metrics and final model are in its folder.\n";
     rstar2_model::write_atomic(&dir.join("report.md"), md.as_bytes())?;
-    let minutes: f64 = results.iter().flat_map(|(_, runs)| runs.iter().map(|r| r.wall_seconds)).sum::<f64>() / 60.0;
-    Ok(format!("study report {} ({:.1} min of training in its runs; the SFT of each seed is counted in every run copied from it)", dir.join("report.md").display(), minutes))
+    Ok(format!("study report: {}", dir.join("report.md").display()))
 }
 
 /// The paper's four claims, each with its numbers and a verdict.
