@@ -117,8 +117,12 @@ pub struct ReplicateArgs {
 }
 
 pub fn replicate(args: ReplicateArgs) -> anyhow::Result<()> {
-    let mut algos = args.algos;
-    algos.dedup();
+    let mut algos: Vec<Algo> = Vec::new();
+    for algo in args.algos {
+        if !algos.contains(&algo) {
+            algos.push(algo);
+        }
+    }
     rstar2_train::study::replicate(&rstar2_train::study::StudyOptions {
         config: args.config,
         seeds: args.seeds,
