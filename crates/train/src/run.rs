@@ -362,8 +362,17 @@ impl Trainer {
         let seed = mix_seed(self.config.seed, 0xe7a1, self.state.evals.len() as u64);
         let r = evaluate(&mut self.replicas, &self.tokenizer, &self.sandbox, &self.config.chat, tasks, &self.config.eval, seed, label)?;
         self.say(&format!(
-            "eval {label:<18} pass@1 {:.3} ± {:.3} (k={}, {} problems)  tool calls/ep {:.2}  tool errors {:.2} (in correct: {:.2})  length {:.0}",
-            r.pass_at_1, r.stderr, r.k, r.problems, r.tool_calls_per_episode, r.tool_error_ratio, r.positive_tool_error_ratio, r.response_tokens
+            "eval {label:<18} pass@1 {:.3} ± {:.3} (n={}, {} problems)  pass@{} {:.3}  tool calls/ep {:.2}  tool errors {:.2} (in correct: {:.2})  length {:.0}",
+            r.pass_at_1,
+            r.stderr,
+            r.k,
+            r.problems,
+            r.pass_at_k.keys().last().copied().unwrap_or(1),
+            r.pass_at_k.values().last().map_or(r.pass_at_1, |v| v.0),
+            r.tool_calls_per_episode,
+            r.tool_error_ratio,
+            r.positive_tool_error_ratio,
+            r.response_tokens
         ));
         self.append_metrics(&serde_json::json!({"phase": "eval", "label": label, "rl_step": self.state.rl_step, "eval": r}))?;
         self.state.evals.insert(label.to_string(), r);
