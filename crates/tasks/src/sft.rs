@@ -101,8 +101,9 @@ pub fn build_traces(tasks: &[Task], sandbox: &Sandbox, chat: &ChatFormat, mix: &
         Retry,
         Direct,
     }
-    // (task, style, the program it runs, that program broken for a retry)
-    let plans: Vec<(&Task, Style, Option<&crate::Flawed>, Option<String>)> = tasks
+    // (task, style, its wrong program if it runs that, the program it runs, that program broken
+    // for a retry)
+    let plans: Vec<(&Task, Style, Option<&crate::Flawed>, &str, Option<String>)> = tasks
         .iter()
         .filter(|t| t.code.is_some())
         .map(|t| {
@@ -119,14 +120,14 @@ pub fn build_traces(tasks: &[Task], sandbox: &Sandbox, chat: &ChatFormat, mix: &
             let flawed = t.flawed.as_ref().filter(|_| style != Style::Direct && w < mix.wrong);
             let code = flawed.map_or(t.code.as_deref().unwrap(), |f| f.code.as_str());
             let broken = (style == Style::Retry).then(|| break_code(code, &mut rng));
-            (t, style, flawed, broken)
+            (t, style, flawed, code, broken)
         })
         .collect();
     // Every call this needs, run across the pool at once.
     let mut calls: Vec<String> = Vec::new();
-    for (t, style, flawed, broken) in &plans {
+    for (_, style, _, code, broken) in &plans {
         if *style != Style::Direct {
-            calls.push(flawed.map_or(t.code.clone().unwrap(), |f| f.code.clone()));
+            calls.push(code.to_string());
         }
         if let Some(b) = broken {
             calls.push(b.clone());
@@ -136,7 +137,7 @@ pub fn build_traces(tasks: &[Task], sandbox: &Sandbox, chat: &ChatFormat, mix: &
     let mut results = results.into_iter();
     let openers = [" Let me compute this with Python.", " I will use Python for this.", " This needs a computation."];
     let mut traces = Vec::with_capacity(plans.len());
-    for (t, style, flawed, broken) in plans {
+    for (t, style, flawed, code, broken) in plans {
         let mut segments = vec![(chat.prompt(&t.question), false)];
         let opener = openers[rng.random_range(0..openers.len())];
         if style == Style::Direct {
@@ -151,7 +152,6 @@ pub fn build_traces(tasks: &[Task], sandbox: &Sandbox, chat: &ChatFormat, mix: &
         if ran.status != Status::Ok || printed != *expected || (flawed.is_some() && printed == t.answer) {
             return Err(TaskError::WrongSolution { id: t.id.clone(), got: format!("{printed} {}", ran.stderr), expected: expected.clone() });
         }
-        let code = flawed.map_or(t.code.as_deref().unwrap(), |f| f.code.as_str());
         if let Some(b) = broken {
             let bad = results.next().expect("one result per call");
             segments.push((format!("{opener}{}{}", tool_call_text(&b), chat.end_of_turn), true));
