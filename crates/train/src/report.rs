@@ -152,7 +152,7 @@ pub fn write(dir: &Path, config: &TrainConfig, evals: &BTreeMap<String, EvalResu
         eval_points.push((step_end as f64, s.eval.pass_at_1));
     }
     plots(dir, &steps, &eval_points)?;
-    let stage_evals = eval_stages(evals, stages);
+    let stage_evals: Vec<(String, &EvalResult)> = eval_labels(evals, stages).into_iter().map(|(key, label)| (label, &evals[&key])).collect();
     let pass_series: Vec<Series> = stage_evals.iter().filter(|(_, e)| !e.pass_at_k.is_empty()).map(|(label, e)| Series::new(label.clone(), e.pass_at_k.iter().map(|(k, v)| (*k as f64, v.0)).collect())).collect();
     line_chart(&dir.join("pass_at_k.png"), "Held-out pass@k by stage", "k (samples)", "pass@k", &pass_series, &[])?;
     let summary = serde_json::json!({
@@ -247,18 +247,13 @@ pub fn write(dir: &Path, config: &TrainConfig, evals: &BTreeMap<String, EvalResu
     ))
 }
 
-/// The run's evaluations of its own held-out set in order, labelled for tables.
-pub fn eval_stages<'a>(evals: &'a BTreeMap<String, EvalResult>, stages: &'a [StageSummary]) -> Vec<(String, &'a EvalResult)> {
-    let mut out = Vec::new();
-    for (key, label) in [("before_sft", "before SFT"), ("after_sft", "after SFT")] {
-        if let Some(e) = evals.get(key) {
-            out.push((label.to_string(), e));
-        }
-    }
-    for s in stages {
-        out.push((format!("after RL stage {}", s.stage), &s.eval));
-    }
-    out
+/// The run's evaluations of its own held-out set, in order: (key in `evals`, label for tables),
+/// for the keys `evals` holds.
+pub fn eval_labels(evals: &BTreeMap<String, EvalResult>, stages: &[StageSummary]) -> Vec<(String, String)> {
+    let mut labels = vec![("before_sft".to_string(), "before SFT".to_string()), ("after_sft".to_string(), "after SFT".to_string())];
+    labels.extend(stages.iter().map(|s| (format!("after_rl_stage{}", s.stage), format!("after RL stage {}", s.stage))));
+    labels.retain(|(key, _)| evals.contains_key(key));
+    labels
 }
 
 /// What the SFT traces of `config` are made of, and why, in a sentence or three.

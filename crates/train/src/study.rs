@@ -255,13 +255,7 @@ pub fn write_report(dir: &Path, config: &TrainConfig, seeds: u64, algos: &[Algo]
         line_chart(&dir.join(file), title, "RL step", y, &series, &boundaries)?;
     }
     // Held-out evaluations by stage label, per algorithm: one EvalResult per seed.
-    let labels: Vec<(String, String)> = {
-        let first = &results[0].1[0];
-        let mut l = vec![("before_sft".to_string(), "before SFT".to_string()), ("after_sft".to_string(), "after SFT".to_string())];
-        l.extend(first.stages.iter().map(|s| (format!("after_rl_stage{}", s.stage), format!("after RL stage {}", s.stage))));
-        l.retain(|(k, _)| first.evals.contains_key(k));
-        l
-    };
+    let labels = crate::report::eval_labels(&results[0].1[0].evals, &results[0].1[0].stages);
     let ks: Vec<usize> = results[0].1[0].evals.get("after_sft").map(|e| e.pass_at_k.keys().copied().collect()).unwrap_or_default();
     let pass_points = |runs: &[RunResult], key: &str| -> Vec<(f64, f64, f64)> {
         ks.iter()
