@@ -23,10 +23,6 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-pub(crate) fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))).unwrap_or_else(|| "unknown CPU".into())
-}
-
 /// Memory copy bandwidth in GB/s (bytes read plus bytes written, STREAM's convention) with all
 /// threads copying their part of a 512 MiB buffer; median of 5.
 fn copy_bandwidth() -> f64 {
@@ -113,7 +109,7 @@ fn ratio(ours: f64, theirs: Option<f64>) -> String {
 pub fn run(python: &str) -> anyhow::Result<()> {
     let threads = rayon::current_num_threads();
     let widest = Isa::detected();
-    println!("CPU: {} ({threads} threads); widest vectors: {} ({} bits), kernels use {}", cpu_name(), widest.name(), widest.vector_bits(), isa().name());
+    println!("CPU: {} ({threads} threads); widest vectors: {} ({} bits), kernels use {}", rstar2_model::cpu::cpu_name(), widest.name(), widest.vector_bits(), isa().name());
     let peaks: Vec<(Isa, f64)> = Isa::available().into_iter().filter(|&i| i != Isa::Generic).map(|i| (i, fma_peak_gflops(i, 0.5))).collect();
     for (i, p) in &peaks {
         println!("FMA-loop peak, {} ({} bits), all threads: {p:.1} GFLOP/s", i.name(), i.vector_bits());

@@ -47,7 +47,7 @@ pub fn run(args: TrainScalingArgs) -> anyhow::Result<()> {
     let tokens = (args.batch * args.tokens) as f64;
     let count_params = params.data.iter().map(Vec::len).sum::<usize>();
     let mib = count_params as f64 * 4.0 / (1 << 20) as f64;
-    println!("train-scaling: {} ({:.2} M parameters, {mib:.1} MiB of gradients), {} x {} tokens per step, median of {} steps, {}", dir.display(), count_params as f64 / 1e6, args.batch, args.tokens, args.steps, crate::bench_model::cpu_name());
+    println!("train-scaling: {} ({:.2} M parameters, {mib:.1} MiB of gradients), {} x {} tokens per step, median of {} steps, {}", dir.display(), count_params as f64 / 1e6, args.batch, args.tokens, args.steps, rstar2_model::cpu::cpu_name());
     let first = args.devices.split(',').next().unwrap_or("cpu").to_string();
     let mut baseline = None;
     println!("{:<28} {:>12} {:>10}", "replicas", "tokens/s", "vs one");

@@ -85,6 +85,11 @@ pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() { work() } else { rayon::scope(|_| work()) }
 }
 
+/// The CPU's model name (`/proc/cpuinfo`), for reports that name the machine behind a figure.
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))).unwrap_or_else(|| "unknown CPU".into())
+}
+
 /// The set this crate's kernels use: [`Isa::detected`], narrowed by `RSTAR2_CPU_ISA` when set
 /// (a wider set than the CPU has, or an unknown name, is refused with a message and ignored).
 pub fn isa() -> Isa {

@@ -229,13 +229,6 @@ fn mean_present(values: impl Iterator<Item = Option<f64>>) -> f64 {
     if present.is_empty() { f64::NAN } else { present.iter().sum::<f64>() / present.len() as f64 }
 }
 
-/// The name of the machine's CPU, for the report.
-fn cpu_name() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map_or("unknown CPU".to_string(), |s| s.trim().to_string());
-    format!("{model}, {} threads", std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
 /// Writes report.md and the PNGs of a finished study; returns a one-line summary.
 pub fn write_report(dir: &Path, config: &TrainConfig, seeds: u64, algos: &[Algo]) -> anyhow::Result<String> {
     let mut results: Vec<(Algo, Vec<RunResult>)> = Vec::new();
@@ -287,7 +280,7 @@ pub fn write_report(dir: &Path, config: &TrainConfig, seeds: u64, algos: &[Algo]
         format_args!("{} RL stages, {} prompts x {} rollouts per step", config.rl.stages.len(), config.rl.prompts_per_step, config.rl.group_size),
         config.model.display(),
         config.device,
-        cpu_name(),
+        format_args!("{}, {} threads", rstar2_model::cpu::cpu_name(), std::thread::available_parallelism().map_or(1, |n| n.get())),
         problems,
         eval_n,
         config.eval.temperature,
