@@ -15,7 +15,7 @@
 //!
 //! Some still ask for more than twice the budget: `''.join` of five gigabytes asks at once, and
 //! `str.expandtabs` keeps doubling its buffer. A refusal there is an allocation failure that Rust
-//! answers by aborting the process. On the threads of an in-process pool, [`park_refused_aborts`]
+//! answers by aborting the process. On the threads of an in-process pool, [`park_instead_of_aborting`]
 //! turns that abort into parking the thread for good: no CPU, its memory (at most twice the
 //! budget) kept, the budget marked parked, so the watchdog answers the call `memory_limit` at
 //! once and the pool replaces the interpreter. Any other abort still ends the process.
@@ -53,7 +53,7 @@ thread_local! {
     static CURRENT: Cell<*const Budget> = const { Cell::new(std::ptr::null()) };
     /// A request of the call running on this thread was refused.
     static REFUSED: Cell<bool> = const { Cell::new(false) };
-    /// This thread parks instead of aborting after a refusal (see [`park_refused_aborts`]).
+    /// This thread parks instead of aborting after a refusal (see [`park_instead_of_aborting`]).
     static PARK_ON_ABORT: Cell<bool> = const { Cell::new(false) };
     /// The lowest address of this thread's stack and its guard's size (0, 0 where unknown).
     static STACK_GUARD: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
@@ -92,7 +92,7 @@ pub(crate) struct Budget {
     used: AtomicUsize,
     tripped: AtomicBool,
     /// The call's thread parked for good ([`Parked::code`], 0: not parked; see
-    /// [`park_refused_aborts`]).
+    /// [`park_instead_of_aborting`]).
     parked: AtomicU8,
     /// Wakes the watchdog when the budget trips (a futex wake: allocation-free).
     wake: Arc<std::sync::Condvar>,
@@ -192,7 +192,7 @@ fn with_budget(f: impl FnOnce(&Budget) -> bool) -> bool {
 /// allocation was refused, or a stack overflow during a call, parks the thread for good and
 /// marks the call's budget parked, instead of ending the process (see the module docs).
 /// Installs the process's SIGABRT, SIGSEGV and SIGBUS handlers on first use.
-pub(crate) fn park_refused_aborts() -> ParkOnAbort {
+pub(crate) fn park_instead_of_aborting() -> ParkOnAbort {
     static INSTALL: std::sync::Once = std::sync::Once::new();
     INSTALL.call_once(|| {
         // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value before the fields
@@ -235,6 +235,13 @@ fn stack_nearly_exhausted() -> bool {
     low != 0 && (std::ptr::addr_of!(marker) as usize) < low.saturating_add(guard).saturating_add(STACK_RESERVE)
 }
 
+/// The budget of the call running on this thread, where this thread parks instead of dying (a
+/// pool thread inside [`park_instead_of_aborting`]); null elsewhere. Signal-safe: it only reads
+/// const-initialized thread locals.
+fn parkable_call() -> *const Budget {
+    if PARK_ON_ABORT.try_with(Cell::get).unwrap_or(false) { CURRENT.try_with(Cell::get).unwrap_or(std::ptr::null()) } else { std::ptr::null() }
+}
+
 /// Marks the call's budget parked and stops this thread for good.
 fn park(budget: &Budget, why: Parked) -> ! {
     budget.parked.store(why.code(), Ordering::Release);
@@ -244,7 +251,7 @@ fn park(budget: &Budget, why: Parked) -> ! {
     }
 }
 
-/// The handlers SIGSEGV and SIGBUS had before [`park_refused_aborts`] installed its own.
+/// The handlers SIGSEGV and SIGBUS had before [`park_instead_of_aborting`] installed its own.
 static PREVIOUS_SEGV: AtomicPtr<libc::sigaction> = AtomicPtr::new(std::ptr::null_mut());
 static PREVIOUS_BUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(std::ptr::null_mut());
 
@@ -278,12 +285,11 @@ fn stack_guard() -> (usize, usize) {
 /// overflowed its stack" and aborts, or restores the default action), or, where there was none,
 /// the default action is restored and the faulting instruction runs again and ends the process.
 extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
-    let parking = PARK_ON_ABORT.try_with(Cell::get).unwrap_or(false);
-    let budget = CURRENT.try_with(Cell::get).unwrap_or(std::ptr::null());
+    let budget = parkable_call();
     let (low, guard) = STACK_GUARD.try_with(Cell::get).unwrap_or((0, 0));
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
     let addr = unsafe { (*info).si_addr() } as usize;
-    if parking && !budget.is_null() && low != 0 && addr >= low.saturating_sub(guard) && addr < low.saturating_add(guard) {
+    if !budget.is_null() && low != 0 && addr >= low.saturating_sub(guard) && addr < low.saturating_add(guard) {
         // SAFETY: the budget outlives the call that set the pointer, and that call cannot end:
         // this frame never returns.
         park(unsafe { &*budget }, Parked::StackOverflow);
@@ -324,9 +330,8 @@ impl Drop for ParkOnAbort {
 /// other abort the handler returns, and `abort` then ends the process as it would have.
 extern "C" fn on_abort(_signal: libc::c_int) {
     let refused = REFUSED.try_with(Cell::get).unwrap_or(false);
-    let parking = PARK_ON_ABORT.try_with(Cell::get).unwrap_or(false);
-    let budget = CURRENT.try_with(Cell::get).unwrap_or(std::ptr::null());
-    if refused && parking && !budget.is_null() {
+    let budget = parkable_call();
+    if refused && !budget.is_null() {
         // SAFETY: the budget outlives the call that set the pointer, and that call cannot end:
         // this frame never returns (SIGABRT stays blocked in this handler).
         park(unsafe { &*budget }, Parked::Memory);

@@ -386,7 +386,7 @@ fn in_process_worker(shared: Arc<Shared>, ready: Ready) {
     let (stuck, replaced) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
     // A native operation whose allocation is refused parks this thread instead of aborting the
     // process (see `memory`).
-    let _park_on_abort = memory::park_refused_aborts();
+    let _park_on_abort = memory::park_instead_of_aborting();
     // Runs one call; returns whether the interpreter must be replaced.
     let run = |runner: &Runner, call: &ToolCall, reply: Reply, in_session: bool| -> bool {
         let reply = Arc::new(Mutex::new(Some(reply)));
