@@ -140,7 +140,9 @@ fn guard_compilers(vm: &VirtualMachine, max_nesting: usize) -> PyResult<()> {
 }
 
 /// The nesting bound of source text, or the depth of a syntax tree (walked without recursion,
-/// stopping past `max`, so a tree that contains itself ends too); 0 for anything else.
+/// stopping past `max`, so a tree that contains itself ends too, and looking at the call's
+/// deadline as the guarded iterators do: a tree that shares nodes can have exponentially many
+/// paths); 0 for anything else.
 fn source_depth(source: &PyObject, ast_type: &PyObject, max: usize, vm: &VirtualMachine) -> PyResult<usize> {
     if let Some(text) = source.downcast_ref::<PyStr>() {
         return Ok(crate::depth::nesting_bound_bytes(text.as_bytes()));
@@ -156,7 +158,14 @@ fn source_depth(source: &PyObject, ast_type: &PyObject, max: usize, vm: &Virtual
     }
     let mut deepest = 0;
     let mut todo: Vec<(PyObjectRef, usize)> = vec![(source.to_owned(), 1)];
+    let mut visited = 0u32;
     while let Some((node, depth)) = todo.pop() {
+        visited = visited.wrapping_add(1);
+        if visited.is_multiple_of(CHECK_EVERY)
+            && let Some(exc) = current_call_must_stop(vm)
+        {
+            return Err(exc);
+        }
         deepest = deepest.max(depth);
         if deepest > max {
             break;
