@@ -1,7 +1,7 @@
 //! `cargo xtask sandbox exec | batch | serve | worker`.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufWriter, Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -240,16 +240,10 @@ fn batch(input: &PathBuf, output: &PathBuf, resume: bool, opts: &PoolOptions) ->
     Ok(())
 }
 
-/// Writes `lines` to `path` through a temporary file renamed over it, so a kill leaves the old
+/// Writes `lines` to `path` whole ([`rstar2_model::write_atomic`]), so a kill leaves the old
 /// file or the new one.
 fn write_lines<'a>(path: &PathBuf, lines: impl Iterator<Item = &'a String>) -> anyhow::Result<()> {
-    let tmp = path.with_extension("partial");
-    let mut out = BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
-    for line in lines {
-        writeln!(out, "{line}")?;
-    }
-    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    Ok(rstar2_model::write_atomic(path, lines.map(|l| format!("{l}\n")).collect::<String>().as_bytes())?)
 }
 
 fn serve(addr: SocketAddr, queue: Option<QueueConfig>, opts: &PoolOptions) -> anyhow::Result<()> {
