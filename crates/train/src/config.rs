@@ -21,6 +21,16 @@ pub enum Algo {
     Grpo,
 }
 
+impl Algo {
+    /// The name used in configs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::GrpoRoc => "grpo-roc",
+            Algo::Grpo => "grpo",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Init {
@@ -290,6 +300,13 @@ mod tests {
         std::fs::write(&f, "[rl\n").unwrap();
         assert!(TrainConfig::load(Some(&f)).unwrap_err().to_string().contains("not valid TOML"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn algo_names_are_the_config_names() {
+        for algo in [Algo::Grpo, Algo::GrpoRoc] {
+            assert_eq!(serde_json::to_value(algo).unwrap(), algo.name());
+        }
     }
 
     #[test]

@@ -48,13 +48,6 @@ struct Settings {
     device: Option<String>,
 }
 
-fn algo_name(algo: Algo) -> &'static str {
-    match algo {
-        Algo::GrpoRoc => "grpo-roc",
-        Algo::Grpo => "grpo",
-    }
-}
-
 /// A finished run folder has its summary.
 fn finished(run: &Path) -> bool {
     run.join("summary.json").exists()
@@ -105,10 +98,10 @@ pub fn replicate(options: &StudyOptions) -> anyhow::Result<PathBuf> {
         }
         Err(_) => rstar2_model::write_atomic(&saved, serde_json::to_string_pretty(&settings)?.as_bytes())?,
     }
-    println!("study {}: {} seeds x {:?} ({} runs)", dir.display(), options.seeds, options.algos.iter().map(|a| algo_name(*a)).collect::<Vec<_>>(), options.seeds as usize * options.algos.len());
+    println!("study {}: {} seeds x {:?} ({} runs)", dir.display(), options.seeds, options.algos.iter().map(|a| a.name()).collect::<Vec<_>>(), options.seeds as usize * options.algos.len());
     let mut done_here = 0usize;
     for seed in 1..=options.seeds {
-        let runs: Vec<(Algo, PathBuf)> = options.algos.iter().map(|&a| (a, dir.join(format!("{}-seed{seed}", algo_name(a))))).collect();
+        let runs: Vec<(Algo, PathBuf)> = options.algos.iter().map(|&a| (a, dir.join(format!("{}-seed{seed}", a.name())))).collect();
         if runs.iter().all(|(_, r)| finished(r)) {
             println!("seed {seed}: every run finished, skipped");
             continue;
@@ -233,7 +226,7 @@ fn mean_present(values: impl Iterator<Item = Option<f64>>) -> f64 {
 pub fn write_report(dir: &Path, config: &TrainConfig, seeds: u64, algos: &[Algo]) -> anyhow::Result<String> {
     let mut results: Vec<(Algo, Vec<RunResult>)> = Vec::new();
     for &algo in algos {
-        let runs = (1..=seeds).map(|s| read_run(&dir.join(format!("{}-seed{s}", algo_name(algo))))).collect::<anyhow::Result<Vec<_>>>()?;
+        let runs = (1..=seeds).map(|s| read_run(&dir.join(format!("{}-seed{s}", algo.name())))).collect::<anyhow::Result<Vec<_>>>()?;
         results.push((algo, runs));
     }
     let boundaries: Vec<f64> = results[0].1[0].steps.windows(2).filter(|w| w[0].stage != w[1].stage).map(|w| w[1].rl_step as f64).collect();
@@ -244,7 +237,7 @@ pub fn write_report(dir: &Path, config: &TrainConfig, seeds: u64, algos: &[Algo]
         ("study_tool_calls.png", "Tool calls per episode (± s.e. across seeds)", "calls", &|s| s.tool_calls_per_episode),
     ];
     for (file, title, y, f) in curves {
-        let series: Vec<Series> = results.iter().map(|(a, runs)| Series::with_band(algo_name(*a), &band(runs, f))).collect();
+        let series: Vec<Series> = results.iter().map(|(a, runs)| Series::with_band(a.name(), &band(runs, f))).collect();
         line_chart(&dir.join(file), title, "RL step", y, &series, &boundaries)?;
     }
     // Held-out evaluations by stage label, per algorithm: one EvalResult per seed.
@@ -262,7 +255,7 @@ pub fn write_report(dir: &Path, config: &TrainConfig, seeds: u64, algos: &[Algo]
     let mut pass_series = vec![Series::with_band("after SFT", &pass_points(&results[0].1, "after_sft"))];
     if let Some((last_key, last_label)) = labels.last().filter(|(k, _)| k != "after_sft") {
         for (algo, runs) in &results {
-            pass_series.push(Series::with_band(format!("{} {last_label}", algo_name(*algo)), &pass_points(runs, last_key)));
+            pass_series.push(Series::with_band(format!("{} {last_label}", algo.name()), &pass_points(runs, last_key)));
         }
     }
     line_chart(&dir.join("study_pass_at_k.png"), "Held-out pass@k (± s.e. across seeds)", "k (samples)", "pass@k", &pass_series, &[])?;
@@ -274,7 +267,7 @@ pub fn write_report(dir: &Path, config: &TrainConfig, seeds: u64, algos: &[Algo]
         "# Replication study: {}\n\n{} seeds x {} ({} runs) of `{}` ({}), model `{}`, device `{}`; CPU of the machine that wrote this report: {}.\n\nEvery algorithm of a seed starts from the same SFT model (`sft-seed<S>/`). Held-out: {} problems, {} samples each at temperature {}; ± is the standard error across seeds (the spread of the seed means), unless marked paired.\n",
         config.name,
         seeds,
-        algos.iter().map(|a| algo_name(*a)).collect::<Vec<_>>().join(" and "),
+        algos.iter().map(|a| a.name()).collect::<Vec<_>>().join(" and "),
         seeds as usize * algos.len(),
         config.name,
         format_args!("{} RL stages, {} prompts x {} rollouts per step", config.rl.stages.len(), config.rl.prompts_per_step, config.rl.group_size),
@@ -287,7 +280,7 @@ pub fn write_report(dir: &Path, config: &TrainConfig, seeds: u64, algos: &[Algo]
     );
     md += &format!("\n## The paper's claims at this scale\n\n{}\n", claims_table(&results));
     md += "\n## Held-out pass@1 by stage\n\n| when |";
-    md += &results.iter().map(|(a, _)| format!(" {} |", algo_name(*a))).collect::<String>();
+    md += &results.iter().map(|(a, _)| format!(" {} |", a.name())).collect::<String>();
     md += &format!("\n|---|{}\n", "---|".repeat(results.len()));
     for (key, label) in &labels {
         md += &format!("| {label} |{}\n", results.iter().map(|(_, runs)| format!(" {} |", fmt_mean(&runs.iter().map(|r| r.evals[key].pass_at_1).collect::<Vec<_>>()))).collect::<String>());
@@ -298,12 +291,12 @@ pub fn write_report(dir: &Path, config: &TrainConfig, seeds: u64, algos: &[Algo]
         md += &format!("\n|---|---|{}\n", "---|".repeat(ks.len()));
         for (algo, runs) in &results {
             for (key, label) in &labels {
-                md += &format!("| {} | {label} |{}\n", algo_name(*algo), ks.iter().map(|k| format!(" {} |", fmt_mean(&runs.iter().map(|r| r.evals[key].pass_at_k.get(k).map_or(f64::NAN, |v| v.0)).collect::<Vec<_>>()))).collect::<String>());
+                md += &format!("| {} | {label} |{}\n", algo.name(), ks.iter().map(|k| format!(" {} |", fmt_mean(&runs.iter().map(|r| r.evals[key].pass_at_k.get(k).map_or(f64::NAN, |v| v.0)).collect::<Vec<_>>()))).collect::<String>());
             }
         }
     }
     md += "\n## Per problem kind (pass@1, mean across seeds)\n\n| kind | after SFT |";
-    md += &results.iter().map(|(a, _)| format!(" {} after RL |", algo_name(*a))).collect::<String>();
+    md += &results.iter().map(|(a, _)| format!(" {} after RL |", a.name())).collect::<String>();
     md += &format!("\n|---|---|{}\n", "---|".repeat(results.len()));
     let last_key = labels.last().map_or("after_sft".to_string(), |l| l.0.clone());
     let kinds: std::collections::BTreeSet<String> = results.iter().flat_map(|(_, runs)| runs.iter().flat_map(|r| r.evals.get("after_sft").into_iter().flat_map(|e| e.per_kind.keys().cloned()))).collect();
@@ -318,7 +311,7 @@ pub fn write_report(dir: &Path, config: &TrainConfig, seeds: u64, algos: &[Algo]
             let (d, se) = paired_difference(sft, rl).unwrap_or((f64::NAN, f64::NAN));
             md += &format!(
                 "| {}-seed{} | {:.3} | {:.3} | {d:+.3} ± {se:.3} | {:.3} | {:.0} |\n",
-                algo_name(*algo),
+                algo.name(),
                 i + 1,
                 sft.pass_at_1,
                 rl.pass_at_1,
@@ -341,7 +334,7 @@ fn claims_table(results: &[(Algo, Vec<RunResult>)]) -> String {
         let d: Vec<f64> = runs.iter().map(|r| r.evals[&last_stage(r)].pass_at_1 - r.evals["after_sft"].pass_at_1).collect();
         let (m, se) = mean_and_stderr(&d);
         let se = if runs.len() == 1 { paired_difference(&runs[0].evals["after_sft"], &runs[0].evals[&last_stage(&runs[0])]).map_or(0.0, |p| p.1) } else { se };
-        md += &format!("| (1) RL raises held-out pass@1 over SFT | {} | after RL - after SFT: {m:+.3} ± {se:.3} | {} |\n", algo_name(*algo), verdict(m, se));
+        md += &format!("| (1) RL raises held-out pass@1 over SFT | {} | after RL - after SFT: {m:+.3} ± {se:.3} | {} |\n", algo.name(), verdict(m, se));
     }
     let roc = results.iter().find(|(a, _)| *a == Algo::GrpoRoc);
     let grpo = results.iter().find(|(a, _)| *a == Algo::Grpo);
@@ -370,7 +363,7 @@ fn claims_table(results: &[(Algo, Vec<RunResult>)]) -> String {
         }
         let d: Vec<f64> = runs.iter().map(|r| r.evals["after_rl_stage2"].pass_at_1 - r.evals["after_rl_stage1"].pass_at_1).collect();
         let (m, se) = mean_and_stderr(&d);
-        md += &format!("| (4) the stage-2 filter and longer budget help | {} | after stage 2 - after stage 1: {m:+.3} ± {se:.3} | {} |\n", algo_name(*algo), verdict(m, se));
+        md += &format!("| (4) the stage-2 filter and longer budget help | {} | after stage 2 - after stage 1: {m:+.3} ± {se:.3} | {} |\n", algo.name(), verdict(m, se));
     }
     md += "\nA verdict holds or does not hold when the effect is beyond two standard errors across seeds (one seed: the paired standard error over problems); otherwise it is within noise.\n";
     md
