@@ -242,7 +242,7 @@ fn batch(input: &PathBuf, output: &PathBuf, resume: bool, opts: &PoolOptions) ->
 
 /// Writes `lines` to `path` whole ([`rstar2_model::write_atomic`]), so a kill leaves the old
 /// file or the new one.
-fn write_lines<'a>(path: &PathBuf, lines: impl Iterator<Item = &'a String>) -> anyhow::Result<()> {
+fn write_lines<'a>(path: &std::path::Path, lines: impl Iterator<Item = &'a String>) -> anyhow::Result<()> {
     Ok(rstar2_model::write_atomic(path, lines.map(|l| format!("{l}\n")).collect::<String>().as_bytes())?)
 }
 

@@ -101,9 +101,17 @@ pub fn build_traces(tasks: &[Task], sandbox: &Sandbox, chat: &ChatFormat, mix: &
         Retry,
         Direct,
     }
-    // (task, style, its wrong program if it runs that, the program it runs, that program broken
-    // for a retry)
-    let plans: Vec<(&Task, Style, Option<&crate::Flawed>, &str, Option<String>)> = tasks
+    struct Plan<'a> {
+        task: &'a Task,
+        style: Style,
+        /// The task's wrong program, where the trace runs it.
+        flawed: Option<&'a crate::Flawed>,
+        /// The program the trace runs.
+        code: &'a str,
+        /// That program broken, for a retry.
+        broken: Option<String>,
+    }
+    let plans: Vec<Plan> = tasks
         .iter()
         .filter(|t| t.code.is_some())
         .map(|t| {
@@ -120,16 +128,16 @@ pub fn build_traces(tasks: &[Task], sandbox: &Sandbox, chat: &ChatFormat, mix: &
             let flawed = t.flawed.as_ref().filter(|_| style != Style::Direct && w < mix.wrong);
             let code = flawed.map_or(t.code.as_deref().unwrap(), |f| f.code.as_str());
             let broken = (style == Style::Retry).then(|| break_code(code, &mut rng));
-            (t, style, flawed, code, broken)
+            Plan { task: t, style, flawed, code, broken }
         })
         .collect();
     // Every call this needs, run across the pool at once.
     let mut calls: Vec<String> = Vec::new();
-    for (_, style, _, code, broken) in &plans {
-        if *style != Style::Direct {
-            calls.push(code.to_string());
+    for plan in &plans {
+        if plan.style != Style::Direct {
+            calls.push(plan.code.to_string());
         }
-        if let Some(b) = broken {
+        if let Some(b) = &plan.broken {
             calls.push(b.clone());
         }
     }
@@ -137,7 +145,7 @@ pub fn build_traces(tasks: &[Task], sandbox: &Sandbox, chat: &ChatFormat, mix: &
     let mut results = results.into_iter();
     let openers = [" Let me compute this with Python.", " I will use Python for this.", " This needs a computation."];
     let mut traces = Vec::with_capacity(plans.len());
-    for (t, style, flawed, code, broken) in plans {
+    for Plan { task: t, style, flawed, code, broken } in plans {
         let mut segments = vec![(chat.prompt(&t.question), false)];
         let opener = openers[rng.random_range(0..openers.len())];
         if style == Style::Direct {

@@ -161,6 +161,9 @@ pub fn replicate(options: &StudyOptions) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// One per-step figure of a run, for curves and late means.
+type Metric = dyn Fn(&StepMetrics) -> f64;
+
 /// A finished run's figures.
 struct RunResult {
     steps: Vec<StepMetrics>,
@@ -180,7 +183,7 @@ fn read_run(run: &Path) -> anyhow::Result<RunResult> {
 
 /// Mean ± standard error across seeds of `f` over each run's per-step series (5-step means),
 /// at every step all runs reached.
-fn band(runs: &[RunResult], f: &dyn Fn(&StepMetrics) -> f64) -> Vec<(f64, f64, f64)> {
+fn band(runs: &[RunResult], f: &Metric) -> Vec<(f64, f64, f64)> {
     let smoothed: Vec<Vec<(f64, f64)>> = runs.iter().map(|r| smooth(&r.steps.iter().map(|s| (s.rl_step as f64, f(s))).collect::<Vec<_>>(), 5)).collect();
     let steps = smoothed.iter().map(Vec::len).min().unwrap_or(0);
     (0..steps)
@@ -193,7 +196,7 @@ fn band(runs: &[RunResult], f: &dyn Fn(&StepMetrics) -> f64) -> Vec<(f64, f64, f
 }
 
 /// Mean of `f` over the last fifth of a run's RL steps.
-fn late_mean(run: &RunResult, f: &dyn Fn(&StepMetrics) -> f64) -> f64 {
+fn late_mean(run: &RunResult, f: &Metric) -> f64 {
     let n = run.steps.len();
     let tail = &run.steps[n - (n / 5).max(1).min(n)..];
     tail.iter().map(f).sum::<f64>() / tail.len().max(1) as f64
@@ -230,7 +233,7 @@ pub fn write_report(dir: &Path, config: &TrainConfig, seeds: u64, algos: &[Algo]
         results.push((algo, runs));
     }
     let boundaries: Vec<f64> = results[0].1[0].steps.windows(2).filter(|w| w[0].stage != w[1].stage).map(|w| w[1].rl_step as f64).collect();
-    let curves: [(&str, &str, &str, &dyn Fn(&StepMetrics) -> f64); 4] = [
+    let curves: [(&str, &str, &str, &Metric); 4] = [
         ("study_reward.png", "Training reward (5-step mean, ± s.e. across seeds)", "reward", &|s| s.reward_mean),
         ("study_tool_errors.png", "Tool-error ratio in correct rollouts (Fig. 4; ± s.e. across seeds)", "failed calls / calls", &|s| s.positive_tool_error_ratio),
         ("study_response_length.png", "Response length (tokens, tool output included; ± s.e.)", "tokens", &|s| s.response_length),
@@ -340,7 +343,7 @@ fn claims_table(results: &[(Algo, Vec<RunResult>)]) -> String {
     let grpo = results.iter().find(|(a, _)| *a == Algo::Grpo);
     match (roc, grpo) {
         (Some((_, roc)), Some((_, grpo))) => {
-            let per_seed = |f: &dyn Fn(&StepMetrics) -> f64| -> Vec<f64> { roc.iter().zip(grpo).map(|(r, g)| late_mean(g, f) - late_mean(r, f)).collect() };
+            let per_seed = |f: &Metric| -> Vec<f64> { roc.iter().zip(grpo).map(|(r, g)| late_mean(g, f) - late_mean(r, f)).collect() };
             let err = per_seed(&|s| s.positive_tool_error_ratio);
             let (m, se) = mean_and_stderr(&err);
             let (r_err, g_err) = (fmt_mean(&roc.iter().map(|r| late_mean(r, &|s| s.positive_tool_error_ratio)).collect::<Vec<_>>()), fmt_mean(&grpo.iter().map(|r| late_mean(r, &|s| s.positive_tool_error_ratio)).collect::<Vec<_>>()));
