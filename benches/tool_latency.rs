@@ -9,14 +9,11 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use rstar2::sandbox::{InterpreterConfig, Runner, Sandbox, SandboxConfig, Status, ToolCall, Watchdog, WorkerCommand};
 
 const TINY: &str = "print(1+1)";
-const TYPICAL: &str = "from fractions import Fraction\nimport math\ns = sum(Fraction(1, k * (k + 1)) for k in range(1, 60))\nprint(s, math.comb(40, 20) % 1000003)\nprint(sum(i * i for i in range(300)))\n";
+const TYPICAL: &str =
+    "from fractions import Fraction\nimport math\ns = sum(Fraction(1, k * (k + 1)) for k in range(1, 60))\nprint(s, math.comb(40, 20) % 1000003)\nprint(sum(i * i for i in range(300)))\n";
 
 fn sandbox(in_process: bool) -> Sandbox {
-    let mut config = if in_process {
-        SandboxConfig::in_process()
-    } else {
-        SandboxConfig::process(WorkerCommand::program(env!("CARGO_BIN_EXE_rstar2-sandbox-worker")))
-    };
+    let mut config = if in_process { SandboxConfig::in_process() } else { SandboxConfig::process(WorkerCommand::program(env!("CARGO_BIN_EXE_rstar2-sandbox-worker"))) };
     config.workers = 1;
     Sandbox::new(config).expect("sandbox starts")
 }
@@ -33,12 +30,8 @@ fn tool_latency(c: &mut Criterion) {
     let watchdog = Watchdog::new();
     let config = InterpreterConfig::default();
     group.sample_size(20);
-    group.bench_function("fresh_interpreter_print", |b| {
-        b.iter(|| Runner::new(&config).expect("interpreter").run(&ToolCall::new(TINY), &watchdog))
-    });
-    group.bench_function("cpython_subprocess_print", |b| {
-        b.iter(|| Command::new("python3").args(["-c", TINY]).output().expect("python3"))
-    });
+    group.bench_function("fresh_interpreter_print", |b| b.iter(|| Runner::new(&config).expect("interpreter").run(&ToolCall::new(TINY), &watchdog)));
+    group.bench_function("cpython_subprocess_print", |b| b.iter(|| Command::new("python3").args(["-c", TINY]).output().expect("python3")));
     group.sample_size(100);
     let mut child = Command::new("python3")
         .args(["-c", "import sys, io, json, contextlib\nfor line in sys.stdin:\n    buf = io.StringIO()\n    with contextlib.redirect_stdout(buf):\n        exec(json.loads(line), {'__name__': '__main__'})\n    print(json.dumps(buf.getvalue()), flush=True)\n"])

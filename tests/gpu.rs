@@ -116,11 +116,7 @@ fn gpu_kv_cache_matches_cpu() {
         let (mut gc, mut cc) = (GpuKvCache::new(&model, 128), KvCache::new(128));
         // A 39-row prefill (the unfused path), then decoding and a 15-token chunk (the fused
         // decode kernels, up to 32 rows).
-        let steps: [(&[u64], Vec<&[u32]>); 3] = [
-            (&[0, 1], vec![&full[0][..36], &full[1][..3]]),
-            (&[0, 1], vec![&full[0][36..37], &full[1][3..4]]),
-            (&[0], vec![&full[0][37..52]]),
-        ];
+        let steps: [(&[u64], Vec<&[u32]>); 3] = [(&[0, 1], vec![&full[0][..36], &full[1][..3]]), (&[0, 1], vec![&full[0][36..37], &full[1][3..4]]), (&[0], vec![&full[0][37..52]])];
         for (seqs, chunks) in &steps {
             let got = model.extend(&mut gc, seqs, chunks).unwrap();
             let want = cpu.extend(&mut cc, seqs, chunks).unwrap();

@@ -9,5 +9,5 @@ mod model;
 mod nesting;
 mod queue;
 mod sandbox;
-mod tasks;
 mod support;
+mod tasks;

@@ -161,7 +161,11 @@ fn smollm2_f16_decoding_follows_f32() {
     for (half, name) in [(&runs[1], "f16"), (&runs[2], DecodeWeights::Bf16.on_this_cpu().name())] {
         let same = runs[0].0.iter().zip(&half.0).take_while(|(a, b)| a == b).count();
         // Logit error while the two decodes see the same tokens.
-        let err = runs[0].1[..same].iter().zip(&half.1[..same]).map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max) / a.iter().fold(0.0f32, |m, x| m.max(x.abs()))).fold(0.0f32, f32::max);
+        let err = runs[0].1[..same]
+            .iter()
+            .zip(&half.1[..same])
+            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max) / a.iter().fold(0.0f32, |m, x| m.max(x.abs())))
+            .fold(0.0f32, f32::max);
         eprintln!("SmolLM2-135M greedy decoding, {name} against f32 weights: first {same} of 128 tokens equal, largest logit error {err:.2e} of the largest logit over them");
         assert!(same >= 64, "{name} decoding left the f32 tokens after {same}");
         assert!(err < 2e-2, "{name}: logit error {err}");
@@ -190,7 +194,11 @@ fn weights_round_trip_and_bad_files_give_clear_errors() {
     let err = Params::load(&dir, &wrong).unwrap_err().to_string();
     assert!(err.contains("model.safetensors") && err.contains("tensor model.layers.0.mlp.down_proj.weight has shape [32, 48], config needs [32, 49]"), "{err}");
     // Unsupported rope scaling.
-    std::fs::write(tmp.join("config.json"), r#"{"model_type": "llama", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}"#).unwrap();
+    std::fs::write(
+        tmp.join("config.json"),
+        r#"{"model_type": "llama", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}"#,
+    )
+    .unwrap();
     let err = Config::from_file(&tmp.join("config.json")).unwrap_err().to_string();
     assert!(err.contains("yarn"), "{err}");
     // A missing tensor: the tied Qwen2 file has no lm_head, which an untied config needs.
@@ -276,11 +284,8 @@ fn sharded_checkpoints_load() {
     for (shard, range) in [(1, 0..half), (2, half..single.specs.len())] {
         let file = format!("model-0000{shard}-of-00002.safetensors");
         let bytes: Vec<Vec<u8>> = range.clone().map(|i| single.data[i].iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = range
-            .clone()
-            .zip(&bytes)
-            .map(|(i, b)| (single.specs[i].0.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, single.specs[i].1.clone(), b).unwrap()))
-            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> =
+            range.clone().zip(&bytes).map(|(i, b)| (single.specs[i].0.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, single.specs[i].1.clone(), b).unwrap())).collect();
         for i in range {
             weight_map.insert(single.specs[i].0.clone(), serde_json::Value::from(file.clone()));
         }
@@ -297,7 +302,13 @@ fn sharded_checkpoints_load() {
 
 /// Tests of this binary that check the model's numbers (golden fixtures, cache, f16 decoding),
 /// for running again on a narrower instruction set.
-const NUMERIC_TESTS: [&str; 5] = ["model::golden_qwen2_tied_embeddings_with_qkv_bias", "model::golden_qwen3_qk_norm_untied", "model::golden_llama_untied", "model::kv_cache_matches_full_forward", "model::gradients_accumulate_and_clip"];
+const NUMERIC_TESTS: [&str; 5] = [
+    "model::golden_qwen2_tied_embeddings_with_qkv_bias",
+    "model::golden_qwen3_qk_norm_untied",
+    "model::golden_llama_untied",
+    "model::kv_cache_matches_full_forward",
+    "model::gradients_accumulate_and_clip",
+];
 
 /// Runs NUMERIC_TESTS in a child process of this test binary, optionally under a wrapper
 /// command; returns whether they all passed, and the child's output.

@@ -58,7 +58,10 @@ const SOURCE_SHAPES: &[(&str, &str)] = &[
     ("symtable", "import symtable\nsymtable.symtable('-' * {n} + '1', 's', 'exec')"),
     ("nested blocks (indentation)", "exec(''.join(' ' * i + 'if 1:\\n' for i in range(min({n}, 3000))) + ' ' * min({n}, 3000) + 'pass')"),
     ("nested functions", "exec(''.join(' ' * i + 'def f():\\n' for i in range(min({n}, 3000))) + ' ' * min({n}, 3000) + 'pass')"),
-    ("syntax tree built by hand", "import ast\ne = ast.Constant(1)\nfor _ in range(min({n}, 1000000)):\n    e = ast.UnaryOp(ast.USub(), e)\ncompile(ast.fix_missing_locations(ast.Expression(e)), 's', 'eval')"),
+    (
+        "syntax tree built by hand",
+        "import ast\ne = ast.Constant(1)\nfor _ in range(min({n}, 1000000)):\n    e = ast.UnaryOp(ast.USub(), e)\ncompile(ast.fix_missing_locations(ast.Expression(e)), 's', 'eval')",
+    ),
     ("regex groups", "import re\nre.compile('(?:' * {n} + 'a' + ')' * {n})"),
 ];
 
@@ -152,8 +155,25 @@ fn a_native_stack_overflow_costs_one_interpreter_not_the_process() {
 #[test]
 fn random_mixtures_of_nesting_are_refused_or_run() {
     let wrappers: &[(&str, &str)] = &[
-        ("-", ""), ("not ", ""), ("~", ""), ("(", ")"), ("[", "]"), ("{", "}"), ("f(", ")"), ("", ".a"), ("", "[0]"), ("", "()"),
-        ("lambda:", ""), ("", "+1"), ("", "**2"), ("", " if 1 else 0"), ("", " or 1"), ("", "<1"), ("f'{", "}'"), ("(x for x in ", ")"), ("*", ""),
+        ("-", ""),
+        ("not ", ""),
+        ("~", ""),
+        ("(", ")"),
+        ("[", "]"),
+        ("{", "}"),
+        ("f(", ")"),
+        ("", ".a"),
+        ("", "[0]"),
+        ("", "()"),
+        ("lambda:", ""),
+        ("", "+1"),
+        ("", "**2"),
+        ("", " if 1 else 0"),
+        ("", " or 1"),
+        ("", "<1"),
+        ("f'{", "}'"),
+        ("(x for x in ", ")"),
+        ("*", ""),
     ];
     let soak = std::env::var_os("RSTAR2_SOAK").is_some();
     let mut rng = ChaCha8Rng::seed_from_u64(38);

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-
 use rstar2::sandbox::queue::{LocalRedis, QueueClient, QueueConfig};
 use rstar2::sandbox::{Sandbox, Status, ToolCall};
 use serde_json::{Value, json};
@@ -131,7 +130,12 @@ fn code_judge_redis_queue() {
     assert_eq!(code, 200);
     assert_eq!((r["sub_id"].as_str(), r["success"].as_bool(), r["stdout"].as_str()), (Some("h"), Some(true), Some("42\n")));
     assert!(r.get("status").is_none(), "HTTP answers carry only code-judge's fields: {r}");
-    let (_, r) = crate::sandbox::http(addr, "POST", "/judge/batch", r#"{"type": "batch", "submissions": [{"type": "python", "solution": "print(3)", "expected_output": "3"}, {"type": "python", "solution": "print(3)", "expected_output": "4"}]}"#);
+    let (_, r) = crate::sandbox::http(
+        addr,
+        "POST",
+        "/judge/batch",
+        r#"{"type": "batch", "submissions": [{"type": "python", "solution": "print(3)", "expected_output": "3"}, {"type": "python", "solution": "print(3)", "expected_output": "4"}]}"#,
+    );
     let verdicts: Vec<Option<bool>> = r["results"].as_array().unwrap().iter().map(|v| v["success"].as_bool()).collect();
     assert_eq!(verdicts, [Some(true), Some(false)]);
     assert!(r["results"][0].get("stdout").is_none());

@@ -233,12 +233,15 @@ fn hostile_code_never_hangs_or_crashes_the_host() {
         ("eval('(' * 100000 + ')' * 100000)", &[Status::Error]),
         // A syntax tree sharing its nodes has 2^60 paths: the nesting guard's walk of it sees the
         // deadline (RustPython's compile of it would run natively for good).
-        ("import ast
+        (
+            "import ast
 L = dict(lineno=1, col_offset=0, end_lineno=1, end_col_offset=1)
 e = ast.Constant(1, **L)
 for _ in range(60):
     e = ast.BinOp(e, ast.Add(), e, **L)
-compile(ast.Expression(e), 's', 'eval')", &[Status::Timeout]),
+compile(ast.Expression(e), 's', 'eval')",
+            &[Status::Timeout],
+        ),
     ];
     for (pool, sb) in [("worker processes", sandbox()), ("in-process", in_process_sandbox())] {
         for (code, allowed) in cases {
@@ -403,10 +406,7 @@ print(sorted(os.listdir('/')))
 "#;
         let r = sb.run_blocking(ToolCall::new(code));
         assert_eq!(r.status, Status::Ok, "{r:?}");
-        assert_eq!(
-            r.stdout,
-            "Hello, world! /sandbox ['test.txt'] 13 True\n['x.bin', 'y.txt'] b'\\x00\\x01' True /sandbox\n'1\\n2\\n'\nFalse ['data', 'test.txt']\n['escape.txt', 'sandbox']\n"
-        );
+        assert_eq!(r.stdout, "Hello, world! /sandbox ['test.txt'] 13 True\n['x.bin', 'y.txt'] b'\\x00\\x01' True /sandbox\n'1\\n2\\n'\nFalse ['data', 'test.txt']\n['escape.txt', 'sandbox']\n");
         // Errors as CPython gives them.
         for (code, expect) in [
             ("open('missing.txt')", "FileNotFoundError: [Errno 2] No such file or directory: 'missing.txt'"),
@@ -445,13 +445,8 @@ fn independent_calls_never_see_each_others_state() {
     let local = Sandbox::new(config).unwrap();
     local.run_blocking(ToolCall::new("import math\nmath.pi = 3"));
     assert_eq!(local.run_blocking(ToolCall::new("import math\nmath.pi")).stdout, "3.141592653589793\n");
-    let polluters = [
-        "import math\nmath.pi = 3",
-        "import builtins\nbuiltins.print = lambda *a, **k: None",
-        "import sys\nsys.setrecursionlimit(50)",
-        "import decimal\ndecimal.getcontext().prec = 3",
-        "secret = 41",
-    ];
+    let polluters =
+        ["import math\nmath.pi = 3", "import builtins\nbuiltins.print = lambda *a, **k: None", "import sys\nsys.setrecursionlimit(50)", "import decimal\ndecimal.getcontext().prec = 3", "secret = 41"];
     for polluter in polluters {
         // Run on every worker so the next probe cannot dodge a polluted interpreter.
         for _ in 0..4 {
@@ -715,7 +710,9 @@ fn code_judge_http_api() {
         // A scratch file in the submission's own working directory; `../` stays inside it.
         let r = post(r#"{"type": "python", "solution": "with open('test.txt', 'w') as f:\n    f.write('Hello, world!')", "input": "", "expected_output": ""}"#);
         assert_eq!((r["success"].as_bool(), r["run_success"].as_bool()), (Some(true), Some(true)), "{r}");
-        let r = post(r#"{"type": "python", "solution": "import pathlib\nprint(pathlib.Path('.').resolve())\nwith open('../test.txt', 'w') as f:\n    f.write('Hello, world!')", "input": "", "expected_output": ""}"#);
+        let r = post(
+            r#"{"type": "python", "solution": "import pathlib\nprint(pathlib.Path('.').resolve())\nwith open('../test.txt', 'w') as f:\n    f.write('Hello, world!')", "input": "", "expected_output": ""}"#,
+        );
         assert_eq!(r["run_success"].as_bool(), Some(true), "{r}");
         let r = post(r#"{"type": "python", "solution": "from multiprocessing import Process\np = Process(target=print)\np.start()", "expected_output": "a"}"#);
         assert_eq!((r["success"].as_bool(), r["run_success"].as_bool()), (Some(false), Some(false)), "{r}");
@@ -728,12 +725,8 @@ fn code_judge_http_api() {
                 {"type": "python", "solution": "print(input())", "input": "a", "expected_output": "b"}]}"#;
             let (code, r) = http(addr, "POST", &format!("{route}/{batch}"), body);
             assert_eq!(code, 200, "{r}");
-            let got: Vec<(bool, bool, bool)> = r["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| (x["success"].as_bool().unwrap(), x["run_success"].as_bool().unwrap(), x.get("stdout").is_some()))
-                .collect();
+            let got: Vec<(bool, bool, bool)> =
+                r["results"].as_array().unwrap().iter().map(|x| (x["success"].as_bool().unwrap(), x["run_success"].as_bool().unwrap(), x.get("stdout").is_some())).collect();
             assert_eq!(got, [(false, false, !verdict_only), (true, true, !verdict_only), (false, true, !verdict_only)], "{route}/{batch}");
         }
     }

@@ -21,11 +21,7 @@ pub(crate) fn expected(name: &str) -> Expected {
     let dir = fixture_dir(name);
     let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let tensors = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, (v.shape().to_vec(), v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())))
-        .collect();
+    let tensors = st.tensors().into_iter().map(|(n, v)| (n, (v.shape().to_vec(), v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))).collect();
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let seqs = meta["seqs"].as_array().unwrap().iter().map(|s| s.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()).collect();
     Expected { tensors, seqs, lr: meta["lr"].as_f64().unwrap() as f32, steps: meta["steps"].as_u64().unwrap() as usize }

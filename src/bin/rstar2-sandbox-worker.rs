@@ -7,9 +7,6 @@ static ALLOC: rstar2::sandbox::BudgetAllocator = rstar2::sandbox::BudgetAllocato
 
 fn main() {
     rstar2::sandbox::worker::dispatch_worker();
-    eprintln!(
-        "rstar2-sandbox-worker is started by the sandbox pool (argument {})",
-        rstar2::sandbox::worker::WORKER_ARG
-    );
+    eprintln!("rstar2-sandbox-worker is started by the sandbox pool (argument {})", rstar2::sandbox::worker::WORKER_ARG);
     std::process::exit(2);
 }

@@ -64,7 +64,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 }
 
 /// A snippet typical of math tool calls: exact fractions, binomials, a loop.
-pub const TYPICAL: &str = "from fractions import Fraction\nimport math\ns = sum(Fraction(1, k * (k + 1)) for k in range(1, 60))\nprint(s, math.comb(40, 20) % 1000003)\nprint(sum(i * i for i in range(300)))\n";
+pub const TYPICAL: &str =
+    "from fractions import Fraction\nimport math\ns = sum(Fraction(1, k * (k + 1)) for k in range(1, 60))\nprint(s, math.comb(40, 20) % 1000003)\nprint(sum(i * i for i in range(300)))\n";
 pub const TINY: &str = "print(1+1)";
 
 /// A persistent CPython process serving JSON lines: exec with stdout captured. It reports its own
@@ -204,12 +205,7 @@ fn bench_sandbox(calls: usize, burst: usize) -> anyhow::Result<()> {
     });
     rows.push(("CPython `python3 -c` subprocess: print(1+1)".into(), s));
 
-    let mut child = Command::new("python3")
-        .args(["-c", CPYTHON_WORKER])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting python3")?;
+    let mut child = Command::new("python3").args(["-c", CPYTHON_WORKER]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().context("starting python3")?;
     let mut stdin = child.stdin.take().expect("piped");
     let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
     let mut cpython = |code: &str| -> f64 {
@@ -319,13 +315,21 @@ fn burst_run(sandbox: &Sandbox, burst: usize) -> anyhow::Result<()> {
     done.store(true, Ordering::Relaxed);
     sampler.join().expect("sampler");
     let ok = results.iter().filter(|r| r.status == Status::Ok).count();
-    let correct = results.iter().enumerate().filter(|(i, r)| match i % 3 {
-        0 => r.stdout.starts_with("59/60 "),
-        1 => r.stdout == format!("{}\n", (i * i * i) % 97),
-        _ => r.stdout == format!("{}\n", i * 2),
-    }).count();
-    println!("  completed {} of {burst} ({ok} ok, {correct} with the right output), wall {wall:.2} s, {:.0} calls/s, peak RSS of the process tree {:.0} MiB",
-        results.len(), burst as f64 / wall, peak.load(Ordering::Relaxed) as f64 / (1 << 20) as f64);
+    let correct = results
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| match i % 3 {
+            0 => r.stdout.starts_with("59/60 "),
+            1 => r.stdout == format!("{}\n", (i * i * i) % 97),
+            _ => r.stdout == format!("{}\n", i * 2),
+        })
+        .count();
+    println!(
+        "  completed {} of {burst} ({ok} ok, {correct} with the right output), wall {wall:.2} s, {:.0} calls/s, peak RSS of the process tree {:.0} MiB",
+        results.len(),
+        burst as f64 / wall,
+        peak.load(Ordering::Relaxed) as f64 / (1 << 20) as f64
+    );
     Ok(())
 }
 
@@ -386,4 +390,3 @@ fn bench_queue(burst: usize) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
-

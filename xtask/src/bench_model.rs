@@ -16,11 +16,7 @@ use crate::test_cmd::workspace_root;
 
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// Memory copy bandwidth in GB/s (bytes read plus bytes written, STREAM's convention) with all
@@ -184,7 +180,12 @@ pub fn run(python: &str) -> anyhow::Result<()> {
         let (mut model, config_path, pretrained) = preset(name)?;
         let ours = train_tokens_per_s(&mut model, batch, len);
         let rss = peak_rss_mib();
-        let theirs = if torch_ok { torch(python, &["train".into(), config_path.display().to_string(), batch.to_string(), len.to_string(), threads.to_string(), u8::from(pretrained).to_string()]).and_then(|v| v["tokens_per_s"].as_f64()) } else { None };
+        let theirs = if torch_ok {
+            torch(python, &["train".into(), config_path.display().to_string(), batch.to_string(), len.to_string(), threads.to_string(), u8::from(pretrained).to_string()])
+                .and_then(|v| v["tokens_per_s"].as_f64())
+        } else {
+            None
+        };
         let label = format!("{name} ({}) {batch}x{len}", if pretrained { "imported weights" } else { "random weights" });
         println!("{label:<52} {ours:>12.1} {:>12} {:>8} {rss:>12.0}", fmt(theirs), ratio(ours, theirs));
     }

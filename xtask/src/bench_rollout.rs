@@ -65,7 +65,10 @@ fn scripts(tok: &Tokenizer, n: usize) -> HashMap<SeqId, Vec<u32>> {
                 // Uneven tool latency: 2e3 to 1.2e5 loop iterations.
                 let n = 2_000 * (1 + (t * 7 + k * 13) % 60);
                 let code = format!("s = 0\nfor i in range({n}):\n    s += i % 7\nprint(s)");
-                text += &format!(" Step {k}.\n<tool_call>\n{{\"name\": \"python_code_with_standard_io\", \"arguments\": {{\"code\": {}, \"input\": \"\"}}}}\n</tool_call><|im_end|>", serde_json::to_string(&code).unwrap());
+                text += &format!(
+                    " Step {k}.\n<tool_call>\n{{\"name\": \"python_code_with_standard_io\", \"arguments\": {{\"code\": {}, \"input\": \"\"}}}}\n</tool_call><|im_end|>",
+                    serde_json::to_string(&code).unwrap()
+                );
             }
             text += " Done.</reason>\n<answer>\\boxed{0}</answer><|im_end|>";
             (t, tok.encode(&text))
@@ -87,7 +90,12 @@ pub fn run(args: RolloutBenchArgs) -> anyhow::Result<()> {
     rc.chat = rstar2_train::config::TrainConfig::load(None)?.chat;
     let prompt = tok.encode(&rc.chat.prompt("Bench problem 10.")).len();
     let capacity = args.concurrent * (prompt + rc.max_response_tokens);
-    println!("rollout benchmark: {} trajectories (1-3 tool calls each, loops of 2e3-1.2e5 iterations), tiny model decoding, KV room for {} at once, sandbox {} workers", args.trajectories, args.concurrent, sandbox.workers());
+    println!(
+        "rollout benchmark: {} trajectories (1-3 tool calls each, loops of 2e3-1.2e5 iterations), tiny model decoding, KV room for {} at once, sandbox {} workers",
+        args.trajectories,
+        args.concurrent,
+        sandbox.workers()
+    );
     println!("{:<10} {:>12} {:>12} {:>12} {:>14} {:>10}", "mode", "episodes/s", "tokens/s", "tool calls/s", "tool wait (s)", "wall (s)");
     let mut medians = Vec::new();
     for dispatch in [ToolDispatch::Async, ToolDispatch::Lockstep] {

@@ -41,19 +41,29 @@ pub fn run(args: TrainScalingArgs) -> anyhow::Result<()> {
     let config = Config::from_file(&dir.join("config.json")).with_context(|| format!("model folder {}", dir.display()))?;
     let params = Params::random(&config, 1);
     let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let examples: Vec<SftExample> = (0..args.batch).map(|_| SftExample { tokens: (0..args.tokens).map(|_| rng.random_range(0..config.vocab_size as u32)).collect(), mask: vec![1; args.tokens] }).collect();
+    let examples: Vec<SftExample> =
+        (0..args.batch).map(|_| SftExample { tokens: (0..args.tokens).map(|_| rng.random_range(0..config.vocab_size as u32)).collect(), mask: vec![1; args.tokens] }).collect();
     let part: Vec<&SftExample> = examples.iter().collect();
     let count = (args.batch * (args.tokens - 1)) as f64;
     let tokens = (args.batch * args.tokens) as f64;
     let count_params = params.data.iter().map(Vec::len).sum::<usize>();
     let mib = count_params as f64 * 4.0 / (1 << 20) as f64;
-    println!("train-scaling: {} ({:.2} M parameters, {mib:.1} MiB of gradients), {} x {} tokens per step, median of {} steps, {}", dir.display(), count_params as f64 / 1e6, args.batch, args.tokens, args.steps, rstar2_model::cpu::cpu_name());
+    println!(
+        "train-scaling: {} ({:.2} M parameters, {mib:.1} MiB of gradients), {} x {} tokens per step, median of {} steps, {}",
+        dir.display(),
+        count_params as f64 / 1e6,
+        args.batch,
+        args.tokens,
+        args.steps,
+        rstar2_model::cpu::cpu_name()
+    );
     let first = args.devices.split(',').next().unwrap_or("cpu").to_string();
     let mut baseline = None;
     println!("{:<28} {:>12} {:>10}", "replicas", "tokens/s", "vs one");
     for spec in [first.as_str(), args.devices.as_str()] {
         let devices = rstar2_train::open_devices(spec)?;
-        let policies = devices.iter().map(|d| rstar2_train::training_policy(d, Model::new(config.clone(), params.clone()), AdamW::new(AdamWConfig::default(), &params))).collect::<anyhow::Result<Vec<_>>>()?;
+        let policies =
+            devices.iter().map(|d| rstar2_train::training_policy(d, Model::new(config.clone(), params.clone()), AdamW::new(AdamWConfig::default(), &params))).collect::<anyhow::Result<Vec<_>>>()?;
         let mut replicas = Replicas::new(policies, Box::new(Alone));
         let mut step = || {
             replicas.step(&part, |e| e.tokens.len(), |p, share, g| rstar2_train::sft_share(p, share, count, g), 1.0, 1e-4);

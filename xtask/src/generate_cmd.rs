@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use rstar2_model::{Config, DecodeWeights, Model, Params, Tokenizer};
 use rstar2_gpu::Policy;
+use rstar2_model::{Config, DecodeWeights, Model, Params, Tokenizer};
 use rstar2_rollout::engine::policy_engine;
 use rstar2_rollout::{ChatFormat, Episode, RolloutConfig, SamplingConfig, generate};
 use rstar2_sandbox::IsolationKind;
@@ -216,7 +216,12 @@ pub fn print_gpu_profiles(policies: &[Policy]) {
 
 pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let tasks = if args.data == "synthetic" {
-        rstar2_tasks::synth::generate(&rstar2_tasks::synth::SynthConfig { levels: args.levels.clone(), ..Default::default() }, rstar2_tasks::synth::Split::Test, args.limit, rstar2_tasks::synth::HELD_OUT_SEED)?
+        rstar2_tasks::synth::generate(
+            &rstar2_tasks::synth::SynthConfig { levels: args.levels.clone(), ..Default::default() },
+            rstar2_tasks::synth::Split::Test,
+            args.limit,
+            rstar2_tasks::synth::HELD_OUT_SEED,
+        )?
     } else {
         let data = rstar2_tasks::real::resolve(&args.data, &crate::test_cmd::workspace_root())?;
         let (tasks, skipped) = rstar2_tasks::jsonl::load_jsonl(&data)?;
@@ -235,7 +240,9 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let sandbox = rstar2_train::sandbox(rstar2_train::is_real_data(&args.data), args.isolation)?;
     let chat = match &args.chat {
         Some(path) if path.extension().is_some_and(|e| e == "toml") => rstar2_train::config::TrainConfig::load(Some(path))?.chat,
-        Some(path) => serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?).with_context(|| format!("{} is not a chat format", path.display()))?,
+        Some(path) => {
+            serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?).with_context(|| format!("{} is not a chat format", path.display()))?
+        }
         None => loaded.chat.clone(),
     };
     let chat = if args.no_tool { chat.without_tool() } else { chat };

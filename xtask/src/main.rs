@@ -1,8 +1,8 @@
 //! `cargo xtask`: the rstar2 command line. See `cargo xtask --help`.
 
 mod bench;
-mod bench_model;
 mod bench_kernels;
+mod bench_model;
 mod bench_rollout;
 mod bench_train;
 mod data_cmd;
@@ -94,7 +94,18 @@ fn main() -> anyhow::Result<()> {
             let yes = |b: bool| if b { "yes" } else { "no" };
             for a in &adapters {
                 let subgroups = a.subgroups.map_or("no".to_string(), |(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") });
-                println!("{:<8} {:<44} {:<8} {:<14} {:<5} {:<9} {:<5} {:>10}Mi  {}", format!("gpu:{}", a.index), a.name, a.backend, a.device_type, yes(a.shader_f16), subgroups, yes(a.coop_matrix), a.max_storage_binding >> 20, a.driver);
+                println!(
+                    "{:<8} {:<44} {:<8} {:<14} {:<5} {:<9} {:<5} {:>10}Mi  {}",
+                    format!("gpu:{}", a.index),
+                    a.name,
+                    a.backend,
+                    a.device_type,
+                    yes(a.shader_f16),
+                    subgroups,
+                    yes(a.coop_matrix),
+                    a.max_storage_binding >> 20,
+                    a.driver
+                );
             }
             let auto = adapters.iter().find(|a| a.is_real_gpu).map_or("cpu".to_string(), |a| format!("gpu:{}", a.index));
             println!("\n--device auto picks {auto} (software adapters such as lavapipe only when named: gpu:N)");
@@ -113,11 +124,8 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(args) => generate_cmd::run_eval(args),
         Command::GenFixtures { python } => {
             let root = test_cmd::workspace_root();
-            let status = std::process::Command::new(&python)
-                .arg(root.join("scripts/gen_fixtures.py"))
-                .arg(root.join("tests/fixtures"))
-                .status()
-                .map_err(|e| anyhow::anyhow!("running {python}: {e}"))?;
+            let status =
+                std::process::Command::new(&python).arg(root.join("scripts/gen_fixtures.py")).arg(root.join("tests/fixtures")).status().map_err(|e| anyhow::anyhow!("running {python}: {e}"))?;
             anyhow::ensure!(status.success(), "scripts/gen_fixtures.py failed (does {python} have torch and transformers?)");
             Ok(())
         }

@@ -6,13 +6,7 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 
 fn xtask(args: &[&str], stdin: &str) -> (String, String, bool) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("xtask runs");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("xtask runs");
     child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap(), out.status.success())
@@ -45,14 +39,8 @@ fn sandbox_batch_answers_every_line_in_order() {
     let output = dir.join("out.jsonl");
     std::fs::write(
         &input,
-        [
-            r#"{"id": "a", "code": "print(6 * 7)"}"#,
-            r#"{"id": 2, "code": "print(input()[::-1])", "stdin": "abc"}"#,
-            r#"this is not json"#,
-            r#"{"id": "no-code"}"#,
-            r#"{"id": "err", "code": "1/0"}"#,
-        ]
-        .join("\n"),
+        [r#"{"id": "a", "code": "print(6 * 7)"}"#, r#"{"id": 2, "code": "print(input()[::-1])", "stdin": "abc"}"#, r#"this is not json"#, r#"{"id": "no-code"}"#, r#"{"id": "err", "code": "1/0"}"#]
+            .join("\n"),
     )
     .unwrap();
     // In-process by default; the same answers in worker processes.
@@ -182,4 +170,3 @@ fn forward_on_a_gpu_matches_the_cpu_and_devices_lists_adapters() {
     assert!(!ok && err.contains("expected auto, cpu, gpu or gpu:N"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
-

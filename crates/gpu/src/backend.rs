@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use rstar2_model::{AdamW, Batch, Config, DecodeWeights, Forward, Model, Params, clip_grad_norm};
 
+use crate::GpuError;
 use crate::context::{AdapterChoice, Gpu, list_adapters};
 use crate::model::{GpuAdamW, GpuForward, GpuGrads, GpuModel};
-use crate::GpuError;
 
 /// Where a model runs.
 #[derive(Clone)]

@@ -269,8 +269,18 @@ pub fn run(args: &BenchArgs, root: &Path) -> BenchResult {
 
     let (peak_flops, peak_gbs, from) = peaks(&gpu.info.name, args);
     let fmt_peak = |p: Option<f64>, unit: &str| p.map_or("?".to_string(), |p| format!("{p:.0} {unit}"));
-    println!("peaks: {} fp32, {} ({from}); matmul tiles {}", fmt_peak(peak_flops, "GFLOP/s"), fmt_peak(peak_gbs, "GB/s"), if gpu.autotunes() { "autotuned per shape" } else { "by heuristic (RSTAR2_GPU_AUTOTUNE=1 to tune)" });
-    println!("subgroup reductions: {}; cooperative matrices: {}; decode kernels: {} threads per output column", if gpu.uses_subgroups() { "yes" } else { "no" }, if gpu.has_coop_matrix() { "yes (8x8 f32, checked on the device)" } else { "no" }, gpu.decode_split());
+    println!(
+        "peaks: {} fp32, {} ({from}); matmul tiles {}",
+        fmt_peak(peak_flops, "GFLOP/s"),
+        fmt_peak(peak_gbs, "GB/s"),
+        if gpu.autotunes() { "autotuned per shape" } else { "by heuristic (RSTAR2_GPU_AUTOTUNE=1 to tune)" }
+    );
+    println!(
+        "subgroup reductions: {}; cooperative matrices: {}; decode kernels: {} threads per output column",
+        if gpu.uses_subgroups() { "yes" } else { "no" },
+        if gpu.has_coop_matrix() { "yes (8x8 f32, checked on the device)" } else { "no" },
+        gpu.decode_split()
+    );
     println!();
 
     // Matmul at x·Wᵀ: square, SmolLM2-135M and Qwen2.5-0.5B training shapes (2,048 tokens:
@@ -477,7 +487,16 @@ pub fn run(args: &BenchArgs, root: &Path) -> BenchResult {
         host_path(root, &gpu, "smollm2-135m", 1, None)?;
     }
     let stats = gpu.stats();
-    println!("\n{} dispatches, {} submissions, {} buffers and {} bind groups created in all; device memory {:.1} MiB now ({:.1} MiB pooled), peak {:.1} MiB", stats.dispatches, stats.submits, stats.buffers_created, stats.bind_groups_created, stats.device_bytes as f64 / 1048576.0, stats.pooled_bytes as f64 / 1048576.0, stats.peak_device_bytes as f64 / 1048576.0);
+    println!(
+        "\n{} dispatches, {} submissions, {} buffers and {} bind groups created in all; device memory {:.1} MiB now ({:.1} MiB pooled), peak {:.1} MiB",
+        stats.dispatches,
+        stats.submits,
+        stats.buffers_created,
+        stats.bind_groups_created,
+        stats.device_bytes as f64 / 1048576.0,
+        stats.pooled_bytes as f64 / 1048576.0,
+        stats.peak_device_bytes as f64 / 1048576.0
+    );
     if let Some(report) = gpu.profile_report() {
         println!("\n{report}");
     }

@@ -349,7 +349,10 @@ impl Gpu {
         // and out) and every subgroup has the same size (the kernel's workgroup is one subgroup).
         let coop = adapter.features().contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
             && info.subgroup_min_size == info.subgroup_max_size
-            && adapter.cooperative_matrix_properties().iter().any(|p| (p.m_size, p.n_size, p.k_size) == (8, 8, 8) && p.ab_type == wgpu::CooperativeScalarType::F32 && p.cr_type == wgpu::CooperativeScalarType::F32)
+            && adapter
+                .cooperative_matrix_properties()
+                .iter()
+                .any(|p| (p.m_size, p.n_size, p.k_size) == (8, 8, 8) && p.ab_type == wgpu::CooperativeScalarType::F32 && p.cr_type == wgpu::CooperativeScalarType::F32)
             && std::env::var_os("RSTAR2_GPU_COOP").is_none_or(|v| v != "0");
         let (features, experimental) = if coop {
             // SAFETY: wgpu's experimental features may have bugs; the one requested is
@@ -472,8 +475,18 @@ impl Gpu {
             let count = 2 * PROFILED_DISPATCHES;
             let set = self.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profiler"), ty: wgpu::QueryType::Timestamp, count });
             let bytes = u64::from(count) * 8;
-            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor { label: Some("profiler resolve"), size: bytes, usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC, mapped_at_creation: false });
-            let read = self.device.create_buffer(&wgpu::BufferDescriptor { label: Some("profiler read"), size: bytes, usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
+            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("profiler resolve"),
+                size: bytes,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let read = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("profiler read"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
             self.pool.created.fetch_add(2, Ordering::Relaxed);
             (set, resolve, read)
         });
@@ -504,7 +517,11 @@ impl Gpu {
         }
         let rows = self.profile();
         let (gpu, host): (f64, f64) = rows.iter().fold((0.0, 0.0), |(g, h), r| (g + r.gpu_seconds, h + r.host_seconds));
-        let mut out = format!("GPU profile of {} ({}):\n", self.describe(), if self.has_gpu_timestamps() { "GPU time from timestamp queries" } else { "no timestamp queries inside passes on this adapter: host recording time only" });
+        let mut out = format!(
+            "GPU profile of {} ({}):\n",
+            self.describe(),
+            if self.has_gpu_timestamps() { "GPU time from timestamp queries" } else { "no timestamp queries inside passes on this adapter: host recording time only" }
+        );
         out += &format!("{:<26} {:>10} {:>12} {:>8} {:>12}\n", "kernel", "dispatches", "GPU ms", "GPU %", "host ms");
         for r in &rows {
             out += &format!("{:<26} {:>10} {:>12.2} {:>7.1}% {:>12.2}\n", r.kernel, r.dispatches, r.gpu_seconds * 1e3, 100.0 * r.gpu_seconds / gpu.max(1e-12), r.host_seconds * 1e3);
@@ -528,7 +545,9 @@ impl Gpu {
                         visibility: wgpu::ShaderStages::COMPUTE,
                         ty: match slot {
                             Slot::Uniform => wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Uniform, has_dynamic_offset: true, min_binding_size: None },
-                            Slot::StorageRead | Slot::StorageWrite => wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Storage { read_only: *slot == Slot::StorageRead }, has_dynamic_offset: false, min_binding_size: None },
+                            Slot::StorageRead | Slot::StorageWrite => {
+                                wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Storage { read_only: *slot == Slot::StorageRead }, has_dynamic_offset: false, min_binding_size: None }
+                            }
                         },
                         count: None,
                     })
@@ -588,10 +607,16 @@ impl Gpu {
         let mut entries: Vec<wgpu::BindGroupEntry> = storage
             .iter()
             .enumerate()
-            .map(|(i, v)| wgpu::BindGroupEntry { binding: i as u32, resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: v.tensor.buffer(), offset: v.offset, size: std::num::NonZeroU64::new(v.size) }) })
+            .map(|(i, v)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: v.tensor.buffer(), offset: v.offset, size: std::num::NonZeroU64::new(v.size) }),
+            })
             .collect();
         if layout.uniform {
-            entries.push(wgpu::BindGroupEntry { binding: storage.len() as u32, resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &self.uniform_ring, offset: 0, size: std::num::NonZeroU64::new(UNIFORM_BYTES) }) });
+            entries.push(wgpu::BindGroupEntry {
+                binding: storage.len() as u32,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &self.uniform_ring, offset: 0, size: std::num::NonZeroU64::new(UNIFORM_BYTES) }),
+            });
         }
         let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("rstar2 kernels"), layout: &layout.bind_group, entries: &entries });
         self.bind_groups_created.fetch_add(1, Ordering::Relaxed);

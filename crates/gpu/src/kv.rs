@@ -199,7 +199,15 @@ impl GpuModel {
         }
         cache.used += needed;
         let gpu = &*self.gpu;
-        Ok(StepPlan { rows: needed, max_len: row_lens.iter().max().map_or(0, |&l| l as usize), slots: gpu.upload_u32(&slots), positions: gpu.upload_u32(&positions), lens: gpu.upload_u32(&row_lens), table_off: gpu.upload_u32(&table_off), table: gpu.upload_u32(&table) })
+        Ok(StepPlan {
+            rows: needed,
+            max_len: row_lens.iter().max().map_or(0, |&l| l as usize),
+            slots: gpu.upload_u32(&slots),
+            positions: gpu.upload_u32(&positions),
+            lens: gpu.upload_u32(&row_lens),
+            table_off: gpu.upload_u32(&table_off),
+            table: gpu.upload_u32(&table),
+        })
     }
 
     /// The layers over a step's rows (token ids `ids[r * id_stride]`), keys and values into the

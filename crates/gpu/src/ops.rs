@@ -661,7 +661,20 @@ fn decode_group(heads: Heads) -> usize {
 
 /// [`attention_decode`] with the context cut into chunks of `chunk_len` keys (a multiple of 64).
 #[allow(clippy::too_many_arguments)]
-pub fn attention_decode_chunked(gpu: &Gpu, chunk_len: usize, out: &Tensor, q: &Tensor, cache_k: &Tensor, cache_v: &Tensor, table: &Tensor, table_off: &Tensor, len: &Tensor, rows: usize, max_len: usize, heads: Heads) {
+pub fn attention_decode_chunked(
+    gpu: &Gpu,
+    chunk_len: usize,
+    out: &Tensor,
+    q: &Tensor,
+    cache_k: &Tensor,
+    cache_v: &Tensor,
+    table: &Tensor,
+    table_off: &Tensor,
+    len: &Tensor,
+    rows: usize,
+    max_len: usize,
+    heads: Heads,
+) {
     assert!(heads.dim <= 256, "attention kernels hold a head of at most 256 values, this model has {}", heads.dim);
     assert!(chunk_len > 0 && chunk_len.is_multiple_of(64), "chunk_len {chunk_len}: a positive multiple of 64");
     if rows == 0 {
@@ -825,7 +838,20 @@ pub fn decode_qkv(gpu: &Gpu, qkv: &Tensor, a: &Tensor, w: [&Tensor; 3], bias: Op
 /// After [`decode_qkv`]: per-head norm (Qwen3), RoPE, queries to `q`, keys and values into the
 /// paged cache at `slots` (see `decode_rope_kv.wgsl`).
 #[allow(clippy::too_many_arguments)]
-pub fn decode_rope_kv(gpu: &Gpu, q: &Tensor, cache_k: &Tensor, cache_v: &Tensor, qkv: &Tensor, positions: &Tensor, slots: &Tensor, rope: &Rope, qk_norm: Option<(&Tensor, &Tensor)>, m: usize, heads: Heads, eps: f32) {
+pub fn decode_rope_kv(
+    gpu: &Gpu,
+    q: &Tensor,
+    cache_k: &Tensor,
+    cache_v: &Tensor,
+    qkv: &Tensor,
+    positions: &Tensor,
+    slots: &Tensor,
+    rope: &Rope,
+    qk_norm: Option<(&Tensor, &Tensor)>,
+    m: usize,
+    heads: Heads,
+    eps: f32,
+) {
     assert!(heads.dim.is_multiple_of(2) && heads.dim / 2 == rope.half, "decode_rope_kv: head width {} against a RoPE table of half {}", heads.dim, rope.half);
     let (qn, kn) = qk_norm.unwrap_or((positions, positions));
     gpu.dispatch(

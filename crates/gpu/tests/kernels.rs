@@ -268,12 +268,8 @@ fn attention_packed_causal_gqa_forward_backward() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     // Query blocks that span sequences, sequences longer than a K/V tile, every tile size
     // (KV_TILE 32, 16, 4) and query heads per workgroup of 2, 3, 8 (a group of 16 split in two).
-    let cases: [(Heads, &[usize]); 4] = [
-        (Heads { q: 4, kv: 2, dim: 8 }, &[5, 3, 7]),
-        (Heads { q: 9, kv: 3, dim: 64 }, &[40, 1, 23]),
-        (Heads { q: 16, kv: 1, dim: 80 }, &[19, 6]),
-        (Heads { q: 2, kv: 1, dim: 256 }, &[11, 9]),
-    ];
+    let cases: [(Heads, &[usize]); 4] =
+        [(Heads { q: 4, kv: 2, dim: 8 }, &[5, 3, 7]), (Heads { q: 9, kv: 3, dim: 64 }, &[40, 1, 23]), (Heads { q: 16, kv: 1, dim: 80 }, &[19, 6]), (Heads { q: 2, kv: 1, dim: 256 }, &[11, 9])];
     for (heads, lens) in cases {
         let what = format!("{}/{} heads of {}", heads.q, heads.kv, heads.dim);
         let rows: usize = lens.iter().sum();
@@ -592,7 +588,15 @@ fn tiles_fit_a_16_kib_workgroup_memory_budget() {
     for (heads, backward) in [(Heads { q: 6, kv: 2, dim: 64 }, true), (Heads { q: 2, kv: 1, dim: 128 }, false)] {
         let lens = [21usize, 14];
         let rows: usize = lens.iter().sum();
-        let starts: Vec<usize> = lens.iter().scan(0, |s, &l| { let v = vec![*s; l]; *s += l; Some(v) }).flatten().collect();
+        let starts: Vec<usize> = lens
+            .iter()
+            .scan(0, |s, &l| {
+                let v = vec![*s; l];
+                *s += l;
+                Some(v)
+            })
+            .flatten()
+            .collect();
         let ends: Vec<usize> = starts.iter().zip(lens.iter().flat_map(|&l| std::iter::repeat_n(l, l))).map(|(s, l)| s + l).collect();
         let (qd, kd) = (heads.q * heads.dim, heads.kv * heads.dim);
         let (q, k, v, dout) = (rand_vec(&mut rng, rows * qd, 1.0), rand_vec(&mut rng, rows * kd, 1.0), rand_vec(&mut rng, rows * kd, 1.0), rand_vec(&mut rng, rows * qd, 1.0));

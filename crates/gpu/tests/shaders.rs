@@ -31,7 +31,11 @@ fn every_shader_parses_and_validates() {
                 let what = format!("{}.wgsl (f16 weights {f16_weights}, subgroups {subgroups})", k.name);
                 let parsed = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&source)));
                 let caps = naga::valid::Capabilities::SHADER_FLOAT16 | naga::valid::Capabilities::SUBGROUP | naga::valid::Capabilities::COOPERATIVE_MATRIX;
-                naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps).subgroup_stages(naga::valid::ShaderStages::COMPUTE).subgroup_operations(naga::valid::SubgroupOperationSet::all()).validate(&parsed).unwrap_or_else(|e| panic!("{what} does not validate: {e:?}"));
+                naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+                    .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+                    .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+                    .validate(&parsed)
+                    .unwrap_or_else(|e| panic!("{what} does not validate: {e:?}"));
                 module.get_or_insert(parsed);
             }
         }

@@ -110,7 +110,10 @@ pub fn policy_loss(rollouts: &[RolloutTokens<'_>], config: &LossConfig) -> LossO
         assert!(
             r.logprobs.len() == r.mask.len() && r.old_logprobs.len() == r.mask.len() && r.rollout_logprobs.len() == r.mask.len(),
             "policy_loss: logprobs {}, old {}, rollout {}, mask {} differ in length",
-            r.logprobs.len(), r.old_logprobs.len(), r.rollout_logprobs.len(), r.mask.len()
+            r.logprobs.len(),
+            r.old_logprobs.len(),
+            r.rollout_logprobs.len(),
+            r.mask.len()
         );
         let kept = r.mask.iter().filter(|&&m| m != 0).count();
         // The weight of one token's loss in the aggregate.
@@ -135,7 +138,11 @@ pub fn policy_loss(rollouts: &[RolloutTokens<'_>], config: &LossConfig) -> LossO
             let (mut token_loss, mut grad) = if unclipped_loss >= clipped_loss {
                 (unclipped_loss, if clamped == log_ratio { -a * ratio } else { 0.0 })
             } else {
-                if a < 0.0 { clip_low += 1 } else { clip_high += 1 }
+                if a < 0.0 {
+                    clip_low += 1
+                } else {
+                    clip_high += 1
+                }
                 (clipped_loss, 0.0)
             };
             if let Some(c) = config.dual_clip

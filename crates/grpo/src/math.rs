@@ -597,7 +597,11 @@ fn parse_structure(s: &str) -> Option<Answer> {
         let open = format!("\\begin{{{env}}}");
         let close = format!("\\end{{{env}}}");
         if let Some(body) = s.strip_prefix(&open).and_then(|b| b.strip_suffix(&close)) {
-            let rows: Vec<Vec<Answer>> = split_top(body, "\\\\").iter().filter(|r| !r.trim().is_empty()).map(|r| split_top(r, "&").iter().map(|c| parse_structure(c).unwrap_or_else(|| Answer::Text(normalize_text(c)))).collect()).collect();
+            let rows: Vec<Vec<Answer>> = split_top(body, "\\\\")
+                .iter()
+                .filter(|r| !r.trim().is_empty())
+                .map(|r| split_top(r, "&").iter().map(|c| parse_structure(c).unwrap_or_else(|| Answer::Text(normalize_text(c)))).collect())
+                .collect();
             return Some(Answer::Matrix(rows));
         }
     }

@@ -21,20 +21,12 @@ pub struct ToolUsage {
 /// p_err: the fraction of failed tool calls; 0.5 for a rollout with no tool call (the paper's
 /// nudge towards using the tool).
 pub fn tool_error_penalty(u: &ToolUsage) -> f64 {
-    if u.tool_calls == 0 {
-        0.5
-    } else {
-        f64::from(u.failed_tool_calls.min(u.tool_calls)) / f64::from(u.tool_calls)
-    }
+    if u.tool_calls == 0 { 0.5 } else { f64::from(u.failed_tool_calls.min(u.tool_calls)) / f64::from(u.tool_calls) }
 }
 
 /// p_format: 1 without an `<answer>` tag, else `min(1, (answer tags - 1) / turns)`.
 pub fn format_penalty(u: &ToolUsage) -> f64 {
-    if u.answer_tags == 0 {
-        1.0
-    } else {
-        (f64::from(u.answer_tags - 1) / f64::from(u.turns.max(1))).min(1.0)
-    }
+    if u.answer_tags == 0 { 1.0 } else { (f64::from(u.answer_tags - 1) / f64::from(u.turns.max(1))).min(1.0) }
 }
 
 /// p_err + p_format.
@@ -49,11 +41,7 @@ pub fn total_penalty(u: &ToolUsage) -> f64 {
 /// answer without tool calls 1.0, and a timeout or a JSON parse failure usually as no error.
 pub fn release_penalties(response_with_special_tokens: &str) -> (f64, f64) {
     let blocks = between_all(response_with_special_tokens, "<tool_response>", "</tool_response>");
-    let p_err = if blocks.is_empty() {
-        0.5
-    } else {
-        blocks.iter().filter(|b| b.to_lowercase().contains("error")).count() as f64 / blocks.len() as f64
-    };
+    let p_err = if blocks.is_empty() { 0.5 } else { blocks.iter().filter(|b| b.to_lowercase().contains("error")).count() as f64 / blocks.len() as f64 };
     let text = response_with_special_tokens;
     let open = text.matches("<answer>").count();
     let close = text.matches("</answer>").count();

@@ -158,9 +158,7 @@ pub fn select_group(group: &[Candidate], selection: &Selection, seed: u64) -> Gr
             sorted.truncate(k_pos);
             sorted
         }
-        PositiveSelection::Sample { smoothing } => {
-            weighted_sample(&pos, |i| 1.0 / (group[i].penalty.max(0.0) + smoothing), k_pos, &mut rng)
-        }
+        PositiveSelection::Sample { smoothing } => weighted_sample(&pos, |i| 1.0 / (group[i].penalty.max(0.0) + smoothing), k_pos, &mut rng),
     };
     match negatives {
         NegativeSelection::First => kept.extend(neg.iter().take(k_neg)),

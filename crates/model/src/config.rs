@@ -167,12 +167,7 @@ impl Config {
 
     /// The RoPE base: `rope_parameters.rope_theta`, else `rope_theta`, else 10000.
     pub fn rope_theta(&self) -> f64 {
-        self.rope_parameters
-            .as_ref()
-            .and_then(|p| p.get("rope_theta"))
-            .and_then(Value::as_f64)
-            .or(self.rope_theta)
-            .unwrap_or(10_000.0)
+        self.rope_parameters.as_ref().and_then(|p| p.get("rope_theta")).and_then(Value::as_f64).or(self.rope_theta).unwrap_or(10_000.0)
     }
 
     /// Key/value heads.

@@ -87,7 +87,10 @@ pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
 
 /// The CPU's model name (`/proc/cpuinfo`), for reports that name the machine behind a figure.
 pub fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))).unwrap_or_else(|| "unknown CPU".into())
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
+        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 /// The set this crate's kernels use: [`Isa::detected`], narrowed by `RSTAR2_CPU_ISA` when set
@@ -268,8 +271,8 @@ fn best_of_three(seconds: f64, probe: impl Fn(u64), all: impl Fn(u64)) -> (u64, 
 /// Memory read bandwidth in GB/s: every rayon thread summing its part of a `bytes`-long buffer
 /// with the widest vectors (what streaming weights from memory can reach); median of 5.
 pub fn read_bandwidth_gbs(bytes: usize) -> f64 {
-    use rayon::prelude::*;
     use crate::simd::dispatch;
+    use rayon::prelude::*;
     let n = bytes / 4;
     let data = vec![1.0f32; n];
     let chunk = n.div_ceil(rayon::current_num_threads()).next_multiple_of(64);

@@ -4,9 +4,9 @@
 use half::f16;
 
 use crate::config::Config;
-use crate::ops::gemv::PackedWeight;
 use crate::ops::attention::{Heads, attention_backward, attention_forward};
 use crate::ops::embedding::{embedding_backward, embedding_forward};
+use crate::ops::gemv::PackedWeight;
 use crate::ops::logprob::{logprob_backward, logprob_forward};
 use crate::ops::matmul::{linear_backward, linear_forward};
 use crate::ops::rmsnorm::{rmsnorm_backward, rmsnorm_forward};

@@ -92,7 +92,8 @@ impl Params {
         let mut found: BTreeMap<String, Vec<f32>> = BTreeMap::new();
         for file in &files {
             let bytes = std::fs::read(file).map_err(|e| ModelError::io(file, e))?;
-            let tensors = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Weights { file: file.display().to_string(), message: format!("not a valid safetensors file (truncated or corrupt?): {e}") })?;
+            let tensors = SafeTensors::deserialize(&bytes)
+                .map_err(|e| ModelError::Weights { file: file.display().to_string(), message: format!("not a valid safetensors file (truncated or corrupt?): {e}") })?;
             // Sorted, so the first error reported is the same on every run.
             let mut all = tensors.tensors();
             all.sort_by(|a, b| a.0.cmp(&b.0));

@@ -251,10 +251,7 @@ mod tests {
         let t = r#"x <tool_call>
 {"name": "python_code_with_standard_io", "arguments": {"code": "print(1)", "input": ""}}
 </tool_call> <tool_call>{"name": "python_code_with_standard_io", "arguments": {"code": "print(2)"}}</tool_call>"#;
-        assert_eq!(
-            parse_tool_calls(t, 5),
-            vec![ParsedCall::Python { code: "print(1)".into(), input: "".into() }, ParsedCall::Python { code: "print(2)".into(), input: "".into() }]
-        );
+        assert_eq!(parse_tool_calls(t, 5), vec![ParsedCall::Python { code: "print(1)".into(), input: "".into() }, ParsedCall::Python { code: "print(2)".into(), input: "".into() }]);
         assert_eq!(parse_tool_calls(t, 1).len(), 1);
         assert!(parse_tool_calls("no call", 1).is_empty());
         assert!(parse_tool_calls("<tool_call>{\"name\": 1", 1).is_empty(), "unclosed block is not a call");

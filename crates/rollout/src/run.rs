@@ -361,7 +361,8 @@ fn engine_loop(e: usize, engine: &mut dyn Engine, rx: Receiver<Event>, shared: &
         // On the device when the engine can (only the draws come back), each sequence's
         // generator supplying its uniform exactly as the host sampler would draw it.
         let draws: Vec<(u32, f32)> = if engine.samples_on_device(&config.sampling) {
-            let uniforms: Vec<f64> = ids.iter().zip(&complete).map(|(id, &done)| if done && config.sampling.temperature > 0.0 { active.get_mut(id).unwrap().rng.random::<f64>() } else { 0.0 }).collect();
+            let uniforms: Vec<f64> =
+                ids.iter().zip(&complete).map(|(id, &done)| if done && config.sampling.temperature > 0.0 { active.get_mut(id).unwrap().rng.random::<f64>() } else { 0.0 }).collect();
             let chunks: Vec<&[u32]> = fed.iter().map(|&(id, take)| &active[&id].feed[..take]).collect();
             engine.extend_sample(&ids, &chunks, &config.sampling, &uniforms)?
         } else {

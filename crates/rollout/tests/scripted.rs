@@ -25,7 +25,10 @@ fn sandbox() -> Sandbox {
 }
 
 fn call(code: &str) -> String {
-    format!(" Let me compute.\n<tool_call>\n{{\"name\": \"python_code_with_standard_io\", \"arguments\": {{\"code\": {}, \"input\": \"\"}}}}\n</tool_call><|im_end|>", serde_json::to_string(code).unwrap())
+    format!(
+        " Let me compute.\n<tool_call>\n{{\"name\": \"python_code_with_standard_io\", \"arguments\": {{\"code\": {}, \"input\": \"\"}}}}\n</tool_call><|im_end|>",
+        serde_json::to_string(code).unwrap()
+    )
 }
 
 const ANSWER_42: &str = " The result is 42.</reason>\n<answer>\\boxed{42}</answer><|im_end|>";
@@ -219,10 +222,12 @@ fn tiny_model_rollouts_record_the_trainers_logprobs() {
 fn long_prompts_are_prefilled_in_chunks_within_the_step_budget() {
     let tok = tokenizer();
     let end = tok.token_id("<|im_end|>").unwrap();
-    let requests: Vec<Request> = (0..6).map(|i| Request { id: format!("q{i}"), question: format!("What is {i} times 7, in a long question that takes many tokens to say?"), answer: Some((i * 7).to_string()) }).collect();
+    let requests: Vec<Request> =
+        (0..6).map(|i| Request { id: format!("q{i}"), question: format!("What is {i} times 7, in a long question that takes many tokens to say?"), answer: Some((i * 7).to_string()) }).collect();
     let prompt_len = tok.encode(&config().chat.prompt(&requests[0].question)).len();
     assert!(prompt_len > 20, "prompt of {prompt_len} tokens");
-    let scripts: HashMap<u64, Vec<u32>> = (0..6u64).map(|t| (t, script(&tok, &[&call(&format!("print({t}*7)")), &format!(" So.</reason>\n<answer>\\boxed{{{}}}</answer><|im_end|>", t * 7)]))).collect();
+    let scripts: HashMap<u64, Vec<u32>> =
+        (0..6u64).map(|t| (t, script(&tok, &[&call(&format!("print({t}*7)")), &format!(" So.</reason>\n<answer>\\boxed{{{}}}</answer><|im_end|>", t * 7)]))).collect();
     let mut runs = Vec::new();
     for step_tokens in [10_000, 5] {
         let c = RolloutConfig { step_tokens, dispatch: ToolDispatch::Lockstep, ..config() };

@@ -22,25 +22,53 @@ pub struct Analysis {
 /// Modules whose import cannot by itself leak state between calls (their only mutable state is
 /// reached through attribute stores, which the scan catches separately).
 const PURE_MODULES: &[&str] = &[
-    "math", "cmath", "fractions", "decimal", "numbers", "itertools", "functools", "operator",
-    "collections", "heapq", "bisect", "string", "re", "json", "typing", "copy", "enum",
-    "datetime", "textwrap", "statistics", "dataclasses", "array", "struct", "time", "calendar",
-    "unicodedata", "sympy", "mpmath", "random", "hashlib", "zlib", "base64", "binascii", "pprint",
-    "abc", "contextlib", "types", "__future__",
+    "math",
+    "cmath",
+    "fractions",
+    "decimal",
+    "numbers",
+    "itertools",
+    "functools",
+    "operator",
+    "collections",
+    "heapq",
+    "bisect",
+    "string",
+    "re",
+    "json",
+    "typing",
+    "copy",
+    "enum",
+    "datetime",
+    "textwrap",
+    "statistics",
+    "dataclasses",
+    "array",
+    "struct",
+    "time",
+    "calendar",
+    "unicodedata",
+    "sympy",
+    "mpmath",
+    "random",
+    "hashlib",
+    "zlib",
+    "base64",
+    "binascii",
+    "pprint",
+    "abc",
+    "contextlib",
+    "types",
+    "__future__",
 ];
 
 /// Names that give access to dynamic code or to objects' namespaces.
-const DYNAMIC_NAMES: &[&str] = &[
-    "setattr", "delattr", "getattr", "vars", "globals", "locals", "exec", "eval", "compile",
-    "__import__", "__builtins__", "breakpoint",
-];
+const DYNAMIC_NAMES: &[&str] = &["setattr", "delattr", "getattr", "vars", "globals", "locals", "exec", "eval", "compile", "__import__", "__builtins__", "breakpoint"];
 
 /// Attribute names that reach frames, code or namespaces (`gen.gi_frame.f_globals`, ...), or
 /// mutate module-level state (`random.seed`).
 fn is_introspection_attr(attr: &str) -> bool {
-    attr.starts_with('_')
-        || ["f_", "gi_", "cr_", "ag_", "tb_", "co_"].iter().any(|p| attr.starts_with(p))
-        || matches!(attr, "seed" | "setstate" | "mro" | "register" | "getcontext" | "setcontext")
+    attr.starts_with('_') || ["f_", "gi_", "cr_", "ag_", "tb_", "co_"].iter().any(|p| attr.starts_with(p)) || matches!(attr, "seed" | "setstate" | "mro" | "register" | "getcontext" | "setcontext")
 }
 
 struct Scan {
@@ -57,9 +85,7 @@ impl<'a> Visitor<'a> for Scan {
                 self.taints = true;
             }
             Stmt::ImportFrom(import) => {
-                let pure = import.level == 0
-                    && import.module.as_ref().is_some_and(|m| is_pure_module(m.as_str()))
-                    && !import.names.iter().any(|alias| is_introspection_attr(alias.name.as_str()));
+                let pure = import.level == 0 && import.module.as_ref().is_some_and(|m| is_pure_module(m.as_str())) && !import.names.iter().any(|alias| is_introspection_attr(alias.name.as_str()));
                 if !pure {
                     self.taints = true;
                 }

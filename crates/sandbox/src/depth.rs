@@ -40,7 +40,31 @@ enum Frame {
 }
 
 const KEYWORDS: &[&[u8]] = &[
-    b"and", b"as", b"assert", b"async", b"await", b"del", b"elif", b"else", b"except", b"for", b"from", b"global", b"if", b"import", b"in", b"is", b"lambda", b"nonlocal", b"not", b"or", b"raise", b"return", b"while", b"with", b"yield",
+    b"and",
+    b"as",
+    b"assert",
+    b"async",
+    b"await",
+    b"del",
+    b"elif",
+    b"else",
+    b"except",
+    b"for",
+    b"from",
+    b"global",
+    b"if",
+    b"import",
+    b"in",
+    b"is",
+    b"lambda",
+    b"nonlocal",
+    b"not",
+    b"or",
+    b"raise",
+    b"return",
+    b"while",
+    b"with",
+    b"yield",
 ];
 
 fn is_word_byte(b: u8) -> bool {

@@ -30,8 +30,8 @@ use std::cell::{Cell, OnceCell};
 use std::time::{Duration, Instant};
 
 use rustpython_vm::builtins::{PyByteArray, PyBytes, PyInt, PyList, PyStr, PyTuple, PyType};
-use rustpython_vm::protocol::PyIterReturn;
 use rustpython_vm::function::FuncArgs;
+use rustpython_vm::protocol::PyIterReturn;
 use rustpython_vm::{AsObject, Py, PyObject, PyObjectRef, PyResult, VirtualMachine};
 
 use crate::interp::current_call_must_stop;
@@ -259,10 +259,7 @@ fn refuse_code_new(_cls: rustpython_vm::builtins::PyTypeRef, _args: FuncArgs, vm
 fn guarded_code_replace(args: FuncArgs, vm: &VirtualMachine) -> PyResult {
     if let Some(name) = args.kwargs.keys().find(|k| !k.as_str().is_ok_and(|k| CODE_RENAMES.contains(&k))) {
         let name = name.as_str().unwrap_or("?");
-        return Err(vm.new_runtime_error(format!(
-            "code.replace({name}=...) is disabled in the sandbox: bytecode written by hand can crash the interpreter (allowed: {})",
-            CODE_RENAMES.join(", ")
-        )));
+        return Err(vm.new_runtime_error(format!("code.replace({name}=...) is disabled in the sandbox: bytecode written by hand can crash the interpreter (allowed: {})", CODE_RENAMES.join(", "))));
     }
     originals().code_replace.call(args, vm)
 }
@@ -270,9 +267,7 @@ fn guarded_code_replace(args: FuncArgs, vm: &VirtualMachine) -> PyResult {
 fn refuse(vm: &VirtualMachine, what: &str, bits: f64) -> rustpython_vm::builtins::PyBaseExceptionRef {
     let digits = bits * std::f64::consts::LOG10_2;
     let max_digits = MAX_INT_BITS * std::f64::consts::LOG10_2;
-    vm.new_memory_error(format!(
-        "{what} refused by the sandbox: the result would have about {digits:.3e} decimal digits, more than its limit of {max_digits:.3e}"
-    ))
+    vm.new_memory_error(format!("{what} refused by the sandbox: the result would have about {digits:.3e} decimal digits, more than its limit of {max_digits:.3e}"))
 }
 
 fn guarded_power(a: &PyObject, b: &PyObject, modulus: &PyObject, vm: &VirtualMachine) -> PyResult {

@@ -40,9 +40,7 @@ async fn judge_all(sandbox: Arc<Sandbox>, submissions: Vec<Value>, long: bool) -
     if let Some(client) = sandbox.queue_client() {
         let client = client.clone();
         let n = submissions.len();
-        return tokio::task::spawn_blocking(move || client.judge(submissions, long))
-            .await
-            .unwrap_or_else(|_| (0..n).map(|_| SubmissionResult::queue_timeout(new_id(), 0.0)).collect());
+        return tokio::task::spawn_blocking(move || client.judge(submissions, long)).await.unwrap_or_else(|_| (0..n).map(|_| SubmissionResult::queue_timeout(new_id(), 0.0)).collect());
     }
     let tasks: Vec<_> = submissions
         .into_iter()

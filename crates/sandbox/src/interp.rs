@@ -159,8 +159,7 @@ impl Runner {
             .add_native_module(fs)
             .init_hook(move |vm: &mut VirtualMachine| {
                 vm.set_user_signal_channel(receiver);
-                let state = rustpython_vm::common::rc::PyRc::get_mut(&mut vm.state)
-                    .expect("the VM state is not shared before initialization");
+                let state = rustpython_vm::common::rc::PyRc::get_mut(&mut vm.state).expect("the VM state is not shared before initialization");
                 for name in ["_interpreters", "_interpchannels", "_interpqueues"] {
                     state.module_defs.remove(name);
                 }
@@ -207,13 +206,7 @@ impl Runner {
     /// Runs a call in fresh globals or the session's (`in_session`), also calling `on_stuck`
     /// from the watchdog thread if the call has not returned `grace` after its deadline (native
     /// code that no interrupt reaches).
-    pub(crate) fn run_with(
-        &self,
-        call: &ToolCall,
-        watchdog: &Watchdog,
-        in_session: bool,
-        on_stuck: Option<(Duration, StuckHandler)>,
-    ) -> (ToolResult, bool) {
+    pub(crate) fn run_with(&self, call: &ToolCall, watchdog: &Watchdog, in_session: bool, on_stuck: Option<(Duration, StuckHandler)>) -> (ToolResult, bool) {
         let limits = &self.config.limits;
         let stdin = call.stdin.as_deref().unwrap_or("");
         if call.code.len() > limits.max_input_bytes || stdin.len() > limits.max_input_bytes {
@@ -230,13 +223,7 @@ impl Runner {
         let analysis = analyze(&call.code);
         let start = Instant::now();
         let budget = Budget::new(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX), watchdog.waker());
-        let guard = Arc::new(CallGuard {
-            active: AtomicBool::new(true),
-            fired: AtomicBool::new(false),
-            budget,
-            memory_sent: AtomicBool::new(false),
-            sender: self.sender.clone(),
-        });
+        let guard = Arc::new(CallGuard { active: AtomicBool::new(true), fired: AtomicBool::new(false), budget, memory_sent: AtomicBool::new(false), sender: self.sender.clone() });
         let deadline = start + limits.timeout;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             self.interp.enter(|vm| {
@@ -286,23 +273,13 @@ impl Runner {
                 (ToolResult::failure(status, message, elapsed_us), true)
             }
             Err(panic) => {
-                let what = panic.downcast_ref::<&str>().map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
+                let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into());
                 (ToolResult::failure(Status::Crashed, format!("the interpreter crashed: {what}"), elapsed_us), true)
             }
         }
     }
 
-    fn run_in_vm(
-        &self,
-        vm: &VirtualMachine,
-        call: &ToolCall,
-        stdin: &str,
-        echo: bool,
-        in_session: bool,
-        guard: &Arc<CallGuard>,
-    ) -> Result<(String, String, String), String> {
+    fn run_in_vm(&self, vm: &VirtualMachine, call: &ToolCall, stdin: &str, echo: bool, in_session: bool, guard: &Arc<CallGuard>) -> Result<(String, String, String), String> {
         let internal = |exc| format!("sandbox internal error: {}", format_exception(vm, exc));
         let limit = vm.ctx.new_int(self.config.limits.max_stream_chars);
         // Files live for one independent call, or for a whole session from its first call on.
@@ -312,15 +289,8 @@ impl Runner {
         let (value, exc) = match vm.compile(&call.code, mode, "<snippet>".to_owned()) {
             Err(err) => (vm.ctx.none(), Some(err.into_pyexception(vm, Some(&call.code)))),
             Ok(code) => {
-                let scope = if in_session {
-                    self.session_globals.borrow_mut().get_or_insert_with(|| vm.new_scope_with_builtins()).clone()
-                } else {
-                    vm.new_scope_with_builtins()
-                };
-                let run = scope
-                    .globals
-                    .set_item("__name__", vm.ctx.new_str("__main__").into(), vm)
-                    .and_then(|()| vm.run_code_obj(code.clone(), scope));
+                let scope = if in_session { self.session_globals.borrow_mut().get_or_insert_with(|| vm.new_scope_with_builtins()).clone() } else { vm.new_scope_with_builtins() };
+                let run = scope.globals.set_item("__name__", vm.ctx.new_str("__main__").into(), vm).and_then(|()| vm.run_code_obj(code.clone(), scope));
                 match run {
                     Ok(value) => (if echo { value } else { vm.ctx.none() }, None),
                     Err(exc) => {
@@ -339,9 +309,7 @@ impl Runner {
             return Ok((str_of(vm, kind.clone()), str_of(vm, stdout.clone()), str_of(vm, stderr.clone())));
         }
         // `finish` itself was interrupted (a re-armed timeout): read what the streams hold.
-        let flooded = (0..2usize).any(|i| {
-            streams.get_item(&i, vm).and_then(|s| s.get_attr("over", vm)).is_ok_and(|over| over.is_true(vm).unwrap_or(false))
-        });
+        let flooded = (0..2usize).any(|i| streams.get_item(&i, vm).and_then(|s| s.get_attr("over", vm)).is_ok_and(|over| over.is_true(vm).unwrap_or(false)));
         let kind = if flooded { "output_limit" } else { "error" }.to_owned();
         let read = |index: usize| -> PyResult<String> {
             let stream = streams.get_item(&index, vm)?;

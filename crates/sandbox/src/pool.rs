@@ -316,21 +316,19 @@ fn spawn_worker(shared: Arc<Shared>, ready: Ready) {
         .stack_size(INTERPRETER_STACK)
         .spawn(move || match &shared.config.isolation {
             Isolation::InProcess => in_process_worker(shared.clone(), ready),
-            Isolation::Process(command) => {
-                match ProcessWorker::spawn(command, &shared.config.interpreter) {
-                    Ok(worker) => {
-                        if let Some(ready) = ready {
-                            let _ = ready.send(Ok(()));
-                        }
-                        process_worker(&shared, worker);
+            Isolation::Process(command) => match ProcessWorker::spawn(command, &shared.config.interpreter) {
+                Ok(worker) => {
+                    if let Some(ready) = ready {
+                        let _ = ready.send(Ok(()));
                     }
-                    Err(e) => {
-                        if let Some(ready) = ready {
-                            let _ = ready.send(Err(e.into()));
-                        }
+                    process_worker(&shared, worker);
+                }
+                Err(e) => {
+                    if let Some(ready) = ready {
+                        let _ = ready.send(Err(e.into()));
                     }
                 }
-            }
+            },
         })
         .expect("spawning a sandbox worker thread");
 }
@@ -402,9 +400,17 @@ fn in_process_worker(shared: Arc<Shared>, ready: Ready) {
                     let answer = match why {
                         memory::Parked::Memory => {
                             let mib = shared.config.interpreter.limits.memory_bytes >> 20;
-                            ToolResult::failure(Status::MemoryLimit, format!("MemoryError: a native operation asked for more memory than the call's limit of {mib} MiB allows (interpreter abandoned)\n"), started.elapsed().as_micros() as u64)
+                            ToolResult::failure(
+                                Status::MemoryLimit,
+                                format!("MemoryError: a native operation asked for more memory than the call's limit of {mib} MiB allows (interpreter abandoned)\n"),
+                                started.elapsed().as_micros() as u64,
+                            )
                         }
-                        memory::Parked::StackOverflow => ToolResult::failure(Status::Crashed, "RecursionError: the interpreter's native stack overflowed (code nested too deeply; interpreter abandoned)\n", started.elapsed().as_micros() as u64),
+                        memory::Parked::StackOverflow => ToolResult::failure(
+                            Status::Crashed,
+                            "RecursionError: the interpreter's native stack overflowed (code nested too deeply; interpreter abandoned)\n",
+                            started.elapsed().as_micros() as u64,
+                        ),
                     };
                     shared.abandoned.parked.fetch_add(1, Ordering::Relaxed);
                     answer_once(&reply, answer);

@@ -33,8 +33,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::judge::{SubmissionResult, new_id, sub_id_of};
 use crate::Sandbox;
+use crate::judge::{SubmissionResult, new_id, sub_id_of};
 
 /// code-judge's version, part of every key.
 pub const CODE_JUDGE_VERSION: &str = "0.0.5";
@@ -378,8 +378,11 @@ impl QueueClient {
             idle_since = None;
             for (key, json) in got {
                 let Some(&i) = index.get(key.as_str()) else { continue };
-                let mut result = serde_json::from_str::<SubmissionResult>(&json)
-                    .unwrap_or_else(|e| SubmissionResult { reason: "internal_error".into(), stderr: Some(format!("unreadable result from a worker: {e}")), ..SubmissionResult::queue_timeout(ids[i].clone(), 0.0) });
+                let mut result = serde_json::from_str::<SubmissionResult>(&json).unwrap_or_else(|e| SubmissionResult {
+                    reason: "internal_error".into(),
+                    stderr: Some(format!("unreadable result from a worker: {e}")),
+                    ..SubmissionResult::queue_timeout(ids[i].clone(), 0.0)
+                });
                 // code-judge's front end: a failed run that used the whole time was a timeout.
                 if !result.run_success && result.reason.is_empty() && result.cost >= config.execution_time.as_secs_f64() {
                     result.reason = "worker_timeout".into();

@@ -10,9 +10,7 @@ static PYLIB_ROOTS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// Registers `root` as readable and returns its canonical path as the importer should name it.
 pub(crate) fn allow_pylib_root(root: &Path) -> Result<String, String> {
-    let canonical = root
-        .canonicalize()
-        .map_err(|e| format!("package folder {}: {e}", root.display()))?;
+    let canonical = root.canonicalize().map_err(|e| format!("package folder {}: {e}", root.display()))?;
     if !canonical.is_dir() {
         return Err(format!("package folder {} is not a directory", root.display()));
     }
@@ -49,9 +47,7 @@ pub(crate) mod _sandbox_fs {
         let Some(path) = super::resolve(&root.to_string_lossy(), &rel.to_string_lossy()) else {
             return Ok(None);
         };
-        std::fs::read_to_string(&path)
-            .map(Some)
-            .map_err(|e| vm.new_exception_msg(vm.ctx.exceptions.import_error.to_owned(), format!("{}: {e}", rel.to_string_lossy()).into()))
+        std::fs::read_to_string(&path).map(Some).map_err(|e| vm.new_exception_msg(vm.ctx.exceptions.import_error.to_owned(), format!("{}: {e}", rel.to_string_lossy()).into()))
     }
 }
 

@@ -48,15 +48,9 @@ impl Default for Watchdog {
 impl Watchdog {
     /// Starts the watchdog thread.
     pub fn new() -> Self {
-        let inner = Arc::new(Inner {
-            state: Mutex::new(State { entries: Vec::new(), next_wake: Instant::now() + IDLE }),
-            wake: Arc::new(Condvar::new()),
-        });
+        let inner = Arc::new(Inner { state: Mutex::new(State { entries: Vec::new(), next_wake: Instant::now() + IDLE }), wake: Arc::new(Condvar::new()) });
         let weak = Arc::downgrade(&inner);
-        std::thread::Builder::new()
-            .name("rstar2-sandbox-watchdog".into())
-            .spawn(move || run(weak))
-            .expect("spawning the watchdog thread");
+        std::thread::Builder::new().name("rstar2-sandbox-watchdog".into()).spawn(move || run(weak)).expect("spawning the watchdog thread");
         Watchdog { inner }
     }
 

@@ -21,10 +21,7 @@ pub const TAG_TOKENS: [&str; 8] = ["<reason>", "</reason>", "<answer>", "</answe
 /// returns its `tokenizer.json` text.
 pub fn train_bpe(corpus: &[String], vocab_size: usize) -> Result<String, TaskError> {
     let err = |e: tokenizers::Error| TaskError::Tokenizer(e.to_string());
-    let pre = PreTokenizerWrapper::Sequence(Sequence::new(vec![
-        PreTokenizerWrapper::Digits(Digits::new(true)),
-        PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
-    ]));
+    let pre = PreTokenizerWrapper::Sequence(Sequence::new(vec![PreTokenizerWrapper::Digits(Digits::new(true)), PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true))]));
     let mut tokenizer: TokenizerImpl<BPE, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper> = TokenizerBuilder::new()
         .with_model(BPE::default())
         .with_normalizer(None)

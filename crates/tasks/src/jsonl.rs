@@ -115,12 +115,17 @@ mod tests {
         std::fs::write(
             &path,
             concat!(
-                r#"{"prompt": "What is 1+1?", "solution": "2"}"#, "\n",
-                r#"{"problem": "P2", "answer": 34, "id": "x"}"#, "\n",
+                r#"{"prompt": "What is 1+1?", "solution": "2"}"#,
                 "\n",
-                r#"{"question": "no answer here"}"#, "\n",
-                r#"{"prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "DAPO q"}], "reward_model": {"ground_truth": "17", "style": "rule"}, "data_source": "math_dapo"}"#, "\n",
-                r#"{"answer": "5"}"#, "\n",
+                r#"{"problem": "P2", "answer": 34, "id": "x"}"#,
+                "\n",
+                "\n",
+                r#"{"question": "no answer here"}"#,
+                "\n",
+                r#"{"prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "DAPO q"}], "reward_model": {"ground_truth": "17", "style": "rule"}, "data_source": "math_dapo"}"#,
+                "\n",
+                r#"{"answer": "5"}"#,
+                "\n",
             ),
         )
         .unwrap();

@@ -47,11 +47,7 @@ pub fn resolve(data: &str, root: &Path) -> Result<PathBuf, TaskError> {
     match NAMED.iter().find(|(name, _, _)| *name == data) {
         Some((_, file, fetch)) => {
             let path = root.join(file);
-            if path.is_file() {
-                Ok(path)
-            } else {
-                Err(TaskError::NotFetched { path: path.display().to_string(), command: format!("cargo xtask fetch-data {fetch}") })
-            }
+            if path.is_file() { Ok(path) } else { Err(TaskError::NotFetched { path: path.display().to_string(), command: format!("cargo xtask fetch-data {fetch}") }) }
         }
         None => Ok(PathBuf::from(data)),
     }
@@ -79,7 +75,9 @@ pub fn math_row(doc: &Value, subject: &str) -> Result<Row, String> {
     let id = format!("math-{subject}-{index}");
     let question = doc.get("problem").and_then(Value::as_str).ok_or_else(|| format!("{id}: no problem"))?;
     let solution = doc.get("solution").and_then(Value::as_str).ok_or_else(|| format!("{id}: no solution"))?;
-    let answer = rstar2_grpo::reward::extract_answer(solution, rstar2_grpo::reward::AnswerScope::Anywhere).filter(|a| !a.trim().is_empty()).ok_or_else(|| format!("{id}: no \\boxed{{}} answer in the solution"))?;
+    let answer = rstar2_grpo::reward::extract_answer(solution, rstar2_grpo::reward::AnswerScope::Anywhere)
+        .filter(|a| !a.trim().is_empty())
+        .ok_or_else(|| format!("{id}: no \\boxed{{}} answer in the solution"))?;
     let level = match doc.get("level") {
         Some(Value::String(s)) => s.trim_start_matches("Level ").trim().parse().ok(),
         Some(Value::Number(n)) => n.as_u64().and_then(|n| u8::try_from(n).ok()),

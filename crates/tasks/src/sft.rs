@@ -83,11 +83,7 @@ pub fn tool_call_text(code: &str) -> String {
 
 /// A broken version of working code: a missing parenthesis or a misspelt `print`.
 fn break_code(code: &str, rng: &mut impl Rng) -> String {
-    if rng.random_bool(0.5) && code.ends_with(')') {
-        code[..code.len() - 1].to_string()
-    } else {
-        code.replacen("print(", "pirnt(", 1)
-    }
+    if rng.random_bool(0.5) && code.ends_with(')') { code[..code.len() - 1].to_string() } else { code.replacen("print(", "pirnt(", 1) }
 }
 
 /// Traces for synthetic tasks (those with code), their tool calls run in `sandbox`. Fails if a

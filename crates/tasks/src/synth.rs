@@ -15,9 +15,7 @@ use crate::{Flawed, Task};
 pub const FLAWED_KINDS: [&str; 10] = ["modpow", "digit_sum", "prime_count", "divisor_count", "divisor_sum", "lcm", "binomial", "fib_mod", "series", "word"];
 
 /// The problem kinds.
-pub const KINDS: [&str; 12] = [
-    "product", "modpow", "digit_sum", "prime_count", "divisor_count", "divisor_sum", "gcd", "lcm", "binomial", "fib_mod", "series", "word",
-];
+pub const KINDS: [&str; 12] = ["product", "modpow", "digit_sum", "prime_count", "divisor_count", "divisor_sum", "gcd", "lcm", "binomial", "fib_mod", "series", "word"];
 
 /// The seed of the held-out problems in training runs and `eval --data synthetic`: one fixed
 /// set, as a benchmark is, so runs of different seeds are scored on the same problems.

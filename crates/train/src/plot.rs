@@ -52,13 +52,8 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
     let (x1, y0, y1) = (if x1 > x0 { x1 } else { x0 + 1.0 }, (y0 - pad).min(if y0 >= 0.0 { 0.0 } else { y0 - pad }), y1 + pad);
     let root = BitMapBackend::new(path, (800, 450)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut chart =
+        ChartBuilder::on(&root).caption(title, ("sans-serif", 22)).margin(12).x_label_area_size(40).y_label_area_size(60).build_cartesian_2d(x0..x1, y0..y1).map_err(|e| anyhow::anyhow!("{e}"))?;
     chart.configure_mesh().x_desc(x_label).y_desc(y_label).label_style(("sans-serif", 14)).draw().map_err(|e| anyhow::anyhow!("{e}"))?;
     for &b in boundaries {
         chart.draw_series(DashedLineSeries::new(vec![(b, y0), (b, y1)], 6, 4, BLACK.mix(0.4).stroke_width(1))).map_err(|e| anyhow::anyhow!("{e}"))?;

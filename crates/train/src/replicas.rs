@@ -115,7 +115,15 @@ impl Replicas {
 
     /// `config.samples` episodes per request, over every replica of the job; every rank gets
     /// all of them, in request order.
-    pub fn rollout(&mut self, tokenizer: &Tokenizer, sandbox: &Sandbox, chat: &ChatFormat, requests: &[Request], config: &RolloutConfig, progress: Option<ProgressFn<'_>>) -> anyhow::Result<Generated> {
+    pub fn rollout(
+        &mut self,
+        tokenizer: &Tokenizer,
+        sandbox: &Sandbox,
+        chat: &ChatFormat,
+        requests: &[Request],
+        config: &RolloutConfig,
+        progress: Option<ProgressFn<'_>>,
+    ) -> anyhow::Result<Generated> {
         self.refresh_decode_weights()?;
         let ones = vec![1usize; requests.len()];
         let mine = shares(&ones, &self.rollout_speed)[self.comm.rank()].clone();
@@ -415,7 +423,12 @@ mod tests {
     fn drifted_replicas_are_resynchronized() {
         let config = rstar2_model::Config::from_file(&crate::paths::workspace_root().join("models/tiny/config.json")).unwrap();
         let params = Params::random(&config, 3);
-        let policies = (0..2).map(|_| crate::run::training_policy(&rstar2_gpu::Device::Cpu, rstar2_model::Model::new(config.clone(), params.clone()), rstar2_model::AdamW::new(rstar2_model::AdamWConfig::default(), &params)).unwrap()).collect();
+        let policies = (0..2)
+            .map(|_| {
+                crate::run::training_policy(&rstar2_gpu::Device::Cpu, rstar2_model::Model::new(config.clone(), params.clone()), rstar2_model::AdamW::new(rstar2_model::AdamWConfig::default(), &params))
+                    .unwrap()
+            })
+            .collect();
         let mut r = Replicas::new(policies, Box::new(crate::collective::Alone));
         assert_eq!(r.check_drift(), 0.0);
         assert_eq!(r.resyncs, 0);

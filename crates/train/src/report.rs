@@ -72,12 +72,7 @@ pub struct StageSummary {
 }
 
 pub fn read_steps(metrics: &Path) -> Vec<StepMetrics> {
-    std::fs::read_to_string(metrics)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("\"phase\":\"rl\""))
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    std::fs::read_to_string(metrics).unwrap_or_default().lines().filter(|l| l.contains("\"phase\":\"rl\"")).filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 fn mean(xs: impl Iterator<Item = f64>) -> f64 {
@@ -116,11 +111,7 @@ fn plots(dir: &Path, steps: &[StepMetrics], evals: &[(f64, f64)]) -> anyhow::Res
         "Reward (training rollouts) and held-out pass@1",
         "RL step",
         "accuracy",
-        &[
-            Series::new("reward per step", reward.clone()),
-            Series::new("reward, 5-step mean", smooth(&reward, 5)),
-            Series::new("eval pass@1", evals.to_vec()),
-        ],
+        &[Series::new("reward per step", reward.clone()), Series::new("reward, 5-step mean", smooth(&reward, 5)), Series::new("eval pass@1", evals.to_vec())],
         &boundaries,
     )?;
     let err = pts(&|s| s.positive_tool_error_ratio);
@@ -153,7 +144,8 @@ pub fn write(dir: &Path, config: &TrainConfig, evals: &BTreeMap<String, EvalResu
     }
     plots(dir, &steps, &eval_points)?;
     let stage_evals: Vec<(String, &EvalResult)> = eval_labels(evals, stages).into_iter().map(|(key, label)| (label, &evals[&key])).collect();
-    let pass_series: Vec<Series> = stage_evals.iter().filter(|(_, e)| !e.pass_at_k.is_empty()).map(|(label, e)| Series::new(label.clone(), e.pass_at_k.iter().map(|(k, v)| (*k as f64, v.0)).collect())).collect();
+    let pass_series: Vec<Series> =
+        stage_evals.iter().filter(|(_, e)| !e.pass_at_k.is_empty()).map(|(label, e)| Series::new(label.clone(), e.pass_at_k.iter().map(|(k, v)| (*k as f64, v.0)).collect())).collect();
     line_chart(&dir.join("pass_at_k.png"), "Held-out pass@k by stage", "k (samples)", "pass@k", &pass_series, &[])?;
     let summary = serde_json::json!({
         "name": config.name,
@@ -214,7 +206,16 @@ pub fn write(dir: &Path, config: &TrainConfig, evals: &BTreeMap<String, EvalResu
     for s in stages {
         md += &format!(
             "| {} | {} | {} | {} | {:.3} → {:.3} | {:.3} → {:.3} | {:.0} | {:.1} |\n",
-            s.stage, s.steps, s.max_response_tokens, s.max_turns, s.reward_first_steps, s.reward_last_steps, s.positive_tool_error_ratio_first_steps, s.positive_tool_error_ratio_last_steps, s.mean_response_length, s.seconds / 60.0
+            s.stage,
+            s.steps,
+            s.max_response_tokens,
+            s.max_turns,
+            s.reward_first_steps,
+            s.reward_last_steps,
+            s.positive_tool_error_ratio_first_steps,
+            s.positive_tool_error_ratio_last_steps,
+            s.mean_response_length,
+            s.seconds / 60.0
         );
     }
     if let Some(after) = after_rl {

@@ -15,10 +15,10 @@ use anyhow::{Context, bail};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
+use rstar2_gpu::{Device, Policy};
 use rstar2_grpo::loss::{Aggregation, LossConfig, RolloutTokens, policy_loss};
 use rstar2_grpo::penalty::{tool_error_penalty, total_penalty};
 use rstar2_grpo::select::{Candidate, NegativeSelection, PositiveSelection, Selection};
-use rstar2_gpu::{Device, Policy};
 use rstar2_model::{AdamW, AdamWConfig, Batch, Config, DecodeWeights, LrSchedule, Model, Params, Tokenizer};
 use rstar2_rollout::{RolloutConfig, SamplingConfig};
 use rstar2_sandbox::queue::{QueueClient, QueueConfig};
@@ -571,7 +571,8 @@ impl Trainer {
     fn policy_update(&mut self, kept: &[(&rstar2_rollout::Episode, f32)], loss_config: &LossConfig, lr: f32) -> anyhow::Result<(f64, f32, rstar2_grpo::loss::LossMetrics)> {
         let norms = Normalization { tokens: kept.iter().map(|(e, _)| e.model_tokens()).sum::<usize>().max(1), rollouts: kept.len() };
         let micro_batch_tokens = self.config.rl.micro_batch_tokens;
-        let (totals, norm) = self.replicas.step(kept, |(e, _)| e.ids.len(), |policy, share, grads| rl_share(policy, share, loss_config, norms, micro_batch_tokens, grads), self.config.rl.max_grad_norm, lr);
+        let (totals, norm) =
+            self.replicas.step(kept, |(e, _)| e.ids.len(), |policy, share, grads| rl_share(policy, share, loss_config, norms, micro_batch_tokens, grads), self.config.rl.max_grad_norm, lr);
         let [loss, low, high, gap, weight] = totals.sums[..] else { unreachable!("rl_share reports five sums") };
         let w = weight.max(1.0);
         let metrics = rstar2_grpo::loss::LossMetrics { clip_frac_low: low / w, clip_frac_high: high / w, logprob_gap_mean: gap / w, logprob_gap_max: totals.maxima[0].max(0.0), ..Default::default() };
@@ -704,7 +705,8 @@ type Moments = (Params, Params);
 fn read_checkpoint(dir: &Path) -> anyhow::Result<(Start, (Params, Moments))> {
     let text = std::fs::read_to_string(dir.join("config.toml")).with_context(|| format!("{} is not a run folder (no config.toml)", dir.display()))?;
     let config: TrainConfig = toml::from_str(&text).with_context(|| format!("{}/config.toml", dir.display()))?;
-    let ckpt = [dir.join("checkpoint"), dir.join("checkpoint.old")].into_iter().find(|p| p.join("state.json").exists()).with_context(|| format!("{} has no checkpoint to resume from", dir.display()))?;
+    let ckpt =
+        [dir.join("checkpoint"), dir.join("checkpoint.old")].into_iter().find(|p| p.join("state.json").exists()).with_context(|| format!("{} has no checkpoint to resume from", dir.display()))?;
     let state: State = serde_json::from_str(&std::fs::read_to_string(ckpt.join("state.json"))?).with_context(|| format!("{}/state.json", ckpt.display()))?;
     let model_config = Config::from_file(&ckpt.join("config.json"))?;
     let params = Params::load(&ckpt, &model_config)?;

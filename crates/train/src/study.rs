@@ -294,7 +294,11 @@ pub fn write_report(dir: &Path, config: &TrainConfig, seeds: u64, algos: &[Algo]
         md += &format!("\n|---|---|{}\n", "---|".repeat(ks.len()));
         for (algo, runs) in &results {
             for (key, label) in &labels {
-                md += &format!("| {} | {label} |{}\n", algo.name(), ks.iter().map(|k| format!(" {} |", fmt_mean(&runs.iter().map(|r| r.evals[key].pass_at_k.get(k).map_or(f64::NAN, |v| v.0)).collect::<Vec<_>>()))).collect::<String>());
+                md += &format!(
+                    "| {} | {label} |{}\n",
+                    algo.name(),
+                    ks.iter().map(|k| format!(" {} |", fmt_mean(&runs.iter().map(|r| r.evals[key].pass_at_k.get(k).map_or(f64::NAN, |v| v.0)).collect::<Vec<_>>()))).collect::<String>()
+                );
             }
         }
     }
@@ -302,7 +306,8 @@ pub fn write_report(dir: &Path, config: &TrainConfig, seeds: u64, algos: &[Algo]
     md += &results.iter().map(|(a, _)| format!(" {} after RL |", a.name())).collect::<String>();
     md += &format!("\n|---|---|{}\n", "---|".repeat(results.len()));
     let last_key = labels.last().map_or("after_sft".to_string(), |l| l.0.clone());
-    let kinds: std::collections::BTreeSet<String> = results.iter().flat_map(|(_, runs)| runs.iter().flat_map(|r| r.evals.get("after_sft").into_iter().flat_map(|e| e.per_kind.keys().cloned()))).collect();
+    let kinds: std::collections::BTreeSet<String> =
+        results.iter().flat_map(|(_, runs)| runs.iter().flat_map(|r| r.evals.get("after_sft").into_iter().flat_map(|e| e.per_kind.keys().cloned()))).collect();
     for kind in kinds {
         let of = |runs: &[RunResult], key: &str| mean_present(runs.iter().map(|r| r.evals.get(key).and_then(|e| e.per_kind.get(&kind).copied())));
         md += &format!("| {kind} | {:.3} |{}\n", of(&results[0].1, "after_sft"), results.iter().map(|(_, runs)| format!(" {:.3} |", of(runs, &last_key))).collect::<String>());
@@ -346,8 +351,14 @@ fn claims_table(results: &[(Algo, Vec<RunResult>)]) -> String {
             let per_seed = |f: &Metric| -> Vec<f64> { roc.iter().zip(grpo).map(|(r, g)| late_mean(g, f) - late_mean(r, f)).collect() };
             let err = per_seed(&|s| s.positive_tool_error_ratio);
             let (m, se) = mean_and_stderr(&err);
-            let (r_err, g_err) = (fmt_mean(&roc.iter().map(|r| late_mean(r, &|s| s.positive_tool_error_ratio)).collect::<Vec<_>>()), fmt_mean(&grpo.iter().map(|r| late_mean(r, &|s| s.positive_tool_error_ratio)).collect::<Vec<_>>()));
-            md += &format!("| (2) RoC's tool-error ratio among correct rollouts ends below GRPO's (last fifth of RL steps) | both | GRPO {g_err}, RoC {r_err}; GRPO - RoC per seed: {m:+.3} ± {se:.3} | {} |\n", verdict(m, se));
+            let (r_err, g_err) = (
+                fmt_mean(&roc.iter().map(|r| late_mean(r, &|s| s.positive_tool_error_ratio)).collect::<Vec<_>>()),
+                fmt_mean(&grpo.iter().map(|r| late_mean(r, &|s| s.positive_tool_error_ratio)).collect::<Vec<_>>()),
+            );
+            md += &format!(
+                "| (2) RoC's tool-error ratio among correct rollouts ends below GRPO's (last fifth of RL steps) | both | GRPO {g_err}, RoC {r_err}; GRPO - RoC per seed: {m:+.3} ± {se:.3} | {} |\n",
+                verdict(m, se)
+            );
             let len = per_seed(&|s| s.response_length);
             let (m, se) = mean_and_stderr(&len);
             let tokens = |runs: &[RunResult]| {
@@ -355,7 +366,10 @@ fn claims_table(results: &[(Algo, Vec<RunResult>)]) -> String {
                 format!("{m:.1} ± {se:.1}")
             };
             let (r_len, g_len) = (tokens(roc), tokens(grpo));
-            md += &format!("| (3) RoC's responses are no longer than GRPO's (tokens, last fifth of RL steps) | both | GRPO {g_len}, RoC {r_len}; GRPO - RoC per seed: {m:+.1} ± {se:.1} | {} |\n", verdict(m, se).replace("does not hold", "does not hold (RoC longer)").replace("within noise", "within noise (no longer beyond noise)"));
+            md += &format!(
+                "| (3) RoC's responses are no longer than GRPO's (tokens, last fifth of RL steps) | both | GRPO {g_len}, RoC {r_len}; GRPO - RoC per seed: {m:+.1} ± {se:.1} | {} |\n",
+                verdict(m, se).replace("does not hold", "does not hold (RoC longer)").replace("within noise", "within noise (no longer beyond noise)")
+            );
         }
         _ => md += "| (2), (3) RoC against GRPO | - | needs both algorithms (`--algos grpo,grpo-roc`) | not measured |\n",
     }

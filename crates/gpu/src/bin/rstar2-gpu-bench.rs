@@ -29,7 +29,10 @@ fn main() {
             "--profile" => args.profile = true,
             "--devices" => {
                 for a in rstar2_gpu::list_adapters() {
-                    println!("gpu:{} {} ({}, {}) f16 {} subgroups {:?} cooperative matrices {} driver {}", a.index, a.name, a.backend, a.device_type, a.shader_f16, a.subgroups, a.coop_matrix, a.driver);
+                    println!(
+                        "gpu:{} {} ({}, {}) f16 {} subgroups {:?} cooperative matrices {} driver {}",
+                        a.index, a.name, a.backend, a.device_type, a.shader_f16, a.subgroups, a.coop_matrix, a.driver
+                    );
                 }
                 return;
             }

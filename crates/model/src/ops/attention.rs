@@ -159,28 +159,13 @@ impl Kernel for CausalSoftmaxGrad<'_> {
 
 /// dq, dk, dv (overwrite) from dout and the forward's inputs, output and lse.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward(
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
-    dout: &[f32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    out: &[f32],
-    lse: &[f32],
-    seg_start: &[usize],
-    heads: Heads,
-) {
+pub fn attention_backward(dq: &mut [f32], dk: &mut [f32], dv: &mut [f32], dout: &[f32], q: &[f32], k: &[f32], v: &[f32], out: &[f32], lse: &[f32], seg_start: &[usize], heads: Heads) {
     let (d, qrow, kvrow, g) = (heads.dim, heads.q * heads.dim, heads.kv * heads.dim, heads.group());
     let scale = heads.scale();
     let isa = crate::cpu::isa();
     let n_tok = seg_start.len();
     // D[i,h] = dout[i,h] . out[i,h]
-    let delta: Vec<f32> = (0..n_tok * heads.q)
-        .into_par_iter()
-        .map(|ih| dot(&dout[ih * d..(ih + 1) * d], &out[ih * d..(ih + 1) * d]))
-        .collect();
+    let delta: Vec<f32> = (0..n_tok * heads.q).into_par_iter().map(|ih| dot(&dout[ih * d..(ih + 1) * d], &out[ih * d..(ih + 1) * d])).collect();
     // One pass per (sequence, query head): probabilities are recomputed once from the saved
     // log-sum-exp, and each item accumulates its own dq, dk, dv rows; results are scattered after.
     let segments = segments(seg_start);

@@ -203,18 +203,24 @@ unsafe impl Sync for SendPtr {}
 
 /// Single-threaded gemm on raw strided operands; `c` has row stride `c_rs`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_raw(c: *mut f32, c_rs: usize, a: *const f32, a_rs: usize, a_cs: usize, b: *const f32, b_rs: usize, b_cs: usize, m: usize, n: usize, k: usize, accumulate: bool, parallelism: Parallelism) {
+unsafe fn gemm_raw(
+    c: *mut f32,
+    c_rs: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    b_rs: usize,
+    b_cs: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+    parallelism: Parallelism,
+) {
     // SAFETY: the caller guarantees the strided ranges are valid.
     unsafe {
-        gemm(
-            m, n, k,
-            c, 1, c_rs as isize,
-            accumulate,
-            a, a_cs as isize, a_rs as isize,
-            b, b_cs as isize, b_rs as isize,
-            1.0, 1.0, false, false, false,
-            parallelism,
-        );
+        gemm(m, n, k, c, 1, c_rs as isize, accumulate, a, a_cs as isize, a_rs as isize, b, b_cs as isize, b_rs as isize, 1.0, 1.0, false, false, false, parallelism);
     }
 }
 
@@ -294,17 +300,7 @@ pub fn linear_forward_stacked(outs: &mut [&mut [f32]], x: &[f32], ws: &[&[f32]],
 
 /// dx[N,I] = dout @ w (overwrite); dw[O,I] += dout^T @ x; db[O] += sum_n dout.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_backward(
-    dx: Option<&mut [f32]>,
-    dw: &mut [f32],
-    db: Option<&mut [f32]>,
-    dout: &[f32],
-    x: &[f32],
-    w: &[f32],
-    n: usize,
-    i: usize,
-    o: usize,
-) {
+pub fn linear_backward(dx: Option<&mut [f32]>, dw: &mut [f32], db: Option<&mut [f32]>, dout: &[f32], x: &[f32], w: &[f32], n: usize, i: usize, o: usize) {
     if let Some(dx) = dx {
         matmul_nn(dx, dout, w, n, i, o, false);
     }

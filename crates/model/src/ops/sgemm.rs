@@ -110,16 +110,16 @@ pub unsafe fn sgemm(threads: usize, c: *mut f32, c_rs: usize, a: *const f32, a_r
     }
     // With the rows split, every part reads all of B, and with the columns split all of A:
     // that operand is packed once, whole, shared by the parts.
-    let shared_lines = if tn == 1 { n_panels * NR } else if tm == 1 { m_panels * MR } else { 0 };
+    let shared_lines = if tn == 1 {
+        n_panels * NR
+    } else if tm == 1 {
+        m_panels * MR
+    } else {
+        0
+    };
     let share = shared_lines > 0 && fits_shared(shared_lines, k);
     with_buffer(&SHARED, if share { shared_lines * k } else { 0 }, |buffer| {
-        let shared = share.then(|| {
-            if tn == 1 {
-                SharedPanels::new::<NR>(buffer, ops.b, ops.b_cs, ops.b_rs, n, k)
-            } else {
-                SharedPanels::new::<MR>(buffer, ops.a, ops.a_rs, ops.a_cs, m, k)
-            }
-        });
+        let shared = share.then(|| if tn == 1 { SharedPanels::new::<NR>(buffer, ops.b, ops.b_cs, ops.b_rs, n, k) } else { SharedPanels::new::<MR>(buffer, ops.a, ops.a_rs, ops.a_cs, m, k) });
         let (shared_a, shared_b) = if tn == 1 { (None, shared.as_ref()) } else { (shared.as_ref(), None) };
         let part = |part: usize| {
             let (pi, pj) = (part / tn, part % tn);
@@ -295,9 +295,7 @@ unsafe fn sgemm_block(ops: &Operands, rows: Range<usize>, cols: Range<usize>, k:
                                 let j0 = jc + panel_j * NR;
                                 // SAFETY: the tile (i0.., j0..) of mr x nr is inside this block
                                 // of c; both panels hold kc steps.
-                                unsafe {
-                                    kernel(kc, a_panels.add(panel_i * MR * kc), b_panels.add(panel_j * NR * kc), ops.c.add(i0 * ops.c_rs + j0), ops.c_rs, mr, NR.min(cols.end - j0), load_c)
-                                };
+                                unsafe { kernel(kc, a_panels.add(panel_i * MR * kc), b_panels.add(panel_j * NR * kc), ops.c.add(i0 * ops.c_rs + j0), ops.c_rs, mr, NR.min(cols.end - j0), load_c) };
                             }
                         }
                     }
