@@ -44,6 +44,9 @@ pub fn ensure_pylib() -> anyhow::Result<PathBuf> {
 }
 
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
+    if !rstar2_train::paths::is_checkout(&workspace_root()) {
+        bail!("cargo xtask test runs the suite of an rstar2 checkout: run it inside one (found none above {})", std::env::current_dir()?.display());
+    }
     let pylib = ensure_pylib()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);

@@ -12,9 +12,10 @@ use rstar2_tasks::synth::{Split, SynthConfig, generate};
 /// Arguments of `train-tokenizer`.
 #[derive(Args)]
 pub struct TokenizerArgs {
-    /// Where to write tokenizer.json.
-    #[arg(long, default_value = "models/tiny/tokenizer.json")]
-    pub out: PathBuf,
+    /// Where to write tokenizer.json [default: models/tiny/tokenizer.json of the checkout or
+    /// RSTAR2_HOME]; its folder's config.json gets the new vocabulary size.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Vocabulary size, added tokens included.
     #[arg(long, default_value_t = 1024)]
     pub vocab: usize,
@@ -24,23 +25,24 @@ pub struct TokenizerArgs {
 }
 
 pub fn run(args: TokenizerArgs) -> anyhow::Result<()> {
+    let out = args.out.unwrap_or_else(|| rstar2_train::paths::workspace_root().join("models/tiny/tokenizer.json"));
     let tasks = generate(&SynthConfig::default(), Split::Train, args.traces, 12345)?;
     let sandbox = Sandbox::new(SandboxConfig::in_process())?;
     let chat: ChatFormat = rstar2_train::config::TrainConfig::load(None)?.chat;
     let traces = build_traces(&tasks, &sandbox, &chat, &SftMix::default(), 1)?;
     let corpus: Vec<String> = traces.iter().map(|t| t.text()).collect();
     let json = rstar2_tasks::bpe::train_bpe(&corpus, args.vocab)?;
-    rstar2_model::write_atomic(&args.out, json.as_bytes()).with_context(|| format!("writing {}", args.out.display()))?;
-    let tokenizer = rstar2_model::Tokenizer::from_file(&args.out)?;
+    rstar2_model::write_atomic(&out, json.as_bytes()).with_context(|| format!("writing {}", out.display()))?;
+    let tokenizer = rstar2_model::Tokenizer::from_file(&out)?;
     let prompt = tokenizer.encode(&chat.prompt(&tasks[0].question)).len();
     let mean: f64 = corpus.iter().map(|t| tokenizer.encode(t).len() as f64).sum::<f64>() / corpus.len() as f64;
     // The model's vocabulary is exactly the tokenizer's: no id the model can sample is unknown.
-    let config_path = args.out.with_file_name("config.json");
+    let config_path = out.with_file_name("config.json");
     if let Ok(text) = std::fs::read_to_string(&config_path) {
         let mut config: serde_json::Value = serde_json::from_str(&text)?;
         config["vocab_size"] = tokenizer.vocab_size().into();
         rstar2_model::write_atomic(&config_path, (serde_json::to_string_pretty(&config)? + "\n").as_bytes())?;
     }
-    println!("wrote {} ({} tokens); a prompt is {prompt} tokens, a whole trace {mean:.0} on average", args.out.display(), tokenizer.vocab_size());
+    println!("wrote {} ({} tokens); a prompt is {prompt} tokens, a whole trace {mean:.0} on average", out.display(), tokenizer.vocab_size());
     Ok(())
 }

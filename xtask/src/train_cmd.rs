@@ -41,9 +41,9 @@ pub struct TrainArgs {
     /// Continue a killed run from its last checkpoint.
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "preset", "model", "data", "device", "algo", "name", "seed"])]
     pub resume: Option<PathBuf>,
-    /// Where run folders are created.
-    #[arg(long, default_value = "runs")]
-    pub runs_dir: PathBuf,
+    /// Where run folders are created [default: runs/ of the checkout or RSTAR2_HOME].
+    #[arg(long)]
+    pub runs_dir: Option<PathBuf>,
     /// Stop (as if killed) after this many RL steps in total; for testing resume.
     #[arg(long, hide = true)]
     pub stop_after_rl_steps: Option<usize>,
@@ -65,7 +65,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             algo: args.algo,
             name: args.name,
             seed: args.seed,
-            runs_dir: args.runs_dir,
+            runs_dir: runs_dir(args.runs_dir),
         })?,
     };
     trainer.fail_after_rl_steps(args.fail_after_rl_steps);
@@ -104,9 +104,10 @@ pub struct ReplicateArgs {
     /// Device of every run: auto, cpu, gpu, gpu:N or a list (as `train --device`).
     #[arg(long)]
     pub device: Option<String>,
-    /// Where the study folder (<runs-dir>/<name>) is created.
-    #[arg(long, default_value = "runs")]
-    pub runs_dir: PathBuf,
+    /// Where the study folder (<runs-dir>/<name>) is created [default: runs/ of the checkout or
+    /// RSTAR2_HOME].
+    #[arg(long)]
+    pub runs_dir: Option<PathBuf>,
     /// The study's folder name (default: the config's name and "-study", e.g. tiny-study). Run
     /// the same command again to continue a killed study: finished runs are skipped.
     #[arg(long)]
@@ -128,9 +129,14 @@ pub fn replicate(args: ReplicateArgs) -> anyhow::Result<()> {
         seeds: args.seeds,
         algos,
         device: args.device,
-        runs_dir: args.runs_dir,
+        runs_dir: runs_dir(args.runs_dir),
         name: args.name,
         stop_after_runs: args.stop_after_runs,
     })?;
     Ok(())
+}
+
+/// `--runs-dir` as given (relative to the current directory), else the checkout's `runs/`.
+fn runs_dir(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| rstar2_train::paths::workspace_root().join("runs"))
 }

@@ -170,3 +170,43 @@ fn forward_on_a_gpu_matches_the_cpu_and_devices_lists_adapters() {
     assert!(!ok && err.contains("expected auto, cpu, gpu or gpu:N"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Paths are found at run time: the binary copied out of this checkout and run inside another
+/// one writes into that one (walking up from a subfolder), and outside any checkout into
+/// `RSTAR2_HOME`, which gets the built-in configs.
+#[test]
+fn a_moved_binary_writes_into_the_checkout_it_runs_in() {
+    let dir = std::env::temp_dir().join(format!("rstar2-moved-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (bin, other, home, outside) = (dir.join("bin"), dir.join("other-checkout"), dir.join("home"), dir.join("outside"));
+    for d in [&bin, &other.join("deep/sub"), &other.join("models/tiny"), &outside] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let this = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::write(other.join("Cargo.toml"), "[package]\nname = \"rstar2\"\n").unwrap();
+    std::fs::copy(this.join("models/tiny/config.json"), other.join("models/tiny/config.json")).unwrap();
+    let xtask = bin.join("xtask");
+    std::fs::copy(env!("CARGO_BIN_EXE_xtask"), &xtask).unwrap();
+    // This checkout's tokenizer is what the binary was built beside: it must not be written
+    // (and is put back if it was, so a regression cannot break the other tests).
+    let ours = this.join("models/tiny/tokenizer.json");
+    let before = std::fs::read(&ours).unwrap();
+
+    for (cwd, expected_root) in [(other.join("deep/sub"), &other), (outside.clone(), &home)] {
+        let out = Command::new(&xtask).args(["train-tokenizer", "--vocab", "300", "--traces", "40"]).current_dir(&cwd).env("RSTAR2_HOME", &home).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let written = expected_root.join("models/tiny/tokenizer.json");
+        let untouched = std::fs::read(&ours).unwrap() == before;
+        if !untouched {
+            std::fs::write(&ours, &before).unwrap();
+        }
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert!(untouched, "the binary wrote into the checkout it was built in: {stdout}");
+        assert!(stdout.contains(&format!("wrote {} (300 tokens)", written.display())), "{stdout}");
+        let config: Value = serde_json::from_str(&std::fs::read_to_string(expected_root.join("models/tiny/config.json")).unwrap()).unwrap();
+        assert_eq!(config["vocab_size"], 300);
+    }
+    assert!(!other.join("configs").exists(), "a checkout is used as it is");
+    assert!(home.join("configs/tiny.toml").is_file(), "a home gets the built-in configs");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
