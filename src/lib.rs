@@ -6,6 +6,7 @@
 //! - [`grpo`]: GRPO-RoC (reward, selection, advantages, policy loss).
 //! - [`model`]: the transformer (HF checkpoints, forward, backward, AdamW, KV cache, GGUF import).
 //! - [`gpu`]: the same model as WGSL kernels through wgpu.
+//! - [`backend`]: the device choice and one enum per role over the CPU and GPU backends.
 //! - [`rollout`]: multi-turn tool-integrated generation and its scheduler.
 //! - [`tasks`]: synthetic problems, JSONL data sets, SFT traces.
 //! - [`train`]: the recipe (SFT, GRPO-RoC stages, evaluation, checkpoints), data parallel.
@@ -17,6 +18,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub use rstar2_backend as backend;
 pub use rstar2_gpu as gpu;
 pub use rstar2_grpo as grpo;
 pub use rstar2_model as model;

@@ -1,8 +1,6 @@
 //! `cargo xtask bench kernels`: the GPU benchmark of `rstar2_gpu::bench` (also built alone as
 //! `rstar2-gpu-bench` for machines without a Rust toolchain).
 
-use crate::test_cmd::workspace_root;
-
 #[derive(clap::Args)]
 pub struct KernelBenchArgs {
     /// Adapter index from `cargo xtask devices`; default: the first real GPU, else the first
@@ -28,7 +26,13 @@ pub struct KernelBenchArgs {
     profile: bool,
 }
 
+#[cfg(not(feature = "gpu"))]
+pub fn run(_: KernelBenchArgs) -> anyhow::Result<()> {
+    anyhow::bail!("bench kernels measures the GPU backend: this build has none (built without the `gpu` feature)")
+}
+
+#[cfg(feature = "gpu")]
 pub fn run(args: KernelBenchArgs) -> anyhow::Result<()> {
     let bench = rstar2_gpu::bench::BenchArgs { adapter: args.adapter, peak_gflops: args.peak_gflops, peak_gbs: args.peak_gbs, size: args.size, profile: args.profile };
-    rstar2_gpu::bench::run(&bench, &workspace_root()).map_err(|e| anyhow::anyhow!("{e}"))
+    rstar2_gpu::bench::run(&bench, &crate::test_cmd::workspace_root()).map_err(|e| anyhow::anyhow!("{e}"))
 }

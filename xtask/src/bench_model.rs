@@ -10,7 +10,7 @@ use rstar2_model::ops::gemv::{PackedWeight, matmul_packed};
 use rstar2_model::ops::matmul::{chosen_splits, kernel_name, matmul_nt};
 use rstar2_model::{AdamW, AdamWConfig, Batch, Config, DecodeWeights, KvCache, Model, Params};
 
-use rstar2_gpu::bench::median_secs;
+use rstar2_model::timing::median_secs;
 
 use crate::test_cmd::workspace_root;
 

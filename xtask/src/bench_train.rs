@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::Context;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rstar2_gpu::bench::median_secs;
+use rstar2_model::timing::median_secs;
 use rstar2_model::{AdamW, AdamWConfig, Config, Model, Params};
 use rstar2_tasks::sft::SftExample;
 use rstar2_train::Replicas;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use rstar2_gpu::{Device, GpuModel};
+use rstar2_backend::Device;
 use rstar2_model::{Batch, Config, Model, Params};
 
 #[derive(clap::Args)]
@@ -39,7 +39,8 @@ pub fn run(args: ForwardArgs) -> anyhow::Result<()> {
     let batch = Batch::new(std::slice::from_ref(&args.tokens));
     let logits = match &device {
         Device::Cpu => model.forward(&batch).logits,
-        Device::Gpu(gpu) => GpuModel::new(gpu.clone(), &model).logits(&batch),
+        #[cfg(feature = "gpu")]
+        Device::Gpu(gpu) => rstar2_gpu::GpuModel::new(gpu.clone(), &model).logits(&batch),
     };
     let bytes: Vec<u8> = logits.iter().flat_map(|x| x.to_le_bytes()).collect();
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![args.tokens.len(), v], &bytes)?;

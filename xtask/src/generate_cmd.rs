@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use rstar2_gpu::Policy;
+use rstar2_backend::Policy;
 use rstar2_model::{Config, DecodeWeights, Model, Params, Tokenizer};
 use rstar2_rollout::engine::policy_engine;
 use rstar2_rollout::{ChatFormat, Episode, RolloutConfig, SamplingConfig, generate};
@@ -209,9 +209,12 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 
 /// With `RSTAR2_GPU_PROFILE=1`: each GPU's time per kernel family, on stderr.
 pub fn print_gpu_profiles(policies: &[Policy]) {
+    #[cfg(feature = "gpu")]
     for report in policies.iter().filter_map(Policy::gpu).filter_map(|g| g.profile_report()) {
         eprintln!("{report}");
     }
+    #[cfg(not(feature = "gpu"))]
+    let _ = policies;
 }
 
 pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {

@@ -88,27 +88,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Test(args) => test_cmd::run(args),
         Command::Devices => {
-            let adapters = rstar2_gpu::list_adapters();
-            println!("{:<8} {:<44} {:<8} {:<14} {:<5} {:<9} {:<5} {:>12}  driver", "device", "name", "backend", "type", "f16", "subgroup", "coop", "max binding");
-            println!("{:<8} {:<44} {:<8} {:<14} {:<5} {:<9} {:<5} {:>12}  -", "cpu", format!("CPU backend ({} threads)", rayon::current_num_threads()), "-", "Cpu", "-", "-", "-", "-");
-            let yes = |b: bool| if b { "yes" } else { "no" };
-            for a in &adapters {
-                let subgroups = a.subgroups.map_or("no".to_string(), |(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") });
-                println!(
-                    "{:<8} {:<44} {:<8} {:<14} {:<5} {:<9} {:<5} {:>10}Mi  {}",
-                    format!("gpu:{}", a.index),
-                    a.name,
-                    a.backend,
-                    a.device_type,
-                    yes(a.shader_f16),
-                    subgroups,
-                    yes(a.coop_matrix),
-                    a.max_storage_binding >> 20,
-                    a.driver
-                );
-            }
-            let auto = adapters.iter().find(|a| a.is_real_gpu).map_or("cpu".to_string(), |a| format!("gpu:{}", a.index));
-            println!("\n--device auto picks {auto} (software adapters such as lavapipe only when named: gpu:N)");
+            list_devices();
             Ok(())
         }
         Command::Verify(args) => verify_cmd::run(args),
@@ -143,5 +123,35 @@ fn keep_freed_memory() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+/// `cargo xtask devices`: the CPU and every wgpu adapter, and which one `auto` picks.
+fn list_devices() {
+    println!("{:<8} {:<44} {:<8} {:<14} {:<5} {:<9} {:<5} {:>12}  driver", "device", "name", "backend", "type", "f16", "subgroup", "coop", "max binding");
+    println!("{:<8} {:<44} {:<8} {:<14} {:<5} {:<9} {:<5} {:>12}  -", "cpu", format!("CPU backend ({} threads)", rayon::current_num_threads()), "-", "Cpu", "-", "-", "-", "-");
+    #[cfg(not(feature = "gpu"))]
+    println!("\n--device auto picks cpu (this build has no GPU backend: built without the `gpu` feature)");
+    #[cfg(feature = "gpu")]
+    {
+        let adapters = rstar2_gpu::list_adapters();
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        for a in &adapters {
+            let subgroups = a.subgroups.map_or("no".to_string(), |(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") });
+            println!(
+                "{:<8} {:<44} {:<8} {:<14} {:<5} {:<9} {:<5} {:>10}Mi  {}",
+                format!("gpu:{}", a.index),
+                a.name,
+                a.backend,
+                a.device_type,
+                yes(a.shader_f16),
+                subgroups,
+                yes(a.coop_matrix),
+                a.max_storage_binding >> 20,
+                a.driver
+            );
+        }
+        let auto = adapters.iter().find(|a| a.is_real_gpu).map_or("cpu".to_string(), |a| format!("gpu:{}", a.index));
+        println!("\n--device auto picks {auto} (software adapters such as lavapipe only when named: gpu:N)");
     }
 }

@@ -13,6 +13,10 @@ pub struct TestArgs {
     /// Extra arguments passed to `cargo test` (after `--`, e.g. a test name filter).
     #[arg(last = true)]
     pub cargo_args: Vec<String>,
+    /// Skip the checks run before the tests (rustfmt, clippy with warnings as errors, the
+    /// CPU-only build without wgpu); CI never skips them.
+    #[arg(long)]
+    pub no_lints: bool,
 }
 
 pub use rstar2_train::paths::{has_pylib, pylib_dir, workspace_root};
@@ -47,20 +51,26 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     if !rstar2_train::paths::is_checkout(&workspace_root()) {
         bail!("cargo xtask test runs the suite of an rstar2 checkout: run it inside one (found none above {})", std::env::current_dir()?.display());
     }
-    let pylib = ensure_pylib()?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace_root()).args(["test", "--release", "--ignore-rust-version", "--workspace"]);
+    let mpi = mpi_available();
     // The MPI tests (`mpirun -n 2` training) need Open MPI; without it they are left out, loudly,
     // and CI fails.
-    if mpi_available() {
-        cmd.args(["--features", "xtask/mpi"]);
-    } else {
+    if !mpi {
         eprintln!("\n*** MPI tests NOT run: no Open MPI here (apt-get install openmpi-bin libopenmpi-dev libclang-dev) ***\n");
         if std::env::var_os("CI").is_some() {
             bail!("CI is set and Open MPI is missing: the MPI tests must run in CI");
         }
     }
+    let mpi_features: &[&str] = if mpi { &["--features", "xtask/mpi"] } else { &[] };
+    if args.no_lints {
+        if std::env::var_os("CI").is_some() {
+            bail!("CI is set: the lints are part of the test command there");
+        }
+    } else {
+        lints(mpi_features)?;
+    }
+    let pylib = ensure_pylib()?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--release", "--ignore-rust-version", "--workspace"]).args(mpi_features);
     cmd.args(&args.cargo_args).env("RSTAR2_TEST_PYLIB", &pylib);
     // Mesa's software Vulkan (lavapipe), which runs the GPU tests on machines without a GPU,
     // complains on stderr when this is unset; a private folder silences it.
@@ -72,6 +82,47 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     let status = cmd.status().context("running cargo test")?;
     if !status.success() {
         bail!("tests failed");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Runs `cmd` (a check before the tests), failing with `what` if it does not pass.
+fn check(mut cmd: Command, what: &str) -> anyhow::Result<()> {
+    eprintln!("check: {what}");
+    if !cmd.status().with_context(|| format!("running {what}"))?.success() {
+        bail!("{what} failed");
+    }
+    Ok(())
+}
+
+/// What CI keeps before any test runs: the code as rustfmt writes it, no clippy warning in any
+/// target (MPI code included where Open MPI is installed), and a CPU-only build (`xtask`
+/// without its default `gpu` feature) that compiles, lint-free, without wgpu in its graph.
+fn lints(mpi_features: &[&str]) -> anyhow::Result<()> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    check(fmt, "cargo fmt --all --check (run `cargo fmt --all` to fix)")?;
+    let mut clippy = cargo();
+    clippy.args(["clippy", "--release", "--ignore-rust-version", "--workspace", "--all-targets"]).args(mpi_features).args(["--", "-D", "warnings"]);
+    check(clippy, "cargo clippy --workspace --all-targets -- -D warnings")?;
+    let mut cpu_only = cargo();
+    cpu_only.args(["clippy", "--release", "--ignore-rust-version", "-p", "xtask", "--no-default-features", "--", "-D", "warnings"]);
+    check(cpu_only, "cargo clippy -p xtask --no-default-features -- -D warnings (the CPU-only build)")?;
+    let mut cpu_only_tests = cargo();
+    cpu_only_tests.args(["test", "--release", "--ignore-rust-version", "-p", "rstar2-backend", "--no-default-features"]);
+    check(cpu_only_tests, "cargo test -p rstar2-backend --no-default-features (device choice without a GPU backend)")?;
+    let tree = cargo().args(["tree", "-p", "xtask", "--no-default-features", "-e", "normal", "--prefix", "none"]).output().context("running cargo tree")?;
+    if !tree.status.success() {
+        bail!("cargo tree -p xtask --no-default-features failed: {}", String::from_utf8_lossy(&tree.stderr));
+    }
+    if let Some(line) = String::from_utf8_lossy(&tree.stdout).lines().find(|l| l.starts_with("wgpu ")) {
+        bail!("the CPU-only build (xtask --no-default-features) depends on wgpu again: {line}");
     }
     Ok(())
 }

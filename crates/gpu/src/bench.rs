@@ -8,6 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use rstar2_model::timing::median_secs;
+
 use rstar2_model::ops as cpu;
 use rstar2_model::ops::attention::Heads;
 use rstar2_model::{AdamW, AdamWConfig, Batch, Config, KvCache, Model, Params};
@@ -35,20 +37,6 @@ pub struct BenchArgs {
     /// GPU time per kernel family from timestamp queries (where the adapter has them; host
     /// times otherwise), printed after the tables.
     pub profile: bool,
-}
-
-/// Median seconds of `reps` runs after one warm-up.
-pub fn median_secs(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
 }
 
 fn preset_config(root: &Path, preset: &str) -> Result<Config, Box<dyn std::error::Error>> {

@@ -41,6 +41,14 @@ pub struct GpuKvCache {
 }
 
 impl GpuKvCache {
+    /// Tokens of cache `model`'s device holds: what one storage binding per layer holds in
+    /// blocks, less 256 blocks of headroom.
+    pub fn token_budget(model: &GpuModel) -> usize {
+        let width = model.config.kv_heads() * model.config.head_dim();
+        let blocks = (model.gpu.binding_limit() as usize / (width * 4 * BLOCK).max(1)).saturating_sub(256);
+        blocks * BLOCK
+    }
+
     /// Room for `capacity` tokens over all sequences. Blocks are 16 positions; one partly used
     /// block per sequence is allowed for on top (up to 256 sequences at once).
     pub fn new(model: &GpuModel, capacity: usize) -> Self {

@@ -15,7 +15,6 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod backend;
 pub mod bench;
 pub mod context;
 pub mod kernels;
@@ -24,7 +23,6 @@ pub mod model;
 pub mod ops;
 pub mod tensor;
 
-pub use backend::{Activations, Device, Grads, Policy};
 pub use context::{AdapterChoice, AdapterSummary, Gpu, list_adapters, test_gpu};
 pub use kv::GpuKvCache;
 pub use model::{Flat, GpuAdamW, GpuForward, GpuGrads, GpuModel};
@@ -43,18 +41,6 @@ pub enum GpuError {
         index: usize,
         /// Found.
         count: usize,
-    },
-    /// `--device gpu` on a machine without a real GPU.
-    #[error("--device gpu: no real GPU found; adapters: [{}] (a software adapter only by index, e.g. gpu:0; `auto` falls back to the CPU)", adapters.join("; "))]
-    NoRealGpu {
-        /// What wgpu found.
-        adapters: Vec<String>,
-    },
-    /// A device string that is none of auto, cpu, gpu, gpu:N.
-    #[error("--device {spec:?}: expected auto, cpu, gpu or gpu:N")]
-    BadDevice {
-        /// What was given.
-        spec: String,
     },
     /// f16 asked of an adapter without `SHADER_F16`.
     #[error("{adapter} has no SHADER_F16: f16 decoding needs it (use f32)")]

@@ -21,6 +21,7 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 mod simd;
+pub mod timing;
 pub mod tokenizer;
 pub mod weights;
 

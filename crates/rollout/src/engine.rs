@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use rstar2_gpu::{GpuKvCache, GpuModel, Policy};
+use rstar2_backend::Policy;
+#[cfg(feature = "gpu")]
+use rstar2_gpu::{GpuKvCache, GpuModel};
 use rstar2_model::Model;
 use rstar2_model::kv::{KvCache, SeqId};
 
@@ -90,12 +92,14 @@ impl Engine for CpuEngine<'_> {
 }
 
 /// The WGSL backend with its paged KV cache.
+#[cfg(feature = "gpu")]
 pub struct GpuEngine<'m> {
     model: &'m GpuModel,
     cache: GpuKvCache,
     lookahead: usize,
 }
 
+#[cfg(feature = "gpu")]
 impl<'m> GpuEngine<'m> {
     /// An engine over `model` holding at most `capacity` cached tokens, decoding up to
     /// [`GPU_LOOKAHEAD`] steps per read-back on a real GPU, one on a software adapter.
@@ -111,6 +115,7 @@ impl<'m> GpuEngine<'m> {
     }
 }
 
+#[cfg(feature = "gpu")]
 impl Engine for GpuEngine<'_> {
     fn name(&self) -> String {
         format!("gpu ({})", self.model.gpu.info.name)
@@ -152,6 +157,7 @@ impl Engine for GpuEngine<'_> {
 pub fn policy_engine(policy: &Policy, capacity: usize) -> Box<dyn Engine + '_> {
     match policy {
         Policy::Cpu { model, .. } => Box::new(CpuEngine::new(model, capacity)),
+        #[cfg(feature = "gpu")]
         Policy::Gpu { model, .. } => Box::new(GpuEngine::new(model, capacity)),
     }
 }

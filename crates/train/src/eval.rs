@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use rstar2_gpu::Policy;
+use rstar2_backend::Policy;
 use rstar2_model::Tokenizer;
 use rstar2_rollout::{ChatFormat, Episode, RolloutConfig, SamplingConfig, ToolDispatch};
 use rstar2_sandbox::Sandbox;

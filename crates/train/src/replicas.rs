@@ -18,7 +18,7 @@
 use std::ops::Range;
 use std::time::Instant;
 
-use rstar2_gpu::{Grads, Policy};
+use rstar2_backend::{Grads, Policy};
 use rstar2_model::{Params, Tokenizer};
 use rstar2_rollout::engine::{Engine, policy_engine};
 use rstar2_rollout::{ChatFormat, Episode, Generated, ProgressFn, Request, RolloutConfig, RolloutMetrics, generate};
@@ -425,8 +425,12 @@ mod tests {
         let params = Params::random(&config, 3);
         let policies = (0..2)
             .map(|_| {
-                crate::run::training_policy(&rstar2_gpu::Device::Cpu, rstar2_model::Model::new(config.clone(), params.clone()), rstar2_model::AdamW::new(rstar2_model::AdamWConfig::default(), &params))
-                    .unwrap()
+                crate::run::training_policy(
+                    &rstar2_backend::Device::Cpu,
+                    rstar2_model::Model::new(config.clone(), params.clone()),
+                    rstar2_model::AdamW::new(rstar2_model::AdamWConfig::default(), &params),
+                )
+                .unwrap()
             })
             .collect();
         let mut r = Replicas::new(policies, Box::new(crate::collective::Alone));

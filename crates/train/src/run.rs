@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use rstar2_gpu::{Device, Policy};
+use rstar2_backend::{Device, Policy};
 use rstar2_grpo::loss::{Aggregation, LossConfig, RolloutTokens, policy_loss};
 use rstar2_grpo::penalty::{tool_error_penalty, total_penalty};
 use rstar2_grpo::select::{Candidate, NegativeSelection, PositiveSelection, Selection};
@@ -858,7 +858,7 @@ struct Normalization {
 
 /// One replica's share of an SFT batch: sums of -logprob over trained tokens, gradients of the
 /// batch mean (`count` trained tokens in the whole batch). Sums: [loss * count].
-pub fn sft_share(policy: &Policy, share: &[&rstar2_tasks::sft::SftExample], count: f64, grads: &mut rstar2_gpu::Grads) -> Totals {
+pub fn sft_share(policy: &Policy, share: &[&rstar2_tasks::sft::SftExample], count: f64, grads: &mut rstar2_backend::Grads) -> Totals {
     if share.is_empty() || count == 0.0 {
         return Totals { sums: vec![0.0], maxima: Vec::new() };
     }
@@ -884,7 +884,7 @@ pub fn sft_share(policy: &Policy, share: &[&rstar2_tasks::sft::SftExample], coun
 /// forward + backward, scaled by the step's global normalization. Sums: [loss, clip_frac_low,
 /// clip_frac_high and logprob_gap_mean each times the micro-batch's tokens, those tokens];
 /// maxima: [logprob_gap_max].
-fn rl_share(policy: &Policy, kept: &[(&rstar2_rollout::Episode, f32)], loss_config: &LossConfig, norms: Normalization, micro_batch_tokens: usize, grads: &mut rstar2_gpu::Grads) -> Totals {
+fn rl_share(policy: &Policy, kept: &[(&rstar2_rollout::Episode, f32)], loss_config: &LossConfig, norms: Normalization, micro_batch_tokens: usize, grads: &mut rstar2_backend::Grads) -> Totals {
     let mut sums = [0.0f64; 5];
     let mut gap_max = f64::NEG_INFINITY;
     let mut start = 0;
