@@ -72,7 +72,7 @@ fn instance() -> wgpu::Instance {
 }
 
 /// Every adapter wgpu finds, Vulkan before GL for the same hardware, in a stable order.
-fn adapters() -> Vec<wgpu::Adapter> {
+pub(crate) fn adapters() -> Vec<wgpu::Adapter> {
     let mut all = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
     let rank = |b: wgpu::Backend| match b {
         wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
@@ -85,7 +85,7 @@ fn adapters() -> Vec<wgpu::Adapter> {
     all
 }
 
-fn is_real_gpu(info: &wgpu::AdapterInfo) -> bool {
+pub(crate) fn is_real_gpu(info: &wgpu::AdapterInfo) -> bool {
     matches!(info.device_type, wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu | wgpu::DeviceType::VirtualGpu)
 }
 
@@ -298,7 +298,7 @@ pub struct Gpu {
     /// Threads per output column in the decode kernels.
     decode_split: std::sync::atomic::AtomicUsize,
     /// Autotuned matmul tiles by shape.
-    pub(crate) matmul_tiles: Mutex<HashMap<crate::ops::MatmulShape, crate::ops::MatmulTile>>,
+    pub(crate) matmul_tiles: Mutex<HashMap<crate::tile::MatmulShape, crate::tile::MatmulTile>>,
     /// The file autotuned tiles persist in, by adapter, across runs.
     autotune_cache: Mutex<Option<std::path::PathBuf>>,
     layouts: Mutex<HashMap<Vec<Slot>, Arc<Layout>>>,
@@ -320,24 +320,9 @@ pub struct Gpu {
 }
 
 impl Gpu {
-    /// Opens an adapter. `Ok(None)` only for [`AdapterChoice::Auto`] when there is no real GPU.
-    pub fn open(choice: AdapterChoice) -> Result<Option<Gpu>, GpuError> {
-        let all = adapters();
-        let adapter = match choice {
-            AdapterChoice::Auto => match all.into_iter().find(|a| is_real_gpu(&a.get_info())) {
-                Some(a) => a,
-                None => return Ok(None),
-            },
-            AdapterChoice::Any => all.into_iter().next().ok_or(GpuError::NoAdapter)?,
-            AdapterChoice::Index(i) => {
-                let n = all.len();
-                all.into_iter().nth(i).ok_or(GpuError::NoSuchAdapter { index: i, count: n })?
-            }
-        };
-        Self::from_adapter(adapter).map(Some)
-    }
-
-    fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu, GpuError> {
+    /// The device on `adapter`, set up but for the checks [`Gpu::open`] makes (in `open.rs`,
+    /// which runs kernels).
+    pub(crate) fn connect(adapter: wgpu::Adapter) -> Result<Gpu, GpuError> {
         let info = adapter.get_info();
         // wgpu's defaults cap buffers at 256 MiB and workgroups at 256 invocations; real models
         // need what the adapter offers.
@@ -406,24 +391,6 @@ impl Gpu {
         };
         gpu.pool.created.fetch_add(2, Ordering::Relaxed);
         gpu.set_autotune_cache(default_autotune_cache());
-        if coop {
-            // An experimental feature: a driver or wgpu that rejects the kernel must not take
-            // the device down, so the check runs inside error scopes.
-            let validation = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
-            let internal = gpu.device.push_error_scope(wgpu::ErrorFilter::Internal);
-            let err = crate::ops::coop_matrix_error(&gpu);
-            let failure = pollster::block_on(internal.pop()).or_else(|| pollster::block_on(validation.pop()));
-            if let Some(e) = failure {
-                eprintln!("rstar2-gpu: {}: the cooperative-matrix kernel failed ({e}); not used", gpu.describe());
-                gpu.coop_matrix.store(false, Ordering::Relaxed);
-            } else if err.is_nan() || err >= 1e-4 {
-                eprintln!("rstar2-gpu: {}: cooperative-matrix matmul differs from the tiled kernel by {err:.2e} of the largest output; not used", gpu.describe());
-                gpu.coop_matrix.store(false, Ordering::Relaxed);
-            }
-        }
-        if std::env::var_os("RSTAR2_GPU_PROFILE").is_some_and(|v| v != "0") {
-            gpu.enable_profiling();
-        }
         Ok(gpu)
     }
 
@@ -694,15 +661,20 @@ impl Gpu {
     }
 
     /// The autotuned matmul tiles so far: (m rounded up to a power of two, n, k, tile).
-    pub fn tuned_matmul_tiles(&self) -> Vec<(usize, usize, usize, crate::ops::MatmulTile)> {
+    pub fn tuned_matmul_tiles(&self) -> Vec<(usize, usize, usize, crate::tile::MatmulTile)> {
         let mut v: Vec<_> = self.matmul_tiles.lock().expect("tile cache").iter().map(|(s, t)| (s.m, s.n, s.k, *t)).collect();
         v.sort_by_key(|x| (x.0, x.1, x.2));
         v
     }
 
-    /// Whether matmul may use cooperative matrices here (see [`crate::ops::MatmulTile::COOP`]).
+    /// Whether matmul may use cooperative matrices here (see [`crate::tile::MatmulTile::COOP`]).
     pub fn has_coop_matrix(&self) -> bool {
         self.coop_matrix.load(Ordering::Relaxed)
+    }
+
+    /// Stops matmul from using cooperative matrices (they failed the check on this device).
+    pub(crate) fn disable_coop_matrix(&self) {
+        self.coop_matrix.store(false, Ordering::Relaxed);
     }
 
     /// The adapter's subgroup size (its largest, where it has several).
@@ -1032,11 +1004,11 @@ impl Gpu {
 }
 
 /// Tuned tiles by adapter key, as the cache file holds them.
-type TunedTiles = HashMap<String, Vec<(crate::ops::MatmulShape, crate::ops::MatmulTile)>>;
+type TunedTiles = HashMap<String, Vec<(crate::tile::MatmulShape, crate::tile::MatmulTile)>>;
 
 fn read_autotune_cache(path: &std::path::Path) -> TunedTiles {
     let Ok(bytes) = std::fs::read(path) else { return HashMap::new() };
-    match serde_json::from_slice::<Vec<(String, Vec<(crate::ops::MatmulShape, crate::ops::MatmulTile)>)>>(&bytes) {
+    match serde_json::from_slice::<Vec<(String, Vec<(crate::tile::MatmulShape, crate::tile::MatmulTile)>)>>(&bytes) {
         Ok(entries) => entries.into_iter().collect(),
         Err(e) => {
             eprintln!("rstar2-gpu: ignoring the autotune cache {}: {e}", path.display());

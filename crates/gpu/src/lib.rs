@@ -20,8 +20,10 @@ pub mod context;
 pub mod kernels;
 pub mod kv;
 pub mod model;
+mod open;
 pub mod ops;
 pub mod tensor;
+pub mod tile;
 
 pub use context::{AdapterChoice, AdapterSummary, Gpu, list_adapters, test_gpu};
 pub use kv::GpuKvCache;

@@ -7,6 +7,7 @@ use rstar2_model::ops::attention::Heads;
 use crate::context::{Gpu, View};
 use crate::kernels;
 use crate::tensor::Tensor;
+use crate::tile::{MatmulShape, MatmulTile};
 
 /// Workgroups for `items` invocations at `per_group` each, folded into y past the per-dimension
 /// limit (kernels index `gid.x + gid.y * num_workgroups.x * per_group`).
@@ -144,76 +145,10 @@ fn matmul_block(gpu: &Gpu, c: &Tensor, a: &Tensor, b: &Tensor, s: &Strides, rows
     }
 }
 
-/// A configuration of the tiled matmul kernel: each workgroup computes 64·tm4 x 64·tn4 outputs
-/// (tm4, tn4 in 1..=2), and K is cut into `splits` ranges whose partial products
-/// `matmul_reduce` sums (split-K, for outputs too small to fill the device).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct MatmulTile {
-    /// vec4 groups of output rows per thread (tile height 64·tm4).
-    pub tm4: u32,
-    /// vec4 groups of output columns per thread (tile width 64·tn4).
-    pub tn4: u32,
-    /// K ranges computed by separate workgroups, 1 for none.
-    pub splits: u32,
-    /// The cooperative-matrix kernel (`matmul_coop.wgsl`, 16x16 per subgroup) instead; the
-    /// other fields are then unused.
-    pub coop: bool,
-}
-
-impl MatmulTile {
-    /// The cooperative-matrix kernel.
-    pub const COOP: MatmulTile = MatmulTile { tm4: 0, tn4: 0, splits: 1, coop: true };
-
-    /// Whether the tiled kernel's workgroup arrays for this tile (16 rows of K, each 64·tm4 +
-    /// 64·tn4 values plus a vec4 of padding per operand) fit the adapter.
-    fn fits(&self, gpu: &Gpu) -> bool {
-        self.coop || 16 * 16 * (16 * (self.tm4 + self.tn4) as usize + 2) <= gpu.limits.max_compute_workgroup_storage_size as usize
-    }
-}
-
-impl std::fmt::Display for MatmulTile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.coop {
-            return write!(f, "cooperative 8x8 f32 matrices");
-        }
-        write!(f, "{}x{}", 64 * self.tm4, 64 * self.tn4)?;
-        if self.splits > 1 {
-            write!(f, " split-K {}", self.splits)?;
-        }
-        Ok(())
-    }
-}
-
-/// What a matmul's tile choice depends on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub(crate) struct MatmulShape {
-    pub m: usize,
-    pub n: usize,
-    pub k: usize,
-    pub a_k_major: bool,
-    pub b_k_major: bool,
-    pub b_f16: bool,
-}
-
 impl MatmulShape {
     /// The product C[m, n] = A·B read through `s`, B being `b`.
     fn of(s: &Strides, m: usize, n: usize, k: usize, b: &Tensor) -> MatmulShape {
         MatmulShape { m, n, k, a_k_major: s.a_cs == 1, b_k_major: s.b_rs == 1, b_f16: b.is_f16() }
-    }
-
-    /// x·Wᵀ with f32 weights (both operands K-contiguous).
-    fn x_wt(m: usize, n: usize, k: usize) -> MatmulShape {
-        MatmulShape { m, n, k, a_k_major: true, b_k_major: true, b_f16: false }
-    }
-
-    /// The autotune cache key: rows by power of two (RL batches change their token count every
-    /// step), the rest exact.
-    fn key(&self) -> MatmulShape {
-        MatmulShape { m: self.m.next_power_of_two(), ..*self }
-    }
-
-    fn workgroups(&self, tile: MatmulTile) -> usize {
-        self.m.div_ceil(64 * tile.tm4 as usize) * self.n.div_ceil(64 * tile.tn4 as usize) * tile.splits as usize
     }
 }
 
@@ -229,7 +164,7 @@ pub fn matmul_candidates(gpu: &Gpu, m: usize, n: usize, k: usize) -> Vec<MatmulT
             let tile = MatmulTile { tm4, tn4, splits, coop: false };
             let shape = MatmulShape::x_wt(m, n, k);
             let fills = shape.workgroups(MatmulTile { splits: 1, ..tile }) >= BUSY_WORKGROUPS;
-            if tile.fits(gpu) && (splits == 1 || (!fills && k / splits as usize >= 128 && m * n * splits as usize <= gpu.window_elems())) {
+            if tile.fits(&gpu.limits) && (splits == 1 || (!fills && k / splits as usize >= 128 && m * n * splits as usize <= gpu.window_elems())) {
                 out.push(tile);
             }
         }
@@ -246,7 +181,7 @@ pub fn matmul_candidates(gpu: &Gpu, m: usize, n: usize, k: usize) -> Vec<MatmulT
 fn heuristic_tile(gpu: &Gpu, shape: MatmulShape) -> MatmulTile {
     let small = MatmulTile { tm4: 1, tn4: 1, splits: 1, coop: false };
     // 128x128 where its 16.5 KiB of workgroup memory fits (WebGPU's floor is 16 KiB).
-    let large = Some(MatmulTile { tm4: 2, tn4: 2, splits: 1, coop: false }).filter(|t| t.fits(gpu)).unwrap_or(small);
+    let large = Some(MatmulTile { tm4: 2, tn4: 2, splits: 1, coop: false }).filter(|t| t.fits(&gpu.limits)).unwrap_or(small);
     if shape.workgroups(large) >= BUSY_WORKGROUPS / 2 {
         return large;
     }
