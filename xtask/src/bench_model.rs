@@ -5,9 +5,10 @@
 use std::process::Command;
 use std::time::Instant;
 
-use rstar2_model::cpu::{Isa, amx_peak_gflops, bf16_dot_peak_gflops, fma_peak_gflops, isa, read_bandwidth_gbs};
+use rstar2_model::cpu::{Isa, isa};
 use rstar2_model::ops::gemv::{PackedWeight, matmul_packed};
 use rstar2_model::ops::matmul::{chosen_splits, kernel_name, matmul_nt};
+use rstar2_model::peak::{amx_peak_gflops, bf16_dot_peak_gflops, fma_peak_gflops, read_bandwidth_gbs};
 use rstar2_model::{AdamW, AdamWConfig, Batch, Config, DecodeWeights, KvCache, Model, Params};
 
 use rstar2_model::timing::median_secs;

@@ -212,13 +212,13 @@ impl Policy {
     }
 
     /// The fastest decode weights within the error budget this device has: on the CPU, bf16
-    /// where its products pay ([`rstar2_model::cpu::bf16_products_pay`]: AMX tiles, a batch of
+    /// where its products pay ([`rstar2_model::peak::bf16_products_pay`]: AMX tiles, a batch of
     /// 32 decoded 1.1-1.6x faster than with f16 in `bench model` runs on a Sapphire Rapids Xeon;
     /// AVX-512 BF16 dot products on Zen 4) and f16 elsewhere; on a GPU, f16 with SHADER_F16,
     /// else f32.
     pub fn default_decode_weights(&self) -> DecodeWeights {
         match self {
-            Policy::Cpu { .. } if rstar2_model::cpu::bf16_products_pay() => DecodeWeights::Bf16,
+            Policy::Cpu { .. } if rstar2_model::peak::bf16_products_pay() => DecodeWeights::Bf16,
             Policy::Cpu { .. } => DecodeWeights::F16,
             #[cfg(feature = "gpu")]
             Policy::Gpu { model, .. } if model.gpu.has_f16() => DecodeWeights::F16,

@@ -7,9 +7,10 @@ use std::collections::HashMap;
 
 use half::bf16;
 
-use crate::model::{DecodeWeights, Model};
+use crate::model::Model;
 use crate::ops::attention::{Heads, KvElem, attention_decode, write_key, write_value};
 use crate::ops::embedding::embedding_forward;
+use crate::ops::gemv::DecodeWeights;
 use crate::ops::matmul::{linear_forward_packed, linear_forward_stacked};
 use crate::ops::rmsnorm::rmsnorm_forward;
 use crate::ops::rope::rope_forward;

@@ -20,6 +20,7 @@ pub mod kv;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod peak;
 mod simd;
 pub mod timing;
 pub mod tokenizer;
@@ -29,7 +30,8 @@ use std::path::Path;
 
 pub use config::{Config, Family};
 pub use kv::{KvCache, KvError, SeqId};
-pub use model::{Batch, DecodeWeights, Forward, LayerIdx, Model};
+pub use model::{Batch, Forward, LayerIdx, Model};
+pub use ops::gemv::DecodeWeights;
 pub use optim::{AdamW, AdamWConfig, LrSchedule, clip_grad_norm};
 pub use tokenizer::Tokenizer;
 pub use weights::Params;

@@ -6,7 +6,7 @@ use half::f16;
 use crate::config::Config;
 use crate::ops::attention::{Heads, attention_backward, attention_forward};
 use crate::ops::embedding::{embedding_backward, embedding_forward};
-use crate::ops::gemv::PackedWeight;
+use crate::ops::gemv::{DecodeWeights, PackedWeight};
 use crate::ops::logprob::{logprob_backward, logprob_forward};
 use crate::ops::matmul::{linear_backward, linear_forward};
 use crate::ops::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
@@ -61,59 +61,6 @@ pub struct Model {
     /// parameter index (see [`Model::set_decode_weights`]).
     pub(crate) packed: Vec<Option<PackedWeight>>,
     decode: Option<DecodeWeights>,
-}
-
-/// The type cached inference ([`Model::extend`]: decoding, and prefill chunks of up to
-/// [`crate::ops::matmul::SMALL_M`] tokens) reads the projection and output weights in, from
-/// copies repacked for the small-m kernel. Training always uses the f32 master weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DecodeWeights {
-    /// The f32 master weights.
-    #[default]
-    F32,
-    /// f16 copies (half the bytes per decoded token; sums stay f32).
-    F16,
-    /// bf16 copies multiplied on the CPU's AMX tiles ([`crate::cpu::amx`]: Intel Sapphire
-    /// Rapids and later) or, without AMX, its AVX-512 BF16 dot products
-    /// ([`crate::cpu::avx512_bf16`]: AMD Zen 4 and later); activations rounded to bf16 too, sums
-    /// f32: as many bytes as f16 with 3 fewer significant bits, and twice (vector) to ten times
-    /// (AMX) the f32 arithmetic rate, which large decoding batches need. Where neither is
-    /// usable the copies are f16 instead (the nearest type the vector kernels read); GPUs read
-    /// f16.
-    Bf16,
-}
-
-impl DecodeWeights {
-    /// "f32" or "f16".
-    pub fn name(self) -> &'static str {
-        match self {
-            DecodeWeights::F32 => "f32",
-            DecodeWeights::F16 => "f16",
-            DecodeWeights::Bf16 => "bf16",
-        }
-    }
-
-    /// The type the CPU's kernels store it in: bf16 only where AMX or AVX-512 BF16 is usable,
-    /// else f16.
-    pub fn on_this_cpu(self) -> DecodeWeights {
-        match self {
-            DecodeWeights::Bf16 if !crate::cpu::amx() && !crate::cpu::avx512_bf16() => DecodeWeights::F16,
-            other => other,
-        }
-    }
-}
-
-impl std::str::FromStr for DecodeWeights {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "f32" => Ok(DecodeWeights::F32),
-            "f16" => Ok(DecodeWeights::F16),
-            "bf16" => Ok(DecodeWeights::Bf16),
-            other => Err(format!("decode weights {other:?}: expected f32, f16 or bf16")),
-        }
-    }
 }
 
 /// Packed sequences: `tokens` of all sequences back to back, `offsets` their boundaries
