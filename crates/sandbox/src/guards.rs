@@ -34,7 +34,7 @@ use rustpython_vm::function::FuncArgs;
 use rustpython_vm::protocol::PyIterReturn;
 use rustpython_vm::{AsObject, Py, PyObject, PyObjectRef, PyResult, VirtualMachine};
 
-use crate::interp::current_call_must_stop;
+use crate::call::current_call_must_stop;
 
 /// Items between two checks in a guarded iterator.
 pub const CHECK_EVERY: u32 = 1024;

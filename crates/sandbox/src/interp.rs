@@ -11,10 +11,11 @@ use rustpython::InterpreterBuilderExt;
 use rustpython_vm::builtins::{PyStrRef, PyTuple};
 use rustpython_vm::compiler::Mode;
 use rustpython_vm::scope::Scope;
-use rustpython_vm::signal::{UserSignal, UserSignalSender, user_signal_channel};
+use rustpython_vm::signal::{UserSignalSender, user_signal_channel};
 use rustpython_vm::{AsObject, Interpreter, InterpreterBuilder, PyObjectRef, PyResult, Settings, VirtualMachine};
 
 use crate::analysis::analyze;
+use crate::call::{CallGuard, memory_message, set_current_call};
 use crate::config::InterpreterConfig;
 use crate::memory::{self, Budget};
 use crate::outcome::{Status, ToolCall, ToolResult, truncate_middle};
@@ -33,99 +34,10 @@ pub struct InterpreterError {
     message: String,
 }
 
-/// The state of one call that the watchdog and the interrupt closures share.
-pub(crate) struct CallGuard {
-    /// The call is still running; interrupts aimed at it are live.
-    active: AtomicBool,
-    /// The deadline passed and an interrupt was sent.
-    fired: AtomicBool,
-    /// What the call's thread may allocate (counted by [`crate::memory::BudgetAllocator`]).
-    budget: Budget,
-    /// The budget tripped and the `MemoryError` interrupt was sent.
-    memory_sent: AtomicBool,
-    sender: UserSignalSender,
-}
-
-/// What an interrupt raises.
-#[derive(Clone, Copy)]
-enum Interrupt {
-    Timeout,
-    Memory,
-}
-
-impl CallGuard {
-    /// Asks the interpreter to raise at its next instruction; called by the watchdog.
-    pub(crate) fn interrupt(self: &Arc<Self>) {
-        if self.active.load(Ordering::Acquire) {
-            self.fired.store(true, Ordering::Release);
-            let _ = self.sender.send(interrupt_signal(self.clone(), Interrupt::Timeout));
-        }
-    }
-
-    /// Sends the call a `MemoryError` (once; it re-arms itself) if its budget tripped.
-    pub(crate) fn interrupt_if_over_budget(self: &Arc<Self>) {
-        if self.budget.tripped() && self.active.load(Ordering::Acquire) && !self.memory_sent.swap(true, Ordering::AcqRel) {
-            let _ = self.sender.send(interrupt_signal(self.clone(), Interrupt::Memory));
-        }
-    }
-
-    pub(crate) fn is_active(&self) -> bool {
-        self.active.load(Ordering::Acquire)
-    }
-
-    /// The call's thread parked for good, and why (see [`crate::memory`]).
-    pub(crate) fn parked(&self) -> Option<crate::memory::Parked> {
-        self.budget.parked()
-    }
-
-    /// The exception to raise if the call must stop (its deadline passed or its memory budget
-    /// tripped): for native loops that no instruction-level interrupt reaches.
-    fn must_stop(&self, vm: &VirtualMachine) -> Option<rustpython_vm::builtins::PyBaseExceptionRef> {
-        if !self.active.load(Ordering::Acquire) {
-            return None;
-        }
-        if self.budget.tripped() {
-            return Some(interrupt_exception(vm, self, Interrupt::Memory));
-        }
-        self.fired.load(Ordering::Acquire).then(|| interrupt_exception(vm, self, Interrupt::Timeout))
-    }
-}
-
-thread_local! {
-    /// The guard of the call running on this thread.
-    static CURRENT_CALL: std::cell::Cell<*const CallGuard> = const { std::cell::Cell::new(std::ptr::null()) };
-}
-
-/// The exception the call running on this thread must stop with, if any (see
-/// [`CallGuard::must_stop`]); used by [`crate::guards`].
-pub(crate) fn current_call_must_stop(vm: &VirtualMachine) -> Option<rustpython_vm::builtins::PyBaseExceptionRef> {
-    let p = CURRENT_CALL.with(|c| c.get());
-    // SAFETY: set by `run_with` to a guard it keeps alive, and cleared before it returns.
-    if p.is_null() { None } else { unsafe { &*p }.must_stop(vm) }
-}
-
-/// A signal that raises `KeyboardInterrupt` (timeout) or `MemoryError` in the running call and
-/// re-arms itself, so a loop that swallows `BaseException` is hit again at its next instruction.
-fn interrupt_signal(guard: Arc<CallGuard>, what: Interrupt) -> UserSignal {
-    Box::new(move |vm: &VirtualMachine| {
-        if !guard.active.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let _ = guard.sender.send(interrupt_signal(guard.clone(), what));
-        Err(interrupt_exception(vm, &guard, what))
-    })
-}
-
-fn interrupt_exception(vm: &VirtualMachine, guard: &CallGuard, what: Interrupt) -> rustpython_vm::builtins::PyBaseExceptionRef {
-    match what {
-        Interrupt::Timeout => vm.new_exception_msg(vm.ctx.exceptions.keyboard_interrupt.to_owned(), "execution timed out".into()),
-        Interrupt::Memory => vm.new_exception_msg(vm.ctx.exceptions.memory_error.to_owned(), memory_message(guard.budget.limit()).into()),
-    }
-}
-
-fn memory_message(limit: usize) -> String {
-    format!("the call used more than its memory limit of {} MiB", limit >> 20)
-}
+/// The native stack of every interpreter thread (in-process, and in worker processes): deep
+/// enough that source the nesting check lets through compiles, and RustPython's Python-level
+/// recursion limits fire before it runs out.
+pub(crate) const INTERPRETER_STACK: usize = 16 << 20;
 
 /// One warm interpreter. Lives on the thread that created it (RustPython computes its native
 /// stack limit from the creating thread).
@@ -228,14 +140,14 @@ impl Runner {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             self.interp.enter(|vm| {
                 watchdog.arm(deadline, guard.clone(), on_stuck);
-                CURRENT_CALL.with(|c| c.set(Arc::as_ptr(&guard)));
+                set_current_call(Some(&guard));
                 let _charging = memory::charge_to(&guard.budget);
                 let out = self.run_in_vm(vm, call, stdin, analysis.ends_with_expression, in_session, &guard);
-                CURRENT_CALL.with(|c| c.set(std::ptr::null()));
+                set_current_call(None);
                 out
             })
         }));
-        CURRENT_CALL.with(|c| c.set(std::ptr::null()));
+        set_current_call(None);
         guard.active.store(false, Ordering::Release);
         let over_budget = guard.budget.tripped();
         let elapsed_us = start.elapsed().as_micros() as u64;

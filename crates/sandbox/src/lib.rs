@@ -30,6 +30,7 @@
 #![deny(missing_docs)]
 
 mod analysis;
+mod call;
 mod config;
 pub mod depth;
 mod guards;

@@ -303,17 +303,12 @@ fn lost() -> ToolResult {
     ToolResult::failure(Status::Crashed, "the sandbox worker went away before answering", 0)
 }
 
-/// The native stack of every interpreter thread (in-process, and in worker processes): deep
-/// enough that source the nesting check lets through compiles, and RustPython's Python-level
-/// recursion limits fire before it runs out.
-pub(crate) const INTERPRETER_STACK: usize = 16 << 20;
-
 type Ready = Option<mpsc::Sender<Result<(), SandboxError>>>;
 
 fn spawn_worker(shared: Arc<Shared>, ready: Ready) {
     std::thread::Builder::new()
         .name("rstar2-sandbox-worker".into())
-        .stack_size(INTERPRETER_STACK)
+        .stack_size(crate::interp::INTERPRETER_STACK)
         .spawn(move || match &shared.config.isolation {
             Isolation::InProcess => in_process_worker(shared.clone(), ready),
             Isolation::Process(command) => match ProcessWorker::spawn(command, &shared.config.interpreter) {

@@ -7,7 +7,7 @@
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use crate::interp::CallGuard;
+use crate::call::CallGuard;
 
 const RESEND: Duration = Duration::from_millis(1);
 const IDLE: Duration = Duration::from_millis(100);

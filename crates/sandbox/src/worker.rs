@@ -72,7 +72,7 @@ pub fn dispatch_worker() {
     };
     // The interpreter runs on a thread with the stack an in-process one has, so both answer a
     // deep program the same way.
-    let served = std::thread::Builder::new().name("rstar2-sandbox-worker".into()).stack_size(crate::pool::INTERPRETER_STACK).spawn(move || serve_stdio(&config));
+    let served = std::thread::Builder::new().name("rstar2-sandbox-worker".into()).stack_size(crate::interp::INTERPRETER_STACK).spawn(move || serve_stdio(&config));
     match served.map(|t| t.join()) {
         Ok(Ok(())) => std::process::exit(0),
         _ => std::process::exit(1),
