@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use rstar2_backend::Policy;
 use rstar2_model::Tokenizer;
 use rstar2_rollout::{ChatFormat, Episode, RolloutConfig, SamplingConfig, ToolDispatch};
 use rstar2_sandbox::Sandbox;
@@ -107,14 +106,6 @@ pub fn evaluate(replicas: &mut Replicas, tokenizer: &Tokenizer, sandbox: &Sandbo
     let out = replicas.rollout(tokenizer, sandbox, chat, &requests, &rollout, Some(&on_episode))?;
     bar.finish_and_clear();
     Ok(summarize(&out.episodes, tasks, config.samples, out.metrics.wall_seconds))
-}
-
-/// KV capacity for every trajectory at once where the device has room for it; otherwise as
-/// many as its KV budget holds (trajectories then queue for room), and at least one.
-pub fn kv_capacity(policy: &Policy, requests: &[rstar2_rollout::Request], tokenizer: &Tokenizer, chat: &ChatFormat, max_response: usize, samples: usize) -> usize {
-    let longest_prompt = requests.iter().map(|r| tokenizer.encode(&chat.prompt(&r.question)).len()).max().unwrap_or(0);
-    let per = longest_prompt + max_response;
-    (per * requests.len() * samples).min(policy.kv_token_budget()).max(per)
 }
 
 pub fn summarize(episodes: &[Episode], tasks: &[Task], k: usize, seconds: f64) -> EvalResult {

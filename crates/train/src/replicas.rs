@@ -26,7 +26,6 @@ use rstar2_sandbox::Sandbox;
 use serde::{Deserialize, Serialize};
 
 use crate::collective::{BUCKET_FLOATS, Collective};
-use crate::eval::kv_capacity;
 
 /// Relative difference of parameter checksums beyond which replicas are re-synchronized.
 pub const DRIFT_TOLERANCE: f64 = 1e-5;
@@ -388,6 +387,14 @@ fn merge(shares: Vec<RolloutShare>) -> Generated {
     m.calls_per_episode = m.tool_calls as f64 / n;
     m.errors_per_episode = episodes.iter().map(|e| e.tool_usage().failed_tool_calls as f64).sum::<f64>() / n;
     Generated { episodes, metrics: m }
+}
+
+/// KV capacity for every trajectory at once where the device has room for it; otherwise as
+/// many as its KV budget holds (trajectories then queue for room), and at least one.
+pub fn kv_capacity(policy: &Policy, requests: &[rstar2_rollout::Request], tokenizer: &Tokenizer, chat: &ChatFormat, max_response: usize, samples: usize) -> usize {
+    let longest_prompt = requests.iter().map(|r| tokenizer.encode(&chat.prompt(&r.question)).len()).max().unwrap_or(0);
+    let per = longest_prompt + max_response;
+    (per * requests.len() * samples).min(policy.kv_token_budget()).max(per)
 }
 
 #[cfg(test)]
