@@ -177,7 +177,8 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         bar.inc(1);
         bar.set_message(format!("{:.0} tok/s", tokens as f64 / bar.elapsed().as_secs_f64().max(1e-3)));
     };
-    let mut engines: Vec<_> = loaded.policies.iter().map(|p| policy_engine(p, rstar2_train::replicas::kv_capacity(p, &requests, &loaded.tokenizer, &loaded.chat, args.max_tokens, args.samples))).collect();
+    let mut engines: Vec<_> =
+        loaded.policies.iter().map(|p| policy_engine(p, rstar2_train::replicas::kv_capacity(p, &requests, &loaded.tokenizer, &loaded.chat, args.max_tokens, args.samples))).collect();
     let engine_refs: Vec<&mut dyn rstar2_rollout::engine::Engine> = engines.iter_mut().map(|e| -> &mut dyn rstar2_rollout::engine::Engine { &mut **e }).collect();
     let out = generate(engine_refs, &loaded.tokenizer, &sandbox, &requests, &config, Some(&on_episode))?;
     bar.finish_and_clear();
