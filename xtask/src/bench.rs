@@ -34,6 +34,10 @@ pub enum BenchCommand {
         /// Python with torch and transformers for the PyTorch baseline.
         #[arg(long, default_value = "python3")]
         python: String,
+        /// Rounds: each measures the peaks, then every row on both sides one after the other;
+        /// figures print as the median with the min-max over rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Rollouts with tool calls: the asynchronous scheduler against synchronous per-turn tool
     /// execution on the same work (episodes/s, tokens/s, ratio).
@@ -55,7 +59,7 @@ pub enum BenchCommand {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Sandbox { calls, burst } => bench_sandbox(calls, burst),
-        BenchCommand::Model { python } => crate::bench_model::run(&python),
+        BenchCommand::Model { python, rounds } => crate::bench_model::run(&python, rounds),
         BenchCommand::Rollout(args) => crate::bench_rollout::run(args),
         BenchCommand::Kernels(args) => crate::bench_kernels::run(args),
         BenchCommand::TrainScaling(args) => crate::bench_train::run(args),
