@@ -24,6 +24,10 @@ pub struct KernelBenchArgs {
     /// any command.
     #[arg(long)]
     profile: bool,
+    /// Rounds, each measuring every row on both sides one after the other; figures print as
+    /// the median with the min-max over rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 #[cfg(not(feature = "gpu"))]
@@ -33,6 +37,6 @@ pub fn run(_: KernelBenchArgs) -> anyhow::Result<()> {
 
 #[cfg(feature = "gpu")]
 pub fn run(args: KernelBenchArgs) -> anyhow::Result<()> {
-    let bench = rstar2_gpu::bench::BenchArgs { adapter: args.adapter, peak_gflops: args.peak_gflops, peak_gbs: args.peak_gbs, size: args.size, profile: args.profile };
+    let bench = rstar2_gpu::bench::BenchArgs { adapter: args.adapter, peak_gflops: args.peak_gflops, peak_gbs: args.peak_gbs, size: args.size, profile: args.profile, rounds: Some(args.rounds) };
     rstar2_gpu::bench::run(&bench, &crate::test_cmd::workspace_root()).map_err(|e| anyhow::anyhow!("{e}"))
 }

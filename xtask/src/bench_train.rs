@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::Context;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rstar2_model::timing::median_secs;
+use rstar2_model::timing::{median_secs, show, show_ratio};
 use rstar2_model::{AdamW, AdamWConfig, Config, Model, Params};
 use rstar2_tasks::sft::SftExample;
 use rstar2_train::Replicas;
@@ -31,9 +31,12 @@ pub struct TrainScalingArgs {
     /// Tokens per sequence.
     #[arg(long, default_value_t = 256)]
     pub tokens: usize,
-    /// Steps timed per row (the median is printed).
+    /// Steps timed per row in each round (their median is the round's figure).
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
+    /// Rounds: each measures both rows, one after the other.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
 }
 
 pub fn run(args: TrainScalingArgs) -> anyhow::Result<()> {
@@ -49,7 +52,7 @@ pub fn run(args: TrainScalingArgs) -> anyhow::Result<()> {
     let count_params = params.data.iter().map(Vec::len).sum::<usize>();
     let mib = count_params as f64 * 4.0 / (1 << 20) as f64;
     println!(
-        "train-scaling: {} ({:.2} M parameters, {mib:.1} MiB of gradients), {} x {} tokens per step, median of {} steps, {}",
+        "train-scaling: {} ({:.2} M parameters, {mib:.1} MiB of gradients), {} x {} tokens per step, median of {} steps per round, {}",
         dir.display(),
         count_params as f64 / 1e6,
         args.batch,
@@ -58,22 +61,34 @@ pub fn run(args: TrainScalingArgs) -> anyhow::Result<()> {
         rstar2_model::cpu::cpu_name()
     );
     let first = args.devices.split(',').next().unwrap_or("cpu").to_string();
-    let mut baseline = None;
-    println!("{:<28} {:>12} {:>10}", "replicas", "tokens/s", "vs one");
-    for spec in [first.as_str(), args.devices.as_str()] {
+    let specs = [first.as_str(), args.devices.as_str()];
+    let mut setups = Vec::new();
+    for spec in specs {
         let devices = rstar2_train::open_devices(spec)?;
         let policies =
             devices.iter().map(|d| rstar2_train::training_policy(d, Model::new(config.clone(), params.clone()), AdamW::new(AdamWConfig::default(), &params))).collect::<anyhow::Result<Vec<_>>>()?;
         let mut replicas = Replicas::new(policies, Box::new(Alone));
-        let mut step = || {
-            replicas.step(&part, |e| e.tokens.len(), |p, share, g| rstar2_train::sft_share(p, share, count, g), 1.0, 1e-4);
-        };
-        step(); // warm-up: the first step also sizes the shares by measured speed
-        let secs = median_secs(args.steps, step);
-        let rate = tokens / secs;
-        let ratio = baseline.map_or("1.00x".to_string(), |b: f64| format!("{:.2}x", rate / b));
-        baseline.get_or_insert(rate);
-        println!("{:<28} {:>12.0} {:>10}", format!("{} ({spec})", devices.len()), rate, ratio);
+        // Warm-up: the first step also sizes the shares by measured speed.
+        replicas.step(&part, |e| e.tokens.len(), |p, share, g| rstar2_train::sft_share(p, share, count, g), 1.0, 1e-4);
+        setups.push((devices.len(), replicas));
+    }
+    // Rounds: both rows measured one after the other in each, the order alternating, so a busy
+    // spell of the machine slows both sides of a round's ratio.
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+    for r in 0..args.rounds {
+        let order: Vec<usize> = if r % 2 == 0 { (0..setups.len()).collect() } else { (0..setups.len()).rev().collect() };
+        for i in order {
+            let replicas = &mut setups[i].1;
+            let secs = median_secs(args.steps, || {
+                replicas.step(&part, |e| e.tokens.len(), |p, share, g| rstar2_train::sft_share(p, share, count, g), 1.0, 1e-4);
+            });
+            rates[i].push(tokens / secs);
+        }
+    }
+    println!("{} rounds, the rows alternating; median (min-max) over rounds, the ratio taken within each round", args.rounds);
+    println!("{:<28} {:>32} {:>26}", "replicas", "tokens/s", "vs one");
+    for ((n, _), (spec, row)) in setups.iter().zip(specs.iter().zip(&rates)) {
+        println!("{:<28} {:>32} {:>26}", format!("{n} ({spec})"), show(row, 0, ""), show_ratio(row, &rates[0]));
     }
     // What a step with several replicas adds: gradients to the host, summed, sent back.
     let devices = rstar2_train::open_devices(&args.devices)?;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rstar2_model::timing::median_secs;
+use rstar2_model::timing::{Spread, median_secs, show, show_ratio};
 
 use rstar2_model::ops as cpu;
 use rstar2_model::ops::attention::Heads;
@@ -37,6 +37,8 @@ pub struct BenchArgs {
     /// GPU time per kernel family from timestamp queries (where the adapter has them; host
     /// times otherwise), printed after the tables.
     pub profile: bool,
+    /// Rounds, each measuring every row on both sides one after the other; default 3.
+    pub rounds: Option<usize>,
 }
 
 fn preset_config(root: &Path, preset: &str) -> Result<Config, Box<dyn std::error::Error>> {
@@ -212,18 +214,49 @@ fn share(value: f64, peak: Option<f64>) -> String {
     peak.map_or(String::new(), |p| format!(" ({:.0}% of peak)", 100.0 * value / p))
 }
 
+/// A kernel's rate on both sides, one figure per round.
 struct Row {
     what: String,
     unit: &'static str,
-    gpu: f64,
-    cpu: f64,
+    gpu: Vec<f64>,
+    cpu: Vec<f64>,
+}
+
+impl Row {
+    /// `work` (GFLOP, GB or tokens) done in each round's seconds per call on either side.
+    fn new(what: String, unit: &'static str, work: f64, gpu_secs: &[f64], cpu_secs: &[f64]) -> Row {
+        Row { what, unit, gpu: gpu_secs.iter().map(|s| work / s).collect(), cpu: cpu_secs.iter().map(|s| work / s).collect() }
+    }
 }
 
 fn print(rows: &[Row]) {
-    println!("{:<84} {:>14} {:>14} {:>10}", "kernel / work", "GPU", "CPU backend", "GPU/CPU");
+    println!("rates per round: median (min-max); GPU/CPU taken within each round");
+    println!("{:<84} {:>30} {:>30} {:>26}", "kernel / work", "GPU", "CPU backend", "GPU/CPU");
     for r in rows {
-        println!("{:<84} {:>9.2} {:<4} {:>9.2} {:<4} {:>9.2}x", r.what, r.gpu, r.unit, r.cpu, r.unit, r.gpu / r.cpu);
+        println!("{:<84} {:>30} {:>30} {:>26}", r.what, show(&r.gpu, 2, &format!(" {}", r.unit)), show(&r.cpu, 2, &format!(" {}", r.unit)), show_ratio(&r.gpu, &r.cpu));
     }
+}
+
+/// Seconds per call of the GPU side and of the CPU side in each of `rounds` rounds: the two
+/// measured one after the other (the order alternating), each round's figure the median of
+/// its `reps` calls, so a busy spell of a shared machine slows both sides of a round's ratio.
+fn in_rounds(rounds: usize, gpu_reps: usize, cpu_reps: usize, mut gpu_side: impl FnMut(), mut cpu_side: impl FnMut()) -> (Vec<f64>, Vec<f64>) {
+    let (mut g, mut c) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        if r % 2 == 0 {
+            g.push(median_secs(gpu_reps, &mut gpu_side));
+            c.push(median_secs(cpu_reps, &mut cpu_side));
+        } else {
+            c.push(median_secs(cpu_reps, &mut cpu_side));
+            g.push(median_secs(gpu_reps, &mut gpu_side));
+        }
+    }
+    (g, c)
+}
+
+/// The middle of per-round seconds.
+fn mid(secs: &[f64]) -> f64 {
+    Spread::of(secs).map_or(f64::NAN, |s| s.median)
 }
 
 /// Runs the benchmark, model presets read from `root/models`.
@@ -253,6 +286,7 @@ pub fn run(args: &BenchArgs, root: &Path) -> BenchResult {
     }
     println!();
     let reps = if full { 10 } else { 3 };
+    let rounds = args.rounds.unwrap_or(3).max(1);
     let mut rows = Vec::new();
 
     let (peak_flops, peak_gbs, from) = peaks(&gpu.info.name, args);
@@ -294,40 +328,40 @@ pub fn run(args: &BenchArgs, root: &Path) -> BenchResult {
     for (m, k, n) in shapes {
         let (a, b) = (seeded(m * k, 1), seeded(n * k, 2));
         let (ta, tb, tc) = (gpu.upload(&a), gpu.upload(&b), gpu.alloc(m * n));
-        let g = median_secs(reps, || {
+        let gpu_side = || {
             ops::matmul_nt(&gpu, &tc, &ta, &tb, m, n, k, false);
             gpu.sync();
-        });
+        };
         let mut c = vec![0.0; m * n];
-        let cs = median_secs(reps.min(5), || cpu::matmul::matmul_nt(&mut c, &a, &b, m, n, k, false));
+        let (g, cs) = in_rounds(rounds, reps, reps.min(5), gpu_side, || cpu::matmul::matmul_nt(&mut c, &a, &b, m, n, k, false));
         let flop = 2.0 * (m * n * k) as f64 / 1e9;
         let tile = if m <= 8 { "matvec".to_string() } else { ops::matmul_tile(&gpu, m, n, k).to_string() };
-        rows.push(Row { what: format!("matmul [{m} x {k}] @ [{k} x {n}], {tile}{}", share(flop / g, peak_flops)), unit: "GF/s", gpu: flop / g, cpu: flop / cs });
+        rows.push(Row::new(format!("matmul [{m} x {k}] @ [{k} x {n}], {tile}{}", share(flop / mid(&g), peak_flops)), "GF/s", flop, &g, &cs));
     }
 
     // Memory-bound kernels: GB/s of their essential reads and writes.
     let (rows_n, d) = if full { (4096, 4096) } else { (256, 576) };
     let (x, w) = (seeded(rows_n * d, 3), seeded(d, 4));
     let (tx, tw, tout, trstd) = (gpu.upload(&x), gpu.upload(&w), gpu.alloc(rows_n * d), gpu.alloc(rows_n));
-    let g = median_secs(reps, || {
+    let gpu_side = || {
         ops::rmsnorm_forward(&gpu, &tout, &trstd, &tx, &tw, rows_n, d, 1e-6);
         gpu.sync();
-    });
+    };
     let (mut out, mut rstd) = (vec![0.0; rows_n * d], vec![0.0; rows_n]);
-    let cs = median_secs(reps, || cpu::rmsnorm::rmsnorm_forward(&mut out, &mut rstd, &x, &w, d, 1e-6));
+    let (g, cs) = in_rounds(rounds, reps, reps, gpu_side, || cpu::rmsnorm::rmsnorm_forward(&mut out, &mut rstd, &x, &w, d, 1e-6));
     let gb = (2 * rows_n * d * 4) as f64 / 1e9;
-    rows.push(Row { what: format!("rmsnorm_forward [{rows_n} x {d}]{}", share(gb / g, peak_gbs)), unit: "GB/s", gpu: gb / g, cpu: gb / cs });
+    rows.push(Row::new(format!("rmsnorm_forward [{rows_n} x {d}]{}", share(gb / mid(&g), peak_gbs)), "GB/s", gb, &g, &cs));
 
     let n = rows_n * d;
     let (gate, up) = (seeded(n, 5), seeded(n, 6));
     let (tg, tu) = (gpu.upload(&gate), gpu.upload(&up));
-    let g = median_secs(reps, || {
+    let gpu_side = || {
         ops::swiglu_forward(&gpu, &tout, &tg, &tu, n);
         gpu.sync();
-    });
-    let cs = median_secs(reps, || cpu::swiglu::swiglu_forward(&mut out, &gate, &up));
+    };
+    let (g, cs) = in_rounds(rounds, reps, reps, gpu_side, || cpu::swiglu::swiglu_forward(&mut out, &gate, &up));
     let gb = (3 * n * 4) as f64 / 1e9;
-    rows.push(Row { what: format!("swiglu_forward [{n}]{}", share(gb / g, peak_gbs)), unit: "GB/s", gpu: gb / g, cpu: gb / cs });
+    rows.push(Row::new(format!("swiglu_forward [{n}]{}", share(gb / mid(&g), peak_gbs)), "GB/s", gb, &g, &cs));
 
     // AdamW over every parameter of a model (one dispatch per window of its flat buffers).
     let preset = if full { "smollm2-135m" } else { "tiny" };
@@ -339,27 +373,27 @@ pub fn run(args: &BenchArgs, root: &Path) -> BenchResult {
     let mut gopt = GpuAdamW::new(AdamWConfig::default(), &gm);
     let tgrads = crate::Flat::upload(&gpu, &grads.data);
     let mut gm = gm;
-    let g = median_secs(reps, || {
+    let gpu_side = || {
         gopt.update(&mut gm, &tgrads, 1e-4);
         gpu.sync();
-    });
+    };
     let mut opt = AdamW::new(AdamWConfig::default(), &params);
-    let cs = median_secs(reps, || opt.update(&mut params, &grads, 1e-4));
+    let (g, cs) = in_rounds(rounds, reps, reps, gpu_side, || opt.update(&mut params, &grads, 1e-4));
     let gb = (7 * n * 4) as f64 / 1e9;
-    rows.push(Row { what: format!("adamw, all {n} parameters of {preset}"), unit: "GB/s", gpu: gb / g, cpu: gb / cs });
+    rows.push(Row::new(format!("adamw, all {n} parameters of {preset}"), "GB/s", gb, &g, &cs));
 
     let (lrows, vocab) = if full { (512, 49152) } else { (16, 49152) };
     let logits = seeded(lrows * vocab, 7);
     let targets: Vec<u32> = (0..lrows as u32).map(|i| i * 97 % vocab as u32).collect();
     let (tl, tt, tlp, tlse) = (gpu.upload(&logits), gpu.upload_u32(&targets), gpu.alloc(lrows), gpu.alloc(lrows));
-    let g = median_secs(reps, || {
+    let gpu_side = || {
         ops::logprob_forward(&gpu, &tlp, &tlse, &tl, &tt, lrows, vocab);
         gpu.sync();
-    });
+    };
     let (mut lp, mut lse) = (vec![0.0; lrows], vec![0.0; lrows]);
-    let cs = median_secs(reps, || cpu::logprob::logprob_forward(&mut lp, &mut lse, &logits, &targets, vocab));
+    let (g, cs) = in_rounds(rounds, reps, reps, gpu_side, || cpu::logprob::logprob_forward(&mut lp, &mut lse, &logits, &targets, vocab));
     let gb = (lrows * vocab * 4) as f64 / 1e9;
-    rows.push(Row { what: format!("logprob_forward [{lrows} x {vocab}]"), unit: "GB/s", gpu: gb / g, cpu: gb / cs });
+    rows.push(Row::new(format!("logprob_forward [{lrows} x {vocab}]"), "GB/s", gb, &g, &cs));
 
     // Attention over one packed batch of causal sequences (SmolLM2 heads), forward and backward.
     let heads = Heads { q: 9, kv: 3, dim: 64 };
@@ -372,25 +406,25 @@ pub fn run(args: &BenchArgs, root: &Path) -> BenchResult {
     let tstart = gpu.upload_u32(&starts.iter().map(|&s| s as u32).collect::<Vec<_>>());
     let tend = gpu.upload_u32(&starts.iter().map(|&s| (s + len) as u32).collect::<Vec<_>>());
     let (tatt, talse) = (gpu.alloc(rows_a * qd), gpu.alloc(rows_a * heads.q));
-    let g = median_secs(reps, || {
+    let gpu_side = || {
         ops::attention_forward(&gpu, &tatt, &talse, &tq, &tk, &tv, &tstart, rows_a, heads);
         gpu.sync();
-    });
+    };
     let (mut att, mut alse) = (vec![0.0; rows_a * qd], vec![0.0; rows_a * heads.q]);
-    let cs = median_secs(reps.min(3), || cpu::attention::attention_forward(&mut att, &mut alse, &q, &k, &v, &starts, heads));
+    let (g, cs) = in_rounds(rounds, reps, reps.min(3), gpu_side, || cpu::attention::attention_forward(&mut att, &mut alse, &q, &k, &v, &starts, heads));
     // Causal: half of the len x len scores per head, 2 matmuls of head_dim.
     let flop = (seqs * heads.q * len * (len + 1) / 2 * heads.dim * 4) as f64 / 1e9;
-    rows.push(Row { what: format!("attention_forward {seqs} x {len} tokens, 9/3 heads{}", share(flop / g, peak_flops)), unit: "GF/s", gpu: flop / g, cpu: flop / cs });
+    rows.push(Row::new(format!("attention_forward {seqs} x {len} tokens, 9/3 heads{}", share(flop / mid(&g), peak_flops)), "GF/s", flop, &g, &cs));
     let (tdq, tdk, tdv) = (gpu.alloc(rows_a * qd), gpu.alloc(rows_a * kd), gpu.alloc(rows_a * kd));
-    let g = median_secs(reps, || {
+    let gpu_side = || {
         ops::attention_backward(&gpu, &tdq, &tdk, &tdv, &tdout, &tq, &tk, &tv, &tatt, &talse, &tstart, &tend, rows_a, heads);
         gpu.sync();
-    });
+    };
     let (mut dq, mut dk, mut dv) = (vec![0.0; rows_a * qd], vec![0.0; rows_a * kd], vec![0.0; rows_a * kd]);
-    let cs = median_secs(reps.min(3), || cpu::attention::attention_backward(&mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &att, &alse, &starts, heads));
+    let (g, cs) = in_rounds(rounds, reps, reps.min(3), gpu_side, || cpu::attention::attention_backward(&mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &att, &alse, &starts, heads));
     // Recomputed scores, dP, dQ, dK, dV: 5 products of head_dim per visible score (2.5x forward).
     let flop = flop * 2.5;
-    rows.push(Row { what: format!("attention_backward {seqs} x {len} tokens, 9/3 heads{}", share(flop / g, peak_flops)), unit: "GF/s", gpu: flop / g, cpu: flop / cs });
+    rows.push(Row::new(format!("attention_backward {seqs} x {len} tokens, 9/3 heads{}", share(flop / mid(&g), peak_flops)), "GF/s", flop, &g, &cs));
 
     // Whole model: a training step and batched decoding.
     let presets: Vec<(&str, usize, usize, &[usize], usize)> = if full { vec![("tiny", 4, 256, &[32], 64), ("smollm2-135m", 4, 512, &[8, 32], 64)] } else { vec![("tiny", 2, 64, &[8], 16)] };
@@ -401,23 +435,23 @@ pub fn run(args: &BenchArgs, root: &Path) -> BenchResult {
         let b = Batch::new(&seqs);
         let mut gm = GpuModel::new(gpu.clone(), &model);
         let mut gopt = GpuAdamW::new(AdamWConfig::default(), &gm);
-        let g = median_secs(reps.min(5), || {
+        let gpu_side = || {
             let grads = gm.zero_grads();
             gm.next_token_loss_backward(&b, &grads);
             gm.clip_grad_norm(&grads, 1.0);
             gopt.update(&mut gm, &grads, 1e-4);
             gpu.sync();
-        });
+        };
         let mut opt = AdamW::new(AdamWConfig::default(), &model.params);
         let mut grads = Params::zeros(&config);
-        let cs = median_secs(reps.min(5), || {
+        let (g, cs) = in_rounds(rounds, reps.min(5), reps.min(5), gpu_side, || {
             grads.fill_zero();
             model.next_token_loss_backward(&b, &mut grads);
             rstar2_model::clip_grad_norm(&mut grads, 1.0);
             opt.update(&mut model.params, &grads, 1e-4);
         });
         let tokens = (batch * len) as f64;
-        rows.push(Row { what: format!("{preset}: train step {batch}x{len} (fwd+bwd+clip+AdamW)"), unit: "tok/s", gpu: tokens / g, cpu: tokens / cs });
+        rows.push(Row::new(format!("{preset}: train step {batch}x{len} (fwd+bwd+clip+AdamW)"), "tok/s", tokens, &g, &cs));
 
         // Decoding beside its bandwidth bound: the projection and output weights plus the KV
         // cache at the mean context, read once per step.
@@ -439,25 +473,33 @@ pub fn run(args: &BenchArgs, root: &Path) -> BenchResult {
                 t.elapsed().as_secs_f64()
             };
             cpu_decode();
-            let cs = cpu_decode();
+            let variants: Vec<bool> = [false, true].into_iter().filter(|&f16| !f16 || gpu.has_f16()).collect();
+            let (mut cs, mut gs) = (Vec::new(), vec![Vec::new(); variants.len()]);
+            for r in 0..rounds {
+                if r % 2 == 0 {
+                    cs.push(cpu_decode());
+                }
+                for (v, &f16) in variants.iter().enumerate() {
+                    if f16 {
+                        gm.enable_f16_decode()?;
+                    } else {
+                        gm.disable_f16_decode();
+                    }
+                    gs[v].push(gpu_decode_seconds(&gm, capacity, &ids, &chunks, &next_chunks, steps));
+                }
+                if r % 2 == 1 {
+                    cs.push(cpu_decode());
+                }
+            }
             let tokens = (decode_batch * steps) as f64;
             let kv_bytes = decode_batch * (prompt_len + steps / 2) * kv_values_per_position * 4;
-            for f16 in [false, true] {
-                if f16 && !gpu.has_f16() {
-                    continue;
-                }
-                if f16 {
-                    gm.enable_f16_decode()?;
-                } else {
-                    gm.disable_f16_decode();
-                }
-                let g = gpu_decode_seconds(&gm, capacity, &ids, &chunks, &next_chunks, steps);
+            for (v, &f16) in variants.iter().enumerate() {
                 let bytes = weight_values * if f16 { 2 } else { 4 } + kv_bytes;
                 let bound = peak_gbs.map_or(String::new(), |bw| {
                     let bound = decode_batch as f64 * bw * 1e9 / bytes as f64;
-                    format!(" ({:.0}% of the {bound:.0} tok/s bound)", 100.0 * tokens / g / bound)
+                    format!(" ({:.0}% of the {bound:.0} tok/s bound)", 100.0 * tokens / mid(&gs[v]) / bound)
                 });
-                rows.push(Row { what: format!("{preset}: decode, batch {decode_batch}, {} weights{bound}", if f16 { "f16" } else { "f32" }), unit: "tok/s", gpu: tokens / g, cpu: tokens / cs });
+                rows.push(Row::new(format!("{preset}: decode, batch {decode_batch}, {} weights{bound}", if f16 { "f16" } else { "f32" }), "tok/s", tokens, &gs[v], &cs));
             }
             gm.disable_f16_decode();
         }

@@ -8,7 +8,7 @@
 
 use rstar2_gpu::bench::{BenchArgs, run};
 
-const HELP: &str = "rstar2-gpu-bench: WGSL kernels, training and decoding on one wgpu adapter beside the CPU backend, and the host path per step.\n\nOptions:\n  --adapter N        adapter index (see --devices); default: the first real GPU, else the first adapter\n  --size small|full  shapes; default: full on a real GPU, small otherwise\n  --profile          GPU time per kernel family from timestamp queries\n  --peak-gflops P    the card's fp32 peak in GFLOP/s (default: a table of known cards)\n  --peak-gbs B       the card's memory bandwidth in GB/s, for memory-bound kernels and the decode bound\n  --devices          list the adapters and exit\n  --root DIR         the repository root (default: the current directory)\n";
+const HELP: &str = "rstar2-gpu-bench: WGSL kernels, training and decoding on one wgpu adapter beside the CPU backend, and the host path per step.\n\nOptions:\n  --adapter N        adapter index (see --devices); default: the first real GPU, else the first adapter\n  --size small|full  shapes; default: full on a real GPU, small otherwise\n  --profile          GPU time per kernel family from timestamp queries\n  --rounds N         rounds of every row on both sides, one after the other (default 3)\n  --peak-gflops P    the card's fp32 peak in GFLOP/s (default: a table of known cards)\n  --peak-gbs B       the card's memory bandwidth in GB/s, for memory-bound kernels and the decode bound\n  --devices          list the adapters and exit\n  --root DIR         the repository root (default: the current directory)\n";
 
 fn main() {
     let mut args = BenchArgs::default();
@@ -21,6 +21,7 @@ fn main() {
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().unwrap_or_else(|| fail(format!("{name} needs a value")));
         match a.as_str() {
+            "--rounds" => args.rounds = Some(value("--rounds").parse().unwrap_or_else(|e| fail(format!("--rounds: {e}")))),
             "--adapter" => args.adapter = Some(value("--adapter").parse().unwrap_or_else(|e| fail(format!("--adapter: {e}")))),
             "--size" => args.size = Some(value("--size")),
             "--peak-gflops" => args.peak_gflops = Some(value("--peak-gflops").parse().unwrap_or_else(|e| fail(format!("--peak-gflops: {e}")))),
