@@ -777,3 +777,37 @@ fn remote_sandbox_over_http_answers_like_the_local_one() {
     let e = HttpClient::connect(&format!("http://{gone}")).err().unwrap().to_string();
     assert!(e.contains(&format!("http://{gone}/ping")), "{e}");
 }
+
+/// An interpreter keeps the compiled code of snippets it ran (and the working directory of a
+/// call is emptied once, after it): running a snippet again gives exactly what its first run
+/// gave, state it builds starts fresh each time, and a file a call wrote is gone for the next.
+#[test]
+fn a_snippet_run_again_answers_as_it_did_the_first_time() {
+    use rstar2::sandbox::{InterpreterConfig, Runner, Watchdog};
+    let runner = Runner::new(&InterpreterConfig::default()).expect("interpreter");
+    let watchdog = Watchdog::new();
+    let run = |code: &str| runner.run(&ToolCall::new(code), &watchdog).0;
+    let cases: &[(&str, Status, &str)] = &[
+        ("x = [1]\nx.append(2)\nprint(x)", Status::Ok, "[1, 2]\n"),
+        ("def f(a=[]):\n    a.append(1)\n    return len(a)\nprint(f(), f())", Status::Ok, "1 2\n"),
+        ("6 * 7", Status::Ok, "42\n"),
+        ("import os\nprint(os.path.exists('a.txt'))\nopen('a.txt', 'w').write('x')\nprint(os.path.exists('a.txt'))", Status::Ok, "False\nTrue\n"),
+        // A handle left open: its write-back when the call's globals go must not reach the next.
+        ("import os\nprint(os.listdir('.'))\nf = open('b.bin', 'wb')\nf.write(b'x')", Status::Ok, "[]\n1\n"),
+        ("print(", Status::Error, ""),
+        ("1 / 0", Status::Error, ""),
+    ];
+    for round in 0..3 {
+        for (code, status, stdout) in cases {
+            let r = run(code);
+            assert_eq!((r.status, r.stdout.as_str()), (*status, *stdout), "round {round}: {code:?}: {}", r.stderr);
+        }
+        assert!(run("1 / 0").stderr.contains("ZeroDivisionError: division by zero"));
+        assert!(run("print(").stderr.contains("SyntaxError"));
+    }
+    // More distinct snippets than the interpreter keeps: the first ones are compiled again.
+    for i in 0..300 {
+        assert_eq!(run(&format!("print({i} * 2)")).stdout, format!("{}\n", i * 2));
+    }
+    assert_eq!(run(cases[0].0).stdout, "[1, 2]\n");
+}

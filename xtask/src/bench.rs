@@ -111,23 +111,21 @@ fn time_calls(n: usize, mut f: impl FnMut()) -> Stats {
     stats(us)
 }
 
-/// Times `a` and `b` call by call, alternating, so drift of a shared machine (neighbours,
-/// frequency) falls on both rows alike rather than on whichever ran second.
-fn time_calls_interleaved(n: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (Stats, Stats) {
+/// Times every one of `sides` call by call, in turn, so drift of a shared machine (neighbours,
+/// frequency) falls on every row alike rather than on whichever ran last.
+fn time_calls_round_robin(n: usize, sides: &mut [&mut dyn FnMut()]) -> Vec<Stats> {
     for _ in 0..n.min(50) {
-        a();
-        b();
+        sides.iter_mut().for_each(|f| f());
     }
-    let (mut ua, mut ub) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut us: Vec<Vec<f64>> = sides.iter().map(|_| Vec::with_capacity(n)).collect();
     for _ in 0..n {
-        let t = Instant::now();
-        a();
-        ua.push(t.elapsed().as_secs_f64() * 1e6);
-        let t = Instant::now();
-        b();
-        ub.push(t.elapsed().as_secs_f64() * 1e6);
+        for (f, us) in sides.iter_mut().zip(&mut us) {
+            let t = Instant::now();
+            f();
+            us.push(t.elapsed().as_secs_f64() * 1e6);
+        }
     }
-    (stats(ua), stats(ub))
+    us.into_iter().map(stats).collect()
 }
 
 fn expect_ok(sandbox: &Sandbox, code: &str) -> anyhow::Result<()> {
@@ -185,14 +183,48 @@ fn bench_sandbox(calls: usize, burst: usize) -> anyhow::Result<()> {
 
     let in_process = sandbox_with(1, true)?;
     let process = sandbox_with(1, false)?;
+    let mut child = Command::new("python3").args(["-c", CPYTHON_WORKER]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().context("starting python3")?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let cpython = std::cell::RefCell::new(move |code: &str| -> f64 {
+        writeln!(stdin, "{}", serde_json::to_string(code).expect("str")).expect("write");
+        stdin.flush().expect("flush");
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        v["exec_us"].as_f64().expect("exec_us")
+    });
+    // Each snippet twice: the same source every call (an interpreter compiles it once and keeps
+    // the code), and a new source every call (a constant changes), which compiles every time.
     for (label, code) in [("print(1+1)", TINY), ("typical math snippet", TYPICAL)] {
         expect_ok(&in_process, code)?;
         expect_ok(&process, code)?;
-        let (a, b) = time_calls_interleaved(calls, || drop(in_process.run_blocking(ToolCall::new(code))), || drop(process.run_blocking(ToolCall::new(code))));
-        rows.push((format!("warm, in-process: {label}"), a));
-        rows.push((format!("warm, worker process: {label}"), b));
+        let n = std::cell::Cell::new(1u64);
+        let fresh = || {
+            n.set(n.get() + 1);
+            code.replacen('1', &n.get().to_string(), 1)
+        };
+        let (mut exec_us, mut exec_fresh_us) = (Vec::new(), Vec::new());
+        let timed = time_calls_round_robin(
+            calls,
+            &mut [
+                &mut || drop(in_process.run_blocking(ToolCall::new(code))),
+                &mut || drop(in_process.run_blocking(ToolCall::new(fresh()))),
+                &mut || drop(process.run_blocking(ToolCall::new(code))),
+                &mut || exec_us.push(cpython.borrow_mut()(code)),
+                &mut || exec_fresh_us.push(cpython.borrow_mut()(&fresh())),
+            ],
+        );
+        let names =
+            ["warm, in-process", "warm, in-process, new source each call", "warm, worker process", "CPython persistent worker (pipe)", "CPython persistent worker (pipe), new source each call"];
+        for (name, s) in names.iter().zip(timed) {
+            rows.push((format!("{name}: {label}"), s));
+        }
+        rows.push((format!("CPython in-process exec (lower bound): {label}"), stats(exec_us)));
+        rows.push((format!("CPython in-process exec (lower bound), new source each call: {label}"), stats(exec_fresh_us)));
     }
-    drop((in_process, process));
+    drop((in_process, process, cpython));
+    let _ = child.wait();
 
     let watchdog = Watchdog::new();
     let config = InterpreterConfig::default();
@@ -209,31 +241,10 @@ fn bench_sandbox(calls: usize, burst: usize) -> anyhow::Result<()> {
     });
     rows.push(("CPython `python3 -c` subprocess: print(1+1)".into(), s));
 
-    let mut child = Command::new("python3").args(["-c", CPYTHON_WORKER]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().context("starting python3")?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
-    let mut cpython = |code: &str| -> f64 {
-        writeln!(stdin, "{}", serde_json::to_string(code).expect("str")).expect("write");
-        stdin.flush().expect("flush");
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read");
-        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
-        v["exec_us"].as_f64().expect("exec_us")
-    };
-    let mut exec_us = Vec::new();
-    for (label, code) in [("print(1+1)", TINY), ("typical math snippet", TYPICAL)] {
-        exec_us.clear();
-        let s = time_calls(calls, || exec_us.push(cpython(code)));
-        rows.push((format!("CPython persistent worker (pipe): {label}"), s));
-        rows.push((format!("CPython in-process exec (lower bound): {label}"), stats(exec_us.clone())));
-    }
-    drop(stdin);
-    let _ = child.wait();
-
     println!("\nTool call latency (median of {calls} calls unless noted; microseconds)\n");
-    println!("{:<62} {:>10} {:>10}", "", "p50 us", "p99 us");
+    println!("{:<84} {:>10} {:>10}", "", "p50 us", "p99 us");
     for (label, s) in &rows {
-        println!("{label:<62} {:>10.1} {:>10.1}", s.p50, s.p99);
+        println!("{label:<84} {:>10.1} {:>10.1}", s.p50, s.p99);
     }
     let p50 = |label: &str| rows.iter().find(|(l, _)| l == label).map(|(_, s)| s.p50).unwrap_or(f64::NAN);
     println!("\nRatios (p50):");
@@ -243,6 +254,13 @@ fn bench_sandbox(calls: usize, burst: usize) -> anyhow::Result<()> {
             p50("CPython `python3 -c` subprocess: print(1+1)") / p50(&format!("warm, {mode}: print(1+1)")),
             p50(&format!("warm, {mode}: typical math snippet")) / p50("CPython in-process exec (lower bound): typical math snippet"),
             p50(&format!("warm, {mode}: typical math snippet")) / p50("CPython persistent worker (pipe): typical math snippet"),
+        );
+    }
+    for label in ["print(1+1)", "typical math snippet"] {
+        println!(
+            "  {label}: warm in-process / persistent CPython worker = {:.2}x with the same source, {:.2}x with a new source each call",
+            p50(&format!("warm, in-process: {label}")) / p50(&format!("CPython persistent worker (pipe): {label}")),
+            p50(&format!("warm, in-process, new source each call: {label}")) / p50(&format!("CPython persistent worker (pipe), new source each call: {label}")),
         );
     }
 

@@ -49,6 +49,59 @@ pub struct Runner {
     config: InterpreterConfig,
     /// Globals shared by the calls of a session (see [`Runner::run_session`]).
     session_globals: RefCell<Option<Scope>>,
+    /// Snippets this interpreter ran before, by source: their analysis and compiled code.
+    compiled: RefCell<CompileCache>,
+}
+
+/// Code objects are immutable, and each call runs them in fresh globals, so a snippet seen
+/// before (the same program in several rollouts of a group, say) skips the static scan and
+/// RustPython's compiler, which is most of a small call's time. Bounded: snippets up to
+/// [`CompileCache::MAX_SOURCE`] bytes, the [`CompileCache::CAPACITY`] most recently used.
+#[derive(Default)]
+struct CompileCache {
+    entries: std::collections::HashMap<String, Compiled>,
+    clock: u64,
+}
+
+struct Compiled {
+    analysis: crate::analysis::Analysis,
+    /// Absent until the snippet compiled without a syntax error.
+    code: Option<rustpython_vm::PyRef<rustpython_vm::builtins::PyCode>>,
+    last_use: u64,
+}
+
+impl CompileCache {
+    const CAPACITY: usize = 256;
+    const MAX_SOURCE: usize = 16 << 10;
+
+    /// The snippet's analysis, from the cache or scanned now (and kept).
+    fn analysis(&mut self, source: &str) -> crate::analysis::Analysis {
+        self.clock += 1;
+        if let Some(entry) = self.entries.get_mut(source) {
+            entry.last_use = self.clock;
+            return entry.analysis;
+        }
+        let analysis = analyze(source);
+        if source.len() <= Self::MAX_SOURCE {
+            if self.entries.len() >= Self::CAPACITY
+                && let Some(oldest) = self.entries.iter().min_by_key(|(_, e)| e.last_use).map(|(k, _)| k.clone())
+            {
+                self.entries.remove(&oldest);
+            }
+            self.entries.insert(source.to_owned(), Compiled { analysis, code: None, last_use: self.clock });
+        }
+        analysis
+    }
+
+    fn code(&self, source: &str) -> Option<rustpython_vm::PyRef<rustpython_vm::builtins::PyCode>> {
+        self.entries.get(source).and_then(|e| e.code.clone())
+    }
+
+    fn keep_code(&mut self, source: &str, code: &rustpython_vm::PyRef<rustpython_vm::builtins::PyCode>) {
+        if let Some(entry) = self.entries.get_mut(source) {
+            entry.code = Some(code.clone());
+        }
+    }
 }
 
 impl Runner {
@@ -100,7 +153,7 @@ impl Runner {
             let finish = scope.globals.get_item("finish", vm).map_err(fail("reading the prelude"))?;
             Ok((begin, finish))
         })?;
-        Ok(Runner { interp, begin, finish, sender, config: config.clone(), session_globals: RefCell::new(None) })
+        Ok(Runner { interp, begin, finish, sender, config: config.clone(), session_globals: RefCell::new(None), compiled: RefCell::default() })
     }
 
     /// Runs one call. Returns the result and whether this interpreter must be replaced before an
@@ -132,7 +185,7 @@ impl Runner {
         if crate::depth::nesting_bound(&call.code) > limits.max_nesting {
             return (ToolResult::failure(Status::Error, format!("RecursionError: {}\n", crate::depth::TOO_DEEP), 0), false);
         }
-        let analysis = analyze(&call.code);
+        let analysis = self.compiled.borrow_mut().analysis(&call.code);
         let start = Instant::now();
         let budget = Budget::new(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX), watchdog.waker());
         let guard = Arc::new(CallGuard { active: AtomicBool::new(true), fired: AtomicBool::new(false), budget, memory_sent: AtomicBool::new(false), sender: self.sender.clone() });
@@ -196,9 +249,20 @@ impl Runner {
         let limit = vm.ctx.new_int(self.config.limits.max_stream_chars);
         // Files live for one independent call, or for a whole session from its first call on.
         let fresh_files = !in_session || self.session_globals.borrow().is_none();
-        let streams = self.begin.call((vm.ctx.new_str(stdin), limit, vm.ctx.new_bool(fresh_files)), vm).map_err(internal)?;
+        let streams = self.begin.call((vm.ctx.new_str(stdin), limit, vm.ctx.new_bool(fresh_files), vm.ctx.new_bool(in_session)), vm).map_err(internal)?;
         let mode = if echo { Mode::BlockExpr } else { Mode::Exec };
-        let (value, exc) = match vm.compile(&call.code, mode, "<snippet>".to_owned()) {
+        let cached = self.compiled.borrow().code(&call.code);
+        let compiled = cached.map_or_else(
+            || {
+                let code = vm.compile(&call.code, mode, "<snippet>".to_owned());
+                if let Ok(code) = &code {
+                    self.compiled.borrow_mut().keep_code(&call.code, code);
+                }
+                code
+            },
+            Ok,
+        );
+        let (value, exc) = match compiled {
             Err(err) => (vm.ctx.none(), Some(err.into_pyexception(vm, Some(&call.code)))),
             Ok(code) => {
                 let scope = if in_session { self.session_globals.borrow_mut().get_or_insert_with(|| vm.new_scope_with_builtins()).clone() } else { vm.new_scope_with_builtins() };

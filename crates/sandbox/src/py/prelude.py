@@ -65,13 +65,20 @@ sys.stdin = sys.__stdin__ = io.StringIO("")
 
 _keep_files = False
 
-def begin(stdin, limit, fresh_files):
+# Whether the working directory is as _fs_reset() leaves it: finish() empties it after every call
+# outside a session, so the next call's begin() need not do it again (unless finish() was cut
+# short, or a session kept its files).
+_fs_clean = False
+
+def begin(stdin, limit, fresh_files, keep_files):
     """Captures the streams; a call outside a session starts with an empty working directory
-    (scratch_fs.py) and leaves none behind."""
-    global _keep_files
-    _keep_files = not fresh_files
-    if fresh_files:
+    (scratch_fs.py) and leaves none behind, a session's first call starts with an empty one
+    and keeps it for the session's later calls."""
+    global _keep_files, _fs_clean
+    _keep_files = keep_files
+    if fresh_files and not _fs_clean:
         _fs_reset()
+    _fs_clean = False
     out, err = Capture(limit), Capture(limit)
     sys.stdout, sys.stderr = out, err
     sys.stdin = io.StringIO(stdin)
@@ -107,6 +114,7 @@ def finish(streams, value, exc):
     """Echo a trailing expression, format an exception; returns (kind, stdout, stderr) with kind
     "ok", "error", "output_limit" or "memory_limit". (If this is interrupted, the caller reads
     the streams itself.)"""
+    global _fs_clean
     out, err = streams
     kind = "ok"
     try:
@@ -150,6 +158,7 @@ def finish(streams, value, exc):
     sys.stdin = io.StringIO("")
     if not _keep_files:
         _fs_reset()
+        _fs_clean = True
     return (kind, out.getvalue(), err.getvalue())
 
 # sum() over a range is a native loop that no timeout can stop: use the closed form (exact).

@@ -16,12 +16,14 @@ class _FsState:
 _fs = _FsState()
 
 def _fs_reset():
+    # Handles of an earlier call that are closed (or collected) later write nowhere. First: the
+    # old list of live handles may hold a handle's last reference, and its close then runs
+    # while that list is replaced below, into the new files.
+    _fs.generation = object()
     _fs.files = {}                 # absolute path -> bytes
     _fs.dirs = {"/", _FS_CWD}      # absolute paths of folders
     _fs.cwd = _FS_CWD
     _fs.live = []                  # open writable handles, written back on close
-    # Handles of an earlier call that are closed (or collected) later write nowhere.
-    _fs.generation = object()
 
 _fs_reset()
 
