@@ -112,17 +112,20 @@ fn time_calls(n: usize, mut f: impl FnMut()) -> Stats {
 }
 
 /// Times every one of `sides` call by call, in turn, so drift of a shared machine (neighbours,
-/// frequency) falls on every row alike rather than on whichever ran last.
+/// frequency) falls on every row alike rather than on whichever ran last. Each turn starts one
+/// side further on, so every side follows every other equally often: what ran just before a
+/// call (another process woken, caches taken) moved a row's p50 by up to 50 us in a fixed order.
 fn time_calls_round_robin(n: usize, sides: &mut [&mut dyn FnMut()]) -> Vec<Stats> {
     for _ in 0..n.min(50) {
         sides.iter_mut().for_each(|f| f());
     }
+    let k = sides.len();
     let mut us: Vec<Vec<f64>> = sides.iter().map(|_| Vec::with_capacity(n)).collect();
-    for _ in 0..n {
-        for (f, us) in sides.iter_mut().zip(&mut us) {
+    for turn in 0..n {
+        for i in (0..k).map(|j| (turn + j) % k) {
             let t = Instant::now();
-            f();
-            us.push(t.elapsed().as_secs_f64() * 1e6);
+            sides[i]();
+            us[i].push(t.elapsed().as_secs_f64() * 1e6);
         }
     }
     us.into_iter().map(stats).collect()
