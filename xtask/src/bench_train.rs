@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::Context;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rstar2_model::timing::{median_secs, show, show_ratio};
+use rstar2_model::timing::{in_rounds, median_secs, show, show_ratio};
 use rstar2_model::{AdamW, AdamWConfig, Config, Model, Params};
 use rstar2_tasks::sft::SftExample;
 use rstar2_train::Replicas;
@@ -72,19 +72,16 @@ pub fn run(args: TrainScalingArgs) -> anyhow::Result<()> {
         replicas.step(&part, |e| e.tokens.len(), |p, share, g| rstar2_train::sft_share(p, share, count, g), 1.0, 1e-4);
         setups.push((devices.len(), replicas));
     }
-    // Rounds: both rows measured one after the other in each, the order alternating, so a busy
-    // spell of the machine slows both sides of a round's ratio.
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
-    for r in 0..args.rounds {
-        let order: Vec<usize> = if r % 2 == 0 { (0..setups.len()).collect() } else { (0..setups.len()).rev().collect() };
-        for i in order {
-            let replicas = &mut setups[i].1;
-            let secs = median_secs(args.steps, || {
+    // Both rows in every round, one right after the other (see `timing::in_rounds`).
+    let [(_, one), (_, several)] = &mut setups[..] else { unreachable!("two rows") };
+    let rate = |replicas: &mut Replicas| {
+        tokens
+            / median_secs(args.steps, || {
                 replicas.step(&part, |e| e.tokens.len(), |p, share, g| rstar2_train::sft_share(p, share, count, g), 1.0, 1e-4);
-            });
-            rates[i].push(tokens / secs);
-        }
-    }
+            })
+    };
+    let (one, several) = in_rounds(args.rounds, || rate(one), || rate(several));
+    let rates = [one, several];
     println!("{} rounds, the rows alternating; median (min-max) over rounds, the ratio taken within each round", args.rounds);
     println!("{:<28} {:>32} {:>26}", "replicas", "tokens/s", "vs one");
     for ((n, _), (spec, row)) in setups.iter().zip(specs.iter().zip(&rates)) {

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rstar2_model::timing::{Spread, median_secs, show, show_ratio};
+use rstar2_model::timing::{self, Spread, median_secs, show, show_ratio};
 
 use rstar2_model::ops as cpu;
 use rstar2_model::ops::attention::Heads;
@@ -237,21 +237,10 @@ fn print(rows: &[Row]) {
     }
 }
 
-/// Seconds per call of the GPU side and of the CPU side in each of `rounds` rounds: the two
-/// measured one after the other (the order alternating), each round's figure the median of
-/// its `reps` calls, so a busy spell of a shared machine slows both sides of a round's ratio.
+/// Seconds per call of the GPU side and of the CPU side in each of `rounds` rounds (see
+/// [`rstar2_model::timing::in_rounds`]), each round's figure the median of its `reps` calls.
 fn in_rounds(rounds: usize, gpu_reps: usize, cpu_reps: usize, mut gpu_side: impl FnMut(), mut cpu_side: impl FnMut()) -> (Vec<f64>, Vec<f64>) {
-    let (mut g, mut c) = (Vec::new(), Vec::new());
-    for r in 0..rounds {
-        if r % 2 == 0 {
-            g.push(median_secs(gpu_reps, &mut gpu_side));
-            c.push(median_secs(cpu_reps, &mut cpu_side));
-        } else {
-            c.push(median_secs(cpu_reps, &mut cpu_side));
-            g.push(median_secs(gpu_reps, &mut gpu_side));
-        }
-    }
-    (g, c)
+    timing::in_rounds(rounds, || median_secs(gpu_reps, &mut gpu_side), || median_secs(cpu_reps, &mut cpu_side))
 }
 
 /// The middle of per-round seconds.

@@ -19,6 +19,23 @@ pub fn median_secs(reps: usize, mut f: impl FnMut()) -> f64 {
     t[t.len() / 2]
 }
 
+/// `a()` and `b()` (each a round's figure) in each of `rounds` rounds, one right after the other
+/// and the order alternating, so a busy spell of a shared machine falls on both sides of a
+/// round's ratio.
+pub fn in_rounds(rounds: usize, mut a: impl FnMut() -> f64, mut b: impl FnMut() -> f64) -> (Vec<f64>, Vec<f64>) {
+    let (mut xs, mut ys) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    for r in 0..rounds {
+        if r % 2 == 0 {
+            xs.push(a());
+            ys.push(b());
+        } else {
+            ys.push(b());
+            xs.push(a());
+        }
+    }
+    (xs, ys)
+}
+
 /// Spread above which a figure is marked noisy: (max - min) / median.
 pub const NOISY: f64 = 0.2;
 
@@ -78,6 +95,24 @@ pub fn show_ratio(ours: &[f64], theirs: &[f64]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounds_alternate_which_side_goes_first() {
+        let order = std::cell::RefCell::new(Vec::new());
+        let (a, b) = in_rounds(
+            3,
+            || {
+                order.borrow_mut().push('a');
+                1.0
+            },
+            || {
+                order.borrow_mut().push('b');
+                2.0
+            },
+        );
+        assert_eq!((a, b), (vec![1.0; 3], vec![2.0; 3]));
+        assert_eq!(order.into_inner(), ['a', 'b', 'b', 'a', 'a', 'b']);
+    }
 
     #[test]
     fn median_and_range_by_hand() {
