@@ -220,7 +220,10 @@ impl Trainer {
         if let Err(e) = &result
             && self.replicas.comm().size() > 1
         {
-            eprintln!("rank {}: error: {e:#}\nending the whole job (MPI_Abort); `--resume` continues it from its last checkpoint", self.replicas.comm().rank());
+            // One write: `eprintln!` writes each formatted piece on its own, and mpirun's abort
+            // banner on the same stream could land between them ("rank " ... "1: error").
+            let message = format!("rank {}: error: {e:#}\nending the whole job (MPI_Abort); `--resume` continues it from its last checkpoint\n", self.replicas.comm().rank());
+            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), message.as_bytes());
             self.replicas.comm().abort(1);
         }
         result
