@@ -14,6 +14,7 @@ mod test_cmd;
 mod tokenizer_cmd;
 mod train_cmd;
 mod verify_cmd;
+mod web_tests;
 
 use clap::{Parser, Subcommand};
 

@@ -83,10 +83,15 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     if !status.success() {
         bail!("tests failed");
     }
+    // The browser tests only where no filter narrows the native run to something else.
+    if args.cargo_args.is_empty() {
+        crate::web_tests::ensure_target()?;
+        crate::web_tests::run(cargo)?;
+    }
     Ok(())
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root());
     cmd
@@ -117,6 +122,10 @@ fn lints(mpi_features: &[&str]) -> anyhow::Result<()> {
     let mut cpu_only_tests = cargo();
     cpu_only_tests.args(["test", "--release", "--ignore-rust-version", "-p", "rstar2-backend", "--no-default-features"]);
     check(cpu_only_tests, "cargo test -p rstar2-backend --no-default-features (device choice without a GPU backend)")?;
+    crate::web_tests::ensure_target()?;
+    let mut wasm = cargo();
+    wasm.args(["clippy", "--ignore-rust-version", "--target", "wasm32-unknown-unknown", "-p", "rstar2-web", "--all-targets", "--", "-D", "warnings"]);
+    check(wasm, "cargo clippy -p rstar2-web --target wasm32-unknown-unknown -- -D warnings (the browser build)")?;
     let tree = cargo().args(["tree", "-p", "xtask", "--no-default-features", "-e", "normal", "--prefix", "none"]).output().context("running cargo tree")?;
     if !tree.status.success() {
         bail!("cargo tree -p xtask --no-default-features failed: {}", String::from_utf8_lossy(&tree.stderr));

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use web_time::Instant;
 
 use crate::GpuError;
 use crate::kernels::Kernel;
@@ -50,6 +50,7 @@ pub struct AdapterSummary {
 /// would only compete for the same adapter). No adapter is a test failure, as CI requires: set
 /// `RSTAR2_ALLOW_NO_GPU=1` to get `None` instead and run the rest of a suite on a machine that
 /// cannot run WGSL at all (it says so loudly).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn test_gpu() -> Option<Arc<Gpu>> {
     static GPU: std::sync::OnceLock<Option<Arc<Gpu>>> = std::sync::OnceLock::new();
     GPU.get_or_init(|| match Gpu::open(AdapterChoice::Any) {
@@ -72,8 +73,8 @@ fn instance() -> wgpu::Instance {
 }
 
 /// Every adapter wgpu finds, Vulkan before GL for the same hardware, in a stable order.
-pub(crate) fn adapters() -> Vec<wgpu::Adapter> {
-    let mut all = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
+pub(crate) async fn adapters() -> Vec<wgpu::Adapter> {
+    let mut all = instance().enumerate_adapters(wgpu::Backends::all()).await;
     let rank = |b: wgpu::Backend| match b {
         wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
         _ => 1,
@@ -90,8 +91,9 @@ pub(crate) fn is_real_gpu(info: &wgpu::AdapterInfo) -> bool {
 }
 
 /// Lists the adapters wgpu can see.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn list_adapters() -> Vec<AdapterSummary> {
-    adapters()
+    crate::block_on(adapters())
         .iter()
         .enumerate()
         .map(|(index, a)| {
@@ -322,7 +324,7 @@ pub struct Gpu {
 impl Gpu {
     /// The device on `adapter`, set up but for the checks [`Gpu::open`] makes (in `open.rs`,
     /// which runs kernels).
-    pub(crate) fn connect(adapter: wgpu::Adapter) -> Result<Gpu, GpuError> {
+    pub(crate) async fn connect(adapter: wgpu::Adapter) -> Result<Gpu, GpuError> {
         let info = adapter.get_info();
         // wgpu's defaults cap buffers at 256 MiB and workgroups at 256 invocations; real models
         // need what the adapter offers.
@@ -338,7 +340,9 @@ impl Gpu {
                 .cooperative_matrix_properties()
                 .iter()
                 .any(|p| (p.m_size, p.n_size, p.k_size) == (8, 8, 8) && p.ab_type == wgpu::CooperativeScalarType::F32 && p.cr_type == wgpu::CooperativeScalarType::F32)
-            && std::env::var_os("RSTAR2_GPU_COOP").is_none_or(|v| v != "0");
+            && std::env::var_os("RSTAR2_GPU_COOP").is_none_or(|v| v != "0")
+            // Checked against the tiled kernel with a blocking read-back (and the web has none).
+            && cfg!(not(target_arch = "wasm32"));
         let (features, experimental) = if coop {
             // SAFETY: wgpu's experimental features may have bugs; the one requested is
             // cooperative matrices, used by one kernel that is checked against the tiled kernel
@@ -347,32 +351,38 @@ impl Gpu {
         } else {
             (adapter.features() & wanted, wgpu::ExperimentalFeatures::disabled())
         };
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("rstar2"),
-            required_features: features,
-            required_limits: limits.clone(),
-            experimental_features: experimental,
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
-        .map_err(|e| GpuError::Device { adapter: info.name.clone(), message: e.to_string() })?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("rstar2"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: experimental,
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| GpuError::Device { adapter: info.name.clone(), message: e.to_string() })?;
         let uniform_stride = UNIFORM_BYTES.max(u64::from(limits.min_uniform_buffer_offset_alignment));
         let ring = |label, size, usage| device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage: usage | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
         let uniform_ring = ring("uniform ring", UNIFORM_RING, wgpu::BufferUsages::UNIFORM);
         let upload_ring = ring("upload ring", UPLOAD_RING, wgpu::BufferUsages::COPY_SRC);
+        // In a browser wgpu's handles are not Send: the page's one thread shares the pool.
+        #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+        let pool = Arc::new(Pool::default());
         let gpu = Gpu {
             binding_limit: limits.max_storage_buffer_binding_size,
             limits,
             pipelines: Mutex::new(HashMap::new()),
             subgroups,
-            autotune: std::sync::atomic::AtomicBool::new(std::env::var("RSTAR2_GPU_AUTOTUNE").map_or(is_real_gpu(&info), |v| v != "0")),
+            // Tuning times candidates between blocking syncs, which a browser does not have.
+            autotune: std::sync::atomic::AtomicBool::new(std::env::var("RSTAR2_GPU_AUTOTUNE").map_or(is_real_gpu(&info), |v| v != "0") && cfg!(not(target_arch = "wasm32"))),
             matmul_tiles: Mutex::new(HashMap::new()),
             autotune_cache: Mutex::new(None),
             coop_matrix: std::sync::atomic::AtomicBool::new(coop),
             decode_split: std::sync::atomic::AtomicUsize::new(if is_real_gpu(&info) { 16 } else { 1 }),
             layouts: Mutex::new(HashMap::new()),
             bind_groups: Mutex::new(HashMap::new()),
-            pool: Arc::new(Pool::default()),
+            pool,
             staging: Mutex::new(HashMap::new()),
             uniform_ring,
             upload_ring,
@@ -438,7 +448,9 @@ impl Gpu {
             return;
         }
         let features = self.device.features();
-        let queries = features.contains(wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES).then(|| {
+        // Each submission's timestamps are read back at once, blocking: not in a browser.
+        let timestamps = features.contains(wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES) && cfg!(not(target_arch = "wasm32"));
+        let queries = timestamps.then(|| {
             let count = 2 * PROFILED_DISPATCHES;
             let set = self.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profiler"), ty: wgpu::QueryType::Timestamp, count });
             let bytes = u64::from(count) * 8;
@@ -972,16 +984,28 @@ impl Gpu {
     }
 
     /// Reads a tensor back (submits and waits).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read(&self, t: &Tensor) -> Vec<f32> {
-        bytemuck::cast_slice(&self.read_bytes(t)).to_vec()
+        crate::block_on(self.read_async(t))
+    }
+
+    /// Reads a tensor back: submits, and resolves once the device has written it.
+    pub async fn read_async(&self, t: &Tensor) -> Vec<f32> {
+        bytemuck::cast_slice(&self.read_bytes(t).await).to_vec()
     }
 
     /// Reads a tensor of u32 back.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_u32(&self, t: &Tensor) -> Vec<u32> {
-        bytemuck::cast_slice(&self.read_bytes(t)).to_vec()
+        crate::block_on(self.read_u32_async(t))
     }
 
-    fn read_bytes(&self, t: &Tensor) -> Vec<u8> {
+    /// Reads a tensor of u32 back, asynchronously.
+    pub async fn read_u32_async(&self, t: &Tensor) -> Vec<u32> {
+        bytemuck::cast_slice(&self.read_bytes(t).await).to_vec()
+    }
+
+    async fn read_bytes(&self, t: &Tensor) -> Vec<u8> {
         let size = (t.len() * 4) as u64;
         if size == 0 {
             return Vec::new();
@@ -994,8 +1018,13 @@ impl Gpu {
         });
         self.with_encoder(|enc| enc.copy_buffer_to_buffer(t.buffer(), t.offset(), &staging, 0, Some(size)));
         self.flush();
-        staging.map_async(wgpu::MapMode::Read, ..size, |r| r.expect("mapping a readback buffer failed"));
+        let (mapped, done) = futures_channel::oneshot::channel();
+        staging.map_async(wgpu::MapMode::Read, ..size, move |r| {
+            let _ = mapped.send(r);
+        });
+        // Natively the poll runs the callback; a browser maps on its own (the poll is a no-op).
         self.wait();
+        done.await.expect("the device dropped a read-back").expect("mapping a readback buffer failed");
         let bytes = staging.get_mapped_range(..size).expect("mapped range").to_vec();
         staging.unmap();
         self.staging.lock().expect("staging pool").entry(class).or_default().push(staging);

@@ -111,22 +111,34 @@ impl GpuKvCache {
 impl GpuModel {
     /// Appends `chunks[b]` to sequence `seqs[b]`'s cache (creating it if new) and returns the
     /// logits of each chunk's last token; same contract as `rstar2_model::Model::extend`.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn extend(&self, cache: &mut GpuKvCache, seqs: &[SeqId], chunks: &[&[u32]]) -> Result<Vec<Vec<f32>>, KvError> {
+        crate::block_on(self.extend_async(cache, seqs, chunks))
+    }
+
+    /// [`Self::extend`], asynchronously (how a page calls it: a browser cannot block).
+    pub async fn extend_async(&self, cache: &mut GpuKvCache, seqs: &[SeqId], chunks: &[&[u32]]) -> Result<Vec<Vec<f32>>, KvError> {
         let logits = self.extend_on_device(cache, seqs, chunks)?;
         let v = self.config.vocab_size;
-        Ok(self.gpu.read(&logits).chunks_exact(v).map(<[f32]>::to_vec).collect())
+        Ok(self.gpu.read_async(&logits).await.chunks_exact(v).map(<[f32]>::to_vec).collect())
     }
 
     /// [`GpuModel::extend`], then one draw per chunk from softmax(logits / temperature) with the
     /// given uniform in [0, 1) (greedy when temperature <= 0): only the tokens and their
     /// log-probabilities come back.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn extend_sample(&self, cache: &mut GpuKvCache, seqs: &[SeqId], chunks: &[&[u32]], temperature: f32, uniforms: &[f32]) -> Result<Vec<(u32, f32)>, KvError> {
+        crate::block_on(self.extend_sample_async(cache, seqs, chunks, temperature, uniforms))
+    }
+
+    /// [`Self::extend_sample`], asynchronously (how a page calls it: a browser cannot block).
+    pub async fn extend_sample_async(&self, cache: &mut GpuKvCache, seqs: &[SeqId], chunks: &[&[u32]], temperature: f32, uniforms: &[f32]) -> Result<Vec<(u32, f32)>, KvError> {
         assert_eq!(uniforms.len(), seqs.len(), "extend_sample: one uniform per sequence");
         let logits = self.extend_on_device(cache, seqs, chunks)?;
         let gpu = &*self.gpu;
         let (out, u) = (gpu.alloc(2 * seqs.len()), gpu.upload(uniforms));
         crate::ops::sample(gpu, &out, &logits, &u, seqs.len(), self.config.vocab_size, temperature);
-        Ok(gpu.read_u32(&out).chunks_exact(2).map(|p| (p[0], f32::from_bits(p[1]))).collect())
+        Ok(gpu.read_u32_async(&out).await.chunks_exact(2).map(|p| (p[0], f32::from_bits(p[1]))).collect())
     }
 
     /// [`GpuModel::extend`] without the read-back: logits [chunks, V] stay on the device.
@@ -146,7 +158,13 @@ impl GpuModel {
     /// step's input on the device. One read-back at the end brings (token, log-prob) for every
     /// step and sequence. Sequences that would have stopped earlier have decoded past their
     /// stop: [`GpuKvCache::unwind`] drops those positions.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn decode_ahead(&self, cache: &mut GpuKvCache, seqs: &[SeqId], tokens: &[u32], steps: usize, temperature: f32, uniforms: &[Vec<f32>]) -> Result<Vec<Vec<(u32, f32)>>, KvError> {
+        crate::block_on(self.decode_ahead_async(cache, seqs, tokens, steps, temperature, uniforms))
+    }
+
+    /// [`Self::decode_ahead`], asynchronously (how a page calls it: a browser cannot block).
+    pub async fn decode_ahead_async(&self, cache: &mut GpuKvCache, seqs: &[SeqId], tokens: &[u32], steps: usize, temperature: f32, uniforms: &[Vec<f32>]) -> Result<Vec<Vec<(u32, f32)>>, KvError> {
         let b = seqs.len();
         assert!(tokens.len() == b && uniforms.len() == steps && uniforms.iter().all(|u| u.len() == b), "decode_ahead: one token per sequence, one uniform per sequence and step");
         if cache.used + b * steps > cache.capacity {
@@ -168,7 +186,7 @@ impl GpuModel {
             gpu.copy_range(&out, 0, &all, 2 * b * step, 2 * b);
             prev = Some(out);
         }
-        let got = gpu.read_u32(&all);
+        let got = gpu.read_u32_async(&all).await;
         Ok(got.chunks_exact(2 * b).map(|s| s.chunks_exact(2).map(|p| (p[0], f32::from_bits(p[1]))).collect()).collect())
     }
 

@@ -15,6 +15,7 @@
 //! ```
 #![deny(missing_docs)]
 
+#[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 pub mod context;
 pub mod kernels;
@@ -25,10 +26,19 @@ pub mod ops;
 pub mod tensor;
 pub mod tile;
 
-pub use context::{AdapterChoice, AdapterSummary, Gpu, list_adapters, test_gpu};
+pub use context::{AdapterChoice, AdapterSummary, Gpu};
+#[cfg(not(target_arch = "wasm32"))]
+pub use context::{list_adapters, test_gpu};
 pub use kv::GpuKvCache;
 pub use model::{Flat, GpuAdamW, GpuForward, GpuGrads, GpuModel};
 pub use tensor::Tensor;
+
+/// Drives one of this crate's futures (device creation, read-backs) to its end on the calling
+/// thread. Native only: a browser cannot block, so a page awaits the `_async` forms instead.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    pollster::block_on(future)
+}
 
 /// Errors opening a device.
 #[derive(Debug, thiserror::Error)]

@@ -180,14 +180,23 @@ impl GpuModel {
     /// Cached inference ([`GpuModel::extend`]: prefill and decoding) reads f16 copies of the
     /// projection weights: half the bytes per token. Training keeps the f32 weights. Needs
     /// SHADER_F16.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn enable_f16_decode(&mut self) -> Result<(), crate::GpuError> {
+        crate::block_on(self.enable_f16_decode_async())
+    }
+
+    /// [`Self::enable_f16_decode`], asynchronously (how a page calls it: a browser cannot block).
+    pub async fn enable_f16_decode_async(&mut self) -> Result<(), crate::GpuError> {
         if !self.gpu.has_f16() {
             return Err(crate::GpuError::NoF16 { adapter: self.gpu.info.name.clone() });
         }
         let mut linear: Vec<usize> = self.layers.iter().flat_map(LayerIdx::projections).collect();
         linear.push(self.lm_head);
         // In a few flat buffers, like the f32 parameters: fewer buffers for the device to track.
-        let data: Vec<Vec<f32>> = linear.iter().map(|&i| self.gpu.read(&self.params[i])).collect();
+        let mut data: Vec<Vec<f32>> = Vec::with_capacity(linear.len());
+        for &i in &linear {
+            data.push(self.gpu.read_async(&self.params[i]).await);
+        }
         let mut slot = vec![None; self.params.len()];
         for (k, &i) in linear.iter().enumerate() {
             slot[i] = Some(k);
@@ -224,9 +233,15 @@ impl GpuModel {
     }
 
     /// Makes the f16 copies again if [`GpuModel::invalidate_decode_weights`] dropped them.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn refresh_decode_weights(&mut self) -> Result<(), crate::GpuError> {
+        crate::block_on(self.refresh_decode_weights_async())
+    }
+
+    /// [`Self::refresh_decode_weights`], asynchronously (how a page calls it: a browser cannot block).
+    pub async fn refresh_decode_weights_async(&mut self) -> Result<(), crate::GpuError> {
         if std::mem::take(&mut self.f16_decode_stale) {
-            self.enable_f16_decode()?;
+            self.enable_f16_decode_async().await?;
         }
         Ok(())
     }
@@ -238,8 +253,14 @@ impl GpuModel {
     }
 
     /// Reads the parameters back.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn download_params(&self) -> Params {
-        self.download(&self.params)
+        crate::block_on(self.download_params_async())
+    }
+
+    /// [`Self::download_params`], asynchronously (how a page calls it: a browser cannot block).
+    pub async fn download_params_async(&self) -> Params {
+        self.download_async(&self.params).await
     }
 
     /// Zeroed gradients.
@@ -248,10 +269,16 @@ impl GpuModel {
     }
 
     /// Reads back tensors laid out like the parameters (gradients, optimizer moments).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn download(&self, tensors: &[Tensor]) -> Params {
+        crate::block_on(self.download_async(tensors))
+    }
+
+    /// [`Self::download`], asynchronously (how a page calls it: a browser cannot block).
+    pub async fn download_async(&self, tensors: &[Tensor]) -> Params {
         let mut p = Params::zeros(&self.config);
         for (dst, src) in p.data.iter_mut().zip(tensors) {
-            *dst = self.gpu.read(src);
+            *dst = self.gpu.read_async(src).await;
         }
         p
     }
@@ -330,20 +357,32 @@ impl GpuModel {
     }
 
     /// Logits [N, V] of a batch, read back.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn logits(&self, batch: &Batch) -> Vec<f32> {
+        crate::block_on(self.logits_async(batch))
+    }
+
+    /// [`Self::logits`], asynchronously (how a page calls it: a browser cannot block).
+    pub async fn logits_async(&self, batch: &Batch) -> Vec<f32> {
         let fwd = self.forward(batch);
-        self.gpu.read(&fwd.logits)
+        self.gpu.read_async(&fwd.logits).await
     }
 
     /// Log-prob of `targets[n]` for every row; the one read-back of a training forward.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn logprobs(&self, fwd: &mut GpuForward, targets: &[u32]) -> Vec<f32> {
+        crate::block_on(self.logprobs_async(fwd, targets))
+    }
+
+    /// [`Self::logprobs`], asynchronously (how a page calls it: a browser cannot block).
+    pub async fn logprobs_async(&self, fwd: &mut GpuForward, targets: &[u32]) -> Vec<f32> {
         assert_eq!(targets.len(), fwd.n, "logprobs: {} targets for {} rows", targets.len(), fwd.n);
         let gpu = &*self.gpu;
         let (lp, lse, t) = (gpu.alloc(fwd.n), gpu.alloc(fwd.n), gpu.upload_u32(targets));
         ops::logprob_forward(gpu, &lp, &lse, &fwd.logits, &t, fwd.n, self.config.vocab_size);
         fwd.lse = Some(lse);
         fwd.targets = Some(t);
-        gpu.read(&lp)
+        gpu.read_async(&lp).await
     }
 
     /// Backward from d(loss)/d(logprob) per row; accumulates into `grads`.
@@ -406,21 +445,33 @@ impl GpuModel {
 
     /// Next-token cross-entropy over every sequence (token mean): forward, loss, backward into
     /// `grads`. Returns the loss.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn next_token_loss_backward(&self, batch: &Batch, grads: &GpuGrads) -> f32 {
+        crate::block_on(self.next_token_loss_backward_async(batch, grads))
+    }
+
+    /// [`Self::next_token_loss_backward`], asynchronously (how a page calls it: a browser cannot block).
+    pub async fn next_token_loss_backward_async(&self, batch: &Batch, grads: &GpuGrads) -> f32 {
         let mut fwd = self.forward(batch);
         let (targets, mask) = batch.next_token_targets();
-        let lp = self.logprobs(&mut fwd, &targets);
+        let lp = self.logprobs_async(&mut fwd, &targets).await;
         let (loss, dlogprob) = rstar2_model::ops::logprob::cross_entropy(&lp, &mask);
         self.backward(&fwd, &dlogprob, grads);
         loss
     }
 
     /// Global-norm clipping of `grads` on the device; returns the norm before clipping.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn clip_grad_norm(&self, grads: &GpuGrads, max_norm: f32) -> f32 {
+        crate::block_on(self.clip_grad_norm_async(grads, max_norm))
+    }
+
+    /// [`Self::clip_grad_norm`], asynchronously (how a page calls it: a browser cannot block).
+    pub async fn clip_grad_norm_async(&self, grads: &GpuGrads, max_norm: f32) -> f32 {
         // Over the flat buffers: the padding between tensors is zero.
         let refs: Vec<&Tensor> = grads.chunks.iter().collect();
         let result = ops::clip_grad_norm(&self.gpu, &refs, Some(max_norm));
-        self.gpu.read(&result)[0]
+        self.gpu.read_async(&result).await[0]
     }
 }
 
@@ -447,9 +498,15 @@ impl GpuAdamW {
     }
 
     /// The optimizer read back as a CPU one (checkpoints).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn to_cpu(&self, model: &GpuModel) -> rstar2_model::AdamW {
-        let m = model.download(&self.m);
-        let v = model.download(&self.v);
+        crate::block_on(self.to_cpu_async(model))
+    }
+
+    /// [`Self::to_cpu`], asynchronously (how a page calls it: a browser cannot block).
+    pub async fn to_cpu_async(&self, model: &GpuModel) -> rstar2_model::AdamW {
+        let m = model.download_async(&self.m).await;
+        let v = model.download_async(&self.v).await;
         rstar2_model::AdamW { config: self.config, m, v, step: self.step }
     }
 

@@ -7,8 +7,14 @@ use crate::context::{AdapterChoice, Gpu, adapters, is_real_gpu};
 
 impl Gpu {
     /// Opens an adapter. `Ok(None)` only for [`AdapterChoice::Auto`] when there is no real GPU.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn open(choice: AdapterChoice) -> Result<Option<Gpu>, GpuError> {
-        let all = adapters();
+        crate::block_on(Self::open_async(choice))
+    }
+
+    /// [`Gpu::open`], asynchronously (how a page opens WebGPU).
+    pub async fn open_async(choice: AdapterChoice) -> Result<Option<Gpu>, GpuError> {
+        let all = adapters().await;
         let adapter = match choice {
             AdapterChoice::Auto => match all.into_iter().find(|a| is_real_gpu(&a.get_info())) {
                 Some(a) => a,
@@ -20,14 +26,17 @@ impl Gpu {
                 all.into_iter().nth(i).ok_or(GpuError::NoSuchAdapter { index: i, count: n })?
             }
         };
-        let gpu = Gpu::connect(adapter)?;
+        let gpu = Gpu::connect(adapter).await?;
         if gpu.has_coop_matrix() {
             // An experimental feature: a driver or wgpu that rejects the kernel must not take
             // the device down, so the check runs inside error scopes.
             let validation = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
             let internal = gpu.device.push_error_scope(wgpu::ErrorFilter::Internal);
-            let err = crate::ops::coop_matrix_error(&gpu);
-            let failure = pollster::block_on(internal.pop()).or_else(|| pollster::block_on(validation.pop()));
+            let err = crate::ops::coop_matrix_error(&gpu).await;
+            let failure = match internal.pop().await {
+                Some(e) => Some(e),
+                None => validation.pop().await,
+            };
             if let Some(e) = failure {
                 eprintln!("rstar2-gpu: {}: the cooperative-matrix kernel failed ({e}); not used", gpu.describe());
                 gpu.disable_coop_matrix();

@@ -215,7 +215,7 @@ fn choose_tile(gpu: &Gpu, shape: MatmulShape, a: &View<'_>, b: &View<'_>, [ash, 
     for tile in matmul_candidates(gpu, shape.m, shape.n, shape.k).into_iter().filter(|t| !(t.coop && shape.b_f16)) {
         dispatch_matmul(gpu, tile, shape, &cv, a, b, &st, [0, ash, bsh], false);
         gpu.sync();
-        let start = std::time::Instant::now();
+        let start = web_time::Instant::now();
         for _ in 0..3 {
             dispatch_matmul(gpu, tile, shape, &cv, a, b, &st, [0, ash, bsh], false);
         }
@@ -244,7 +244,7 @@ fn coop_fits(m: usize, n: usize, k: usize) -> bool {
 
 /// Checks the cooperative-matrix kernel against the tiled one on this device, in the three
 /// operand layouts; the largest difference relative to the largest output.
-pub(crate) fn coop_matrix_error(gpu: &Gpu) -> f32 {
+pub(crate) async fn coop_matrix_error(gpu: &Gpu) -> f32 {
     let (m, n, k) = (32, 48, 40);
     let values = |len: usize, seed: usize| -> Vec<f32> { (0..len).map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0) - 1.0).collect() };
     let (ta, tb) = (gpu.upload(&values(m * k, 1)), gpu.upload(&values(n * k, 2)));
@@ -258,7 +258,7 @@ pub(crate) fn coop_matrix_error(gpu: &Gpu) -> f32 {
         let (want, got) = (gpu.alloc(m * n), gpu.alloc(m * n));
         matmul_with_tile(gpu, MatmulTile { tm4: 1, tn4: 1, splits: 1, coop: false }, &want, &ta, &tb, s, m, n, k, false);
         matmul_with_tile(gpu, MatmulTile::COOP, &got, &ta, &tb, s, m, n, k, false);
-        let (want, got) = (gpu.read(&want), gpu.read(&got));
+        let (want, got) = (gpu.read_async(&want).await, gpu.read_async(&got).await);
         let scale = want.iter().fold(0.0f32, |x, v| x.max(v.abs())).max(1e-6);
         worst = worst.max(want.iter().zip(&got).map(|(w, g)| (w - g).abs()).fold(0.0, f32::max) / scale);
     }

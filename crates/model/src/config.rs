@@ -121,8 +121,14 @@ impl Config {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let config: Config = serde_json::from_str(&text).map_err(|e| ModelError::Config { path: path.display().to_string(), message: e.to_string() })?;
-        config.validate().map_err(|message| ModelError::Config { path: path.display().to_string(), message })?;
+        Self::from_json(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates the text of a `config.json`; `origin` names it in errors (a path,
+    /// or what a page was handed).
+    pub fn from_json(text: &str, origin: &str) -> Result<Self, ModelError> {
+        let config: Config = serde_json::from_str(text).map_err(|e| ModelError::Config { path: origin.to_string(), message: e.to_string() })?;
+        config.validate().map_err(|message| ModelError::Config { path: origin.to_string(), message })?;
         Ok(config)
     }
 

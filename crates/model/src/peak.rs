@@ -5,6 +5,8 @@
 
 use std::sync::OnceLock;
 
+// `avx512_bf16` is read by the x86-64 probes only.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
 use crate::cpu::{Isa, amx, avx512_bf16, isa};
 
 /// Whether bf16 products are the faster half-precision arithmetic here: AMX is usable, or AVX-512

@@ -112,7 +112,8 @@ impl Simd for Scalar {
 }
 
 /// Constants of the vector e^x: x = n ln2 + r with |r| <= ln2 / 2, e^r by a degree-6 polynomial
-/// (Cephes' expf coefficients), 2^n put in the exponent bits.
+/// (Cephes' expf coefficients), 2^n put in the exponent bits. Read by the x86-64 kernels.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 mod exp_consts {
     pub const HI: f32 = 88.722_9;
     pub const LO: f32 = -103.972_08;

@@ -87,13 +87,22 @@ impl Params {
         } else {
             return Err(ModelError::Weights { file: dir.display().to_string(), message: "neither model.safetensors nor model.safetensors.index.json found".into() });
         };
+        let mut contents = Vec::with_capacity(files.len());
+        for file in &files {
+            contents.push((file.display().to_string(), std::fs::read(file).map_err(|e| ModelError::io(file, e))?));
+        }
+        let shards: Vec<(&str, &[u8])> = contents.iter().map(|(name, bytes)| (name.as_str(), bytes.as_slice())).collect();
+        Self::from_safetensors(&shards, config)
+    }
+
+    /// The parameters `config` needs from safetensors files already in memory, (name for
+    /// errors, bytes) each, checked by name and shape as [`Params::load`] checks them.
+    pub fn from_safetensors(shards: &[(&str, &[u8])], config: &Config) -> Result<Self, ModelError> {
         let specs = config.parameter_shapes();
         let wanted: HashMap<&str, &Vec<usize>> = specs.iter().map(|(n, s)| (n.as_str(), s)).collect();
         let mut found: BTreeMap<String, Vec<f32>> = BTreeMap::new();
-        for file in &files {
-            let bytes = std::fs::read(file).map_err(|e| ModelError::io(file, e))?;
-            let tensors = SafeTensors::deserialize(&bytes)
-                .map_err(|e| ModelError::Weights { file: file.display().to_string(), message: format!("not a valid safetensors file (truncated or corrupt?): {e}") })?;
+        for &(file, bytes) in shards {
+            let tensors = SafeTensors::deserialize(bytes).map_err(|e| ModelError::Weights { file: file.to_string(), message: format!("not a valid safetensors file (truncated or corrupt?): {e}") })?;
             // Sorted, so the first error reported is the same on every run.
             let mut all = tensors.tensors();
             all.sort_by(|a, b| a.0.cmp(&b.0));
@@ -106,18 +115,18 @@ impl Params {
                     continue;
                 }
                 let Some(shape) = wanted.get(name.as_str()) else {
-                    return Err(ModelError::Weights { file: file.display().to_string(), message: format!("unexpected tensor {name} (shape {:?}) for this config", view.shape()) });
+                    return Err(ModelError::Weights { file: file.to_string(), message: format!("unexpected tensor {name} (shape {:?}) for this config", view.shape()) });
                 };
                 if view.shape() != shape.as_slice() {
-                    return Err(ModelError::Weights { file: file.display().to_string(), message: format!("tensor {name} has shape {:?}, config needs {:?}", view.shape(), shape) });
+                    return Err(ModelError::Weights { file: file.to_string(), message: format!("tensor {name} has shape {:?}, config needs {:?}", view.shape(), shape) });
                 }
-                let values = to_f32(view.dtype(), view.data()).map_err(|m| ModelError::Weights { file: file.display().to_string(), message: format!("tensor {name}: {m}") })?;
+                let values = to_f32(view.dtype(), view.data()).map_err(|m| ModelError::Weights { file: file.to_string(), message: format!("tensor {name}: {m}") })?;
                 found.insert(name, values);
             }
         }
         let mut data = Vec::with_capacity(specs.len());
         for (name, _) in &specs {
-            let values = found.remove(name).ok_or_else(|| ModelError::Weights { file: files[0].display().to_string(), message: format!("missing tensor {name}") })?;
+            let values = found.remove(name).ok_or_else(|| ModelError::Weights { file: shards.first().map_or("(no file)", |s| s.0).to_string(), message: format!("missing tensor {name}") })?;
             data.push(values);
         }
         Ok(Self::from_parts(specs, data))
@@ -127,6 +136,12 @@ impl Params {
     /// into place so a crash never leaves a half-written model.
     pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        let bytes = self.to_safetensors().map_err(|message| ModelError::Weights { file: dir.display().to_string(), message })?;
+        crate::write_atomic(&dir.join("model.safetensors"), &bytes)
+    }
+
+    /// The bytes of a `model.safetensors` holding these parameters (f32, HF names).
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, String> {
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = self
             .specs
             .iter()
@@ -138,8 +153,7 @@ impl Params {
             .collect();
         let mut meta = std::collections::HashMap::new();
         meta.insert("format".to_string(), "pt".to_string());
-        let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| ModelError::Weights { file: dir.display().to_string(), message: e.to_string() })?;
-        crate::write_atomic(&dir.join("model.safetensors"), &bytes)
+        safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())
     }
 }
 

@@ -93,7 +93,8 @@ enum Packed {
     F32(AlignedVec<f32>),
     F16(AlignedVec<f16>),
     /// Pair-interleaved bf16 panels ([`crate::ops::bf16::pack`]), only where
-    /// [`crate::cpu::amx`] or [`crate::cpu::avx512_bf16`] is true.
+    /// [`crate::cpu::amx`] or [`crate::cpu::avx512_bf16`] is true (never elsewhere).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Bf16(AlignedVec<u16>),
 }
 
@@ -165,6 +166,7 @@ unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// The pointer (a method, so closures capture the Sync wrapper, not the raw field).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn get(self) -> *mut f32 {
         self.0
     }
