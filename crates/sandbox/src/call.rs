@@ -2,6 +2,10 @@
 //! times it and the native-work guards that poll it: its deadline having passed, its memory
 //! budget, and the interrupts that make the interpreter raise.
 
+// In a browser nothing sends interrupts (the call checks itself, see `watchdog_web.rs`): the
+// signalling half of this file is native-only in use.
+#![cfg_attr(target_arch = "wasm32", allow(dead_code))]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -21,6 +25,10 @@ pub(crate) struct CallGuard {
     /// The budget tripped and the `MemoryError` interrupt was sent.
     pub(crate) memory_sent: AtomicBool,
     pub(crate) sender: UserSignalSender,
+    /// When the call must stop. In a browser no watchdog thread watches the clock: the call's
+    /// own checks ([`CallGuard::must_stop`]) read it.
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) deadline: web_time::Instant,
 }
 
 /// What an interrupt raises.
@@ -63,6 +71,10 @@ impl CallGuard {
         }
         if self.budget.tripped() {
             return Some(interrupt_exception(vm, self, Interrupt::Memory));
+        }
+        #[cfg(target_arch = "wasm32")]
+        if web_time::Instant::now() >= self.deadline {
+            self.fired.store(true, Ordering::Release);
         }
         self.fired.load(Ordering::Acquire).then(|| interrupt_exception(vm, self, Interrupt::Timeout))
     }

@@ -27,7 +27,9 @@
 //! objects from `marshal.loads` are refused by the prelude (`py/prelude.py`).
 
 use std::cell::{Cell, OnceCell};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use rustpython_vm::builtins::{PyByteArray, PyBytes, PyInt, PyList, PyStr, PyTuple, PyType};
 use rustpython_vm::function::FuncArgs;
@@ -75,6 +77,8 @@ const ITERTOOLS: &[&str] = &["count", "repeat", "cycle", "product", "permutation
 pub(crate) fn install(vm: &VirtualMachine, max_nesting: usize) -> PyResult<()> {
     let time = vm.import("time", 0)?;
     time.set_attr("sleep", vm.new_function("sleep", guarded_sleep), vm)?;
+    #[cfg(target_arch = "wasm32")]
+    browser_clock(vm, &time)?;
     guard_compilers(vm, max_nesting)?;
     if ORIGINALS.with(|o| o.get().is_some()) {
         return Ok(());
@@ -248,8 +252,41 @@ fn guarded_sleep(seconds: PyObjectRef, vm: &VirtualMachine) -> PyResult<()> {
         if left.is_zero() {
             return Ok(());
         }
-        std::thread::sleep(left.min(SLEEP_SLICE));
+        pause(left.min(SLEEP_SLICE));
     }
+}
+
+/// Waits `length` on this thread.
+#[cfg(not(target_arch = "wasm32"))]
+fn pause(length: Duration) {
+    std::thread::sleep(length);
+}
+
+/// A browser thread cannot sleep: the slice passes on the clock instead.
+#[cfg(target_arch = "wasm32")]
+fn pause(length: Duration) {
+    let end = Instant::now() + length;
+    while Instant::now() < end {
+        std::hint::spin_loop();
+    }
+}
+
+/// `time.monotonic`, `time.perf_counter` (and their `_ns` forms) read the browser's monotonic
+/// clock: RustPython's own read the host clock, which traps on wasm32.
+#[cfg(target_arch = "wasm32")]
+fn browser_clock(vm: &VirtualMachine, time: &PyObjectRef) -> PyResult<()> {
+    use std::sync::OnceLock;
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    fn since_origin() -> Duration {
+        ORIGIN.get_or_init(Instant::now).elapsed()
+    }
+    for name in ["monotonic", "perf_counter"] {
+        time.set_attr(name, vm.new_function(name, || since_origin().as_secs_f64()), vm)?;
+    }
+    for name in ["monotonic_ns", "perf_counter_ns"] {
+        time.set_attr(name, vm.new_function(name, || since_origin().as_nanos() as u64), vm)?;
+    }
+    Ok(())
 }
 
 fn refuse_code_new(_cls: rustpython_vm::builtins::PyTypeRef, _args: FuncArgs, vm: &VirtualMachine) -> PyResult {

@@ -5,7 +5,9 @@ use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use rustpython::InterpreterBuilderExt;
 use rustpython_vm::builtins::{PyStrRef, PyTuple};
@@ -37,6 +39,7 @@ pub struct InterpreterError {
 /// The native stack of every interpreter thread (in-process, and in worker processes): deep
 /// enough that source the nesting check lets through compiles, and RustPython's Python-level
 /// recursion limits fire before it runs out.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) const INTERPRETER_STACK: usize = 16 << 20;
 
 /// One warm interpreter. Lives on the thread that created it (RustPython computes its native
@@ -188,11 +191,21 @@ impl Runner {
         let analysis = self.compiled.borrow_mut().analysis(&call.code);
         let start = Instant::now();
         let budget = Budget::new(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX), watchdog.waker());
-        let guard = Arc::new(CallGuard { active: AtomicBool::new(true), fired: AtomicBool::new(false), budget, memory_sent: AtomicBool::new(false), sender: self.sender.clone() });
         let deadline = start + limits.timeout;
+        let guard = Arc::new(CallGuard {
+            active: AtomicBool::new(true),
+            fired: AtomicBool::new(false),
+            budget,
+            memory_sent: AtomicBool::new(false),
+            sender: self.sender.clone(),
+            #[cfg(target_arch = "wasm32")]
+            deadline,
+        });
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             self.interp.enter(|vm| {
                 watchdog.arm(deadline, guard.clone(), on_stuck);
+                #[cfg(target_arch = "wasm32")]
+                crate::watchdog::trace_lines(vm);
                 set_current_call(Some(&guard));
                 let _charging = memory::charge_to(&guard.budget);
                 let out = self.run_in_vm(vm, call, stdin, analysis.ends_with_expression, in_session, &guard);

@@ -34,23 +34,35 @@ mod call;
 mod config;
 pub mod depth;
 mod guards;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod http;
 mod interp;
+#[cfg(not(target_arch = "wasm32"))]
 mod judge;
 mod memory;
 mod outcome;
+#[cfg(not(target_arch = "wasm32"))]
 mod pool;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod queue;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod remote;
 mod shims;
+#[cfg(not(target_arch = "wasm32"))]
 mod watchdog;
+#[cfg(target_arch = "wasm32")]
+#[path = "watchdog_web.rs"]
+mod watchdog;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod worker;
 
 pub use analysis::{Analysis, analyze};
 pub use config::{InterpreterConfig, Isolation, IsolationKind, Limits, SandboxConfig, WorkerCommand};
 pub use interp::{InterpreterError, Runner};
+#[cfg(not(target_arch = "wasm32"))]
 pub use judge::SubmissionResult;
 pub use memory::{BudgetAllocator, budgets_enforced};
 pub use outcome::{Status, ToolCall, ToolResult, truncate_middle};
+#[cfg(not(target_arch = "wasm32"))]
 pub use pool::{Sandbox, SandboxError, Session};
 pub use watchdog::Watchdog;

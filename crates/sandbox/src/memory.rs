@@ -33,10 +33,16 @@
 //! static ALLOC: rstar2_sandbox::BudgetAllocator = rstar2_sandbox::BudgetAllocator;
 //! ```
 
+// In a browser there is no thread to park (a trap ends the page's module either way): the
+// parking half of this file is native-only in use.
+#![cfg_attr(target_arch = "wasm32", allow(dead_code))]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+#[cfg(not(target_arch = "wasm32"))]
+use std::sync::atomic::AtomicPtr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 /// A request that would take a call past this multiple of its budget is refused rather than
 /// granted and tripped.
@@ -54,8 +60,10 @@ thread_local! {
     /// A request of the call running on this thread was refused.
     static REFUSED: Cell<bool> = const { Cell::new(false) };
     /// This thread parks instead of aborting after a refusal (see [`park_instead_of_aborting`]).
+    #[cfg(not(target_arch = "wasm32"))]
     static PARK_ON_ABORT: Cell<bool> = const { Cell::new(false) };
     /// The lowest address of this thread's stack and its guard's size (0, 0 where unknown).
+    #[cfg(not(target_arch = "wasm32"))]
     static STACK_GUARD: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
 }
 
@@ -176,6 +184,8 @@ fn with_budget(f: impl FnOnce(&Budget) -> bool) -> bool {
             // SAFETY: `Charging` clears the pointer before the budget it points at is dropped
             // (the budget outlives the call that set it), and only this thread reads it.
             let budget = unsafe { &*p };
+            // A browser has no signals to catch an overflow with: it traps either way.
+            #[cfg(not(target_arch = "wasm32"))]
             if stack_nearly_exhausted() && PARK_ON_ABORT.try_with(Cell::get).unwrap_or(false) {
                 park(budget, Parked::StackOverflow);
             }
@@ -188,6 +198,7 @@ fn with_budget(f: impl FnOnce(&Budget) -> bool) -> bool {
         .unwrap_or(true)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// From now until the returned guard is dropped, an abort on this thread during a call whose
 /// allocation was refused, or a stack overflow during a call, parks the thread for good and
 /// marks the call's budget parked, instead of ending the process (see the module docs).
@@ -222,11 +233,13 @@ pub(crate) fn park_instead_of_aborting() -> ParkOnAbort {
     ParkOnAbort
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Stack a call must leave free when it enters the allocator: a recursion that gets this close
 /// to the guard parks here rather than overflow inside `malloc` or `free`, where the thread would
 /// park holding its arena's lock and every thread sharing that arena would wait forever.
 const STACK_RESERVE: usize = 256 << 10;
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Whether this pool thread's stack is within [`STACK_RESERVE`] of its guard.
 #[inline]
 fn stack_nearly_exhausted() -> bool {
@@ -235,6 +248,7 @@ fn stack_nearly_exhausted() -> bool {
     low != 0 && (std::ptr::addr_of!(marker) as usize) < low.saturating_add(guard).saturating_add(STACK_RESERVE)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// The budget of the call running on this thread, where this thread parks instead of dying (a
 /// pool thread inside [`park_instead_of_aborting`]); null elsewhere. Signal-safe: it only reads
 /// const-initialized thread locals.
@@ -242,6 +256,7 @@ fn parkable_call() -> *const Budget {
     if PARK_ON_ABORT.try_with(Cell::get).unwrap_or(false) { CURRENT.try_with(Cell::get).unwrap_or(std::ptr::null()) } else { std::ptr::null() }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Marks the call's budget parked and stops this thread for good.
 fn park(budget: &Budget, why: Parked) -> ! {
     budget.parked.store(why.code(), Ordering::Release);
@@ -251,8 +266,10 @@ fn park(budget: &Budget, why: Parked) -> ! {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// The handlers SIGSEGV and SIGBUS had before [`park_instead_of_aborting`] installed its own.
 static PREVIOUS_SEGV: AtomicPtr<libc::sigaction> = AtomicPtr::new(std::ptr::null_mut());
+#[cfg(not(target_arch = "wasm32"))]
 static PREVIOUS_BUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(std::ptr::null_mut());
 
 /// This thread's lowest stack address and guard size. glibc before 2.27 counted the guard inside
@@ -275,11 +292,12 @@ fn stack_guard() -> (usize, usize) {
     }
 }
 
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+#[cfg(not(any(all(target_os = "linux", target_env = "gnu"), target_arch = "wasm32")))]
 fn stack_guard() -> (usize, usize) {
     (0, 0)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// SIGSEGV, SIGBUS: a stack overflow on a pool thread during a call parks the thread and marks
 /// the call's budget; any other fault goes to the previous handler (Rust's prints "has
 /// overflowed its stack" and aborts, or restores the default action), or, where there was none,
@@ -317,15 +335,18 @@ extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, context:
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// While alive, this thread parks instead of aborting after a refused allocation.
 pub(crate) struct ParkOnAbort;
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Drop for ParkOnAbort {
     fn drop(&mut self) {
         PARK_ON_ABORT.with(|p| p.set(false));
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// SIGABRT: a thread of an in-process pool whose call had an allocation refused parks; for any
 /// other abort the handler returns, and `abort` then ends the process as it would have.
 extern "C" fn on_abort(_signal: libc::c_int) {

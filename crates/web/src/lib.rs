@@ -1,6 +1,7 @@
 //! rstar2 in a browser tab: the model's WGSL kernels run on WebGPU through wgpu's `webgpu`
-//! backend, with every read-back awaited (a page cannot block), and the CPU backend single
-//! threaded as the fallback where a browser has no WebGPU.
+//! backend, with every read-back awaited (a page cannot block), the CPU backend single
+//! threaded as the fallback where a browser has no WebGPU, and the Python tool on RustPython
+//! inside the page ([`PythonTool`]), its deadline and memory budget checked by the running call.
 //!
 //! A native build of this crate is empty; build it for `wasm32-unknown-unknown`. Its tests run
 //! in headless Chromium (`cargo xtask test` runs them through `wasm-bindgen-test-runner`):
@@ -31,3 +32,52 @@ pub async fn backend_description() -> String {
         None => "CPU (no WebGPU in this browser)".to_string(),
     }
 }
+
+/// The Python tool in the page: one warm RustPython interpreter, built without host access, with
+/// the sandbox's limits (see `rstar2_sandbox`; in a browser its deadlines are checked inside the
+/// interpreter, see `rstar2_sandbox::Watchdog`).
+#[wasm_bindgen]
+pub struct PythonTool {
+    config: rstar2_sandbox::InterpreterConfig,
+    runner: rstar2_sandbox::Runner,
+    watchdog: rstar2_sandbox::Watchdog,
+}
+
+#[wasm_bindgen]
+impl PythonTool {
+    /// An interpreter whose calls stop after `timeout_ms` and past `memory_mib` of allocation
+    /// (the latter where the module's allocator is `rstar2_sandbox::BudgetAllocator`, as this
+    /// crate's is).
+    #[wasm_bindgen(constructor)]
+    pub fn new(timeout_ms: u32, memory_mib: u32) -> Result<PythonTool, JsError> {
+        let mut config = rstar2_sandbox::InterpreterConfig::default();
+        config.limits.timeout = std::time::Duration::from_millis(u64::from(timeout_ms));
+        config.limits.memory_bytes = u64::from(memory_mib) << 20;
+        let runner = rstar2_sandbox::Runner::new(&config).map_err(|e| JsError::new(&e.to_string()))?;
+        Ok(PythonTool { config, runner, watchdog: rstar2_sandbox::Watchdog::new() })
+    }
+
+    /// Runs one call in fresh globals; the result as the sandbox's JSON (`status`, `stdout`,
+    /// `stderr`, `elapsed_us`).
+    pub fn run(&mut self, code: &str) -> String {
+        let result = self.call(&rstar2_sandbox::ToolCall::new(code));
+        serde_json::to_string(&result).expect("a tool result serializes")
+    }
+}
+
+impl PythonTool {
+    /// Runs one call; an interpreter that must not serve the next independent call (its shared
+    /// state may have changed, or it was interrupted) is replaced first, as the native pools do.
+    pub fn call(&mut self, call: &rstar2_sandbox::ToolCall) -> rstar2_sandbox::ToolResult {
+        let (result, replace) = self.runner.run(call, &self.watchdog);
+        if replace && let Ok(fresh) = rstar2_sandbox::Runner::new(&self.config) {
+            self.runner = fresh;
+        }
+        result
+    }
+}
+
+/// Calls are held to their memory budget only where the module allocates through the sandbox's
+/// allocator.
+#[global_allocator]
+static ALLOCATOR: rstar2_sandbox::BudgetAllocator = rstar2_sandbox::BudgetAllocator;
