@@ -101,6 +101,12 @@ impl Episode {
         self.loss_mask.iter().filter(|&&m| m == 1).count()
     }
 
+    /// This episode as GRPO-RoC selection sees it: its reward and its penalties.
+    pub fn candidate(&self) -> rstar2_grpo::select::Candidate {
+        let u = self.tool_usage();
+        rstar2_grpo::select::Candidate { reward: self.reward.unwrap_or(0.0), penalty: rstar2_grpo::penalty::total_penalty(&u), p_err: rstar2_grpo::penalty::tool_error_penalty(&u) }
+    }
+
     /// Counts for the GRPO-RoC penalties.
     pub fn tool_usage(&self) -> ToolUsage {
         ToolUsage {

@@ -29,12 +29,15 @@
 pub mod chat;
 pub mod engine;
 pub mod episode;
+#[cfg(not(target_arch = "wasm32"))]
 mod run;
 pub mod sample;
 pub mod scheduler;
+pub mod trajectory;
 
 pub use chat::{ChatFormat, ParsedCall, parse_tool_calls};
 pub use episode::{Episode, FinishReason, ToolCallRecord};
+#[cfg(not(target_arch = "wasm32"))]
 pub use run::{Generated, ProgressFn, RolloutMetrics, generate};
 pub use sample::SamplingConfig;
 

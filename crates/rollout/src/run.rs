@@ -7,17 +7,17 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rstar2_model::Tokenizer;
 use rstar2_sandbox::{Sandbox, ToolCall, ToolResult};
 use serde::{Deserialize, Serialize};
 
-use crate::chat::{ParsedCall, parse_tool_calls};
 use crate::engine::Engine;
-use crate::episode::{Episode, FinishReason, ToolCallRecord};
+use crate::episode::{Episode, FinishReason};
 use crate::sample::sample;
 use crate::scheduler::Ledger;
+use crate::trajectory::{Trajectory, TurnEnd};
 use crate::{Request, RolloutConfig, RolloutError, ToolDispatch};
 
 /// Called from engine threads after each finished episode, with the model tokens generated so
@@ -129,24 +129,16 @@ enum State {
     Waiting,
 }
 
+/// A trajectory on an engine: its bookkeeping, and where it is in this loop.
 struct Traj {
     id: u64,
     request: usize,
     sample: usize,
-    prompt: Arc<Vec<u32>>,
     reserve: usize,
-    response: Vec<u32>,
-    mask: Vec<u8>,
-    logprobs: Vec<f32>,
-    /// Tokens to feed on the next step (not yet in the cache).
-    feed: Vec<u32>,
-    turn_start: usize,
-    turns: u32,
-    calls: Vec<ToolCallRecord>,
+    core: Trajectory,
     /// Lockstep: calls waiting for the wave's batch (record index, call).
     queued: Vec<(usize, ToolCall)>,
     waiting_since: Instant,
-    rng: ChaCha8Rng,
     state: State,
 }
 
@@ -305,12 +297,12 @@ fn engine_loop(e: usize, engine: &mut dyn Engine, rx: Receiver<Event>, shared: &
         // before anything comes back. Each sequence keeps what it would have kept step by step
         // (up to its stop or budget), consumes one uniform per kept token, and gives the
         // positions past its stop back to the engine.
-        let budget_left = decoding.iter().map(|id| config.max_response_tokens.saturating_sub(active[id].response.len())).min().unwrap_or(0);
+        let budget_left = decoding.iter().map(|id| config.max_response_tokens.saturating_sub(active[id].core.response.len())).min().unwrap_or(0);
         let ahead = engine.lookahead(&config.sampling).min(budget_left);
-        if ahead >= 2 && decoding.iter().all(|id| active[id].feed.len() == 1) {
-            let tokens: Vec<u32> = decoding.iter().map(|id| active[id].feed[0]).collect();
+        if ahead >= 2 && decoding.iter().all(|id| active[id].core.feed.len() == 1) {
+            let tokens: Vec<u32> = decoding.iter().map(|id| active[id].core.feed[0]).collect();
             let uniforms: Vec<Vec<f64>> = if config.sampling.temperature > 0.0 {
-                let mut rngs: Vec<ChaCha8Rng> = decoding.iter().map(|id| active[id].rng.clone()).collect();
+                let mut rngs: Vec<ChaCha8Rng> = decoding.iter().map(|id| active[id].core.rng.clone()).collect();
                 (0..ahead).map(|_| rngs.iter_mut().map(|r| r.random::<f64>()).collect()).collect()
             } else {
                 vec![vec![0.0; decoding.len()]; ahead]
@@ -325,7 +317,7 @@ fn engine_loop(e: usize, engine: &mut dyn Engine, rx: Receiver<Event>, shared: &
                     let t = active.get_mut(&id).unwrap();
                     for step in &draws {
                         if config.sampling.temperature > 0.0 {
-                            t.rng.random::<f64>();
+                            t.core.rng.random::<f64>();
                         }
                         kept += 1;
                         if take_token(t, step[i], shared) {
@@ -345,10 +337,10 @@ fn engine_loop(e: usize, engine: &mut dyn Engine, rx: Receiver<Event>, shared: &
         // (a prompt, a tool response) share what is left of the step's token budget, so a long
         // prompt never stalls the decoding sequences for a whole step. A sequence whose feed is
         // not consumed this step draws nothing.
-        let mut room = config.step_tokens.max(1).saturating_sub(decoding.iter().filter(|id| active[*id].feed.len() == 1).count());
+        let mut room = config.step_tokens.max(1).saturating_sub(decoding.iter().filter(|id| active[*id].core.feed.len() == 1).count());
         let mut fed: Vec<(u64, usize)> = Vec::with_capacity(decoding.len());
         for &id in &decoding {
-            let len = active[&id].feed.len();
+            let len = active[&id].core.feed.len();
             let take = if len == 1 { 1 } else { len.min(room.max(usize::from(fed.is_empty()))) };
             room = room.saturating_sub(if len == 1 { 0 } else { take });
             if take > 0 {
@@ -356,24 +348,24 @@ fn engine_loop(e: usize, engine: &mut dyn Engine, rx: Receiver<Event>, shared: &
             }
         }
         let ids: Vec<u64> = fed.iter().map(|&(id, _)| id).collect();
-        let complete: Vec<bool> = fed.iter().map(|&(id, take)| take == active[&id].feed.len()).collect();
+        let complete: Vec<bool> = fed.iter().map(|&(id, take)| take == active[&id].core.feed.len()).collect();
         let step_start = Instant::now();
         // On the device when the engine can (only the draws come back), each sequence's
         // generator supplying its uniform exactly as the host sampler would draw it.
         let draws: Vec<(u32, f32)> = if engine.samples_on_device(&config.sampling) {
             let uniforms: Vec<f64> =
-                ids.iter().zip(&complete).map(|(id, &done)| if done && config.sampling.temperature > 0.0 { active.get_mut(id).unwrap().rng.random::<f64>() } else { 0.0 }).collect();
-            let chunks: Vec<&[u32]> = fed.iter().map(|&(id, take)| &active[&id].feed[..take]).collect();
+                ids.iter().zip(&complete).map(|(id, &done)| if done && config.sampling.temperature > 0.0 { active.get_mut(id).unwrap().core.rng.random::<f64>() } else { 0.0 }).collect();
+            let chunks: Vec<&[u32]> = fed.iter().map(|&(id, take)| &active[&id].core.feed[..take]).collect();
             engine.extend_sample(&ids, &chunks, &config.sampling, &uniforms)?
         } else {
-            let chunks: Vec<&[u32]> = fed.iter().map(|&(id, take)| &active[&id].feed[..take]).collect();
+            let chunks: Vec<&[u32]> = fed.iter().map(|&(id, take)| &active[&id].core.feed[..take]).collect();
             let logits = engine.extend(&ids, &chunks, &complete)?;
-            ids.iter().zip(&complete).zip(logits).map(|((id, &done), l)| if done { sample(&l, &config.sampling, &mut active.get_mut(id).unwrap().rng) } else { (0, 0.0) }).collect()
+            ids.iter().zip(&complete).zip(logits).map(|((id, &done), l)| if done { sample(&l, &config.sampling, &mut active.get_mut(id).unwrap().core.rng) } else { (0, 0.0) }).collect()
         };
         stats.count_step(step_start, reserved, engine.capacity());
         for (((id, take), done), draw) in fed.into_iter().zip(complete).zip(draws) {
             let t = active.get_mut(&id).unwrap();
-            t.feed.drain(..take);
+            t.core.feed.drain(..take);
             if done && take_token(t, draw, shared) {
                 end_turn(e, id, &mut active, &mut reserved, engine, shared, &mut stats);
             }
@@ -381,44 +373,18 @@ fn engine_loop(e: usize, engine: &mut dyn Engine, rx: Receiver<Event>, shared: &
     }
 }
 
-/// A sampled (token, log-prob) joins the response and is the next token to feed; returns whether
-/// the turn ends with it (the end token, or the response budget reached).
-fn take_token(t: &mut Traj, (token, logprob): (u32, f32), shared: &Shared<'_>) -> bool {
-    t.response.push(token);
-    t.mask.push(1);
-    t.logprobs.push(logprob);
-    t.feed.clear();
-    t.feed.push(token);
+/// A sampled (token, log-prob) joins the response; returns whether the turn ends with it.
+fn take_token(t: &mut Traj, draw: (u32, f32), shared: &Shared<'_>) -> bool {
     shared.generated.fetch_add(1, Ordering::Relaxed);
-    token == shared.end_token || t.response.len() >= shared.config.max_response_tokens
+    t.core.take_token(draw, shared.end_token, shared.config)
 }
 
 fn handle_event(e: usize, event: Event, active: &mut BTreeMap<u64, Traj>, reserved: &mut usize, engine: &mut dyn Engine, shared: &Shared<'_>, stats: &mut EngineStats) {
     match event {
         Event::Admit(p) => {
             *reserved += p.reserve;
-            let seed = shared.config.seed ^ (shared.config.first_trajectory + p.traj).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            active.insert(
-                p.traj,
-                Traj {
-                    id: p.traj,
-                    request: p.request,
-                    sample: p.sample,
-                    feed: p.prompt.to_vec(),
-                    prompt: p.prompt,
-                    reserve: p.reserve,
-                    response: Vec::new(),
-                    mask: Vec::new(),
-                    logprobs: Vec::new(),
-                    turn_start: 0,
-                    turns: 0,
-                    calls: Vec::new(),
-                    queued: Vec::new(),
-                    waiting_since: Instant::now(),
-                    rng: ChaCha8Rng::seed_from_u64(seed),
-                    state: State::Decoding,
-                },
-            );
+            let core = Trajectory::new(p.prompt, shared.config, p.traj);
+            active.insert(p.traj, Traj { id: p.traj, request: p.request, sample: p.sample, reserve: p.reserve, core, queued: Vec::new(), waiting_since: Instant::now(), state: State::Decoding });
         }
         Event::Tools { traj, results } => deliver(e, traj, results, active, reserved, engine, shared, stats),
     }
@@ -428,32 +394,10 @@ fn handle_event(e: usize, event: Event, active: &mut BTreeMap<u64, Traj>, reserv
 fn end_turn(e: usize, id: u64, active: &mut BTreeMap<u64, Traj>, reserved: &mut usize, engine: &mut dyn Engine, shared: &Shared<'_>, stats: &mut EngineStats) {
     let config = shared.config;
     let t = active.get_mut(&id).unwrap();
-    t.turns += 1;
-    let turn_text = shared.tokenizer.decode(&t.response[t.turn_start..]);
-    if t.response.len() >= config.max_response_tokens {
-        return finish(e, id, FinishReason::Length, active, reserved, engine, shared);
-    }
-    let parsed = parse_tool_calls(&turn_text, config.chat.max_calls_per_turn);
-    if parsed.is_empty() {
-        let reason = if turn_text.contains("<answer>") || turn_text.contains("\\boxed") { FinishReason::Answered } else { FinishReason::NoToolCall };
-        return finish(e, id, reason, active, reserved, engine, shared);
-    }
-    if t.turns >= config.max_turns {
-        return finish(e, id, FinishReason::MaxTurns, active, reserved, engine, shared);
-    }
-    let mut to_run = Vec::new();
-    for call in parsed {
-        let index = t.calls.len();
-        match call {
-            ParsedCall::Python { code, input } => {
-                to_run.push((index, if input.is_empty() { ToolCall::new(code.clone()) } else { ToolCall::with_stdin(code.clone(), input.clone()) }));
-                t.calls.push(ToolCallRecord { turn: t.turns, code: Some(code), input: Some(input), parse_error: None, outcome: None, shown: String::new() });
-            }
-            ParsedCall::Invalid(message) => {
-                t.calls.push(ToolCallRecord { turn: t.turns, code: None, input: None, parse_error: Some(message.clone()), outcome: None, shown: message });
-            }
-        }
-    }
+    let to_run = match t.core.end_turn(shared.tokenizer, config) {
+        TurnEnd::Finished(reason) => return finish(e, id, reason, active, reserved, engine, shared),
+        TurnEnd::Calls(calls) => calls,
+    };
     t.state = State::Waiting;
     t.waiting_since = Instant::now();
     if to_run.is_empty() {
@@ -496,26 +440,12 @@ fn run_wave_calls(e: usize, active: &mut BTreeMap<u64, Traj>, reserved: &mut usi
 /// Tool results arrived: show them to the model, or finish when they do not fit the budget.
 #[allow(clippy::too_many_arguments)]
 fn deliver(e: usize, id: u64, results: Vec<(usize, ToolResult)>, active: &mut BTreeMap<u64, Traj>, reserved: &mut usize, engine: &mut dyn Engine, shared: &Shared<'_>, stats: &mut EngineStats) {
-    let config = shared.config;
     let Some(t) = active.get_mut(&id) else { return };
     stats.tool_wait += t.waiting_since.elapsed();
-    for (index, result) in results {
-        let record = &mut t.calls[index];
-        record.shown = config.chat.tool_result_text(&result);
-        record.outcome = Some(result);
+    match t.core.deliver(results, shared.tokenizer, shared.config) {
+        Ok(tool_tokens) => stats.tool_tokens += tool_tokens,
+        Err(reason) => return finish(e, id, reason, active, reserved, engine, shared),
     }
-    let texts: Vec<String> = t.calls.iter().filter(|c| c.turn == t.turns).map(|c| c.shown.clone()).collect();
-    let segment = shared.tokenizer.encode(&config.chat.tool_responses(&texts));
-    if t.response.len() + segment.len() >= config.max_response_tokens {
-        return finish(e, id, FinishReason::Length, active, reserved, engine, shared);
-    }
-    stats.tool_tokens += segment.len();
-    t.response.extend_from_slice(&segment);
-    t.mask.extend(std::iter::repeat_n(0, segment.len()));
-    t.logprobs.extend(std::iter::repeat_n(0.0, segment.len()));
-    // The turn's end token was sampled but never fed; it goes in ahead of the response.
-    t.feed.extend_from_slice(&segment);
-    t.turn_start = t.response.len();
     t.state = State::Decoding;
 }
 
@@ -524,32 +454,7 @@ fn finish(e: usize, id: u64, reason: FinishReason, active: &mut BTreeMap<u64, Tr
     engine.release(id);
     *reserved -= t.reserve;
     shared.admission.lock().unwrap().ledger.release(e, t.reserve);
-    let request = &shared.requests[t.request];
-    let text = shared.tokenizer.decode(&t.response);
-    let mut ids = t.prompt.to_vec();
-    ids.extend_from_slice(&t.response);
-    let (reward, extracted) = match &request.answer {
-        Some(answer) => {
-            let v = rstar2_grpo::reward::verify(&text, answer, shared.config.answer_scope, reason == FinishReason::Length);
-            (Some(f32::from(v.reward)), v.extracted)
-        }
-        None => (None, None),
-    };
-    let episode = Episode {
-        id: request.id.clone(),
-        sample: t.sample,
-        engine: e,
-        prompt_ids: t.prompt.to_vec(),
-        ids,
-        loss_mask: t.mask,
-        logprobs: t.logprobs,
-        turns: t.turns,
-        tool_calls: t.calls,
-        finish_reason: reason,
-        text,
-        reward,
-        extracted,
-    };
+    let episode = t.core.into_episode(&shared.requests[t.request], t.sample, e, reason, shared.tokenizer, shared.config);
     if let Some(progress) = shared.progress {
         progress(&episode, shared.generated.load(Ordering::Relaxed));
     }

@@ -11,7 +11,9 @@ use rand_chacha::ChaCha8Rng;
 use rstar2_model::Tokenizer;
 use rstar2_rollout::ChatFormat;
 use rstar2_rollout::chat::TOOL_NAME;
-use rstar2_sandbox::{Sandbox, Status, ToolCall, ToolResult};
+#[cfg(not(target_arch = "wasm32"))]
+use rstar2_sandbox::{Sandbox, ToolCall};
+use rstar2_sandbox::{Status, ToolResult};
 use serde::{Deserialize, Serialize};
 
 use crate::{Task, TaskError};
@@ -89,7 +91,14 @@ fn break_code(code: &str, rng: &mut impl Rng) -> String {
 /// Traces for synthetic tasks (those with code), their tool calls run in `sandbox`. Fails if a
 /// task's correct code does not print its answer, or its wrong program ([`crate::Flawed`]) does
 /// not print the wrong answer computed for it.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn build_traces(tasks: &[Task], sandbox: &Sandbox, chat: &ChatFormat, mix: &SftMix, seed: u64) -> Result<Vec<SftTrace>, TaskError> {
+    build_traces_with(tasks, chat, mix, seed, |codes| run_all(sandbox, codes))
+}
+
+/// [`build_traces`] with the tool calls run by `run_all` (every program, in order, one result
+/// each): how a page without a sandbox pool builds them, one interpreter at a time.
+pub fn build_traces_with(tasks: &[Task], chat: &ChatFormat, mix: &SftMix, seed: u64, run_all: impl FnOnce(&[String]) -> Vec<ToolResult>) -> Result<Vec<SftTrace>, TaskError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     #[derive(Clone, Copy, PartialEq)]
     enum Style {
@@ -137,7 +146,8 @@ pub fn build_traces(tasks: &[Task], sandbox: &Sandbox, chat: &ChatFormat, mix: &
             calls.push(b.clone());
         }
     }
-    let results = run_all(sandbox, &calls);
+    let results = run_all(&calls);
+    assert_eq!(results.len(), calls.len(), "one result per tool call");
     let mut results = results.into_iter();
     let openers = [" Let me compute this with Python.", " I will use Python for this.", " This needs a computation."];
     let mut traces = Vec::with_capacity(plans.len());
@@ -171,6 +181,7 @@ pub fn build_traces(tasks: &[Task], sandbox: &Sandbox, chat: &ChatFormat, mix: &
     Ok(traces)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn run_all(sandbox: &Sandbox, codes: &[String]) -> Vec<ToolResult> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let slots: Vec<std::sync::Mutex<Option<ToolResult>>> = codes.iter().map(|_| std::sync::Mutex::new(None)).collect();

@@ -14,6 +14,10 @@
 
 use wasm_bindgen::prelude::*;
 
+pub mod recipe;
+
+pub use recipe::{Recipe, Settings, StepReport};
+
 /// A device on the WebGPU adapter this browser offers, shared as `rstar2_gpu::GpuModel` wants
 /// it, or `None` where the browser has no WebGPU (the page then trains on the CPU backend).
 pub async fn webgpu() -> Option<std::sync::Arc<rstar2_gpu::Gpu>> {
@@ -74,6 +78,73 @@ impl PythonTool {
             self.runner = fresh;
         }
         result
+    }
+}
+
+/// A run of the recipe for the page: each call of `step` takes one step and resolves to its
+/// report (JSON of [`StepReport`]).
+#[wasm_bindgen]
+pub struct WebRecipe {
+    run: std::rc::Rc<std::cell::RefCell<Recipe>>,
+    backend: String,
+    config_json: String,
+    tokenizer_json: String,
+}
+
+#[wasm_bindgen]
+impl WebRecipe {
+    /// Starts a run on the model folder's `config.json` and `tokenizer.json` (text) with
+    /// `settings_json` (JSON of [`Settings`]; missing fields take their defaults): on WebGPU
+    /// where the browser has it and `cpu` is false, else on the CPU backend.
+    pub async fn start(config_json: String, tokenizer_json: String, settings_json: String, cpu: bool) -> Result<WebRecipe, JsError> {
+        let settings: Settings = serde_json::from_str(if settings_json.trim().is_empty() { "{}" } else { &settings_json }).map_err(|e| JsError::new(&format!("settings: {e}")))?;
+        let gpu = if cpu { None } else { webgpu().await };
+        let backend = gpu.as_ref().map_or_else(|| "CPU (WebAssembly, one thread)".to_string(), |g| format!("WebGPU: {}", g.describe()));
+        let run = Recipe::new(&config_json, &tokenizer_json, settings, gpu).map_err(|e| JsError::new(&e.to_string()))?;
+        Ok(WebRecipe { run: std::rc::Rc::new(std::cell::RefCell::new(run)), backend, config_json, tokenizer_json })
+    }
+
+    /// The backend the run trains on, with its adapter.
+    pub fn backend(&self) -> String {
+        self.backend.clone()
+    }
+
+    /// Steps in the whole run.
+    pub fn total_steps(&self) -> usize {
+        self.run.borrow().total_steps()
+    }
+
+    /// Whether every step has been taken.
+    pub fn done(&self) -> bool {
+        self.run.borrow().done()
+    }
+
+    /// Takes the next step; resolves to its report as JSON (rejects while a step is running).
+    // The run stays borrowed across the step's read-backs on purpose: the page's one thread may
+    // call in meanwhile, and the failed `try_borrow_mut` is what refuses it.
+    #[allow(clippy::await_holding_refcell_ref)]
+    pub fn step(&self) -> js_sys::Promise {
+        let run = self.run.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let mut run = run.try_borrow_mut().map_err(|_| JsError::new("a step is already running"))?;
+            let report = run.step().await;
+            Ok(JsValue::from_str(&serde_json::to_string(&report).expect("a report serializes")))
+        })
+    }
+
+    /// The trained model as an HF folder: resolves to an array of [file name, bytes] pairs.
+    #[allow(clippy::await_holding_refcell_ref)]
+    pub fn model_files(&self) -> js_sys::Promise {
+        let (run, config, tokenizer) = (self.run.clone(), self.config_json.clone(), self.tokenizer_json.clone());
+        wasm_bindgen_futures::future_to_promise(async move {
+            let run = run.try_borrow().map_err(|_| JsError::new("a step is running"))?;
+            let files = run.model_files(&config, &tokenizer).await.map_err(|e| JsError::new(&e))?;
+            let out = js_sys::Array::new();
+            for (name, bytes) in files {
+                out.push(&js_sys::Array::of2(&JsValue::from_str(&name), &js_sys::Uint8Array::from(bytes.as_slice())));
+            }
+            Ok(out.into())
+        })
     }
 }
 

@@ -8,7 +8,6 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rstar2_backend::Policy;
 use rstar2_grpo::loss::{Aggregation, LossConfig, RolloutTokens, policy_loss};
-use rstar2_grpo::penalty::{tool_error_penalty, total_penalty};
 use rstar2_grpo::select::{Candidate, NegativeSelection, PositiveSelection, Selection};
 use rstar2_model::{Batch, LrSchedule};
 use rstar2_rollout::{RolloutConfig, SamplingConfig};
@@ -93,17 +92,7 @@ impl Trainer {
         let out = self.replicas.rollout(&self.tokenizer, &self.sandbox, &self.config.chat, &requests, &rollout, None)?;
         let gen_seconds = t0.elapsed().as_secs_f64();
         let episodes = out.episodes;
-        let groups: Vec<Vec<Candidate>> = episodes
-            .chunks(samples)
-            .map(|g| {
-                g.iter()
-                    .map(|e| {
-                        let u = e.tool_usage();
-                        Candidate { reward: e.reward.unwrap_or(0.0), penalty: total_penalty(&u), p_err: tool_error_penalty(&u) }
-                    })
-                    .collect()
-            })
-            .collect();
+        let groups: Vec<Vec<Candidate>> = episodes.chunks(samples).map(|g| g.iter().map(rstar2_rollout::Episode::candidate).collect()).collect();
         let selection = rstar2_grpo::prepare_step(&groups, &self.selection(), mix_seed(self.config.seed, 0x5e1, self.state.rl_step as u64), false);
         let kept: Vec<(&rstar2_rollout::Episode, f32)> = selection.kept.iter().map(|k| (&episodes[k.group * samples + k.index], k.advantage)).collect();
         let loss_config = LossConfig { clip_low: rl.clip_low, clip_high: rl.clip_high, ..Default::default() };
