@@ -14,6 +14,7 @@ mod test_cmd;
 mod tokenizer_cmd;
 mod train_cmd;
 mod verify_cmd;
+mod web_cmd;
 mod web_tests;
 
 use clap::{Parser, Subcommand};
@@ -74,6 +75,9 @@ enum Command {
     Devices,
     /// Prepares test inputs (pure-Python sympy and mpmath wheels) and runs the whole test suite.
     Test(test_cmd::TestArgs),
+    /// Builds the browser page (the recipe and the Python tool in a tab, on WebGPU or the CPU)
+    /// into target/web and serves it on 127.0.0.1.
+    Web(web_cmd::WebArgs),
 }
 
 /// In-process tool calls are held to their memory limit by counting their allocations.
@@ -88,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         Command::Sandbox(cmd) => sandbox_cmd::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Test(args) => test_cmd::run(args),
+        Command::Web(args) => web_cmd::run(args),
         Command::Devices => {
             list_devices();
             Ok(())

@@ -406,7 +406,9 @@ impl Gpu {
 
     /// "name (backend, type)".
     pub fn describe(&self) -> String {
-        format!("{} ({:?}, {:?})", self.info.name, self.info.backend, self.info.device_type)
+        // Browsers do not name their WebGPU adapter.
+        let name = if self.info.name.is_empty() { "unnamed adapter" } else { &self.info.name };
+        format!("{name} ({:?}, {:?})", self.info.backend, self.info.device_type)
     }
 
     /// Whether this adapter is a software rasterizer (lavapipe, llvmpipe, WARP).
