@@ -85,7 +85,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     }
     // The browser tests only where no filter narrows the native run to something else.
     if args.cargo_args.is_empty() {
-        crate::web_tests::ensure_target()?;
+        crate::web_cmd::ensure_target()?;
         crate::web_tests::run(cargo)?;
     }
     Ok(())
@@ -122,7 +122,7 @@ fn lints(mpi_features: &[&str]) -> anyhow::Result<()> {
     let mut cpu_only_tests = cargo();
     cpu_only_tests.args(["test", "--release", "--ignore-rust-version", "-p", "rstar2-backend", "--no-default-features"]);
     check(cpu_only_tests, "cargo test -p rstar2-backend --no-default-features (device choice without a GPU backend)")?;
-    crate::web_tests::ensure_target()?;
+    crate::web_cmd::ensure_target()?;
     let mut wasm = cargo();
     wasm.args(["clippy", "--ignore-rust-version", "--target", "wasm32-unknown-unknown", "-p", "rstar2-web", "--all-targets", "--", "-D", "warnings"]);
     check(wasm, "cargo clippy -p rstar2-web --target wasm32-unknown-unknown -- -D warnings (the browser build)")?;

@@ -2,11 +2,14 @@
 //! from the `wasm-bindgen` CLI at the lockfile's version, `crates/web/page`, the tiny preset's
 //! config and tokenizer) into `target/web`, and serves it on 127.0.0.1.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
 use rstar2_train::paths::workspace_root;
+
+/// The browser build's target.
+pub const TARGET: &str = "wasm32-unknown-unknown";
 
 #[derive(clap::Args)]
 pub struct WebArgs {
@@ -22,14 +25,24 @@ pub struct WebArgs {
 }
 
 pub fn run(args: WebArgs) -> anyhow::Result<()> {
+    let out = build(args.dev)?;
+    if args.build_only {
+        return Ok(());
+    }
+    serve(&out, args.port)
+}
+
+/// Builds the page into `target/web` (the module in the dev profile where `dev`); returns it.
+pub fn build(dev: bool) -> anyhow::Result<std::path::PathBuf> {
     let root = workspace_root();
-    crate::web_tests::ensure_target()?;
-    let tools = crate::web_tests::ensure_runner()?;
-    let profile = if args.dev { "debug" } else { "release" };
+    ensure_target()?;
+    let tools = ensure_runner()?;
+    let profile = if dev { "debug" } else { "release" };
     eprintln!("building rstar2-web for wasm32 ({profile}; the first build compiles RustPython for wasm32, about 10 minutes on two cores)");
-    let mut build = crate::test_cmd::cargo();
-    build.args(["build", "--ignore-rust-version", "--target", "wasm32-unknown-unknown", "-p", "rstar2-web", "--lib"]);
-    if !args.dev {
+    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    build.current_dir(&root);
+    build.args(["build", "--ignore-rust-version", "--target", TARGET, "-p", "rstar2-web", "--lib"]);
+    if !dev {
         build.arg("--release");
     }
     if !build.status().context("running cargo build")?.success() {
@@ -50,10 +63,63 @@ pub fn run(args: WebArgs) -> anyhow::Result<()> {
     }
     let (bytes, gzipped) = sizes(&out)?;
     println!("page in {}: {:.1} MB, {:.1} MB gzipped", out.display(), bytes as f64 / 1e6, gzipped as f64 / 1e6);
-    if args.build_only {
-        return Ok(());
+    Ok(out)
+}
+
+/// Adds the wasm32 target with rustup when it is missing (the browser build's clippy and tests
+/// need it).
+pub fn ensure_target() -> anyhow::Result<()> {
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output().context("running rustup (the wasm32 target comes from rustup)")?;
+    if !String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.trim() == TARGET) {
+        eprintln!("adding the {TARGET} target with rustup");
+        let added = Command::new("rustup").args(["target", "add", TARGET]).status().with_context(|| format!("running rustup target add {TARGET}"))?;
+        if !added.success() {
+            bail!("rustup target add {TARGET} failed");
+        }
     }
-    serve(&out, args.port)
+    Ok(())
+}
+
+/// The folder holding `wasm-bindgen-test-runner` of exactly the lockfile's `wasm-bindgen`
+/// version (the runner refuses modules of another version): one on PATH if it matches, else
+/// installed once from crates.io into `target/wasm-bindgen-cli`.
+pub fn ensure_runner() -> anyhow::Result<PathBuf> {
+    let version = locked_version("wasm-bindgen")?;
+    let matches = |runner: &Path| Command::new(runner).arg("--version").output().is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).split_whitespace().any(|w| w == version));
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        if matches(&dir.join("wasm-bindgen-test-runner")) {
+            return Ok(dir);
+        }
+    }
+    let root = workspace_root().join("target").join("wasm-bindgen-cli");
+    let bin = root.join("bin");
+    if !matches(&bin.join("wasm-bindgen-test-runner")) {
+        eprintln!("installing wasm-bindgen-cli {version} (the lockfile's wasm-bindgen) into {}", root.display());
+        // Not `--locked`: the CLI's own lockfile pins a release that crates.io no longer has.
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["install", "--quiet", "wasm-bindgen-cli", "--version", &version, "--root"])
+            .arg(&root)
+            .status()
+            .context("running cargo install wasm-bindgen-cli")?;
+        if !status.success() || !matches(&bin.join("wasm-bindgen-test-runner")) {
+            bail!("installing wasm-bindgen-cli {version} failed");
+        }
+    }
+    Ok(bin)
+}
+
+/// The version of `package` in Cargo.lock.
+pub fn locked_version(package: &str) -> anyhow::Result<String> {
+    let lock = std::fs::read_to_string(workspace_root().join("Cargo.lock")).context("reading Cargo.lock")?;
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line == format!("name = \"{package}\"")
+            && let Some(v) = lines.next().and_then(|l| l.strip_prefix("version = \""))
+        {
+            return Ok(v.trim_end_matches('"').to_string());
+        }
+    }
+    bail!("{package} is not in Cargo.lock")
 }
 
 /// Bytes of every file of the page, as served and gzipped.
@@ -77,7 +143,7 @@ fn sizes(dir: &Path) -> anyhow::Result<(u64, u64)> {
 }
 
 /// Serves `dir` on 127.0.0.1:`port` until interrupted.
-fn serve(dir: &Path, port: u16) -> anyhow::Result<()> {
+pub fn serve(dir: &Path, port: u16) -> anyhow::Result<()> {
     let dir = dir.to_path_buf();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
