@@ -58,6 +58,20 @@ pub struct SftExample {
     pub mask: Vec<u8>,
 }
 
+/// The next-token targets of examples packed in order, one per token (0 after each example's
+/// last), and the weight of each: 1 where the target is a model token, else 0.
+pub fn next_token_targets(examples: &[&SftExample]) -> (Vec<u32>, Vec<f32>) {
+    let (mut targets, mut mask) = (Vec::new(), Vec::new());
+    for e in examples {
+        for t in 0..e.tokens.len() {
+            let next = t + 1 < e.tokens.len();
+            targets.push(if next { e.tokens[t + 1] } else { 0 });
+            mask.push(if next { f32::from(e.mask[t + 1]) } else { 0.0 });
+        }
+    }
+    (targets, mask)
+}
+
 impl SftTrace {
     /// Tokenizes segment by segment, exactly as the rollout engine builds its token stream.
     pub fn tokenize(&self, tokenizer: &Tokenizer) -> SftExample {

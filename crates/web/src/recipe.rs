@@ -241,14 +241,7 @@ impl Recipe {
         let b = self.settings.sft_batch.max(1);
         let part: Vec<&SftExample> = self.sft_order[self.step * b..((self.step + 1) * b).min(self.sft_order.len())].iter().map(|&i| &self.sft[i]).collect();
         let seqs: Vec<Vec<u32>> = part.iter().map(|e| e.tokens.clone()).collect();
-        let (mut targets, mut mask) = (Vec::new(), Vec::new());
-        for e in &part {
-            for t in 0..e.tokens.len() {
-                let next = t + 1 < e.tokens.len();
-                targets.push(if next { e.tokens[t + 1] } else { 0 });
-                mask.push(if next { f32::from(e.mask[t + 1]) } else { 0.0 });
-            }
-        }
+        let (targets, mask) = rstar2_tasks::sft::next_token_targets(&part);
         let count = mask.iter().sum::<f32>().max(1.0);
         let total = self.sft_steps() as u64;
         let schedule = rstar2_model::LrSchedule { lr: self.settings.sft_lr, warmup_steps: (total / 25).max(1), cosine_total_steps: Some(total), min_ratio: 0.0 };

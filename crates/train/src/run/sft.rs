@@ -71,15 +71,7 @@ pub fn sft_share(policy: &Policy, share: &[&rstar2_tasks::sft::SftExample], coun
     }
     let seqs: Vec<Vec<u32>> = share.iter().map(|e| e.tokens.clone()).collect();
     let batch = Batch::new(&seqs);
-    let mut targets = Vec::with_capacity(batch.len());
-    let mut mask = Vec::with_capacity(batch.len());
-    for e in share {
-        for t in 0..e.tokens.len() {
-            let next = t + 1 < e.tokens.len();
-            targets.push(if next { e.tokens[t + 1] } else { 0 });
-            mask.push(if next { f32::from(e.mask[t + 1]) } else { 0.0 });
-        }
-    }
+    let (targets, mask) = rstar2_tasks::sft::next_token_targets(share);
     let (acts, lp) = policy.forward_logprobs(&batch, &targets);
     let loss_sum: f64 = -lp.iter().zip(&mask).map(|(&l, &m)| f64::from(l * m)).sum::<f64>();
     let dlogprob: Vec<f32> = mask.iter().map(|&m| -m / count as f32).collect();
