@@ -48,6 +48,28 @@ pub fn ensure_pylib() -> anyhow::Result<PathBuf> {
 }
 
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
+    // A full disk shows up as a linker killed by SIGBUS or a truncated file, far from its cause:
+    // say how much room there was before and after.
+    print_disk_room("before the suite");
+    let result = run_suite(args);
+    if result.is_err() {
+        print_disk_room("after the failure");
+    }
+    result
+}
+
+/// The free space where `target/` lives, as `df -h` prints it (nothing where df is missing).
+fn print_disk_room(when: &str) {
+    let target = workspace_root().join("target");
+    let probe = if target.exists() { target } else { workspace_root() };
+    if let Ok(out) = Command::new("df").arg("-h").arg(&probe).output()
+        && let Some(line) = String::from_utf8_lossy(&out.stdout).lines().nth(1)
+    {
+        eprintln!("disk room {when} (df -h {}): {line}", probe.display());
+    }
+}
+
+fn run_suite(args: TestArgs) -> anyhow::Result<()> {
     if !rstar2_train::paths::is_checkout(&workspace_root()) {
         bail!("cargo xtask test runs the suite of an rstar2 checkout: run it inside one (found none above {})", std::env::current_dir()?.display());
     }
