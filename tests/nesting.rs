@@ -60,7 +60,7 @@ const SOURCE_SHAPES: &[(&str, &str)] = &[
     ("nested functions", "exec(''.join(' ' * i + 'def f():\\n' for i in range(min({n}, 3000))) + ' ' * min({n}, 3000) + 'pass')"),
     (
         "syntax tree built by hand",
-        "import ast\ne = ast.Constant(1)\nfor _ in range(min({n}, 1000000)):\n    e = ast.UnaryOp(ast.USub(), e)\ncompile(ast.fix_missing_locations(ast.Expression(e)), 's', 'eval')",
+        "import ast\ne = ast.Constant(1)\nfor _ in range(min({n}, 100000)):\n    e = ast.UnaryOp(ast.USub(), e)\ncompile(ast.fix_missing_locations(ast.Expression(e)), 's', 'eval')",
     ),
     ("regex groups", "import re\nre.compile('(?:' * {n} + 'a' + ')' * {n})"),
 ];

@@ -54,8 +54,9 @@ pub fn build(dev: bool) -> anyhow::Result<std::path::PathBuf> {
     if !status.success() {
         bail!("wasm-bindgen failed on {}", module.display());
     }
-    for file in ["index.html", "main.js"] {
-        std::fs::copy(root.join("crates/web/page").join(file), out.join(file)).with_context(|| format!("copying {file}"))?;
+    for entry in std::fs::read_dir(root.join("crates/web/page")).context("reading crates/web/page")? {
+        let from = entry?.path();
+        std::fs::copy(&from, out.join(from.file_name().expect("a file"))).with_context(|| format!("copying {}", from.display()))?;
     }
     std::fs::create_dir_all(out.join("model"))?;
     for file in ["config.json", "tokenizer.json"] {

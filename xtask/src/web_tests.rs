@@ -60,8 +60,8 @@ pub fn run(cargo: impl Fn() -> Command) -> anyhow::Result<()> {
 }
 
 /// The page as a user meets it: `cargo xtask web --dev` builds it, a server serves it, and over
-/// WebDriver a headless Chromium loads it, runs a Python call, starts a toy run and reads its
-/// first steps' figures from the page.
+/// WebDriver a headless Chromium loads it, runs Python calls (one that escapes its deadline and
+/// takes its worker down with it), starts a toy run and reads its steps' figures from the page.
 fn page_test(capabilities: &Path) -> anyhow::Result<()> {
     eprintln!("page test: building the page (dev profile), serving it, driving Chromium over WebDriver");
     // In this process: `cargo test --workspace` has rebuilt (replaced) this very binary.
@@ -140,15 +140,29 @@ fn drive(driver_port: u16, page_port: u16, capabilities: &Path) -> anyhow::Resul
             }
             std::thread::sleep(std::time::Duration::from_millis(250));
         }
-        wait("progress", "loading the module", &|t| t == "ready", 120)?;
+        wait("progress", "loading the module", &|t| t.starts_with("ready"), 120)?;
         let backend = text("backend")?;
         if !backend.starts_with("WebGPU") {
             bail!("page test: the page found no WebGPU ({backend:?})");
         }
-        script("document.getElementById('code').value = 'print(6 * 7)'; document.getElementById('run').click()")?;
-        let tool = wait("tool", "the Python call", &|t| !t.is_empty(), 30)?;
-        if tool != "[ok]\n42\n" {
-            bail!("page test: the Python tool answered {tool:?}");
+        let python = |code: &str, seconds: u64| -> anyhow::Result<String> {
+            script(&format!("document.getElementById('tool').textContent = ''; document.getElementById('code').value = {code:?}; document.getElementById('run').click()"))?;
+            wait("tool", "the Python call", &|t| t.starts_with('['), seconds)
+        };
+        let answer = python("print(6 * 7)", 60)?;
+        if answer != "[ok]\n42\n" {
+            bail!("page test: the Python tool answered {answer:?}");
+        }
+        // Code that catches its deadline's interrupt and loops on escapes the interpreter's own
+        // checks: past the deadline (4 s) and its grace, the page ends the tool's worker, and a
+        // fresh worker answers the next call.
+        let answer = python("while True:\n    try:\n        while True:\n            pass\n    except KeyboardInterrupt:\n        pass", 30)?;
+        if !answer.starts_with("[timeout]") || !answer.contains("worker was ended and replaced") {
+            bail!("page test: a call that escapes its deadline answered {answer:?}");
+        }
+        let answer = python("print(6 * 7)", 60)?;
+        if answer != "[ok]\n42\n" {
+            bail!("page test: the replaced Python worker answered {answer:?}");
         }
         let settings =
             serde_json::json!({"sft_examples": 8, "sft_epochs": 1, "sft_batch": 4, "rl_steps": 1, "prompts_per_step": 1, "group_size": 2, "oversample": 1, "max_response_tokens": 16, "levels": [1]});

@@ -1,10 +1,12 @@
-// The page: loads the module, says which backend it found, and runs the recipe one awaited step
-// at a time, giving the browser its event loop back between steps.
-import init, { WebRecipe, PythonTool, backend_description } from './pkg/rstar2_web.js';
+// The page: the recipe runs in a Web Worker (recipe_worker.js) and reports each step here, so
+// the tab stays responsive whatever the backend; the Python box runs in its own worker (tool.js).
+import { PythonWorker } from './tool.js';
 
 const $ = (id) => document.getElementById(id);
 const sft = [], reward = [], toolErrors = [];
-let recipe = null, stopped = false;
+const recipe = new Worker(new URL('./recipe_worker.js', import.meta.url), { type: 'module' });
+// When Start was pressed, and whether a step has been reported since (the start-up figures).
+let startedAt = 0, firstStep = true;
 
 function plot(canvas, series) {
   const g = canvas.getContext('2d');
@@ -23,10 +25,11 @@ function plot(canvas, series) {
   }
 }
 
-function show(r) {
+function show(r, toolRestarts) {
   const line = r.phase === 'sft'
     ? `step ${r.step}/${r.total_steps} sft loss ${r.loss.toFixed(3)} (${r.tokens} tokens, ${r.seconds.toFixed(2)} s)`
-    : `step ${r.step}/${r.total_steps} rl reward ${r.reward.toFixed(3)} tool calls ${r.tool_calls} tool errors ${r.tool_error_ratio.toFixed(3)} loss ${r.loss.toFixed(4)} (${r.seconds.toFixed(2)} s)`;
+    : `step ${r.step}/${r.total_steps} rl reward ${r.reward.toFixed(3)} tool calls ${r.tool_calls} tool errors ${r.tool_error_ratio.toFixed(3)} loss ${r.loss.toFixed(4)} (${r.seconds.toFixed(2)} s)`
+      + (toolRestarts ? ` [tool worker restarted ${toolRestarts}x]` : '');
   $('log').textContent = line + '\n' + $('log').textContent;
   $('progress').textContent = `${r.step} / ${r.total_steps}`;
   if (r.phase === 'sft') sft.push(r.loss); else { reward.push(r.reward); toolErrors.push(r.tool_error_ratio); $('rollouts').textContent = r.samples.join('\n\n----\n\n'); }
@@ -34,27 +37,8 @@ function show(r) {
   plot($('reward'), [{ values: reward, color: 'blue' }, { values: toolErrors, color: 'red' }]);
 }
 
-async function start() {
-  $('start').disabled = true;
-  stopped = false;
-  const [config, tokenizer] = await Promise.all(['model/config.json', 'model/tokenizer.json'].map((f) => fetch(f).then((r) => r.text())));
-  $('progress').textContent = 'building the SFT traces (their tool calls run here)…';
-  await new Promise((r) => setTimeout(r, 0));
-  recipe = await WebRecipe.start(config, tokenizer, $('settings').value, $('cpu').checked);
-  $('backend').textContent = recipe.backend();
-  $('stop').disabled = false;
-  $('download').disabled = false;
-  while (!stopped && !recipe.done()) {
-    show(JSON.parse(await recipe.step()));
-    await new Promise((r) => setTimeout(r, 0));
-  }
-  $('progress').textContent += stopped ? ' (stopped)' : ' (done)';
-  $('stop').disabled = true;
-  $('start').disabled = false;
-}
-
-async function download() {
-  for (const [name, bytes] of await recipe.model_files()) {
+function save(files) {
+  for (const [name, bytes] of files) {
     const a = document.createElement('a');
     a.href = URL.createObjectURL(new Blob([bytes]));
     a.download = name;
@@ -62,12 +46,56 @@ async function download() {
   }
 }
 
-await init();
-$('backend').textContent = await backend_description();
-const tool = new PythonTool(4000, 256);
-$('run').onclick = () => { const r = JSON.parse(tool.run($('code').value)); $('tool').textContent = `[${r.status}]\n${r.stdout}${r.stderr}`; };
+recipe.onmessage = ({ data }) => {
+  if (data.backend) {
+    $('backend').textContent = data.backend;
+    $('start').disabled = false;
+    $('progress').textContent = `ready (module loaded in ${(performance.now() / 1000).toFixed(1)} s)`;
+  } else if (data.started) {
+    $('backend').textContent = data.started.backend;
+    $('progress').textContent = `0 / ${data.started.total}`;
+    $('log').textContent = `started in ${((performance.now() - startedAt) / 1000).toFixed(1)} s (SFT traces built, model initialized)\n`;
+    $('stop').disabled = false;
+    $('download').disabled = false;
+  } else if (data.report) {
+    if (firstStep) $('log').textContent = `first step done ${((performance.now() - startedAt) / 1000).toFixed(1)} s after Start\n` + $('log').textContent;
+    firstStep = false;
+    show(data.report, data.toolRestarts);
+  } else if (data.finished) {
+    $('progress').textContent += data.finished.stopped ? ' (stopped)' : ' (done)';
+    $('stop').disabled = true;
+    $('start').disabled = false;
+  } else if (data.files) {
+    save(data.files);
+  } else if (data.error) {
+    $('progress').textContent = `failed: ${data.error}`;
+    $('start').disabled = false;
+  }
+};
+recipe.onerror = (e) => { $('progress').textContent = `the recipe's worker failed: ${e.message}`; };
+
+async function start() {
+  $('start').disabled = true;
+  startedAt = performance.now();
+  firstStep = true;
+  sft.length = reward.length = toolErrors.length = 0;
+  const [config, tokenizer] = await Promise.all(['model/config.json', 'model/tokenizer.json'].map((f) => fetch(f).then((r) => r.text())));
+  $('progress').textContent = 'building the SFT traces (their tool calls run in the worker)…';
+  recipe.postMessage({ start: { config, tokenizer, settings: $('settings').value, cpu: $('cpu').checked } });
+}
+
+// The Python box: 4 s deadline, 256 MiB.
+const tool = new PythonWorker(4000, 256);
+async function runBox() {
+  $('run').disabled = true;
+  $('tool').textContent = 'running…';
+  const r = JSON.parse(await tool.call(JSON.stringify({ code: $('code').value })));
+  $('tool').textContent = `[${r.status}]\n${r.stdout}${r.stderr}`;
+  $('run').disabled = false;
+}
+
+$('run').onclick = () => runBox().catch((e) => { $('tool').textContent = `failed: ${e}`; $('run').disabled = false; });
 $('start').onclick = () => start().catch((e) => { $('progress').textContent = `failed: ${e}`; $('start').disabled = false; });
-$('stop').onclick = () => { stopped = true; };
-$('download').onclick = () => download();
-for (const id of ['start', 'run']) $(id).disabled = false;
-$('progress').textContent = 'ready';
+$('stop').onclick = () => recipe.postMessage({ stop: true });
+$('download').onclick = () => recipe.postMessage({ download: true });
+$('run').disabled = false;

@@ -1,7 +1,9 @@
 //! rstar2 in a browser tab: the model's WGSL kernels run on WebGPU through wgpu's `webgpu`
 //! backend, with every read-back awaited (a page cannot block), the CPU backend single
 //! threaded as the fallback where a browser has no WebGPU, and the Python tool on RustPython
-//! inside the page ([`PythonTool`]), its deadline and memory budget checked by the running call.
+//! ([`PythonTool`]), its deadline and memory budget checked by the running call. The page runs
+//! the recipe and the tool each in a Web Worker (`page/`), and ends the tool's worker when a call
+//! outlives its deadline anyway.
 //!
 //! A native build of this crate is empty; build it for `wasm32-unknown-unknown`. Its tests run
 //! in headless Chromium (`cargo xtask test` runs them through `wasm-bindgen-test-runner`):
@@ -61,10 +63,13 @@ impl PythonTool {
         Ok(PythonTool { config, runner, watchdog: rstar2_sandbox::Watchdog::new() })
     }
 
-    /// Runs one call in fresh globals; the result as the sandbox's JSON (`status`, `stdout`,
-    /// `stderr`, `elapsed_us`).
-    pub fn run(&mut self, code: &str) -> String {
-        let result = self.call(&rstar2_sandbox::ToolCall::new(code));
+    /// Runs one call (JSON as the sandbox's HTTP service takes it: `{"code", "stdin"}`) in fresh
+    /// globals; the result as the sandbox's JSON (`status`, `stdout`, `stderr`, `elapsed_us`).
+    pub fn run(&mut self, call_json: &str) -> String {
+        let result = match serde_json::from_str::<rstar2_sandbox::ToolCall>(call_json) {
+            Ok(call) => self.call(&call),
+            Err(e) => rstar2_sandbox::ToolResult { status: rstar2_sandbox::Status::InvalidInput, stdout: String::new(), stderr: format!("not a tool call ({{\"code\": ...}}): {e}"), elapsed_us: 0 },
+        };
         serde_json::to_string(&result).expect("a tool result serializes")
     }
 }
@@ -78,6 +83,36 @@ impl PythonTool {
             self.runner = fresh;
         }
         result
+    }
+}
+
+/// Runs `call` through a page's tool function (see [`Recipe::use_tool_function`]). A function
+/// that throws, rejects or answers something other than a tool result gives a `crashed` result
+/// that says so: the rollout goes on, as after a native worker's death.
+pub async fn call_tool_function(function: &js_sys::Function, call: &rstar2_sandbox::ToolCall) -> rstar2_sandbox::ToolResult {
+    let start = web_time::Instant::now();
+    let failed = |why: String| rstar2_sandbox::ToolResult { status: rstar2_sandbox::Status::Crashed, stdout: String::new(), stderr: why, elapsed_us: start.elapsed().as_micros() as u64 };
+    let json = serde_json::to_string(call).expect("a tool call serializes");
+    let answer = match function.call1(&JsValue::NULL, &JsValue::from_str(&json)) {
+        Ok(promise) => wasm_bindgen_futures::JsFuture::from(js_sys::Promise::resolve(&promise)).await,
+        Err(thrown) => Err(thrown),
+    };
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(e) => return failed(format!("the page's tool function failed: {}", js_text(&e))),
+    };
+    let Some(text) = answer.as_string() else { return failed(format!("the page's tool function answered {} instead of a JSON string", js_text(&answer))) };
+    serde_json::from_str(&text).unwrap_or_else(|e| failed(format!("the page's tool function answered no tool result ({e}): {}", text.chars().take(200).collect::<String>())))
+}
+
+/// A JavaScript value as text: a string as itself, an error as its message.
+fn js_text(value: &JsValue) -> String {
+    if let Some(text) = value.as_string() {
+        return text;
+    }
+    match value.dyn_ref::<js_sys::Error>() {
+        Some(error) => String::from(error.message()),
+        None => format!("{value:?}"),
     }
 }
 
@@ -102,6 +137,23 @@ impl WebRecipe {
         let backend = gpu.as_ref().map_or_else(|| "CPU (WebAssembly, one thread)".to_string(), |g| format!("WebGPU: {}", g.describe()));
         let run = Recipe::new(&config_json, &tokenizer_json, settings, gpu).map_err(|e| JsError::new(&e.to_string()))?;
         Ok(WebRecipe { run: std::rc::Rc::new(std::cell::RefCell::new(run)), backend, config_json, tokenizer_json })
+    }
+
+    /// Sends the model's tool calls to `function` (see [`Recipe::use_tool_function`]): the page
+    /// passes its Web Worker's `call`.
+    pub fn use_tool_function(&self, function: js_sys::Function) -> Result<(), JsError> {
+        self.run.try_borrow_mut().map_err(|_| JsError::new("a step is running"))?.use_tool_function(function);
+        Ok(())
+    }
+
+    /// A tool call's deadline in this run, in milliseconds.
+    pub fn tool_timeout_ms(&self) -> u32 {
+        self.run.borrow().settings().tool_timeout_ms
+    }
+
+    /// A tool call's memory budget in this run, in MiB.
+    pub fn tool_memory_mib(&self) -> u32 {
+        self.run.borrow().settings().tool_memory_mib
     }
 
     /// The backend the run trains on, with its adapter.

@@ -6,8 +6,8 @@
 //! of `rstar2-tasks`, the chat format, trajectories and episodes of `rstar2-rollout`, the reward,
 //! RoC selection, advantages and clipped loss of `rstar2-grpo`, and the chat and SFT mix of
 //! `configs/tiny.toml`. What differs is the driver: generation here is lockstep over all of a
-//! step's trajectories, tool calls run one by one in the page's interpreter, and the update is one
-//! packed batch per step.
+//! step's trajectories, tool calls run one by one (in the page's tool worker, see
+//! [`Recipe::use_tool_function`]), and the update is one packed batch per step.
 
 use std::sync::Arc;
 
@@ -21,7 +21,7 @@ use rstar2_rollout::episode::Episode;
 use rstar2_rollout::sample::sample;
 use rstar2_rollout::trajectory::{Trajectory, TurnEnd};
 use rstar2_rollout::{ChatFormat, Request, RolloutConfig, SamplingConfig};
-use rstar2_sandbox::ToolCall;
+use rstar2_sandbox::{ToolCall, ToolResult};
 use rstar2_tasks::Task;
 use rstar2_tasks::sft::{SftExample, SftMix};
 use rstar2_tasks::synth::{Split, SynthConfig};
@@ -128,7 +128,8 @@ pub struct Recipe {
     tokenizer: Tokenizer,
     chat: ChatFormat,
     backend: Backend,
-    tool: PythonTool,
+    /// Runs the rollouts' tool calls.
+    tools: Tools,
     /// Tokenized SFT traces.
     sft: Vec<SftExample>,
     /// Order of SFT traces per epoch, then RL problems.
@@ -207,7 +208,21 @@ impl Recipe {
                 Backend::Cpu { model, opt }
             }
         };
-        Ok(Recipe { settings, config, tokenizer, chat, backend, tool, sft, sft_order, rl_tasks, step: 0, rl })
+        Ok(Recipe { settings, config, tokenizer, chat, backend, tools: Tools { own: tool, page: None }, sft, sft_order, rl_tasks, step: 0, rl })
+    }
+
+    /// Sends the rollouts' tool calls to `function` from now on: a JavaScript function taking a
+    /// call as JSON (`{"code", "stdin"}`) and returning a promise of the sandbox's result as JSON.
+    /// The page's runs the call in a Web Worker that it ends, and replaces, when the call outlives
+    /// its deadline, which stops the calls the interpreter's own checks cannot (see
+    /// `rstar2_sandbox::Watchdog`). Without one the calls run in the recipe's own interpreter.
+    pub fn use_tool_function(&mut self, function: js_sys::Function) {
+        self.tools.page = Some(function);
+    }
+
+    /// The settings the run started with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// SFT steps, then RL steps.
@@ -328,26 +343,28 @@ impl Recipe {
     /// turns that end.
     async fn generate(&mut self, requests: &[Request], config: &RolloutConfig) -> Vec<Episode> {
         let end_token = self.tokenizer.token_id(&config.chat.end_of_turn).expect("the tokenizer has the end-of-turn token");
-        let mut trajs: Vec<(usize, usize, Trajectory)> = Vec::new();
+        // (request, sample, the trajectory until it finishes)
+        let mut trajs: Vec<(usize, usize, Option<Trajectory>)> = Vec::new();
         for (r, request) in requests.iter().enumerate() {
             let prompt = Arc::new(self.tokenizer.encode(&config.chat.prompt(&request.question)));
             for s in 0..config.samples {
-                trajs.push((r, s, Trajectory::new(prompt.clone(), config, (r * config.samples + s) as u64)));
+                trajs.push((r, s, Some(Trajectory::new(prompt.clone(), config, (r * config.samples + s) as u64))));
             }
         }
-        let capacity: usize = trajs.iter().map(|(_, _, t)| t.prompt.len() + config.max_response_tokens + 1).sum();
+        let capacity: usize = trajs.iter().flat_map(|(_, _, t)| t).map(|t| t.prompt.len() + config.max_response_tokens + 1).sum();
         let mut cache = self.backend.cache(capacity);
         let mut finished: Vec<Option<Episode>> = (0..trajs.len()).map(|_| None).collect();
         loop {
-            let live: Vec<usize> = (0..trajs.len()).filter(|&i| finished[i].is_none()).collect();
+            let live: Vec<usize> = (0..trajs.len()).filter(|&i| trajs[i].2.is_some()).collect();
             if live.is_empty() {
                 break;
             }
             let seqs: Vec<u64> = live.iter().map(|&i| i as u64).collect();
-            let chunks: Vec<&[u32]> = live.iter().map(|&i| trajs[i].2.feed.as_slice()).collect();
+            let chunks: Vec<&[u32]> = live.iter().map(|&i| trajs[i].2.as_ref().map_or(&[][..], |t| t.feed.as_slice())).collect();
             let logits = self.backend.extend(&mut cache, &seqs, &chunks).await;
             for (&i, l) in live.iter().zip(logits) {
-                let (r, s, t) = &mut trajs[i];
+                let (r, s, slot) = &mut trajs[i];
+                let t = slot.as_mut().expect("a live trajectory");
                 let draw = sample(&l, &config.sampling, &mut t.rng);
                 if !t.take_token(draw, end_token, config) {
                     continue;
@@ -355,14 +372,17 @@ impl Recipe {
                 let reason = match t.end_turn(&self.tokenizer, config) {
                     TurnEnd::Finished(reason) => Some(reason),
                     TurnEnd::Calls(calls) => {
-                        let results = calls.into_iter().map(|(index, call)| (index, self.tool.call(&call))).collect();
+                        let mut results = Vec::with_capacity(calls.len());
+                        for (index, call) in calls {
+                            results.push((index, self.tools.call(&call).await));
+                        }
                         t.deliver(results, &self.tokenizer, config).err()
                     }
                 };
                 if let Some(reason) = reason {
                     cache.release(i as u64);
-                    let core = std::mem::replace(t, Trajectory::new(Arc::new(Vec::new()), config, 0));
-                    finished[i] = Some(core.into_episode(&requests[*r], *s, 0, reason, &self.tokenizer, config));
+                    let done = slot.take().expect("a live trajectory");
+                    finished[i] = Some(done.into_episode(&requests[*r], *s, 0, reason, &self.tokenizer, config));
                 }
             }
         }
@@ -382,6 +402,22 @@ impl Recipe {
     /// The model's config.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+}
+
+/// Where tool calls run: the SFT traces' (the tasks' own solution code) always in the recipe's
+/// interpreter, the model's in the page's tool function where it gave one.
+struct Tools {
+    own: PythonTool,
+    page: Option<js_sys::Function>,
+}
+
+impl Tools {
+    async fn call(&mut self, call: &ToolCall) -> ToolResult {
+        match &self.page {
+            Some(function) => crate::call_tool_function(function, call).await,
+            None => self.own.call(call),
+        }
     }
 }
 

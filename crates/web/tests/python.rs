@@ -4,14 +4,52 @@
 //! page, and the tool, go on.
 #![cfg(target_arch = "wasm32")]
 
-use rstar2_sandbox::Status;
-use rstar2_web::PythonTool;
+use rstar2_sandbox::{Status, ToolCall};
+use rstar2_web::{PythonTool, call_tool_function};
 use wasm_bindgen_test::wasm_bindgen_test;
 
 wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
 
 fn result(tool: &mut PythonTool, code: &str) -> rstar2_sandbox::ToolResult {
-    serde_json::from_str(&tool.run(code)).unwrap()
+    serde_json::from_str(&tool.run(&serde_json::to_string(&ToolCall::new(code)).unwrap())).unwrap()
+}
+
+#[wasm_bindgen_test]
+fn a_call_that_is_not_a_tool_call_is_refused() {
+    let mut tool = PythonTool::new(4000, 256).unwrap();
+    let r: rstar2_sandbox::ToolResult = serde_json::from_str(&tool.run("print(1)")).unwrap();
+    assert_eq!(r.status, Status::InvalidInput, "{r:?}");
+    assert!(r.stderr.contains("not a tool call"), "{r:?}");
+    let r: rstar2_sandbox::ToolResult = serde_json::from_str(&tool.run(r#"{"code": "print(input())", "stdin": "hi"}"#)).unwrap();
+    assert_eq!((r.status, r.stdout.as_str()), (Status::Ok, "hi\n"), "{r:?}");
+}
+
+/// A page's tool function (JavaScript, `(call JSON) => Promise<result JSON>`).
+fn tool_function(body: &str) -> js_sys::Function {
+    js_sys::Function::new_with_args("call", body)
+}
+
+#[wasm_bindgen_test]
+async fn a_page_tool_function_answers_the_recipe_or_its_failure_is_a_crash() {
+    let call = ToolCall::new("print('hello')");
+    // The call reaches the function as JSON; its JSON answer comes back as the result.
+    let echo =
+        tool_function("const c = JSON.parse(call); return new Promise((ok) => setTimeout(() => ok(JSON.stringify({status: 'ok', stdout: String(c.code.length), stderr: '', elapsed_us: 7})), 10));");
+    let r = call_tool_function(&echo, &call).await;
+    assert_eq!((r.status, r.stdout.as_str(), r.elapsed_us), (Status::Ok, "14", 7), "{r:?}");
+    let timeout = tool_function("return Promise.resolve(JSON.stringify({status: 'timeout', stdout: '', stderr: 'worker ended', elapsed_us: 4000000}));");
+    assert_eq!(call_tool_function(&timeout, &call).await.status, Status::Timeout);
+    // Every way a function can fail is a crashed call that names the failure.
+    for (body, says) in [
+        ("return Promise.reject(new Error('worker gone'));", "worker gone"),
+        ("throw new Error('no worker');", "no worker"),
+        ("return Promise.resolve(42);", "instead of a JSON string"),
+        ("return Promise.resolve('{\"status\": \"ok\"}');", "no tool result"),
+    ] {
+        let r = call_tool_function(&tool_function(body), &call).await;
+        assert_eq!(r.status, Status::Crashed, "{body}: {r:?}");
+        assert!(r.stderr.contains(says), "{body}: {r:?}");
+    }
 }
 
 #[wasm_bindgen_test]
