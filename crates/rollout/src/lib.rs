@@ -29,6 +29,7 @@
 pub mod chat;
 pub mod engine;
 pub mod episode;
+pub mod packed;
 #[cfg(not(target_arch = "wasm32"))]
 mod run;
 pub mod sample;

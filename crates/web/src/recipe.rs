@@ -14,10 +14,11 @@ use std::sync::Arc;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use rstar2_grpo::loss::{LossConfig, RolloutTokens, policy_loss};
+use rstar2_grpo::loss::LossConfig;
 use rstar2_grpo::select::{Candidate, NegativeSelection, PositiveSelection, Selection};
 use rstar2_model::{AdamW, AdamWConfig, Batch, Config, KvCache, Model, Params, Tokenizer};
 use rstar2_rollout::episode::Episode;
+use rstar2_rollout::packed::Packed;
 use rstar2_rollout::sample::sample;
 use rstar2_rollout::trajectory::{Trajectory, TurnEnd};
 use rstar2_rollout::{ChatFormat, Request, RolloutConfig, SamplingConfig};
@@ -305,30 +306,16 @@ impl Recipe {
 
     /// The clipped policy loss over the kept rollouts (token mean), one update; returns the loss.
     async fn policy_update(&mut self, kept: &[(&Episode, f32)], lr: f32) -> f64 {
-        let seqs: Vec<Vec<u32>> = kept.iter().map(|(e, _)| e.ids.clone()).collect();
-        let batch = Batch::new(&seqs);
-        let targets: Vec<u32> = seqs.iter().flat_map(|s| s[1..].iter().copied().chain(std::iter::once(0))).collect();
-        // Response token i of a sequence is predicted at row prompt_len - 1 + i.
-        let rows: Vec<std::ops::Range<usize>> = kept.iter().zip(&batch.offsets).map(|((e, _), &off)| off + e.prompt_ids.len() - 1..off + e.ids.len() - 1).collect();
+        let packed = Packed::new(kept);
         let config = LossConfig { clip_low: self.rl.clip_low, clip_high: self.rl.clip_high, ..Default::default() };
         let mut loss = 0.0;
-        let n = batch.len();
         self.backend
             .update(
-                &batch,
-                &targets,
+                &packed.batch,
+                &packed.targets,
                 |lp| {
-                    let rollouts: Vec<RolloutTokens<'_>> = kept
-                        .iter()
-                        .zip(&rows)
-                        .map(|((e, adv), r)| RolloutTokens { logprobs: &lp[r.clone()], old_logprobs: &lp[r.clone()], rollout_logprobs: &e.logprobs, mask: &e.loss_mask, advantage: *adv })
-                        .collect();
-                    let out = policy_loss(&rollouts, &config);
+                    let (out, dlogprob) = packed.policy_loss(lp, &config, 1.0);
                     loss = out.loss;
-                    let mut dlogprob = vec![0.0f32; n];
-                    for (r, g) in rows.iter().zip(&out.grads) {
-                        dlogprob[r.clone()].copy_from_slice(g);
-                    }
                     dlogprob
                 },
                 self.rl.max_grad_norm,

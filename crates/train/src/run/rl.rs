@@ -7,9 +7,10 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rstar2_backend::Policy;
-use rstar2_grpo::loss::{Aggregation, LossConfig, RolloutTokens, policy_loss};
+use rstar2_grpo::loss::{Aggregation, LossConfig};
 use rstar2_grpo::select::{Candidate, NegativeSelection, PositiveSelection, Selection};
-use rstar2_model::{Batch, LrSchedule};
+use rstar2_model::LrSchedule;
+use rstar2_rollout::packed::Packed;
 use rstar2_rollout::{RolloutConfig, SamplingConfig};
 use rstar2_tasks::Task;
 
@@ -182,29 +183,14 @@ pub(super) fn rl_share(
             end += 1;
         }
         let mb = &kept[start..end];
-        let seqs: Vec<Vec<u32>> = mb.iter().map(|(e, _)| e.ids.clone()).collect();
-        let batch = Batch::new(&seqs);
-        let targets: Vec<u32> = seqs.iter().flat_map(|s| s[1..].iter().copied().chain(std::iter::once(0))).collect();
-        let (acts, lp) = policy.forward_logprobs(&batch, &targets);
-        // Response token i of a sequence is predicted at row prompt_len - 1 + i.
-        let rows: Vec<std::ops::Range<usize>> = mb.iter().zip(&batch.offsets).map(|((e, _), &off)| off + e.prompt_ids.len() - 1..off + e.ids.len() - 1).collect();
-        let rollouts: Vec<RolloutTokens<'_>> = mb
-            .iter()
-            .zip(&rows)
-            .map(|((e, adv), r)| RolloutTokens { logprobs: &lp[r.clone()], old_logprobs: &lp[r.clone()], rollout_logprobs: &e.logprobs, mask: &e.loss_mask, advantage: *adv })
-            .collect();
-        let out = policy_loss(&rollouts, loss_config);
-        let mb_tokens: usize = mb.iter().map(|(e, _)| e.model_tokens()).sum();
+        let packed = Packed::new(mb);
+        let (acts, lp) = policy.forward_logprobs(&packed.batch, &packed.targets);
+        let mb_tokens = packed.model_tokens();
         let scale = match loss_config.aggregation {
             Aggregation::TokenMean => mb_tokens as f64 / norms.tokens as f64,
             _ => mb.len() as f64 / norms.rollouts as f64,
         };
-        let mut dlogprob = vec![0.0f32; batch.len()];
-        for (r, g) in rows.iter().zip(&out.grads) {
-            for (d, &x) in dlogprob[r.clone()].iter_mut().zip(g) {
-                *d = x * scale as f32;
-            }
-        }
+        let (out, dlogprob) = packed.policy_loss(&lp, loss_config, scale as f32);
         policy.backward(&acts, &dlogprob, grads);
         let w = mb_tokens as f64;
         sums[0] += out.loss * scale;
