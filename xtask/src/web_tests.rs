@@ -61,7 +61,7 @@ pub fn run(cargo: impl Fn() -> Command) -> anyhow::Result<()> {
 
 /// The page as a user meets it: `cargo xtask web --dev` builds it, a server serves it, and over
 /// WebDriver a headless Chromium loads it, runs Python calls (one that escapes its deadline and
-/// takes its worker down with it), starts a toy run and reads its steps' figures from the page.
+/// takes its worker down with it), measures the matmul kernel, starts a toy run and reads its steps' figures from the page.
 fn page_test(capabilities: &Path) -> anyhow::Result<()> {
     eprintln!("page test: building the page (dev profile), serving it, driving Chromium over WebDriver");
     // In this process: `cargo test --workspace` has rebuilt (replaced) this very binary.
@@ -163,6 +163,13 @@ fn drive(driver_port: u16, page_port: u16, capabilities: &Path) -> anyhow::Resul
         let answer = python("print(6 * 7)", 60)?;
         if answer != "[ok]\n42\n" {
             bail!("page test: the replaced Python worker answered {answer:?}");
+        }
+        // The matmul kernel beside the CPU backend, at a size SwiftShader does quickly.
+        script("document.getElementById('size').value = '64'; document.getElementById('measure').click()")?;
+        let bench = wait("bench", "the matmul measurement", &|t| t.contains("largest difference") || t.contains("failed"), 120)?;
+        let diff: Option<f64> = bench.rsplit(' ').next().and_then(|d| d.parse().ok());
+        if !bench.contains("WebGPU (") || !bench.contains("GFLOP/s") || !diff.is_some_and(|d| d < 1e-4) {
+            bail!("page test: the matmul measurement reads {bench:?}");
         }
         let settings =
             serde_json::json!({"sft_examples": 8, "sft_epochs": 1, "sft_batch": 4, "rl_steps": 1, "prompts_per_step": 1, "group_size": 2, "oversample": 1, "max_response_tokens": 16, "levels": [1]});

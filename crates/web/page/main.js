@@ -50,6 +50,7 @@ recipe.onmessage = ({ data }) => {
   if (data.backend) {
     $('backend').textContent = data.backend;
     $('start').disabled = false;
+    $('measure').disabled = false;
     $('progress').textContent = `ready (module loaded in ${(performance.now() / 1000).toFixed(1)} s)`;
   } else if (data.started) {
     $('backend').textContent = data.started.backend;
@@ -65,17 +66,36 @@ recipe.onmessage = ({ data }) => {
     $('progress').textContent += data.finished.stopped ? ' (stopped)' : ' (done)';
     $('stop').disabled = true;
     $('start').disabled = false;
+    $('measure').disabled = false;
+  } else if (data.bench) {
+    showBench(data.bench);
   } else if (data.files) {
     save(data.files);
   } else if (data.error) {
     $('progress').textContent = `failed: ${data.error}`;
     $('start').disabled = false;
+    $('measure').disabled = false;
   }
 };
+// Median and range of a side's rounds.
+function summary(values) {
+  const v = [...values].sort((x, y) => x - y);
+  return `${v[Math.floor(v.length / 2)].toFixed(2)} GFLOP/s (${v[0].toFixed(2)} to ${v[v.length - 1].toFixed(2)})`;
+}
+
+function showBench(b) {
+  $('bench').textContent = `matmul [${b.m} x ${b.k}] · [${b.k} x ${b.n}], ${b.gpu_gflops.length} rounds\n`
+    + `WebGPU (${b.adapter}): ${summary(b.gpu_gflops)}\n`
+    + `CPU backend (WebAssembly, one thread): ${summary(b.cpu_gflops)}\n`
+    + `largest difference between the two: ${b.max_abs_diff.toExponential(2)}`;
+  $('measure').disabled = false;
+}
+
 recipe.onerror = (e) => { $('progress').textContent = `the recipe's worker failed: ${e.message}`; };
 
 async function start() {
   $('start').disabled = true;
+  $('measure').disabled = true;
   startedAt = performance.now();
   firstStep = true;
   sft.length = reward.length = toolErrors.length = 0;
@@ -96,6 +116,11 @@ async function runBox() {
 
 $('run').onclick = () => runBox().catch((e) => { $('tool').textContent = `failed: ${e}`; $('run').disabled = false; });
 $('start').onclick = () => start().catch((e) => { $('progress').textContent = `failed: ${e}`; $('start').disabled = false; });
+$('measure').onclick = () => {
+  $('measure').disabled = true;
+  $('bench').textContent = 'measuring…';
+  recipe.postMessage({ bench: { size: Number($('size').value), reps: 4, rounds: 5 } });
+};
 $('stop').onclick = () => recipe.postMessage({ stop: true });
 $('download').onclick = () => recipe.postMessage({ download: true });
 $('run').disabled = false;

@@ -1,8 +1,8 @@
 // The recipe in a Web Worker, so that no step (the CPU backend's, or one long read-back)
 // holds the page: it takes {start}, {stop}, {download} and answers {backend}, {started},
-// {report}, {finished}, {files} and {error}. The model's tool calls go to a second worker
+// {report}, {finished}, {files} and {error}; {bench} times the matmul kernel. The model's tool calls go to a second worker
 // (tool.js) that is ended and replaced when a call outlives its deadline.
-import init, { WebRecipe, backend_description } from './pkg/rstar2_web.js';
+import init, { WebRecipe, backend_description, bench_matmul } from './pkg/rstar2_web.js';
 import { PythonWorker } from './tool.js';
 
 let recipe = null, tool = null, stopped = false;
@@ -28,7 +28,10 @@ self.onmessage = async ({ data }) => {
     await loaded;
     if (data.start) await run(data.start);
     else if (data.stop) stopped = true;
-    else if (data.download) {
+    else if (data.bench) {
+      const { size, reps, rounds } = data.bench;
+      self.postMessage({ bench: JSON.parse(await bench_matmul(size, size, size, reps, rounds)) });
+    } else if (data.download) {
       const files = await recipe.model_files();
       self.postMessage({ files }, files.map(([, bytes]) => bytes.buffer));
     }

@@ -16,6 +16,7 @@
 
 use wasm_bindgen::prelude::*;
 
+pub mod bench;
 pub mod recipe;
 
 pub use recipe::{Recipe, Settings, StepReport};
@@ -37,6 +38,14 @@ pub async fn backend_description() -> String {
         Some(gpu) => format!("WebGPU: {}", gpu.describe()),
         None => "CPU (no WebGPU in this browser)".to_string(),
     }
+}
+
+/// Times the matmul kernel against the CPU backend in this module (see [`bench::bench_matmul`]);
+/// resolves to JSON of [`bench::MatmulBench`], rejects where the browser has no WebGPU.
+#[wasm_bindgen]
+pub async fn bench_matmul(m: usize, n: usize, k: usize, reps: usize, rounds: usize) -> Result<String, JsError> {
+    let bench = bench::bench_matmul(m, n, k, reps, rounds).await.ok_or_else(|| JsError::new("no WebGPU in this browser"))?;
+    Ok(serde_json::to_string(&bench).expect("a bench serializes"))
 }
 
 /// The Python tool in the page: one warm RustPython interpreter, built without host access, with
