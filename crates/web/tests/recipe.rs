@@ -1,6 +1,7 @@
 //! The recipe end to end in a real browser, on a toy model with the tiny preset's tokenizer and
 //! chat format: SFT on tool-format traces whose tool calls ran in the page's interpreter, then
-//! GRPO-RoC steps whose rollouts call the tool, on WebGPU and on the CPU fallback.
+//! GRPO-RoC steps, on WebGPU and on the CPU fallback; and a larger toy, overfit on one trace,
+//! whose rollouts' tool calls go through a page's tool function.
 #![cfg(target_arch = "wasm32")]
 
 use rstar2_web::{Recipe, Settings};
@@ -70,4 +71,57 @@ async fn sft_then_grpo_roc_on_webgpu_with_the_tool_in_the_page() {
 #[wasm_bindgen_test]
 async fn sft_then_grpo_roc_on_the_cpu_fallback() {
     check(&run(None).await, "CPU");
+}
+
+/// A larger toy overfit on one tool-format trace, so that its RL rollouts write tool calls: they
+/// reach the page's tool function (as the page's Web Worker takes them), on the CPU backend.
+#[wasm_bindgen_test]
+async fn rl_rollouts_call_the_tool_through_the_page_function() {
+    use wasm_bindgen::JsCast;
+    use wasm_bindgen::prelude::Closure;
+    let toy = TOY
+        .replace("\"max_position_embeddings\": 512", "\"max_position_embeddings\": 1024")
+        .replace("\"hidden_size\": 32, \"intermediate_size\": 64", "\"hidden_size\": 128, \"intermediate_size\": 256")
+        .replace(
+            "\"num_attention_heads\": 2, \"num_key_value_heads\": 1, \"head_dim\": 16, \"num_hidden_layers\": 1",
+            "\"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"head_dim\": 32, \"num_hidden_layers\": 2",
+        );
+    let settings =
+        Settings { sft_examples: 1, sft_epochs: 150, sft_batch: 1, sft_lr: 3e-3, rl_steps: 1, prompts_per_step: 1, group_size: 2, oversample: 2, max_response_tokens: 400, max_turns: 2, ..settings() };
+    let mut recipe = Recipe::new(&toy, TOKENIZER, settings, None).unwrap();
+    let calls = std::rc::Rc::new(std::cell::RefCell::new(Vec::<String>::new()));
+    let mut tool = rstar2_web::PythonTool::new(4000, 256).unwrap();
+    let seen = calls.clone();
+    let function = Closure::<dyn FnMut(String) -> js_sys::Promise>::new(move |call: String| {
+        let result = tool.run(&call);
+        seen.borrow_mut().push(call);
+        js_sys::Promise::resolve(&wasm_bindgen::JsValue::from_str(&result))
+    });
+    recipe.use_tool_function(function.as_ref().unchecked_ref::<js_sys::Function>().clone());
+    let mut last = None;
+    while !recipe.done() {
+        last = Some(recipe.step().await);
+        // CPU steps never wait on anything: give the event loop (and the test runner polling
+        // the page) its turn, as the page's worker does between steps.
+        next_task().await;
+    }
+    let rl = last.unwrap();
+    assert_eq!(rl.phase, "rl");
+    // Every call the function saw is one the rollouts counted (a call whose JSON does not
+    // decode is counted, and answered, without reaching the tool).
+    let calls = calls.borrow();
+    assert!(!calls.is_empty() && calls.len() <= rl.tool_calls, "{} calls reached the function: {rl:?}", calls.len());
+    for call in calls.iter() {
+        let call: rstar2_sandbox::ToolCall = serde_json::from_str(call).unwrap();
+        assert!(call.code.contains("print("), "{call:?}");
+    }
+}
+
+/// Resolves in a later task of the event loop (`setTimeout(resolve, 0)`).
+async fn next_task() {
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        let set_timeout: js_sys::Function = js_sys::Reflect::get(&js_sys::global(), &"setTimeout".into()).unwrap().into();
+        set_timeout.call2(&wasm_bindgen::JsValue::NULL, &resolve, &0.into()).unwrap();
+    });
+    wasm_bindgen_futures::JsFuture::from(promise).await.unwrap();
 }
