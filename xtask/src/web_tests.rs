@@ -141,9 +141,10 @@ fn drive(driver_port: u16, page_port: u16, capabilities: &Path) -> anyhow::Resul
             std::thread::sleep(std::time::Duration::from_millis(250));
         }
         wait("progress", "loading the module", &|t| t.starts_with("ready"), 120)?;
+        // SwiftShader is software: "auto" trains on the CPU backend and names the adapter.
         let backend = text("backend")?;
-        if !backend.starts_with("WebGPU") {
-            bail!("page test: the page found no WebGPU ({backend:?})");
+        if !backend.contains("the WebGPU adapter here") || !backend.contains("is software") {
+            bail!("page test: the page found no (software) WebGPU adapter ({backend:?})");
         }
         let python = |code: &str, seconds: u64| -> anyhow::Result<String> {
             script(&format!("document.getElementById('tool').textContent = ''; document.getElementById('code').value = {code:?}; document.getElementById('run').click()"))?;
@@ -173,13 +174,17 @@ fn drive(driver_port: u16, page_port: u16, capabilities: &Path) -> anyhow::Resul
         }
         let settings =
             serde_json::json!({"sft_examples": 8, "sft_epochs": 1, "sft_batch": 4, "rl_steps": 1, "prompts_per_step": 1, "group_size": 2, "oversample": 1, "max_response_tokens": 16, "levels": [1]});
-        // The CPU backend: the tiny preset's steps take tens of seconds each on SwiftShader.
-        script(&format!("document.getElementById('settings').value = {:?}; document.getElementById('cpu').checked = true; document.getElementById('start').click()", settings.to_string()))?;
+        // "auto": the CPU backend here (the tiny preset's steps take tens of seconds on SwiftShader).
+        script(&format!("document.getElementById('settings').value = {:?}; document.getElementById('device').value = 'auto'; document.getElementById('start').click()", settings.to_string()))?;
         wait("progress", "the toy run", &|t| t.contains("(done)") || t.contains("failed"), 600)?;
         let log = text("log")?;
         let sft: Vec<f64> = log.lines().filter_map(|l| l.split("sft loss ").nth(1)).filter_map(|r| r.split_whitespace().next()?.parse().ok()).collect();
         if sft.len() != 2 || !log.contains("step 3/3 rl reward") || sft.iter().any(|l| !(0.0..20.0).contains(l)) {
             bail!("page test: the run's steps are not on the page as expected:\n{log}");
+        }
+        let trained_on = text("backend")?;
+        if !trained_on.starts_with("CPU (WebAssembly") {
+            bail!("page test: \"auto\" with a software adapter trained on {trained_on:?}");
         }
         eprintln!("page test: ok ({backend}; SFT losses {sft:?}, then one GRPO-RoC step)");
         Ok(())

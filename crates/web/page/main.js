@@ -101,7 +101,7 @@ async function start() {
   sft.length = reward.length = toolErrors.length = 0;
   const [config, tokenizer] = await Promise.all(['model/config.json', 'model/tokenizer.json'].map((f) => fetch(f).then((r) => r.text())));
   $('progress').textContent = 'building the SFT traces (their tool calls run in the worker)…';
-  recipe.postMessage({ start: { config, tokenizer, settings: $('settings').value, cpu: $('cpu').checked } });
+  recipe.postMessage({ start: { config, tokenizer, settings: $('settings').value, device: $('device').value } });
 }
 
 // The Python box: 4 s deadline, 256 MiB.

@@ -8,9 +8,9 @@ import { PythonWorker } from './tool.js';
 let recipe = null, tool = null, stopped = false;
 const loaded = init();
 
-async function run({ config, tokenizer, settings, cpu }) {
+async function run({ config, tokenizer, settings, device }) {
   stopped = false;
-  recipe = await WebRecipe.start(config, tokenizer, settings, cpu);
+  recipe = await WebRecipe.start(config, tokenizer, settings, device);
   tool?.close();
   tool = new PythonWorker(recipe.tool_timeout_ms(), recipe.tool_memory_mib());
   recipe.use_tool_function((call) => tool.call(call));

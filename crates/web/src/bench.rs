@@ -38,6 +38,7 @@ pub async fn bench_matmul(m: usize, n: usize, k: usize, reps: usize, rounds: usi
     rstar2_gpu::ops::matmul_nt(&gpu, &tc, &ta, &tb, m, n, k, false);
     let from_gpu = gpu.read_async(&tc).await;
     rstar2_model::ops::matmul::matmul_nt(&mut c, &a, &b, m, n, k, false);
+    assert_eq!(from_gpu.len(), c.len(), "the read-back holds the whole product");
     let max_abs_diff = from_gpu.iter().zip(&c).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     let gflop = 2.0 * (m * n * k * reps.max(1)) as f64 / 1e9;
     let (mut gpu_gflops, mut cpu_gflops) = (Vec::new(), Vec::new());

@@ -30,14 +30,38 @@ pub async fn webgpu() -> Option<std::sync::Arc<rstar2_gpu::Gpu>> {
     Some(std::sync::Arc::new(gpu))
 }
 
-/// For the page: which backend a run would use, e.g. "WebGPU: SwiftShader Device (...)" or
-/// "CPU (no WebGPU in this browser)".
+/// Where a run trains: `"auto"` (WebGPU on a hardware adapter, else the CPU backend: a software
+/// adapter such as SwiftShader is slower than the CPU backend in the same module), `"webgpu"` or
+/// `"cpu"`. Returns the device (`None`: the CPU backend) and what to tell the user.
+pub async fn choose_device(device: &str) -> Result<(Option<std::sync::Arc<rstar2_gpu::Gpu>>, String), String> {
+    const CPU: &str = "CPU (WebAssembly, one thread)";
+    match device {
+        "cpu" => Ok((None, CPU.to_string())),
+        "webgpu" => match webgpu().await {
+            Some(gpu) => {
+                let said = format!("WebGPU: {}", gpu.describe());
+                Ok((Some(gpu), said))
+            }
+            None => Err("no WebGPU in this browser".to_string()),
+        },
+        "auto" | "" => match webgpu().await {
+            Some(gpu) if gpu.is_software() => Ok((None, format!("{CPU}: the WebGPU adapter here, {}, is software and slower", gpu.describe()))),
+            Some(gpu) => {
+                let said = format!("WebGPU: {}", gpu.describe());
+                Ok((Some(gpu), said))
+            }
+            None => Ok((None, format!("{CPU}: no WebGPU in this browser"))),
+        },
+        other => Err(format!("device {other:?}: auto, webgpu or cpu")),
+    }
+}
+
+/// For the page: which backend a run with `"auto"` would use, and the WebGPU adapter if any,
+/// e.g. "WebGPU: SwiftShader Device (...)" or "CPU (WebAssembly, one thread): no WebGPU in this
+/// browser".
 #[wasm_bindgen]
 pub async fn backend_description() -> String {
-    match webgpu().await {
-        Some(gpu) => format!("WebGPU: {}", gpu.describe()),
-        None => "CPU (no WebGPU in this browser)".to_string(),
-    }
+    choose_device("auto").await.map_or_else(|e| e, |(_, said)| said)
 }
 
 /// Times the matmul kernel against the CPU backend in this module (see [`bench::bench_matmul`]);
@@ -138,12 +162,11 @@ pub struct WebRecipe {
 #[wasm_bindgen]
 impl WebRecipe {
     /// Starts a run on the model folder's `config.json` and `tokenizer.json` (text) with
-    /// `settings_json` (JSON of [`Settings`]; missing fields take their defaults): on WebGPU
-    /// where the browser has it and `cpu` is false, else on the CPU backend.
-    pub async fn start(config_json: String, tokenizer_json: String, settings_json: String, cpu: bool) -> Result<WebRecipe, JsError> {
+    /// `settings_json` (JSON of [`Settings`]; missing fields take their defaults) on `device`
+    /// (`"auto"`, `"webgpu"` or `"cpu"`; see [`choose_device`]).
+    pub async fn start(config_json: String, tokenizer_json: String, settings_json: String, device: String) -> Result<WebRecipe, JsError> {
         let settings: Settings = serde_json::from_str(if settings_json.trim().is_empty() { "{}" } else { &settings_json }).map_err(|e| JsError::new(&format!("settings: {e}")))?;
-        let gpu = if cpu { None } else { webgpu().await };
-        let backend = gpu.as_ref().map_or_else(|| "CPU (WebAssembly, one thread)".to_string(), |g| format!("WebGPU: {}", g.describe()));
+        let (gpu, backend) = choose_device(&device).await.map_err(|e| JsError::new(&e))?;
         let run = Recipe::new(&config_json, &tokenizer_json, settings, gpu).map_err(|e| JsError::new(&e.to_string()))?;
         Ok(WebRecipe { run: std::rc::Rc::new(std::cell::RefCell::new(run)), backend, config_json, tokenizer_json })
     }

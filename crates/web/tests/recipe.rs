@@ -39,7 +39,10 @@ async fn run(gpu: Option<std::sync::Arc<rstar2_gpu::Gpu>>) -> Vec<rstar2_web::St
     assert_eq!(recipe.total_steps(), 12 + 2);
     let mut reports = Vec::new();
     while !recipe.done() {
-        reports.push(recipe.step().await);
+        let report = recipe.step().await;
+        // Seen with `-- --nocapture`: the toy's step times in docs/gpu.md.
+        wasm_bindgen_test::console_log!("{} step {}: loss {:.3}, {:.3} s", report.phase, report.step, report.loss, report.seconds);
+        reports.push(report);
     }
     let files = recipe.model_files(TOY, TOKENIZER).await.unwrap();
     let weights = &files.iter().find(|(name, _)| name == "model.safetensors").unwrap().1;
