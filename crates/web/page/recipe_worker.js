@@ -1,7 +1,7 @@
 // The recipe in a Web Worker, so that no step (the CPU backend's, or one long read-back)
-// holds the page: it takes {start}, {stop}, {download} and answers {backend}, {started},
-// {report}, {finished}, {files} and {error}; {bench} times the matmul kernel. The model's tool calls go to a second worker
-// (tool.js) that is ended and replaced when a call outlives its deadline.
+// holds the page: it takes {start}, {stop}, {download}, {bench} and answers {backend},
+// {started}, {report}, {finished}, {files}, {bench} and {error}. The model's tool calls go to
+// a second worker (tool.js) that is ended and replaced when a call outlives its deadline.
 import init, { WebRecipe, backend_description, bench_matmul } from './pkg/rstar2_web.js';
 import { PythonWorker } from './tool.js';
 

@@ -35,24 +35,20 @@ pub async fn webgpu() -> Option<std::sync::Arc<rstar2_gpu::Gpu>> {
 /// `"cpu"`. Returns the device (`None`: the CPU backend) and what to tell the user.
 pub async fn choose_device(device: &str) -> Result<(Option<std::sync::Arc<rstar2_gpu::Gpu>>, String), String> {
     const CPU: &str = "CPU (WebAssembly, one thread)";
-    match device {
-        "cpu" => Ok((None, CPU.to_string())),
-        "webgpu" => match webgpu().await {
-            Some(gpu) => {
-                let said = format!("WebGPU: {}", gpu.describe());
-                Ok((Some(gpu), said))
-            }
-            None => Err("no WebGPU in this browser".to_string()),
-        },
-        "auto" | "" => match webgpu().await {
-            Some(gpu) if gpu.is_software() => Ok((None, format!("{CPU}: the WebGPU adapter here, {}, is software and slower", gpu.describe()))),
-            Some(gpu) => {
-                let said = format!("WebGPU: {}", gpu.describe());
-                Ok((Some(gpu), said))
-            }
-            None => Ok((None, format!("{CPU}: no WebGPU in this browser"))),
-        },
-        other => Err(format!("device {other:?}: auto, webgpu or cpu")),
+    let auto = match device {
+        "cpu" => return Ok((None, CPU.to_string())),
+        "auto" | "" => true,
+        "webgpu" => false,
+        other => return Err(format!("device {other:?}: auto, webgpu or cpu")),
+    };
+    match webgpu().await {
+        None if auto => Ok((None, format!("{CPU}: no WebGPU in this browser"))),
+        None => Err("no WebGPU in this browser".to_string()),
+        Some(gpu) if auto && gpu.is_software() => Ok((None, format!("{CPU}: the WebGPU adapter here, {}, is software and slower", gpu.describe()))),
+        Some(gpu) => {
+            let said = format!("WebGPU: {}", gpu.describe());
+            Ok((Some(gpu), said))
+        }
     }
 }
 

@@ -76,6 +76,19 @@ async fn sft_then_grpo_roc_on_the_cpu_fallback() {
     check(&run(None).await, "CPU");
 }
 
+#[wasm_bindgen_test]
+async fn auto_trains_on_the_cpu_beside_a_software_adapter() {
+    // SwiftShader, the headless browser's adapter, is software.
+    let (gpu, said) = rstar2_web::choose_device("auto").await.unwrap();
+    assert!(gpu.is_none() && said.starts_with("CPU (WebAssembly, one thread): the WebGPU adapter here"), "{said}");
+    let (gpu, said) = rstar2_web::choose_device("webgpu").await.unwrap();
+    assert!(gpu.is_some_and(|g| g.is_software()) && said.starts_with("WebGPU: "), "{said}");
+    let (gpu, said) = rstar2_web::choose_device("cpu").await.unwrap();
+    assert!(gpu.is_none() && said == "CPU (WebAssembly, one thread)", "{said}");
+    let refused = rstar2_web::choose_device("gpu:0").await.err().unwrap();
+    assert!(refused.contains("auto, webgpu or cpu"), "{refused}");
+}
+
 /// A larger toy overfit on one tool-format trace, so that its RL rollouts write tool calls: they
 /// reach the page's tool function (as the page's Web Worker takes them), on the CPU backend.
 #[wasm_bindgen_test]
