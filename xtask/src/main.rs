@@ -84,6 +84,13 @@ enum Command {
 #[global_allocator]
 static ALLOC: rstar2_sandbox::BudgetAllocator = rstar2_sandbox::BudgetAllocator;
 
+/// `cargo` (the one running this, where cargo says so) in the checkout's root.
+pub(crate) fn cargo() -> std::process::Command {
+    let mut cmd = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(test_cmd::workspace_root());
+    cmd
+}
+
 fn main() -> anyhow::Result<()> {
     // This binary doubles as the sandbox's worker process.
     rstar2_sandbox::worker::dispatch_worker();

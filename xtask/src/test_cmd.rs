@@ -5,6 +5,8 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
+use crate::cargo;
+
 /// Pure-Python packages the sandbox tests import from a read-only folder.
 const WHEELS: &[&str] = &["sympy==1.14.0", "mpmath==1.3.0"];
 
@@ -108,15 +110,9 @@ fn run_suite(args: TestArgs) -> anyhow::Result<()> {
     // The browser tests only where no filter narrows the native run to something else.
     if args.cargo_args.is_empty() {
         crate::web_cmd::ensure_target()?;
-        crate::web_tests::run(cargo)?;
+        crate::web_tests::run()?;
     }
     Ok(())
-}
-
-pub(crate) fn cargo() -> Command {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(workspace_root());
-    cmd
 }
 
 /// Runs `cmd` (a check before the tests), failing with `what` if it does not pass.

@@ -39,8 +39,7 @@ pub fn build(dev: bool) -> anyhow::Result<std::path::PathBuf> {
     let tools = ensure_runner()?;
     let profile = if dev { "debug" } else { "release" };
     eprintln!("building rstar2-web for wasm32 ({profile}; the first build compiles RustPython for wasm32, about 10 minutes on two cores)");
-    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    build.current_dir(&root);
+    let mut build = crate::cargo();
     build.args(["build", "--ignore-rust-version", "--target", TARGET, "-p", "rstar2-web", "--lib"]);
     if !dev {
         build.arg("--release");
@@ -97,11 +96,7 @@ pub fn ensure_runner() -> anyhow::Result<PathBuf> {
     if !matches(&bin.join("wasm-bindgen-test-runner")) {
         eprintln!("installing wasm-bindgen-cli {version} (the lockfile's wasm-bindgen) into {}", root.display());
         // Not `--locked`: the CLI's own lockfile pins a release that crates.io no longer has.
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["install", "--quiet", "wasm-bindgen-cli", "--version", &version, "--root"])
-            .arg(&root)
-            .status()
-            .context("running cargo install wasm-bindgen-cli")?;
+        let status = crate::cargo().args(["install", "--quiet", "wasm-bindgen-cli", "--version", &version, "--root"]).arg(&root).status().context("running cargo install wasm-bindgen-cli")?;
         if !status.success() || !matches(&bin.join("wasm-bindgen-test-runner")) {
             bail!("installing wasm-bindgen-cli {version} failed");
         }

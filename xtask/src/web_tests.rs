@@ -30,7 +30,7 @@ const CHROME_ARGS: &[&str] = &[
 ];
 
 /// Runs `crates/web`'s tests in Chromium, or says why it cannot (an error under `CI`).
-pub fn run(cargo: impl Fn() -> Command) -> anyhow::Result<()> {
+pub fn run() -> anyhow::Result<()> {
     if let Err(missing) = prerequisites() {
         eprintln!("\n*** browser tests NOT run: {missing} ***\n");
         if std::env::var_os("CI").is_some() {
@@ -44,7 +44,7 @@ pub fn run(cargo: impl Fn() -> Command) -> anyhow::Result<()> {
     let args: Vec<String> = CHROME_ARGS.iter().map(|a| format!("\"{a}\"")).collect();
     std::fs::write(&capabilities, format!("{{\"goog:chromeOptions\":{{\"binary\":\"{CHROMIUM}\",\"args\":[{}]}}}}\n", args.join(",")))?;
     let path = std::env::join_paths(std::iter::once(runner_dir).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())))?;
-    let status = cargo()
+    let status = crate::cargo()
         .args(["test", "--ignore-rust-version", "--target", TARGET, "-p", "rstar2-web"])
         .env("PATH", path)
         .env("CHROMEDRIVER", CHROMEDRIVER)

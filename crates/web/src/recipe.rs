@@ -347,7 +347,7 @@ impl Recipe {
                 break;
             }
             let seqs: Vec<u64> = live.iter().map(|&i| i as u64).collect();
-            let chunks: Vec<&[u32]> = live.iter().map(|&i| trajs[i].2.as_ref().map_or(&[][..], |t| t.feed.as_slice())).collect();
+            let chunks: Vec<&[u32]> = live.iter().map(|&i| trajs[i].2.as_ref().expect("a live trajectory").feed.as_slice()).collect();
             let logits = self.backend.extend(&mut cache, &seqs, &chunks).await;
             for (&i, l) in live.iter().zip(logits) {
                 let (r, s, slot) = &mut trajs[i];
